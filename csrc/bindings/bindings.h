@@ -1,0 +1,22 @@
+// Registration functions of the Python module, one per area of the engine.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include "core/tensor.h"
+
+namespace pali::bindings {
+
+namespace py = pybind11;
+
+void bind_core(py::module_& m);
+void bind_onnx(py::module_& m);
+
+// A numpy array sharing the tensor's memory (read-only; the tensor stays alive
+// as long as the array). bfloat16 has no numpy type: it comes back as uint16 bits.
+py::array tensor_to_numpy(const Tensor& tensor);
+// A tensor viewing a C-contiguous numpy array (kept alive by the tensor).
+Tensor numpy_to_tensor(const py::array& array);
+
+}  // namespace pali::bindings

@@ -1,0 +1,60 @@
+// pali_engine._core.OnnxFile: the engine's ONNX reader, for inspect() and load_tensor().
+#include <pybind11/stl.h>
+
+#include "bindings/bindings.h"
+#include "onnx/onnx_file.h"
+
+namespace pali::bindings {
+
+void bind_onnx(py::module_& m) {
+  using onnx::OnnxFile;
+  py::class_<OnnxFile, std::shared_ptr<OnnxFile>>(m, "OnnxFile",
+                                                  "An ONNX file mapped into memory, read strictly.")
+      .def(py::init([](const std::string& path) {
+             std::shared_ptr<const OnnxFile> file;
+             {
+               py::gil_scoped_release release;
+               file = OnnxFile::open(path);
+             }
+             return std::const_pointer_cast<OnnxFile>(file);
+           }),
+           py::arg("path"))
+      .def_property_readonly("path", &OnnxFile::path)
+      .def_property_readonly("ir_version", &OnnxFile::ir_version)
+      .def_property_readonly("opset_version", &OnnxFile::opset_version)
+      .def_property_readonly("producer_name", &OnnxFile::producer_name)
+      .def_property_readonly("metadata",
+                             [](const OnnxFile& f) {
+                               py::dict out;
+                               for (const auto& [key, value] : f.metadata()) out[py::str(key)] = py::str(value);
+                               return out;
+                             })
+      .def_property_readonly("tensor_names",
+                             [](const OnnxFile& f) {
+                               std::vector<std::string> names;
+                               for (const auto& info : f.initializers()) names.push_back(info.name);
+                               return names;
+                             })
+      .def(
+          "tensor_info",
+          [](const OnnxFile& f, const std::string& name) {
+            const auto& info = f.info(name);
+            return py::make_tuple(dtype_name(info.dtype), py::tuple(py::cast(info.shape)));
+          },
+          py::arg("name"), "(dtype name, shape) of an initializer.")
+      .def(
+          "tensor",
+          [](const OnnxFile& f, const std::string& name) {
+            Tensor t;
+            {
+              py::gil_scoped_release release;
+              t = f.tensor(name);
+            }
+            return tensor_to_numpy(t);
+          },
+          py::arg("name"),
+          "The initializer's values as a read-only array sharing the file's memory when "
+          "possible (bfloat16 as uint16 bits).");
+}
+
+}  // namespace pali::bindings

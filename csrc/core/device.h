@@ -1,0 +1,24 @@
+// Where a tensor's memory lives.
+#pragma once
+
+#include <string>
+
+namespace pali {
+
+enum class Device { cpu, cuda };
+
+inline const char* device_name(Device device) { return device == Device::cpu ? "cpu" : "cuda"; }
+
+// True when this module was compiled with the CUDA backend.
+constexpr bool built_with_cuda() {
+#ifdef PALI_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+// Parses "cpu" or "cuda"; throws InvalidArgument otherwise, and for "cuda" in a CPU build.
+Device device_from_name(const std::string& name);
+
+}  // namespace pali

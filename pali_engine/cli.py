@@ -1,0 +1,144 @@
+"""The ``pali-engine`` command line.
+
+    pali-engine inspect FILE           config and tensor table of a model file
+    pali-engine run IMAGE PROMPT       generate text for an image
+    pali-engine train / eval / export / bench
+
+Subcommands that need optional packages import them only when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import Callable, Sequence
+
+from ._version import __version__
+
+# name -> (module providing add_arguments(parser) and run(args) -> int, help)
+_SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "inspect": ("pali_engine.cli", "print a model file's config and tensor table"),
+    "run": ("pali_engine.cli", "generate text for an image and a prompt"),
+    "train": ("pali_engine.export.train", "train a PaLI model on the synthetic shapes world"),
+    "eval": ("pali_engine.export.evaluate", "score a model on the held-out synthetic split"),
+}
+
+
+def _inspect_add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="an ONNX model file")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+
+
+def _inspect_run(args: argparse.Namespace) -> int:
+    from .model_file import inspect
+
+    info = inspect(args.file)
+    if args.json:
+        print(json.dumps(info, ensure_ascii=False))
+        return 0
+    print(f"file: {args.file}")
+    print(f"producer: {info['producer_name'] or '-'}   ir_version: {info['ir_version']}   opset: {info['opset_version']}")
+    metadata = dict(info["metadata"])
+    config_text = metadata.pop("pali.config", None)
+    if config_text is not None:
+        print("config:")
+        try:
+            config = json.loads(config_text)
+            width = max((len(k) for k in config), default=0)
+            for key, value in config.items():
+                print(f"  {key:<{width}}  {json.dumps(value, ensure_ascii=False)}")
+        except json.JSONDecodeError:
+            print(f"  (not valid JSON) {config_text[:200]}")
+    for key, value in metadata.items():
+        shown = value if len(value) <= 60 else f"{value[:40]}... ({len(value)} chars)"
+        print(f"metadata {key}: {shown}")
+    tensors = info["tensors"]
+    total = 0
+    rows = []
+    for name, (dtype, shape) in tensors.items():
+        count = 1
+        for d in shape:
+            count *= d
+        total += count
+        rows.append((name, dtype, "x".join(map(str, shape)) or "scalar", count))
+    name_width = max((len(r[0]) for r in rows), default=4)
+    print(f"tensors: {len(rows)}, parameters: {total:,}")
+    print(f"  {'name':<{name_width}}  {'dtype':<8}  {'shape':<16}  {'elements':>12}")
+    for name, dtype, shape, count in rows:
+        print(f"  {name:<{name_width}}  {dtype:<8}  {shape:<16}  {count:>12,}")
+    return 0
+
+
+def _run_add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", help="an image file")
+    parser.add_argument("prompt", help='a task prompt, e.g. "caption en"')
+    parser.add_argument("--model", help="an ONNX model file (default: the bundled model)")
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    from .engine import default_model_path
+
+    if args.model is None:
+        try:
+            default_model_path()
+        except FileNotFoundError as error:
+            print(f"pali-engine: {error}", file=sys.stderr)
+            return 2
+    print("pali-engine: text generation is not available in this version yet", file=sys.stderr)
+    return 2
+
+
+_LOCAL: dict[str, tuple[Callable, Callable]] = {
+    "inspect": (_inspect_add_arguments, _inspect_run),
+    "run": (_run_add_arguments, _run_run),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pali-engine", description="Fast inference for PaLI-family vision-language models."
+    )
+    parser.add_argument("--version", action="version", version=f"pali-engine {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in _SUBCOMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def _load_subcommand(name: str):
+    if name in _LOCAL:
+        return _LOCAL[name]
+    module_name = _SUBCOMMANDS[name][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise SystemExit(
+            f"pali-engine {name}: needs optional packages that are not installed ({error}); "
+            "install them with: pip install 'pali-engine[export]'"
+        ) from None
+    return module.add_arguments, module.run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] not in _SUBCOMMANDS:
+        args = parser.parse_args(argv)
+        parser.print_help()
+        return 0 if args.command is None and not argv else 2
+    name = argv[0]
+    add_arguments, run = _load_subcommand(name)
+    sub = argparse.ArgumentParser(prog=f"pali-engine {name}", description=_SUBCOMMANDS[name][1])
+    add_arguments(sub)
+    args = sub.parse_args(argv[1:])
+    try:
+        return int(run(args) or 0)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"pali-engine {name}: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
