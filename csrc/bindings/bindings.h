@@ -12,6 +12,10 @@ namespace py = pybind11;
 
 void bind_core(py::module_& m);
 void bind_onnx(py::module_& m);
+// Ops exposed one by one (submodule `ops`), for tests against NumPy/PyTorch references.
+void bind_ops(py::module_& m);
+// The model and generation (class `PaliModel`).
+void bind_engine(py::module_& m);
 
 // A numpy array sharing the tensor's memory (read-only; the tensor stays alive
 // as long as the array). bfloat16 has no numpy type: it comes back as uint16 bits.

@@ -26,4 +26,6 @@ PYBIND11_MODULE(PALI_MODULE_NAME, m) {
   });
   pali::bindings::bind_core(m);
   pali::bindings::bind_onnx(m);
+  pali::bindings::bind_ops(m);
+  pali::bindings::bind_engine(m);
 }
