@@ -1,0 +1,26 @@
+// Activations: tanh-approximated GELU (T5 v1.1 / mT5 "gelu_new", ViT MLP in
+// PaLI) and the gated FFN activation act(gate) * up.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace pali {
+
+enum class Activation : uint8_t { gelu_tanh, silu, relu };
+
+// "gelu_tanh" (aliases "gelu_new", "gelu_pytorch_tanh"), "silu" ("swish"), "relu".
+Activation activation_from_name(const std::string& name);
+
+// gelu_tanh(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), in place on n floats.
+void gelu_tanh_inplace(float* x, int64_t n);
+
+// act(x) in place on n floats.
+void activation_inplace(float* x, int64_t n, Activation act);
+
+// in: [m, 2f] row-major (first f = gate, the wi_0 output; next f = up, the wi_1
+// output: the layout prepare_linear_concat({wi_0, wi_1}) produces);
+// out: [m, f] dense = act(gate) * up. out must not overlap in.
+void gated_activation(const float* in, int64_t m, int64_t f, float* out, Activation act);
+
+}  // namespace pali

@@ -1,0 +1,79 @@
+// Multi-head scaled dot-product attention, flash-style: online softmax over
+// blocks of keys, never materialising the [q_len, kv_len] score matrix.
+//
+// Layout: Q, K, V and out are float32, row-major with the heads interleaved in a
+// row ([rows, heads * head_dim]; head h is columns [h*head_dim, (h+1)*head_dim)),
+// with explicit row and batch strides in floats, so that slices of a fused QKV
+// projection output (row stride 3*heads*head_dim) or of a preallocated KV cache
+// (batch stride = capacity * row stride) are passed without copies.
+//   Q row i of batch b:   q + b*q_batch_stride + i*q_row_stride
+//   K/V row j:            k + (b / kv_batch_divisor)*k_batch_stride + j*k_row_stride
+//   out row i of batch b: out + b*out_batch_stride + i*out_row_stride
+//
+// score(b,h,i,j) = scale * <q_bhi, k_bhj> + bias(h,i,j), masked to -inf where
+//   * key_mask is given and key_mask[(b / kv_batch_divisor)*mask_batch_stride + j] == 0,
+//   * causal and j > q_offset + i,
+// out_bhi = sum_j softmax_j(score) v_bhj. A row with every key masked gets zeros
+// (never NaN).
+//
+// Relative position bias (T5), given per relative distance rather than as [L, L]:
+//   bias(h, i, j) = rel_bias[h * rel_bias_stride + (j - (q_offset + i)) + rel_offset]
+// i.e. rel_offset is the table column of distance 0 and column c holds distance
+// c - rel_offset. The table must cover every distance used: the call checks
+// rel_offset - (q_offset + q_len - 1) >= 0 and (kv_len - 1 - q_offset) + rel_offset
+// < rel_bias_stride, and throws InvalidArgument otherwise (see
+// relative_bias_table() in ops/position_bucket.h, which builds such a table).
+//
+// Threads: over batch * heads * blocks of queries (so decode, q_len = 1, is
+// parallel over batch * heads).
+#pragma once
+
+#include <cstdint>
+
+namespace pali {
+
+enum class MaskType : uint8_t { none, i32, u8 };
+
+struct AttentionParams {
+  int64_t batch = 1;     // query batch
+  int64_t heads = 1;
+  int64_t q_len = 1;
+  int64_t kv_len = 1;
+  int64_t head_dim = 64;
+  float scale = 1.0f;    // 1.0 for T5, 1/sqrt(head_dim) for ViT
+
+  const float* q = nullptr;
+  int64_t q_row_stride = 0;    // 0: heads * head_dim
+  int64_t q_batch_stride = 0;  // 0: q_len * q_row_stride
+  const float* k = nullptr;
+  int64_t k_row_stride = 0;    // 0: heads * head_dim
+  int64_t k_batch_stride = 0;  // 0: kv_len * k_row_stride
+  const float* v = nullptr;
+  int64_t v_row_stride = 0;
+  int64_t v_batch_stride = 0;
+  float* out = nullptr;
+  int64_t out_row_stride = 0;
+  int64_t out_batch_stride = 0;
+
+  // Key padding mask, 1 = attend, 0 = masked; indexed by the K/V batch.
+  const void* key_mask = nullptr;
+  MaskType mask_type = MaskType::none;
+  int64_t mask_batch_stride = 0;  // 0: kv_len
+
+  bool causal = false;
+  int64_t q_offset = 0;  // absolute position of query row 0 (for causal and bias)
+
+  const float* rel_bias = nullptr;  // [heads, rel_bias_stride]
+  int64_t rel_bias_stride = 0;      // number of distances in the table (num_rel)
+  int64_t rel_offset = 0;           // column of distance 0
+
+  // Query batch b reads K/V (and key_mask) batch b / kv_batch_divisor (beams
+  // sharing one request's cross-attention K/V). Must divide batch.
+  int64_t kv_batch_divisor = 1;
+};
+
+// Throws InvalidArgument on inconsistent parameters (null pointers, strides
+// smaller than heads*head_dim, a bias table that does not cover the distances...).
+void attention(const AttentionParams& p);
+
+}  // namespace pali

@@ -1,0 +1,81 @@
+// Linear layers: y[m, N] = x[m, K] · Wᵀ + b, with weights prepared once at load.
+//
+// A weight comes from the model file in PyTorch layout [N, K] (float32, float16
+// or bfloat16; a view into the mapped file, any alignment). prepare_linear()
+// converts it once into the chosen storage format and packs it into panels of
+// 16 output channels, K-major inside a panel (zero-padded to a multiple of 16
+// outputs), which both CPU kernels stream:
+//   * decode (m <= 8): one pass over the weights for all m rows, memory-bound;
+//   * prefill (m > 8): a register-blocked AVX2/FMA GEMM (6x16 micro-kernel),
+//     K split in blocks, threads over N panels (and M when N is small).
+// Storage formats:
+//   f32  the weight as is;
+//   f16  IEEE half (round to nearest even), converted with F16C in the kernels;
+//   i8   weight-only int8, symmetric, one float scale per output channel:
+//        scale[n] = max_k |W[n,k]| / 127, q = round_half_away(W / scale) in
+//        [-127, 127] (scale 1 for an all-zero row); y = scale[n] * (x · q[n]) + b.
+// Activations (x, y, bias) are always float32.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace pali {
+
+enum class WeightFormat : uint8_t { f32, f16, i8 };
+
+const char* weight_format_name(WeightFormat format);
+// "f32"/"float32", "f16"/"float16", "i8"/"int8"; throws InvalidArgument otherwise.
+WeightFormat weight_format_from_name(const std::string& name);
+
+// Output channels per packed panel.
+constexpr int64_t kLinearPanel = 16;
+
+struct LinearWeight {
+  int64_t n = 0;  // output features
+  int64_t k = 0;  // input features
+  WeightFormat format = WeightFormat::f32;
+  bool has_bias = false;
+  // Panels: [ceil(n/16)][k][16] elements of the format (float, uint16 half bits, int8).
+  Tensor packed;
+  // float32 [ceil(n/16)*16]: the bias (zeros past n), when has_bias.
+  Tensor bias;
+  // float32 [ceil(n/16)*16]: per-output scales, for i8 only.
+  Tensor scales;
+
+  int64_t num_panels() const { return (n + kLinearPanel - 1) / kLinearPanel; }
+  // Bytes of packed weights (what a decode step streams), scales and bias excluded.
+  size_t weight_bytes() const { return packed.nbytes(); }
+};
+
+// Prepares a weight [N, K] (float32, float16 or bfloat16, CPU) and an optional
+// bias [N] (same dtypes) for linear(). Throws InvalidArgument on bad shapes/dtypes.
+LinearWeight prepare_linear(const Tensor& weight, const Tensor* bias, WeightFormat format);
+
+// Concatenates several weights [N_i, K] along N at prepare time (fused QKV, or
+// wi_0 + wi_1 of a gated FFN): the result computes [y_0 | y_1 | ...] along N.
+// `biases` is empty (no bias) or has one entry per weight, each possibly null
+// (zeros for that part). For i8 the scales stay per output channel, so the
+// result is the same as preparing the concatenated weight.
+LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
+                                   const std::vector<const Tensor*>& biases,
+                                   WeightFormat format);
+
+// y[m, N] = x[m, K] · Wᵀ + b; with accumulate, y += x · Wᵀ + b (fuses a residual add).
+// x and y are dense row-major (row strides K and N) and must not overlap.
+// Threads: op_threads() of the calling thread (core/parallel.h).
+void linear(const float* x, int64_t m, const LinearWeight& w, float* y, bool accumulate = false);
+
+// Same with explicit row strides (in floats) for x and y, e.g. to write into a
+// column slice of a wider buffer. Strides must be >= K and >= N respectively.
+void linear_strided(const float* x, int64_t x_stride, int64_t m, const LinearWeight& w, float* y,
+                    int64_t y_stride, bool accumulate = false);
+
+// The weight as the kernels see it, float32 [N, K] (f16 values, or q * scale
+// for i8): the exact reference for tests.
+Tensor linear_effective_weight(const LinearWeight& w);
+
+}  // namespace pali
