@@ -10,6 +10,9 @@ namespace pali::bindings {
 
 namespace py = pybind11;
 
+// Every class is bound with py::module_local(): _core and _core_cuda hold the same
+// C++ types and both may be imported in one process.
+
 void bind_core(py::module_& m);
 void bind_onnx(py::module_& m);
 // Ops exposed one by one (submodule `ops`), for tests against NumPy/PyTorch references.

@@ -64,6 +64,19 @@ Tensor numpy_to_tensor(const py::array& array) {
 
 void bind_core(py::module_& m) {
   m.attr("built_with_cuda") = built_with_cuda();
+  m.def(
+      "cuda_device_count",
+      []() {
+#ifdef PALI_WITH_CUDA
+        return cuda_device_count();
+#else
+        return 0;
+#endif
+      },
+      "Number of CUDA devices this module can use (0 in a CPU build or without a driver).");
+#ifdef PALI_WITH_CUDA
+  m.def("cublas_version", &cublas_version, "Version of the cuBLAS library this module loaded.");
+#endif
 #ifdef PALI_ENGINE_VERSION
   m.attr("__version__") = PALI_ENGINE_VERSION;
 #endif

@@ -8,7 +8,7 @@ namespace pali::bindings {
 
 void bind_onnx(py::module_& m) {
   using onnx::OnnxFile;
-  py::class_<OnnxFile, std::shared_ptr<OnnxFile>>(m, "OnnxFile",
+  py::class_<OnnxFile, std::shared_ptr<OnnxFile>>(m, "OnnxFile", py::module_local(),
                                                   "An ONNX file mapped into memory, read strictly.")
       .def(py::init([](const std::string& path) {
              std::shared_ptr<const OnnxFile> file;
