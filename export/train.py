@@ -1,0 +1,288 @@
+"""Train a PaLI model from scratch on the shapes world.
+
+Why: pali-engine ships a small trained default model (export/default/) so the
+engine can be checked end to end by task accuracy.  This script is the recipe;
+docs/training.md gives the exact command that produced the default model.
+
+    pali-engine train --out runs/default --steps 20000 --batch-size 64
+    python -m export.train --out runs/default ...
+
+AdamW with linear warm-up and cosine decay; tasks mixed in every batch
+(weights in data.DEFAULT_TASK_WEIGHTS); examples rendered on the fly in a
+background thread; progress lines (loss, examples/s) in the log; checkpoints
+``last.pt`` (full state, for --resume) and ``model.pt`` (fp16 weights + config,
+the format of export/default/pali-default.pt) every --ckpt-every steps; a small
+greedy held-out evaluation every --eval-every steps (eval.jsonl).  With
+--time-budget-min the schedule runs on the larger of (step / steps) and
+(elapsed / budget), so the run decays and ends in time whatever the machine's
+speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import queue
+import shutil
+import sys
+import threading
+import time
+
+import numpy as np
+
+from . import data as D
+from .config import PaliConfig
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="runs/default", help="output directory (checkpoints, logs)")
+    parser.add_argument("--steps", type=int, default=20000)
+    parser.add_argument("--time-budget-min", type=float, default=0.0,
+                        help="end (and decay the learning rate) within this many minutes (0: no limit)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--min-lr-frac", type=float, default=0.02, help="final lr as a fraction of --lr")
+    parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--clip", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    parser.add_argument("--tokenizer", default="", help="SentencePiece model (trained into OUT when missing)")
+    parser.add_argument("--config", default="", help="PaliConfig JSON file (default: PaliConfig())")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a config field, e.g. --set d_model=256")
+    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--ckpt-every", type=int, default=500)
+    parser.add_argument("--eval-every", type=int, default=2000)
+    parser.add_argument("--eval-n", type=int, default=50, help="held-out examples per task in periodic evals")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--export-default", default="",
+                        help="at the end, copy model.pt/tokenizer/config.json into this directory")
+
+
+def _parse_set(cfg: PaliConfig, items) -> PaliConfig:
+    d = cfg.to_dict()
+    for it in items:
+        k, _, v = it.partition("=")
+        if k not in d:
+            raise SystemExit(f"unknown config field {k!r}")
+        d[k] = json.loads(v) if not isinstance(d[k], str) else v
+    return PaliConfig.from_dict(d)
+
+
+class Batcher:
+    """Renders and tokenizes training batches in a background thread."""
+
+    def __init__(self, world: D.ShapesWorld, tok, cfg: PaliConfig, batch_size: int, start_index: int,
+                 depth: int = 6):
+        self.world, self.tok, self.cfg, self.bs = world, tok, cfg, batch_size
+        self.index = start_index
+        self.q: "queue.Queue" = queue.Queue(maxsize=depth)
+        self.stop = False
+        self.thread = threading.Thread(target=self._work, daemon=True)
+        self.thread.start()
+
+    def make(self, start: int):
+        from pali_engine.image import preprocess_batch
+        from .evaluate import encode_prompts
+
+        exs = self.world.train_batch(start, self.bs)
+        cfg = self.cfg
+        px = preprocess_batch([e.image for e in exs], cfg.image_size, cfg.image_mean, cfg.image_std, cfg.resample)
+        ids, mask = encode_prompts(self.tok, [e.prompt for e in exs], cfg.max_prompt_tokens)
+        tgts = []
+        for e in exs:
+            t = self.tok.encode(e.target)
+            if len(t) > cfg.max_new_tokens:
+                t = t[:cfg.max_new_tokens]
+            tgts.append(t)
+        T = max(len(t) for t in tgts)
+        labels = np.full((len(exs), T), -100, np.int64)
+        dec_in = np.full((len(exs), T), cfg.pad_token_id, np.int64)
+        for i, t in enumerate(tgts):
+            labels[i, :len(t)] = t
+            dec_in[i, 0] = cfg.decoder_start_token_id
+            dec_in[i, 1:len(t)] = t[:-1]
+        return px, ids, mask, dec_in, labels
+
+    def _work(self):
+        i = self.index
+        while not self.stop:
+            item = self.make(i)
+            i += self.bs
+            while not self.stop:
+                try:
+                    self.q.put(item, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+
+    def next(self):
+        return self.q.get()
+
+
+def lr_at(progress: float, step: int, args) -> float:
+    warm = min(1.0, (step + 1) / max(1, args.warmup))
+    p = min(1.0, max(0.0, progress))
+    cos = args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * p))
+    return args.lr * warm * cos
+
+
+def run(args) -> int:
+    import torch
+    from pali_engine.tokenizer import Tokenizer
+    from .model import Pali
+    from .evaluate import TorchBackend, evaluate
+
+    torch.set_num_threads(args.threads)
+    if args.device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        device = args.device
+    os.makedirs(args.out, exist_ok=True)
+    logf = open(os.path.join(args.out, "train.log"), "a", buffering=1)
+
+    def log(msg):
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        logf.write(line + "\n")
+
+    # tokenizer
+    tok_path = args.tokenizer or os.path.join(args.out, "tokenizer.model")
+    if not os.path.exists(tok_path):
+        from .tokenizer_train import train_tokenizer
+        n = train_tokenizer(tok_path)
+        log(f"trained tokenizer {tok_path} (vocab {n})")
+    tok = Tokenizer(tok_path)
+    if args.tokenizer and os.path.abspath(tok_path) != os.path.abspath(os.path.join(args.out, "tokenizer.model")):
+        shutil.copyfile(tok_path, os.path.join(args.out, "tokenizer.model"))
+
+    # config and model
+    last = os.path.join(args.out, "last.pt")
+    state = None
+    if args.resume:
+        if not os.path.exists(last):
+            log(f"error: --resume but {last} does not exist")
+            return 2
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        cfg = PaliConfig.from_json(state["config"])
+    else:
+        cfg = PaliConfig.from_json(open(args.config).read()) if args.config else PaliConfig()
+        cfg = _parse_set(cfg, args.set)
+        if cfg.vocab_size != tok.vocab_size:
+            cfg = dataclasses.replace(cfg, vocab_size=tok.vocab_size)
+    with open(os.path.join(args.out, "config.json"), "w") as f:
+        f.write(cfg.to_json(indent=2) + "\n")
+    torch.manual_seed(args.seed)
+    model = Pali(cfg).to(device)
+    nparams = sum(p.numel() for p in model.parameters())
+    log(f"config {cfg.to_json()}")
+    log(f"parameters {nparams / 1e6:.2f} M, device {device}, threads {torch.get_num_threads()}")
+
+    decay, no_decay = [], []
+    for n_, p in model.named_parameters():
+        (decay if p.ndim >= 2 and "relative_attention_bias" not in n_ and "pos_embed" not in n_
+         else no_decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
+    step, elapsed0, seen = 0, 0.0, 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, elapsed0, seen = state["step"], state["elapsed"], state["seen"]
+        log(f"resumed from {last} at step {step} ({seen} examples, {elapsed0 / 60:.1f} min)")
+
+    world = D.ShapesWorld(image_size=cfg.image_size, seed=args.seed)
+    batcher = Batcher(world, tok, cfg, args.batch_size, start_index=seen)
+
+    def save(final=False):
+        st = {"config": cfg.to_json(), "model": model.state_dict(), "optimizer": opt.state_dict(),
+              "step": step, "elapsed": elapsed0 + time.time() - t_start, "seen": seen, "args": vars(args)}
+        torch.save(st, last + ".tmp")
+        os.replace(last + ".tmp", last)
+        model.save(os.path.join(args.out, "model.pt.tmp"), half=True, extra={"step": step})
+        os.replace(os.path.join(args.out, "model.pt.tmp"), os.path.join(args.out, "model.pt"))
+        log(f"checkpoint step {step}{' (final)' if final else ''}")
+
+    def run_eval():
+        model.eval()
+        be = TorchBackend(model=model, tokenizer=tok, device=device)
+        t0 = time.time()
+        res = evaluate(be, D.TASKS, args.eval_n, batch_size=200, image_size=cfg.image_size, seed=args.seed,
+                       log=log, samples=1)
+        model.train()
+        with open(os.path.join(args.out, "eval.jsonl"), "a") as f:
+            f.write(json.dumps({"step": step, "seen": seen, "results": res}) + "\n")
+        log(f"eval step {step} ({time.time() - t0:.0f} s): "
+            + " ".join(f"{k}={v['score']:.3f}" for k, v in res.items()))
+        return time.time() - t0
+
+    model.train()
+    t_start = time.time()
+    t_log, seen_log = time.time(), seen
+    loss_acc, n_acc = 0.0, 0
+    eval_time = 0.0
+    budget = args.time_budget_min * 60
+    while True:
+        elapsed = elapsed0 + time.time() - t_start
+        progress = step / args.steps
+        if budget > 0:
+            progress = max(progress, elapsed / budget)
+        if progress >= 1.0:
+            break
+        lr = lr_at(progress, step, args)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        px, ids, mask, dec_in, labels = batcher.next()
+        px, ids, mask = torch.from_numpy(px).to(device), torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
+        dec_in, labels = torch.from_numpy(dec_in).to(device), torch.from_numpy(labels).to(device)
+        with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=args.bf16):
+            logits = model(px, ids, mask, dec_in)
+        loss = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1),
+                                                 ignore_index=-100)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if args.clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        opt.step()
+        step += 1
+        seen += args.batch_size
+        loss_acc += loss.item()
+        n_acc += 1
+        if step % args.log_every == 0:
+            now = time.time()
+            eps = (seen - seen_log) / (now - t_log)
+            log(f"step {step} loss {loss_acc / n_acc:.4f} lr {lr:.2e} {eps:.1f} ex/s "
+                f"seen {seen} elapsed {(elapsed0 + now - t_start) / 60:.1f} min progress {progress:.3f}")
+            t_log, seen_log, loss_acc, n_acc = now, seen, 0.0, 0
+        if step % args.ckpt_every == 0:
+            save()
+        if args.eval_every and step % args.eval_every == 0:
+            eval_time += run_eval()
+            t_log, seen_log = time.time(), seen
+    batcher.stop = True
+    save(final=True)
+    if not (args.eval_every and step % args.eval_every == 0):
+        run_eval()
+    if args.export_default:
+        os.makedirs(args.export_default, exist_ok=True)
+        shutil.copyfile(os.path.join(args.out, "model.pt"), os.path.join(args.export_default, "pali-default.pt"))
+        shutil.copyfile(os.path.join(args.out, "tokenizer.model"), os.path.join(args.export_default, "tokenizer.model"))
+        shutil.copyfile(os.path.join(args.out, "config.json"), os.path.join(args.export_default, "config.json"))
+        log(f"exported to {args.export_default}")
+    log(f"done: {step} steps, {seen} examples, {(elapsed0 + time.time() - t_start) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    _p = argparse.ArgumentParser(description="Train a PaLI model on the shapes world.")
+    add_arguments(_p)
+    sys.exit(run(_p.parse_args()))
