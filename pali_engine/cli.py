@@ -23,6 +23,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("pali_engine.cli", "generate text for an image and a prompt"),
     "train": ("pali_engine.export.train", "train a PaLI model on the synthetic shapes world"),
     "eval": ("pali_engine.export.evaluate", "score a model on the held-out synthetic split"),
+    "export": ("pali_engine.export.onnx_export", "export a checkpoint to ONNX"),
 }
 
 
