@@ -55,11 +55,31 @@ class Engine:
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise ModelFileError(f"{path}: no such model file")
-        config = model_file.read_config(path)
-        return cls(path, config, backend, device, dtype)
+        if backend not in ("native", "onnxruntime"):
+            raise ValueError(f"backend must be 'native' or 'onnxruntime', got {backend!r}")
+        impl = None
+        if backend == "onnxruntime":
+            from .ort_backend import OrtBackend
+
+            impl = OrtBackend(path, device=device, threads=threads, dtype=dtype)
+            config = impl.config
+        else:
+            config = model_file.read_config(path)
+        engine = cls(path, config, backend, device, dtype)
+        engine._backend = impl
+        return engine
 
     def generate(self, image, prompt, **options):
-        raise NotImplementedError("generation is not available in this version of pali-engine")
+        """Text for an image and a prompt; lists in, list out (see pali_engine.ort_backend.OrtBackend)."""
+        if getattr(self, "_backend", None) is None:
+            raise NotImplementedError(f"generation with backend={self.backend!r} is not available in this version")
+        return self._backend.generate(image, prompt, **options)
+
+    def stream(self, image, prompt, **options):
+        """Yields the generated text piece by piece (one image, one prompt)."""
+        if getattr(self, "_backend", None) is None:
+            raise NotImplementedError(f"generation with backend={self.backend!r} is not available in this version")
+        return self._backend.stream(image, prompt, **options)
 
     def __repr__(self) -> str:
         return f"Engine({self.path!r}, backend={self.backend!r}, device={self.device!r}, dtype={self.dtype!r})"

@@ -1,0 +1,393 @@
+"""Search algorithms in NumPy: greedy, sampling and beam search over a step function.
+
+Why: the onnxruntime backend generates with these, and they are the reference
+the native engine's search is checked against, so they are written for
+clarity, one row at a time where that is clearer, with the semantics of
+``transformers.generate`` (4.x ``BeamSearchScorer``; see docs/onnx_format.md):
+
+* ``step(decoder_input_ids int64[N, t]) -> float[N, V]``: the scores of the
+  next token after each row (raw logits, or log-probs: log_softmax is applied
+  here and leaves log-probs unchanged).  Row ``r`` belongs to input
+  ``r // rows_per_input(options)``; column 0 is the decoder start token.
+* greedy and sampling: logits processors on the raw scores (repetition
+  penalty, no-repeat n-grams, min_new_tokens), then warpers when sampling
+  (temperature, top-k, top-p); a finished row continues with pad.  Score: the
+  sum of the model's log-probs (unprocessed) of the generated tokens.
+* beam search: processors on the log-probs; each step takes the top 2K of
+  K x V continuations; an eos within the top K ends a hypothesis scored
+  ``sum_logprobs / generated_len ** length_penalty`` (generated_len counts the
+  eos); ``early_stopping`` True / False / "never" as in transformers.  Score:
+  that normalised score.
+* processors see the whole decoder sequence, start token included (as
+  transformers does for encoder-decoder models).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+StepFn = Callable[[np.ndarray], np.ndarray]
+
+NEG_INF = -math.inf
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Validated generation options (names and defaults of transformers' GenerationConfig)."""
+
+    max_new_tokens: int
+    min_new_tokens: int = 0
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    early_stopping: Any = False  # True, False or "never"
+    num_return_sequences: int = 1
+    no_repeat_ngram_size: int = 0
+    repetition_penalty: float = 1.0
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 50
+    top_p: float = 1.0
+    seed: Optional[int] = None
+
+
+OPTION_NAMES = tuple(f.name for f in dataclasses.fields(GenerationOptions))
+
+
+@dataclass
+class Hypothesis:
+    """One generated sequence: tokens (without the start token; eos included when produced)."""
+
+    tokens: List[int]
+    score: float
+
+
+@dataclass
+class GenerationResult:
+    """What ``Engine.generate`` returns for one input (and one returned sequence)."""
+
+    text: str
+    tokens: List[int]
+    score: float
+    timings: Dict[str, float] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _float(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def parse_options(options: Mapping[str, Any], config: Mapping[str, Any]) -> GenerationOptions:
+    """Checks user options against the names above; ValueError names unknown options and bad values.
+
+    ``max_new_tokens`` defaults to ``config["max_new_tokens"]``.
+    """
+    unknown = sorted(set(options) - set(OPTION_NAMES))
+    if unknown:
+        raise ValueError(
+            f"unknown generation option(s): {', '.join(unknown)}; known options: {', '.join(OPTION_NAMES)}"
+        )
+    o = dict(options)
+    if o.get("max_new_tokens") is None:
+        o["max_new_tokens"] = int(config["max_new_tokens"])
+    out = {
+        "max_new_tokens": _int("max_new_tokens", o["max_new_tokens"], 1),
+        "min_new_tokens": _int("min_new_tokens", o.get("min_new_tokens", 0), 0),
+        "num_beams": _int("num_beams", o.get("num_beams", 1), 1),
+        "length_penalty": _float("length_penalty", o.get("length_penalty", 1.0)),
+        "num_return_sequences": _int("num_return_sequences", o.get("num_return_sequences", 1), 1),
+        "no_repeat_ngram_size": _int("no_repeat_ngram_size", o.get("no_repeat_ngram_size", 0), 0),
+        "repetition_penalty": _float("repetition_penalty", o.get("repetition_penalty", 1.0)),
+        "temperature": _float("temperature", o.get("temperature", 1.0)),
+        "top_k": _int("top_k", o.get("top_k", 50), 0),
+        "top_p": _float("top_p", o.get("top_p", 1.0)),
+    }
+    early = o.get("early_stopping", False)
+    if early not in (True, False, "never") or not isinstance(early, (bool, str)):
+        raise ValueError(f"early_stopping must be True, False or 'never', got {early!r}")
+    out["early_stopping"] = early
+    do_sample = o.get("do_sample", False)
+    if not isinstance(do_sample, (bool, np.bool_)):
+        raise ValueError(f"do_sample must be True or False, got {do_sample!r}")
+    out["do_sample"] = bool(do_sample)
+    seed = o.get("seed")
+    if seed is not None:
+        seed = _int("seed", seed, 0)
+    out["seed"] = seed
+    if out["repetition_penalty"] <= 0:
+        raise ValueError(f"repetition_penalty must be > 0, got {out['repetition_penalty']}")
+    if out["temperature"] < 0:
+        raise ValueError(f"temperature must be >= 0 (> 0 when sampling), got {out['temperature']}")
+    if out["do_sample"] and out["temperature"] == 0:
+        raise ValueError("temperature must be > 0 when do_sample=True (use do_sample=False for greedy)")
+    if not 0 < out["top_p"] <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {out['top_p']}")
+    if out["do_sample"] and out["num_beams"] > 1:
+        raise ValueError("do_sample=True with num_beams > 1 (beam sampling) is not supported")
+    if not out["do_sample"] and out["num_return_sequences"] > out["num_beams"]:
+        raise ValueError(
+            f"num_return_sequences ({out['num_return_sequences']}) must be <= num_beams ({out['num_beams']}) "
+            "unless do_sample=True"
+        )
+    return GenerationOptions(**out)
+
+
+def rows_per_input(options: GenerationOptions) -> int:
+    """How many decoder rows each input gets (beams, or independent samples)."""
+    if options.num_beams > 1:
+        return options.num_beams
+    return options.num_return_sequences if options.do_sample else 1
+
+
+# --------------------------------------------------------------------------
+# scores
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    m = np.max(x, axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    z = x - m
+    with np.errstate(divide="ignore"):
+        return z - np.log(np.sum(np.exp(z), axis=-1, keepdims=True))
+
+
+def apply_repetition_penalty(scores: np.ndarray, seqs: np.ndarray, penalty: float) -> np.ndarray:
+    """transformers' RepetitionPenaltyLogitsProcessor: every token already in the row
+    (start token included): score < 0 -> score * penalty, else score / penalty."""
+    if penalty == 1.0:
+        return scores
+    scores = scores.copy()
+    for r in range(scores.shape[0]):
+        tokens = np.unique(seqs[r])
+        s = scores[r, tokens]
+        scores[r, tokens] = np.where(s < 0, s * penalty, s / penalty)
+    return scores
+
+
+def banned_ngram_tokens(seq: Sequence[int], n: int) -> List[int]:
+    """Tokens that would repeat an n-gram of ``seq`` (transformers' NoRepeatNGramLogitsProcessor)."""
+    seq = list(seq)
+    cur = len(seq)
+    if n <= 0 or cur + 1 < n:
+        return []
+    prefix = tuple(seq[cur - n + 1:]) if n > 1 else ()
+    banned = []
+    for i in range(cur - n + 1):
+        if tuple(seq[i:i + n - 1]) == prefix:
+            banned.append(seq[i + n - 1])
+    return banned
+
+
+def process(scores: np.ndarray, seqs: np.ndarray, step: int, options: GenerationOptions, eos_id: int) -> np.ndarray:
+    """The logits processors, in transformers' order: repetition penalty, no-repeat n-grams, min_new_tokens."""
+    scores = apply_repetition_penalty(scores, seqs, options.repetition_penalty)
+    if options.no_repeat_ngram_size > 0:
+        scores = scores.copy()
+        for r in range(scores.shape[0]):
+            banned = banned_ngram_tokens(seqs[r].tolist(), options.no_repeat_ngram_size)
+            if banned:
+                scores[r, banned] = NEG_INF
+    if step < options.min_new_tokens:
+        scores = scores.copy()
+        scores[:, eos_id] = NEG_INF
+    return scores
+
+
+def warp(scores: np.ndarray, options: GenerationOptions) -> np.ndarray:
+    """Sampling warpers, in transformers' order: temperature, top-k, top-p (each keeps >= 1 token)."""
+    scores = np.array(scores, dtype=np.float64)
+    if options.temperature != 1.0:
+        scores = scores / options.temperature
+    V = scores.shape[-1]
+    if options.top_k:
+        k = min(max(options.top_k, 1), V)
+        kth = np.sort(scores, axis=-1)[:, V - k][:, None]
+        scores = np.where(scores < kth, NEG_INF, scores)
+    if options.top_p < 1.0:
+        order = np.argsort(scores, axis=-1, kind="stable")  # ascending
+        sorted_scores = np.take_along_axis(scores, order, -1)
+        probs = np.exp(log_softmax(sorted_scores))
+        remove_sorted = np.cumsum(probs, axis=-1) <= (1 - options.top_p)
+        remove_sorted[:, -1] = False
+        remove = np.zeros_like(remove_sorted)
+        np.put_along_axis(remove, order, remove_sorted, -1)
+        scores = np.where(remove, NEG_INF, scores)
+    return scores
+
+
+# --------------------------------------------------------------------------
+# greedy and sampling
+
+def iter_greedy(step: StepFn, batch_size: int, options: GenerationOptions, *,
+                start_id: int, eos_id: int, pad_id: int) -> Iterator[np.ndarray]:
+    """Greedy (or sampling) decoding, one step at a time.
+
+    Yields ``(tokens int64[N], finished bool[N], scores float64[N])`` after each step, N =
+    batch_size * rows_per_input; finished rows get pad.  Stops at eos in every row
+    or after max_new_tokens.
+    """
+    N = batch_size * rows_per_input(options)
+    rng = np.random.default_rng(options.seed) if options.do_sample else None
+    seqs = np.full((N, 1), start_id, dtype=np.int64)
+    finished = np.zeros(N, dtype=bool)
+    total = np.zeros(N, dtype=np.float64)
+    for s in range(options.max_new_tokens):
+        raw = np.asarray(step(seqs), dtype=np.float64)
+        logp = log_softmax(raw)
+        scores = process(raw, seqs, s, options, eos_id)
+        if options.do_sample:
+            probs = np.exp(log_softmax(warp(scores, options)))
+            cdf = np.cumsum(probs, axis=-1)
+            u = rng.random(N) * cdf[:, -1]
+            nxt = np.array([min(int(np.searchsorted(cdf[r], u[r], side="right")), cdf.shape[1] - 1)
+                            for r in range(N)], dtype=np.int64)
+        else:
+            nxt = np.argmax(scores, axis=-1).astype(np.int64)
+        nxt = np.where(finished, pad_id, nxt)
+        total = total + np.where(finished, 0.0, logp[np.arange(N), nxt])
+        seqs = np.concatenate([seqs, nxt[:, None]], axis=1)
+        finished = finished | (nxt == eos_id)
+        yield nxt, finished.copy(), total.copy()
+        if finished.all():
+            break
+
+
+def _trim(tokens: Sequence[int], eos_id: int) -> List[int]:
+    out = []
+    for t in tokens:
+        out.append(int(t))
+        if t == eos_id:
+            break
+    return out
+
+
+def greedy(step: StepFn, batch_size: int, options: GenerationOptions, *,
+           start_id: int, eos_id: int, pad_id: int) -> List[List[Hypothesis]]:
+    R = rows_per_input(options)
+    N = batch_size * R
+    columns = []
+    total = np.zeros(N)
+    for nxt, _, total in iter_greedy(step, batch_size, options, start_id=start_id, eos_id=eos_id, pad_id=pad_id):
+        columns.append(nxt)
+    seqs = np.stack(columns, axis=1) if columns else np.zeros((N, 0), np.int64)
+    return [[Hypothesis(_trim(seqs[b * R + j], eos_id), float(total[b * R + j])) for j in range(R)]
+            for b in range(batch_size)]
+
+
+# --------------------------------------------------------------------------
+# beam search
+
+class BeamHypotheses:
+    """The n best finished hypotheses of one input (transformers' BeamHypotheses)."""
+
+    def __init__(self, num_beams: int, length_penalty: float, early_stopping, max_new_tokens: int):
+        self.num_beams = num_beams
+        self.length_penalty = length_penalty
+        self.early_stopping = early_stopping
+        self.max_new_tokens = max_new_tokens
+        self.beams: List[tuple] = []  # (score, tokens)
+        self.worst_score = 1e9
+
+    def __len__(self) -> int:
+        return len(self.beams)
+
+    def add(self, tokens: List[int], sum_logprobs: float, generated_len: int) -> None:
+        score = sum_logprobs / (generated_len ** self.length_penalty)
+        if len(self) < self.num_beams or score > self.worst_score:
+            self.beams.append((score, tokens))
+            if len(self) > self.num_beams:
+                ranked = sorted((s, i) for i, (s, _) in enumerate(self.beams))
+                del self.beams[ranked[0][1]]
+                self.worst_score = ranked[1][0]
+            else:
+                self.worst_score = min(score, self.worst_score)
+
+    def is_done(self, best_sum_logprobs: float, generated_len: int) -> bool:
+        if len(self) < self.num_beams:
+            return False
+        if self.early_stopping is True:
+            return True
+        if self.early_stopping == "never" and self.length_penalty > 0.0:
+            best = best_sum_logprobs / self.max_new_tokens ** self.length_penalty
+        else:
+            best = best_sum_logprobs / generated_len ** self.length_penalty
+        return self.worst_score >= best
+
+    def best(self, n: int) -> List[Hypothesis]:
+        ranked = sorted(self.beams, key=lambda b: b[0], reverse=True)
+        return [Hypothesis(list(t), float(s)) for s, t in ranked[:n]]
+
+
+def beam_search(step: StepFn, batch_size: int, options: GenerationOptions, *,
+                start_id: int, eos_id: int, pad_id: int) -> List[List[Hypothesis]]:
+    """Beam search with K = num_beams rows per input; returns num_return_sequences best per input."""
+    B, K = batch_size, options.num_beams
+    seqs = np.full((B * K, 1), start_id, dtype=np.int64)
+    beam_scores = np.zeros((B, K), dtype=np.float64)
+    beam_scores[:, 1:] = -1e9  # only the first beam is live at the start
+    beam_scores = beam_scores.reshape(-1)
+    hyps = [BeamHypotheses(K, options.length_penalty, options.early_stopping, options.max_new_tokens)
+            for _ in range(B)]
+    done = [False] * B
+    for s in range(options.max_new_tokens):
+        logp = process(log_softmax(step(seqs)), seqs, s, options, eos_id)
+        V = logp.shape[-1]
+        cand = (beam_scores[:, None] + logp).reshape(B, K * V)
+        top_i = np.argsort(-cand, axis=1, kind="stable")[:, : 2 * K]
+        top_s = np.take_along_axis(cand, top_i, 1)
+        new_scores = np.zeros((B, K))
+        new_tok = np.full((B, K), pad_id, dtype=np.int64)
+        new_src = np.zeros((B, K), dtype=np.int64)
+        for b in range(B):
+            new_src[b] = b * K
+            if done[b]:
+                continue
+            n = 0
+            for rank in range(2 * K):
+                score, (beam, token) = float(top_s[b, rank]), divmod(int(top_i[b, rank]), V)
+                if token == eos_id:
+                    if rank >= K:
+                        continue
+                    tokens = seqs[b * K + beam, 1:].tolist() + [eos_id]
+                    hyps[b].add(tokens, score, generated_len=s + 1)
+                else:
+                    new_scores[b, n], new_tok[b, n], new_src[b, n] = score, token, b * K + beam
+                    n += 1
+                if n == K:
+                    break
+            done[b] = hyps[b].is_done(float(top_s[b].max()), s + 1)
+        src = new_src.reshape(-1)
+        seqs = np.concatenate([seqs[src], new_tok.reshape(-1, 1)], axis=1)
+        beam_scores = new_scores.reshape(-1)
+        if all(done):
+            break
+    for b in range(B):
+        if done[b]:
+            continue
+        for k in range(K):
+            hyps[b].add(seqs[b * K + k, 1:].tolist(), float(beam_scores[b * K + k]), generated_len=seqs.shape[1] - 1)
+    return [h.best(options.num_return_sequences) for h in hyps]
+
+
+def generate(step: StepFn, batch_size: int, options: GenerationOptions, *,
+             start_id: int, eos_id: int, pad_id: int) -> List[List[Hypothesis]]:
+    """Runs the search ``options`` asks for: per input, num_return_sequences hypotheses (best first for beams)."""
+    search = beam_search if options.num_beams > 1 else greedy
+    return search(step, batch_size, options, start_id=start_id, eos_id=eos_id, pad_id=pad_id)
