@@ -52,7 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (at most)")
+    parser.add_argument("--adapt-threads", action="store_true",
+                        help="every 200 steps time 10 steps with 1 thread and 10 with --threads, and use "
+                             "the faster for the rest (a shared, oversubscribed CPU makes multi-threaded "
+                             "ops wait on descheduled threads)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
     parser.add_argument("--tokenizer", default="", help="SentencePiece model (trained into OUT when missing)")
     parser.add_argument("--config", default="", help="PaliConfig JSON file (default: PaliConfig())")
@@ -231,6 +235,8 @@ def run(args) -> int:
     loss_acc, n_acc = 0.0, 0
     eval_time = 0.0
     budget = args.time_budget_min * 60
+    probe = {}  # thread count -> step times in the current probe window
+    threads_now = args.threads
     while True:
         elapsed = elapsed0 + time.time() - t_start
         progress = step / args.steps
@@ -239,6 +245,17 @@ def run(args) -> int:
         if progress >= 1.0:
             break
         lr = lr_at(progress, step, args)
+        if args.adapt_threads and device == "cpu" and args.threads > 1:
+            phase = step % 200
+            want = 1 if phase < 10 else (args.threads if phase < 20 else threads_now)
+            if phase == 20 and probe.get(1) and probe.get(args.threads):
+                med = {k: sorted(v)[len(v) // 2] for k, v in probe.items()}
+                want = threads_now = min(med, key=med.get)
+                log(f"threads: median step {med[1]:.2f} s with 1, {med[args.threads]:.2f} s with "
+                    f"{args.threads} -> using {threads_now}")
+                probe = {}
+            torch.set_num_threads(want)
+        t_step = time.time()
         for g in opt.param_groups:
             g["lr"] = lr
         px, ids, mask, dec_in, labels = batcher.next()
@@ -253,6 +270,8 @@ def run(args) -> int:
         if args.clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         opt.step()
+        if args.adapt_threads and step % 200 < 20:
+            probe.setdefault(torch.get_num_threads(), []).append(time.time() - t_step)
         step += 1
         seen += args.batch_size
         loss_acc += loss.item()
