@@ -88,6 +88,7 @@ class OrtBackend:
                                        eos_id=self.config["eos_token_id"])
         except ValueError as error:
             raise ModelFileError(f"{self.path}: 'pali.tokenizer' is not a SentencePiece model: {error}") from None
+        self._pieces = self.tokenizer.vocab_size
         ort = _import_onnxruntime()
         options = ort.SessionOptions()
         options.log_severity_level = 3
@@ -154,6 +155,10 @@ class OrtBackend:
 
         return step
 
+    def decode(self, tokens: Sequence[int]) -> str:
+        """Token ids -> text; ids the tokenizer lacks (a vocab padded beyond it) are skipped."""
+        return self.tokenizer.decode([t for t in tokens if 0 <= t < self._pieces])
+
     def _special(self) -> Dict[str, int]:
         c = self.config
         return {"start_id": int(c["decoder_start_token_id"]), "eos_id": int(c["eos_token_id"]),
@@ -185,7 +190,7 @@ class OrtBackend:
                    "total_ms": (t2 - t0) * 1e3, "steps": steps[0]}
         results = []
         for per_input in hyps:
-            rs = [GenerationResult(self.tokenizer.decode(h.tokens), list(h.tokens), float(h.score), dict(timings))
+            rs = [GenerationResult(self.decode(h.tokens), list(h.tokens), float(h.score), dict(timings))
                   for h in per_input]
             results.append(rs if opts.num_return_sequences > 1 else rs[0])
         return results if batched else results[0]
@@ -216,14 +221,14 @@ class OrtBackend:
         for nxt, finished, _ in generation.iter_greedy(step, 1, opts, **self._special()):
             if int(nxt[0]) != self.config["eos_token_id"]:
                 tokens.append(int(nxt[0]))
-            text = self.tokenizer.decode(tokens)
+            text = self.decode(tokens)
             if text.startswith(shown) and not text.endswith("\ufffd"):
                 piece, shown = text[len(shown):], text
                 if piece:
                     yield piece
             if finished[0]:
                 break
-        text = self.tokenizer.decode(tokens)
+        text = self.decode(tokens)
         if text != shown and text.startswith(shown):
             yield text[len(shown):]
 
