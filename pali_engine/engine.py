@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import model_file
 from .errors import ModelFileError
 
 _DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "pali-default.onnx"
@@ -30,6 +29,7 @@ class Engine:
     """A loaded model. Create it with ``Engine.load``."""
 
     def __init__(self, path: str, config: dict[str, Any], backend: str, device: str, dtype: str):
+        self._backend = None
         self.path = path
         self.config = config
         self.backend = backend
@@ -57,29 +57,37 @@ class Engine:
             raise ModelFileError(f"{path}: no such model file")
         if backend not in ("native", "onnxruntime"):
             raise ValueError(f"backend must be 'native' or 'onnxruntime', got {backend!r}")
-        impl = None
         if backend == "onnxruntime":
             from .ort_backend import OrtBackend
 
             impl = OrtBackend(path, device=device, threads=threads, dtype=dtype)
-            config = impl.config
         else:
-            config = model_file.read_config(path)
-        engine = cls(path, config, backend, device, dtype)
+            from .native_backend import NativeBackend
+
+            impl = NativeBackend(path, device=device, threads=threads, dtype=dtype)
+        engine = cls(path, impl.config, backend, device, dtype)
         engine._backend = impl
         return engine
 
     def generate(self, image, prompt, **options):
-        """Text for an image and a prompt; lists in, list out (see pali_engine.ort_backend.OrtBackend)."""
-        if getattr(self, "_backend", None) is None:
-            raise NotImplementedError(f"generation with backend={self.backend!r} is not available in this version")
+        """Text for an image and a prompt: single in, single out; lists in, list out.
+
+        ``image``: a path, a PIL image or a uint8 array (H, W, 3) (grayscale and RGBA
+        are converted). Options are those of transformers' generate(): max_new_tokens,
+        min_new_tokens, num_beams, length_penalty, early_stopping, num_return_sequences,
+        no_repeat_ngram_size, repetition_penalty, do_sample, temperature, top_k, top_p,
+        seed. Returns results with ``.text``, ``.tokens``, ``.score`` and ``.timings``
+        (a list of them per input when num_return_sequences > 1).
+        """
         return self._backend.generate(image, prompt, **options)
 
     def stream(self, image, prompt, **options):
         """Yields the generated text piece by piece (one image, one prompt)."""
-        if getattr(self, "_backend", None) is None:
-            raise NotImplementedError(f"generation with backend={self.backend!r} is not available in this version")
         return self._backend.stream(image, prompt, **options)
+
+    def logits(self, pixel_values, input_ids, attention_mask, decoder_input_ids):
+        """The teacher-forced forward, float32[B, T, V]: the ONNX graph's output."""
+        return self._backend.logits(pixel_values, input_ids, attention_mask, decoder_input_ids)
 
     def __repr__(self) -> str:
         return f"Engine({self.path!r}, backend={self.backend!r}, device={self.device!r}, dtype={self.dtype!r})"

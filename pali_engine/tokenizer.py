@@ -68,13 +68,18 @@ class Tokenizer:
         return [self.encode(t, add_eos) for t in texts]
 
     def decode(self, ids: Iterable[int]) -> str:
-        """token ids -> text; pad is skipped and decoding stops at the first eos."""
+        """token ids -> text; pad is skipped and decoding stops at the first eos.
+
+        Ids past the SentencePiece model (a model's vocabulary may be padded
+        beyond it) are skipped too.
+        """
         out = []
+        pieces = self.sp.get_piece_size()
         for i in ids:
             i = int(i)
             if i == self.eos_id:
                 break
-            if i == self.pad_id:
+            if i == self.pad_id or not 0 <= i < pieces:
                 continue
             out.append(i)
         return self.sp.decode(out)

@@ -1,0 +1,232 @@
+#include "generate/search.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <random>
+
+#include "generate/logits_processors.h"
+#include "ops/softmax_topk.h"
+
+namespace pali {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double ms_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+// Greedy search and sampling: one row per request (num_return_sequences rows
+// per request when sampling).
+std::vector<std::vector<Hypothesis>> sample_or_greedy(const PaliModel& model, const EncoderOutput& encoded,
+                                                      const GenerationOptions& options,
+                                                      const TokenCallback& on_token, GenerationTimings* timings) {
+  const PaliConfig& config = model.config();
+  const int64_t vocab = config.vocab_size, eos = config.eos_token_id;
+  const int64_t per_request = options.do_sample ? options.num_return_sequences : 1;
+  const int64_t rows = encoded.batch * per_request;
+  DecoderState state = model.decoder().start(encoded.memory.data(), encoded.mask.data(), encoded.batch,
+                                             encoded.length, per_request, options.max_new_tokens);
+  std::vector<std::vector<int64_t>> sequences(rows, std::vector<int64_t>{config.decoder_start_token_id});
+  std::vector<Hypothesis> out(rows);
+  std::vector<int64_t> tokens(rows, config.decoder_start_token_id);
+  std::vector<float> logits(rows * vocab), log_probs(vocab);
+  std::vector<bool> done(rows, false);
+  std::mt19937_64 rng(options.seed);
+  const auto start = Clock::now();
+  int64_t live = rows;
+  for (int64_t step = 0; step < options.max_new_tokens && live > 0; ++step) {
+    model.decoder().step(state, tokens.data(), 1, logits.data(), false);
+    if (step == 0) timings->first_token_ms = ms_between(start, Clock::now());
+    ++timings->steps;
+    for (int64_t r = 0; r < rows; ++r) {
+      if (done[r]) {
+        tokens[r] = config.pad_token_id;
+        continue;
+      }
+      float* row = logits.data() + r * vocab;
+      log_softmax(row, 1, vocab, log_probs.data());
+      process_scores(options, eos, sequences[r], step, row, vocab);
+      int64_t token = 0;
+      if (options.do_sample) {
+        warp_for_sampling(options, row, vocab);
+        const float top = *std::max_element(row, row + vocab);
+        std::vector<double> weights(vocab);
+        for (int64_t i = 0; i < vocab; ++i) weights[i] = std::exp(static_cast<double>(row[i] - top));
+        token = std::discrete_distribution<int64_t>(weights.begin(), weights.end())(rng);
+      } else {
+        token = std::max_element(row, row + vocab) - row;
+      }
+      out[r].score += log_probs[token];
+      sequences[r].push_back(token);
+      tokens[r] = token;
+      if (token == eos) {
+        out[r].finished = true;
+        done[r] = true;
+        --live;
+        continue;
+      }
+      out[r].tokens.push_back(token);
+      if (on_token && !on_token(r / per_request, token)) {
+        done[r] = true;
+        --live;
+      }
+    }
+  }
+  timings->decode_ms = ms_between(start, Clock::now());
+  std::vector<std::vector<Hypothesis>> results(encoded.batch);
+  for (int64_t r = 0; r < rows; ++r) results[r / per_request].push_back(std::move(out[r]));
+  return results;
+}
+
+// Finished hypotheses of one request, as transformers' BeamHypotheses.
+class Hypotheses {
+ public:
+  Hypotheses(int64_t num_beams, float length_penalty, EarlyStopping early_stopping, int64_t max_new_tokens)
+      : num_beams_(num_beams),
+        length_penalty_(length_penalty),
+        early_stopping_(early_stopping),
+        max_new_tokens_(max_new_tokens) {}
+
+  void add(std::vector<int64_t> tokens, float sum_log_probs, int64_t generated_len, bool finished) {
+    const float score = sum_log_probs / std::pow(static_cast<float>(generated_len), length_penalty_);
+    if (static_cast<int64_t>(beams_.size()) < num_beams_ || score > worst_score_) {
+      beams_.push_back({std::move(tokens), score, finished});
+      if (static_cast<int64_t>(beams_.size()) > num_beams_) {
+        auto worst = std::min_element(beams_.begin(), beams_.end(),
+                                      [](const Hypothesis& a, const Hypothesis& b) { return a.score < b.score; });
+        beams_.erase(worst);
+      }
+      worst_score_ = std::min_element(beams_.begin(), beams_.end(), [](const Hypothesis& a, const Hypothesis& b) {
+                       return a.score < b.score;
+                     })->score;
+    }
+  }
+
+  // Whether no running beam can beat the finished ones (cur_len: tokens generated so far).
+  bool is_done(float best_sum_log_probs, int64_t cur_len) const {
+    if (static_cast<int64_t>(beams_.size()) < num_beams_) return false;
+    if (early_stopping_ == EarlyStopping::on) return true;
+    // "never" bounds the best running beam at the longest length it could reach.
+    const int64_t length = early_stopping_ == EarlyStopping::never && length_penalty_ > 0 ? max_new_tokens_ : cur_len;
+    const float highest = best_sum_log_probs / std::pow(static_cast<float>(length), length_penalty_);
+    return worst_score_ >= highest;
+  }
+
+  std::vector<Hypothesis> best(int64_t n) {
+    std::stable_sort(beams_.begin(), beams_.end(),
+                     [](const Hypothesis& a, const Hypothesis& b) { return a.score > b.score; });
+    if (static_cast<int64_t>(beams_.size()) > n) beams_.resize(n);
+    return beams_;
+  }
+
+ private:
+  int64_t num_beams_;
+  float length_penalty_;
+  EarlyStopping early_stopping_;
+  int64_t max_new_tokens_;
+  std::vector<Hypothesis> beams_;
+  float worst_score_ = 1e9f;
+};
+
+std::vector<std::vector<Hypothesis>> beam_search(const PaliModel& model, const EncoderOutput& encoded,
+                                                 const GenerationOptions& options, GenerationTimings* timings) {
+  const PaliConfig& config = model.config();
+  const int64_t vocab = config.vocab_size, eos = config.eos_token_id, beams = options.num_beams;
+  const int64_t requests = encoded.batch, rows = requests * beams;
+  DecoderState state = model.decoder().start(encoded.memory.data(), encoded.mask.data(), requests,
+                                             encoded.length, beams, options.max_new_tokens);
+  std::vector<std::vector<int64_t>> sequences(rows, std::vector<int64_t>{config.decoder_start_token_id});
+  std::vector<float> beam_scores(rows, 0.0f);
+  for (int64_t r = 0; r < rows; ++r)
+    if (r % beams) beam_scores[r] = -1e9f;
+  std::vector<Hypotheses> hypotheses(requests, Hypotheses(beams, options.length_penalty, options.early_stopping, options.max_new_tokens));
+  std::vector<bool> done(requests, false);
+  std::vector<int64_t> tokens(rows, config.decoder_start_token_id);
+  std::vector<float> logits(rows * vocab), scores(beams * vocab);
+  const int64_t candidates = 2 * beams;
+  std::vector<float> top_values(candidates);
+  std::vector<int32_t> top_indices(candidates), source(rows);
+  std::vector<std::vector<int64_t>> next_sequences(rows);
+  std::vector<float> next_scores(rows);
+  std::vector<int64_t> next_tokens(rows);
+
+  const auto start = Clock::now();
+  int64_t generated = 0;
+  for (int64_t step = 0; step < options.max_new_tokens; ++step) {
+    model.decoder().step(state, tokens.data(), 1, logits.data(), false);
+    if (step == 0) timings->first_token_ms = ms_between(start, Clock::now());
+    ++timings->steps;
+    generated = step + 1;
+    for (int64_t b = 0; b < requests; ++b) {
+      const int64_t first = b * beams;
+      if (done[b]) {
+        for (int64_t i = 0; i < beams; ++i) {
+          source[first + i] = static_cast<int32_t>(first + i);
+          next_tokens[first + i] = config.pad_token_id;
+          next_scores[first + i] = 0;
+          next_sequences[first + i] = sequences[first + i];
+        }
+        continue;
+      }
+      for (int64_t i = 0; i < beams; ++i) {
+        float* row = scores.data() + i * vocab;
+        log_softmax(logits.data() + (first + i) * vocab, 1, vocab, row);
+        process_scores(options, eos, sequences[first + i], step, row, vocab);
+        for (int64_t v = 0; v < vocab; ++v) row[v] += beam_scores[first + i];
+      }
+      topk(scores.data(), 1, beams * vocab, candidates, top_values.data(), top_indices.data());
+      int64_t filled = 0;
+      for (int64_t rank = 0; rank < candidates && filled < beams; ++rank) {
+        const int64_t beam = top_indices[rank] / vocab, token = top_indices[rank] % vocab;
+        const int64_t row = first + beam;
+        if (token == eos) {
+          if (rank >= beams) continue;
+          std::vector<int64_t> finished(sequences[row].begin() + 1, sequences[row].end());
+          hypotheses[b].add(std::move(finished), top_values[rank], step + 1, true);
+        } else {
+          source[first + filled] = static_cast<int32_t>(row);
+          next_tokens[first + filled] = token;
+          next_scores[first + filled] = top_values[rank];
+          next_sequences[first + filled] = sequences[row];
+          next_sequences[first + filled].push_back(token);
+          ++filled;
+        }
+      }
+      done[b] = hypotheses[b].is_done(top_values[0], step + 1);
+    }
+    sequences.swap(next_sequences);
+    beam_scores = next_scores;
+    tokens = next_tokens;
+    if (std::all_of(done.begin(), done.end(), [](bool d) { return d; })) break;
+    model.decoder().reorder(state, source.data());
+  }
+  timings->decode_ms = ms_between(start, Clock::now());
+
+  std::vector<std::vector<Hypothesis>> results(requests);
+  for (int64_t b = 0; b < requests; ++b) {
+    if (!done[b])
+      for (int64_t i = 0; i < beams; ++i) {
+        const int64_t row = b * beams + i;
+        std::vector<int64_t> running(sequences[row].begin() + 1, sequences[row].end());
+        hypotheses[b].add(std::move(running), beam_scores[row], generated, false);
+      }
+    results[b] = hypotheses[b].best(options.num_return_sequences);
+  }
+  return results;
+}
+
+}  // namespace
+
+std::vector<std::vector<Hypothesis>> generate(const PaliModel& model, const EncoderOutput& encoded,
+                                              const GenerationOptions& options, const TokenCallback& on_token,
+                                              GenerationTimings* timings) {
+  options.validate();
+  timings->vision_ms = encoded.vision_ms;
+  timings->encoder_ms = encoded.encoder_ms;
+  if (options.num_beams > 1) return beam_search(model, encoded, options, timings);
+  return sample_or_greedy(model, encoded, options, on_token, timings);
+}
+
+}  // namespace pali

@@ -1,0 +1,69 @@
+#include "models/pali_model.h"
+
+#include <chrono>
+#include <cstring>
+
+namespace pali {
+namespace {
+double milliseconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+}
+}  // namespace
+
+PaliModel::PaliModel(std::shared_ptr<const onnx::OnnxFile> file, const PaliConfig& config, WeightFormat format)
+    : file_(std::move(file)), config_(config), format_(format) {
+  config_.validate();
+  WeightStore weights(file_);
+  embedding_ = weights.f32("shared.weight", {config_.vocab_size, config_.d_model});
+  vision_ = std::make_unique<VisionEncoder>(config_, weights, format);
+  encoder_ = std::make_unique<T5Encoder>(config_, weights, format);
+  decoder_ = std::make_unique<T5Decoder>(config_, weights, embedding_, format);
+  weights.check_all_used();
+}
+
+EncoderOutput PaliModel::encode(const float* pixels, const int64_t* input_ids, const int64_t* attention_mask,
+                                int64_t batch, int64_t prompt_len) const {
+  const int64_t d = config_.d_model, n = vision_->num_tokens();
+  PALI_CHECK_ARG(batch > 0, "batch must be positive");
+  PALI_CHECK_ARG(prompt_len >= 0 && prompt_len <= config_.max_prompt_tokens, "prompt has ", prompt_len,
+                 " tokens; this model takes at most ", config_.max_prompt_tokens);
+  EncoderOutput out;
+  out.batch = batch;
+  out.length = n + prompt_len;
+  out.memory.resize(batch * out.length * d);
+  out.mask.resize(batch * out.length);
+
+  auto start = std::chrono::steady_clock::now();
+  std::vector<float> visual(batch * n * d);
+  vision_->forward(pixels, batch, visual.data());
+  out.vision_ms = milliseconds_since(start);
+
+  start = std::chrono::steady_clock::now();
+  const float* table = embedding_.data<float>();
+  for (int64_t b = 0; b < batch; ++b) {
+    float* row = out.memory.data() + b * out.length * d;
+    std::memcpy(row, visual.data() + b * n * d, n * d * sizeof(float));
+    for (int64_t i = 0; i < n; ++i) out.mask[b * out.length + i] = 1;
+    for (int64_t t = 0; t < prompt_len; ++t) {
+      const int64_t id = input_ids[b * prompt_len + t];
+      PALI_CHECK_ARG(id >= 0 && id < config_.vocab_size, "input id ", id, " is outside the vocabulary of ",
+                     config_.vocab_size);
+      std::memcpy(row + (n + t) * d, table + id * d, d * sizeof(float));
+      out.mask[b * out.length + n + t] = attention_mask[b * prompt_len + t] != 0;
+    }
+  }
+  encoder_->forward(out.memory.data(), batch, out.length, out.mask.data());
+  out.encoder_ms = milliseconds_since(start);
+  return out;
+}
+
+void PaliModel::forward(const float* pixels, const int64_t* input_ids, const int64_t* attention_mask,
+                        int64_t batch, int64_t prompt_len, const int64_t* decoder_input_ids, int64_t target_len,
+                        float* logits) const {
+  PALI_CHECK_ARG(target_len > 0, "decoder_input_ids must not be empty");
+  EncoderOutput enc = encode(pixels, input_ids, attention_mask, batch, prompt_len);
+  DecoderState state = decoder_->start(enc.memory.data(), enc.mask.data(), batch, enc.length, 1, target_len);
+  decoder_->step(state, decoder_input_ids, target_len, logits, /*all_positions=*/true);
+}
+
+}  // namespace pali

@@ -1,0 +1,66 @@
+// The T5 v1.1 / mT5 decoder with a self-attention KV cache.
+//
+// A DecoderState holds everything one generation needs and is allocated once:
+// the self-attention cache of every layer for `capacity` positions, the
+// cross-attention K/V computed once from the encoder output (one copy per
+// request, shared by all its beams through attention's kv_batch_divisor), and
+// the unidirectional relative position bias table for all positions (each step
+// reads its one row of distances from it).
+//
+//   step(tokens int64[rows, q_len]) -> logits float32[rows, V] of the last position
+//   (or [rows, q_len, V] for teacher forcing), rows = requests * beams
+#pragma once
+
+#include <vector>
+
+#include "models/pali_config.h"
+#include "models/t5_layers.h"
+#include "models/weights.h"
+
+namespace pali {
+
+struct DecoderState {
+  int64_t requests = 0;
+  int64_t beams = 1;
+  int64_t rows = 0;      // requests * beams
+  int64_t capacity = 0;  // positions the cache holds
+  int64_t length = 0;    // positions filled
+  int64_t enc_len = 0;
+  std::vector<int32_t> enc_mask;                 // [requests, enc_len]
+  std::vector<std::vector<float>> self_kv;       // per layer [rows, capacity, 2 * inner]: K then V
+  std::vector<std::vector<float>> cross_kv;      // per layer [requests, enc_len, 2 * inner]
+  std::vector<float> bias_table;                 // [heads, 2 * capacity - 1]: distance c - (capacity - 1)
+  std::vector<float> reorder_scratch;
+  Buffer x, h, qkv, attn, q, wide, gated;
+};
+
+class T5Decoder {
+ public:
+  T5Decoder(const PaliConfig& config, WeightStore& weights, const Tensor& embedding, WeightFormat format);
+
+  // memory: [requests, enc_len, d_model]; mask: [requests, enc_len].
+  DecoderState start(const float* memory, const int32_t* mask, int64_t requests, int64_t enc_len,
+                     int64_t beams, int64_t capacity) const;
+  // Appends q_len positions of tokens [rows, q_len] to the cache and writes the
+  // logits of the last position [rows, V], or of all positions [rows, q_len, V].
+  void step(DecoderState& state, const int64_t* tokens, int64_t q_len, float* logits,
+            bool all_positions) const;
+  // Row r of the cache takes the contents of row source[r] (beam reordering).
+  void reorder(DecoderState& state, const int32_t* source) const;
+
+ private:
+  struct Layer {
+    Tensor self_attn_norm, cross_attn_norm, ffn_norm;
+    LinearWeight self_qkv, self_o, cross_q, cross_kv, cross_o;
+    T5FeedForward ffn;
+  };
+  const PaliConfig& config_;
+  const Tensor& embedding_;  // [V, d_model] float32, shared with the encoder input
+  Tensor relative_attention_bias_;
+  std::vector<Layer> layers_;
+  Tensor final_norm_;
+  LinearWeight lm_head_;
+  float lm_head_scale_ = 1.0f;
+};
+
+}  // namespace pali

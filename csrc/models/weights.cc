@@ -1,0 +1,68 @@
+#include "models/weights.h"
+
+#include <cstring>
+
+#include "core/error.h"
+
+namespace pali {
+
+Tensor WeightStore::raw(const std::string& name, const Shape& shape) {
+  if (!file_->has_tensor(name))
+    throw ModelFileError(str_cat(path(), ": missing tensor '", name, "' (expected shape ",
+                                 shape_str(shape), ")"));
+  const auto& info = file_->info(name);
+  if (info.shape != shape)
+    throw ModelFileError(str_cat(path(), ": tensor '", name, "' has shape ", shape_str(info.shape),
+                                 " but the config implies ", shape_str(shape)));
+  if (info.dtype != DType::f32 && info.dtype != DType::f16 && info.dtype != DType::bf16)
+    throw ModelFileError(str_cat(path(), ": tensor '", name, "' has dtype ", dtype_name(info.dtype),
+                                 "; expected float32, float16 or bfloat16"));
+  used_.insert(name);
+  return file_->tensor(name);
+}
+
+Tensor WeightStore::f32(const std::string& name, const Shape& shape) {
+  Tensor t = raw(name, shape);
+  if (t.dtype() == DType::f32) return t;
+  Tensor out = Tensor::empty(DType::f32, shape);
+  float* dst = out.data<float>();
+  const uint16_t* src = static_cast<const uint16_t*>(t.raw());
+  const bool half = t.dtype() == DType::f16;
+  for (int64_t i = 0; i < t.numel(); ++i) dst[i] = half ? half_to_float(src[i]) : bfloat16_to_float(src[i]);
+  return out;
+}
+
+LinearWeight WeightStore::linear(const std::string& weight, int64_t out, int64_t in,
+                                 const std::string& bias, WeightFormat format) {
+  Tensor w = raw(weight, {out, in});
+  if (bias.empty()) return prepare_linear(w, nullptr, format);
+  Tensor b = raw(bias, {out});
+  return prepare_linear(w, &b, format);
+}
+
+LinearWeight WeightStore::linear_concat(const std::vector<std::string>& weights,
+                                        const std::vector<int64_t>& outs, int64_t in,
+                                        const std::vector<std::string>& biases, WeightFormat format) {
+  std::vector<Tensor> ws, bs;
+  for (size_t i = 0; i < weights.size(); ++i) ws.push_back(raw(weights[i], {outs[i], in}));
+  for (size_t i = 0; i < biases.size(); ++i) bs.push_back(raw(biases[i], {outs[i]}));
+  std::vector<const Tensor*> wp, bp;
+  for (const auto& t : ws) wp.push_back(&t);
+  for (const auto& t : bs) bp.push_back(&t);
+  return prepare_linear_concat(wp, bp, format);
+}
+
+void WeightStore::check_all_used() const {
+  std::string unused;
+  int count = 0;
+  for (const auto& info : file_->initializers()) {
+    if (used_.count(info.name)) continue;
+    if (count < 5) unused += (count ? ", '" : "'") + info.name + "'";
+    ++count;
+  }
+  if (count)
+    throw ModelFileError(str_cat(path(), ": ", count, " tensor(s) not used by the config: ", unused,
+                                 count > 5 ? ", ..." : ""));
+}
+
+}  // namespace pali

@@ -1,0 +1,42 @@
+// Weights looked up by name in a model file, with errors that name the tensor.
+//
+// Every lookup states the shape it expects; at the end of loading,
+// check_all_used() fails on any tensor the model did not take, so a file that
+// does not match its config is refused instead of silently misread.
+#pragma once
+
+#include <memory>
+#include <set>
+#include <string>
+
+#include "core/tensor.h"
+#include "onnx/onnx_file.h"
+#include "ops/linear.h"
+
+namespace pali {
+
+class WeightStore {
+ public:
+  explicit WeightStore(std::shared_ptr<const onnx::OnnxFile> file) : file_(std::move(file)) {}
+
+  // The tensor as stored (any float dtype), checked against `shape`.
+  Tensor raw(const std::string& name, const Shape& shape);
+  // The tensor converted to a float32 CPU tensor (a view when already float32 and aligned).
+  Tensor f32(const std::string& name, const Shape& shape);
+  // A linear layer's weight [out, in] (and bias [out] when `bias` is non-empty).
+  LinearWeight linear(const std::string& weight, int64_t out, int64_t in, const std::string& bias,
+                      WeightFormat format);
+  // Several linear layers sharing an input, fused along the output dimension.
+  LinearWeight linear_concat(const std::vector<std::string>& weights, const std::vector<int64_t>& outs,
+                             int64_t in, const std::vector<std::string>& biases, WeightFormat format);
+
+  // Throws ModelFileError naming the tensors no lookup took.
+  void check_all_used() const;
+  const std::string& path() const { return file_->path(); }
+
+ private:
+  std::shared_ptr<const onnx::OnnxFile> file_;
+  std::set<std::string> used_;
+};
+
+}  // namespace pali

@@ -1,0 +1,97 @@
+"""The native backend: the model on the engine's own C++ kernels.
+
+``Engine.load(path)`` (backend="native", the default) uses it. The model file is
+checked and mapped by the native reader, the weights are prepared once in the
+chosen storage (float32, float16 or int8 weight-only), and every call runs with
+the GIL released, so several Python threads may share one engine.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from . import _native
+from .backend import Backend, OnToken
+from .generation import GenerationOptions, Hypothesis
+
+#: Engine dtype -> storage of the weights in the native kernels (activations stay float32).
+WEIGHT_FORMATS = {"float32": "f32", "float16": "f16", "int8": "i8"}
+
+#: Options the native search takes (the rest of GenerationOptions is handled here).
+_NATIVE_OPTIONS = ("max_new_tokens", "min_new_tokens", "num_beams", "length_penalty", "early_stopping",
+                   "num_return_sequences", "no_repeat_ngram_size", "repetition_penalty", "do_sample",
+                   "temperature", "top_k", "top_p")
+
+
+class NativeBackend(Backend):
+    def __init__(self, path: str | os.PathLike, *, device: str = "cpu", threads: Optional[int] = None,
+                 dtype: str = "float32"):
+        if dtype not in WEIGHT_FORMATS:
+            raise ValueError(f"dtype must be one of {', '.join(WEIGHT_FORMATS)}, got {dtype!r}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        if device != "cpu":
+            core = _native.core_for(device)
+            raise ValueError(f"device {device!r}: the native engine runs its models on the CPU only "
+                             f"(module {core.__name__} has no model for it)")
+        super().__init__(path)
+        core = _native.core_for(device)
+        self.dtype = dtype
+        self.threads = threads or 0
+        self._file = core.OnnxFile(self.path)
+        self._model = core.PaliModel(self._file, self.config, WEIGHT_FORMATS[dtype], self.threads)
+
+    def logits(self, pixel_values: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray,
+               decoder_input_ids: np.ndarray) -> np.ndarray:
+        """The teacher-forced forward: float32[B, T, V], as the ONNX graph computes it."""
+        return self._model.forward(pixel_values, input_ids, attention_mask, decoder_input_ids)
+
+    def _native_options(self, options: GenerationOptions) -> dict:
+        out = {name: getattr(options, name) for name in _NATIVE_OPTIONS}
+        out["seed"] = options.seed if options.seed is not None else int.from_bytes(os.urandom(8), "little")
+        return out
+
+    def _search(self, pixel_values, input_ids, attention_mask, options: GenerationOptions,
+                on_token: OnToken) -> Tuple[List[List[Hypothesis]], Dict[str, float]]:
+        results, timings = self._model.generate(pixel_values, input_ids, attention_mask,
+                                                self._native_options(options), on_token)
+        eos = int(self.config["eos_token_id"])
+        hypotheses = [[Hypothesis(list(tokens) + ([eos] if finished else []), float(score))
+                       for tokens, score, finished in per_input] for per_input in results]
+        return hypotheses, dict(timings)
+
+    def _search_streaming(self, pixels, ids, mask, opts, on_token, pending) -> Iterator[str]:
+        """Runs the search in a thread and yields pieces as the tokens arrive."""
+        pieces: "queue.Queue" = queue.Queue()
+        finished = object()
+        failure: list = []
+
+        def forward_token(request: int, token: int) -> bool:
+            on_token(request, token)
+            while pending:
+                pieces.put(pending.pop(0))
+            return True
+
+        def run():
+            try:
+                self._search(pixels, ids, mask, opts, forward_token)
+            except BaseException as error:  # re-raised in the consuming thread
+                failure.append(error)
+            finally:
+                pieces.put(finished)
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        while True:
+            piece = pieces.get()
+            if piece is finished:
+                break
+            yield piece
+        worker.join()
+        if failure:
+            raise failure[0]
