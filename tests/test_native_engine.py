@@ -1,0 +1,201 @@
+"""The native engine against the onnxruntime reference and PyTorch on the same files.
+
+Random-weight models of several shapes (odd head sizes, gated-SiLU, tied
+embeddings): teacher-forced logits within 1e-4 of both references, and greedy
+and beam-search tokens identical to the onnxruntime backend's.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+import pali_engine  # noqa: E402
+from export_fixtures import export_tiny, tiny_model  # noqa: E402
+
+PROMPTS = ["caption en", "two three", "ocr", "le cercle"]
+
+SHAPES = {
+    "tiny": {},
+    "odd": dict(image_size=24, patch_size=8, vision_width=36, vision_heads=3, vision_mlp_dim=50, d_model=40,
+                d_kv=12, num_heads=3, d_ff=37, encoder_layers=3, decoder_layers=2, vocab_size=71,
+                relative_attention_num_buckets=10, relative_attention_max_distance=20),
+    "silu_tied": dict(feed_forward_proj="gated-silu", tie_word_embeddings=True, d_kv=16, num_heads=2),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(SHAPES))
+def exported(request, tmp_path_factory):
+    model = tiny_model(seed=len(request.param), **SHAPES[request.param])
+    path = tmp_path_factory.mktemp(request.param) / "model.onnx"
+    export_tiny(path, model=model, validate=False)
+    return model, str(path)
+
+
+@pytest.fixture(scope="module")
+def engines(exported):
+    model, path = exported
+    return model, pali_engine.Engine.load(path), pali_engine.Engine.load(path, backend="onnxruntime")
+
+
+def random_images(rng, n, size):
+    return [rng.integers(0, 256, (size + int(rng.integers(0, 9)), size + 3, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_logits_match_onnxruntime_and_pytorch(engines):
+    model, native, ort = engines
+    rng = np.random.default_rng()
+    c = native.config
+    for batch, target_len in ((1, 1), (3, 7)):
+        prompts = [PROMPTS[int(i)] for i in rng.integers(0, len(PROMPTS), batch)]
+        ids, mask = native._backend.encode_prompts(prompts)
+        pixels = rng.uniform(-1, 1, (batch, 3, c["image_size"], c["image_size"])).astype(np.float32)
+        decoder_ids = rng.integers(0, c["vocab_size"], (batch, target_len))
+        ours = native.logits(pixels, ids, mask, decoder_ids)
+        reference = ort.logits(pixels, ids, mask, decoder_ids)
+        with torch.no_grad():
+            expected = model(torch.from_numpy(pixels), torch.from_numpy(ids), torch.from_numpy(mask),
+                             torch.from_numpy(decoder_ids)).numpy()
+        assert ours.shape == reference.shape == (batch, target_len, c["vocab_size"])
+        assert np.abs(ours - reference).max() <= 1e-4
+        assert np.abs(ours - expected).max() <= 1e-4
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"num_beams": 3},
+    {"num_beams": 4, "length_penalty": 0.5, "num_return_sequences": 2},
+    {"num_beams": 2, "early_stopping": True, "min_new_tokens": 4},
+    {"num_beams": 3, "early_stopping": "never", "length_penalty": 2.0},
+    {"no_repeat_ngram_size": 2, "repetition_penalty": 1.3},
+])
+def test_tokens_match_onnxruntime(engines, options):
+    _, native, ort = engines
+    rng = np.random.default_rng()
+    images = random_images(rng, 3, native.config["image_size"])
+    prompts = PROMPTS[:3]
+    ours = native.generate(images, prompts, max_new_tokens=7, **options)
+    reference = ort.generate(images, prompts, max_new_tokens=7, **options)
+    flatten = (lambda rs: [r for group in rs for r in group]) if options.get("num_return_sequences", 1) > 1 else list
+    for a, b in zip(flatten(ours), flatten(reference)):
+        assert a.tokens == b.tokens
+        assert a.text == b.text
+        assert a.score == pytest.approx(b.score, abs=1e-4)
+
+
+def test_sampling_is_reproducible_with_a_seed(engines):
+    _, native, _ = engines
+    image = random_images(np.random.default_rng(), 1, native.config["image_size"])[0]
+    options = dict(do_sample=True, top_k=5, top_p=0.9, temperature=1.5, seed=7, max_new_tokens=6)
+    first = native.generate(image, "ocr", **options)
+    assert native.generate(image, "ocr", **options).tokens == first.tokens
+    several = native.generate(image, "ocr", num_return_sequences=3, **{k: v for k, v in options.items()})
+    assert len(several) == 3
+
+
+def test_stream_pieces_join_to_the_generated_text(engines):
+    _, native, _ = engines
+    image = random_images(np.random.default_rng(), 1, native.config["image_size"])[0]
+    text = native.generate(image, "caption en", max_new_tokens=9).text
+    assert "".join(native.stream(image, "caption en", max_new_tokens=9)) == text
+    assert "".join(native.stream(image, "caption en", max_new_tokens=9, num_beams=2)) == \
+        native.generate(image, "caption en", max_new_tokens=9, num_beams=2).text
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float16", 2e-2), ("int8", 0.25)])
+def test_half_and_int8_weights_stay_close(exported, dtype, tolerance):
+    """Relative to the logits' spread: f16 rounds weights to 11 bits, int8 to 8 bits per channel."""
+    _, path = exported
+    full = pali_engine.Engine.load(path)
+    reduced = pali_engine.Engine.load(path, dtype=dtype)
+    rng = np.random.default_rng()
+    c = full.config
+    ids, mask = full._backend.encode_prompts(PROMPTS[:2])
+    pixels = rng.uniform(-1, 1, (2, 3, c["image_size"], c["image_size"])).astype(np.float32)
+    decoder_ids = rng.integers(0, c["vocab_size"], (2, 5))
+    a = full.logits(pixels, ids, mask, decoder_ids)
+    b = reduced.logits(pixels, ids, mask, decoder_ids)
+    assert np.abs(a - b).max() <= tolerance * a.std()
+
+
+def test_concurrent_calls_give_the_same_results(engines):
+    _, native, _ = engines
+    rng = np.random.default_rng()
+    images = random_images(rng, 4, native.config["image_size"])
+    expected = [native.generate(im, "caption en", max_new_tokens=6).tokens for im in images]
+    results = [None] * 8
+    errors = []
+
+    def work(i):
+        try:
+            results[i] = native.generate(images[i % 4], "caption en", max_new_tokens=6).tokens
+        except Exception as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert results == [expected[i % 4] for i in range(8)]
+
+
+BAD_INPUTS = [
+    (lambda: np.zeros((0, 0, 3), np.uint8), "caption en", {}, "empty|zero"),
+    (lambda: np.zeros((8, 8, 5), np.uint8), "caption en", {}, "channel"),
+    (lambda: np.full((8, 8, 3), np.nan, np.float32), "caption en", {}, "NaN|nan|uint8"),
+    (lambda: "/nonexistent/image.png", "caption en", {}, "image|file|exist"),
+    (lambda: object(), "caption en", {}, "image"),
+    (lambda: np.zeros((8, 8, 3), np.uint8), "caption en", {"max_new_tokens": 0}, "max_new_tokens"),
+    (lambda: np.zeros((8, 8, 3), np.uint8), "caption en", {"max_new_tokens": -3}, "max_new_tokens"),
+    (lambda: np.zeros((8, 8, 3), np.uint8), "caption en", {"num_beams": 0}, "num_beams"),
+    (lambda: np.zeros((8, 8, 3), np.uint8), "caption en", {"temperature": -1.0}, "temperature"),
+    (lambda: np.zeros((8, 8, 3), np.uint8), "caption en", {"beams": 2}, "unknown"),
+    (lambda: np.zeros((8, 8, 3), np.uint8), "two three " * 20, {}, "at most"),
+    (lambda: np.zeros((8, 8, 3), np.uint8), 42, {}, "str"),
+]
+
+
+@pytest.mark.parametrize("make_image, prompt, options, message", BAD_INPUTS)
+def test_bad_input_is_a_clear_error_and_the_engine_stays_usable(engines, make_image, prompt, options, message):
+    _, native, _ = engines
+    with pytest.raises(ValueError, match=message):
+        native.generate(make_image(), prompt, **options)
+    good = np.zeros((8, 8, 3), np.uint8)
+    assert isinstance(native.generate(good, "ocr", max_new_tokens=2).text, str)
+
+
+def test_bad_load_options(exported):
+    _, path = exported
+    with pytest.raises(ValueError, match="dtype"):
+        pali_engine.Engine.load(path, dtype="float8")
+    with pytest.raises(ValueError, match="threads"):
+        pali_engine.Engine.load(path, threads=0)
+    with pytest.raises(ValueError, match="backend"):
+        pali_engine.Engine.load(path, backend="tensorflow")
+
+
+def test_native_model_names_a_misshapen_tensor(tmp_path):
+    """The native loader's own check, behind the Python one: a config that lies about a shape."""
+    import json
+
+    from pali_engine import _core
+
+    model = tiny_model()
+    path = tmp_path / "m.onnx"
+    export_tiny(path, model=model, validate=False)
+    config = dict(pali_engine.inspect(path)["metadata"])
+    config = json.loads(config["pali.config"])
+    config["d_ff"] += 1
+    with pytest.raises(pali_engine.ModelFileError, match=r"'encoder\.blocks\.0\.ffn\.wi_0\.weight' has shape"):
+        _core.PaliModel(_core.OnnxFile(str(path)), config, "f32", 1)
+    config["d_ff"] -= 1
+    config["decoder_layers"] -= 1
+    with pytest.raises(pali_engine.ModelFileError, match="not used by the config"):
+        _core.PaliModel(_core.OnnxFile(str(path)), config, "f32", 1)
