@@ -24,6 +24,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("pali_engine.export.train", "train a PaLI model on the synthetic shapes world"),
     "eval": ("pali_engine.export.evaluate", "score a model on the held-out synthetic split"),
     "export": ("pali_engine.export.onnx_export", "export a checkpoint to ONNX"),
+    "bench": ("pali_engine.benchmarks.harness", "time the engine beside its peers on the same weights"),
 }
 
 
