@@ -75,21 +75,40 @@ def _inspect_run(args: argparse.Namespace) -> int:
 
 def _run_add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", help="an image file")
-    parser.add_argument("prompt", help='a task prompt, e.g. "caption en"')
+    parser.add_argument("prompt", help='a task prompt: "caption en", "answer en how many circles?", "ocr", '
+                        '"detect circle ; square"')
     parser.add_argument("--model", help="an ONNX model file (default: the bundled model)")
+    parser.add_argument("--backend", default="native", choices=("native", "onnxruntime"))
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "int8"),
+                        help="weight storage of the native engine")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument("--beams", type=int, default=1, help="beam search width (1: greedy)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the model's limit")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--draw", metavar="OUT.png", help="draw detected boxes and labels on the image")
 
 
 def _run_run(args: argparse.Namespace) -> int:
-    from .engine import default_model_path
+    from .engine import Engine, default_model_path
 
     if args.model is None:
         try:
-            default_model_path()
+            args.model = default_model_path()
         except FileNotFoundError as error:
-            print(f"pali-engine: {error}", file=sys.stderr)
+            print(f"pali-engine run: {error}", file=sys.stderr)
             return 2
-    print("pali-engine: text generation is not available in this version yet", file=sys.stderr)
-    return 2
+    engine = Engine.load(args.model, backend=args.backend, dtype=args.dtype, threads=args.threads)
+    result = engine.generate(args.image, args.prompt, num_beams=args.beams, max_new_tokens=args.max_new_tokens)
+    if args.draw:
+        from .detection import draw_detections
+
+        draw_detections(args.image, result.text, args.draw)
+    if args.json:
+        print(json.dumps({"text": result.text, "tokens": result.tokens, "score": result.score,
+                          "timings": result.timings}, ensure_ascii=False))
+    else:
+        print(result.text)
+    return 0
 
 
 _LOCAL: dict[str, tuple[Callable, Callable]] = {
