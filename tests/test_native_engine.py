@@ -199,3 +199,41 @@ def test_native_model_names_a_misshapen_tensor(tmp_path):
     config["decoder_layers"] -= 1
     with pytest.raises(pali_engine.ModelFileError, match="not used by the config"):
         _core.PaliModel(_core.OnnxFile(str(path)), config, "f32", 1)
+
+
+def test_cli_run_prints_json_and_draws_boxes(exported, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    _, path = exported
+    image = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng().integers(0, 256, (32, 40, 3), dtype=np.uint8)).save(image)
+    out = tmp_path / "boxes.png"
+    result = subprocess.run([sys.executable, "-m", "pali_engine.cli", "run", str(image), "ocr", "--model", path,
+                             "--json", "--beams", "2", "--max-new-tokens", "4", "--draw", str(out)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert set(answer) == {"text", "tokens", "score", "timings"} and len(answer["tokens"]) <= 4
+    assert Image.open(out).size[0] >= 40
+    result = subprocess.run([sys.executable, "-m", "pali_engine.cli", "run", str(image), "ocr", "--model", path,
+                             "--max-new-tokens", "0"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "max_new_tokens" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_detection_answers_parse_and_draw(tmp_path):
+    from PIL import Image
+
+    from pali_engine.detection import draw_detections, parse_detections
+
+    text = "<loc0000><loc0512><loc1023><loc1023> red circle ; <loc0100><loc0200><loc0300><loc0400> star"
+    boxes = parse_detections(text)
+    assert [label for _, label in boxes] == ["red circle", "star"]
+    assert boxes[0][0] == pytest.approx((512 / 1023, 0.0, 1.0, 1.0))
+    image = np.zeros((64, 64, 3), np.uint8)
+    assert draw_detections(image, text, str(tmp_path / "d.png")) == 2
+    drawn = np.asarray(Image.open(tmp_path / "d.png"))
+    assert drawn.shape == (256, 256, 3) and drawn.any()
