@@ -1,8 +1,389 @@
 // pali_engine._core.ops: each op callable on numpy arrays, for tests and kernel sandboxes.
+//
+// Inputs are converted to C-contiguous float32 (copies where needed); outputs
+// are new arrays unless an op updates an argument in place (linear with
+// accumulate=True, add_rms_norm's residual), which then must be a writable
+// C-contiguous float32 array. The GIL is released while an op runs.
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <optional>
+
 #include "bindings/bindings.h"
+#include "core/parallel.h"
+#include "ops/activations.h"
+#include "ops/attention.h"
+#include "ops/layer_norm.h"
+#include "ops/linear.h"
+#include "ops/patch_embed.h"
+#include "ops/position_bucket.h"
+#include "ops/rms_norm.h"
+#include "ops/softmax_topk.h"
 
 namespace pali::bindings {
+namespace {
 
-void bind_ops(py::module_& m) { m.def_submodule("ops", "Single ops on numpy arrays, for testing."); }
+using FArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+// A writable, C-contiguous float32 array updated in place.
+float* inplace_ptr(py::array& a, const char* what) {
+  PALI_CHECK_ARG(py::isinstance<py::array_t<float>>(a) && (a.flags() & py::array::c_style) &&
+                     a.writeable(),
+                 what, " must be a writable C-contiguous float32 array");
+  return static_cast<float*>(a.mutable_data());
+}
+
+void check_rank(const py::array& a, int rank, const char* what) {
+  PALI_CHECK_ARG(a.ndim() == rank, what, " must have ", rank, " dimensions, got ", a.ndim());
+}
+
+// Rows x last dimension of an array of any rank >= 1.
+std::pair<int64_t, int64_t> rows_cols(const py::array& a) {
+  PALI_CHECK_ARG(a.ndim() >= 1, "expected an array with at least one dimension");
+  const int64_t cols = a.shape(a.ndim() - 1);
+  return {cols == 0 ? 0 : a.size() / cols, cols};
+}
+
+FArray new_like(const py::array& a) {
+  std::vector<py::ssize_t> shape(a.shape(), a.shape() + a.ndim());
+  return FArray(shape);
+}
+
+Tensor weight_tensor(const py::array& a) {
+  // float16/float32 through numpy_to_tensor; anything else is rejected by prepare_linear.
+  return numpy_to_tensor(a);
+}
+
+}  // namespace
+
+void bind_ops(py::module_& parent) {
+  py::module_ m = parent.def_submodule("ops", "Single ops on numpy arrays, for testing.");
+
+  m.def("set_threads", &set_op_threads, py::arg("n"),
+        "Threads the ops use when called from this Python thread (0: OpenMP default).");
+  m.def("get_threads", &op_threads, "Threads the ops use when called from this thread.");
+
+  // ---- linear ---------------------------------------------------------------
+  py::class_<LinearWeight>(m, "LinearWeight")
+      .def_readonly("n", &LinearWeight::n)
+      .def_readonly("k", &LinearWeight::k)
+      .def_readonly("has_bias", &LinearWeight::has_bias)
+      .def_property_readonly("format", [](const LinearWeight& w) { return weight_format_name(w.format); })
+      .def_property_readonly("weight_bytes", &LinearWeight::weight_bytes)
+      .def("effective_weight", [](const LinearWeight& w) {
+        return tensor_to_numpy(linear_effective_weight(w));
+      }, "The weight the kernels use, float32 [N, K] (f16-rounded or dequantized).");
+
+  m.def("prepare_linear", [](const py::array& weight, std::optional<py::array> bias,
+                             const std::string& format) {
+    Tensor w = weight_tensor(weight);
+    Tensor b;
+    if (bias) b = weight_tensor(*bias);
+    const WeightFormat f = weight_format_from_name(format);
+    py::gil_scoped_release release;
+    return prepare_linear(w, bias ? &b : nullptr, f);
+  }, py::arg("weight"), py::arg("bias") = py::none(), py::arg("format") = "f32",
+        "Prepares a PyTorch-layout weight [N, K] (float32/float16) and optional bias [N].");
+
+  m.def("prepare_linear_raw", [](const py::bytes& buffer, int64_t offset, const std::string& dtype,
+                                 int64_t n, int64_t k, const std::string& format) {
+    // A weight viewed at an arbitrary byte offset of a buffer (unaligned views,
+    // bfloat16 given as raw bits), as the model file reader produces them.
+    auto holder = std::make_shared<std::string>(std::string(buffer));
+    const DType dt = dtype_from_name(dtype);
+    PALI_CHECK_ARG(offset >= 0 && static_cast<size_t>(offset + n * k * dtype_size(dt)) <= holder->size(),
+                   "prepare_linear_raw: buffer too small");
+    Tensor w = Tensor::view(holder->data() + offset, dt, {n, k}, holder);
+    const WeightFormat f = weight_format_from_name(format);
+    py::gil_scoped_release release;
+    return prepare_linear(w, nullptr, f);
+  }, py::arg("buffer"), py::arg("offset"), py::arg("dtype"), py::arg("n"), py::arg("k"),
+        py::arg("format") = "f32");
+
+  m.def("prepare_linear_concat", [](const std::vector<py::array>& weights,
+                                    std::optional<std::vector<std::optional<py::array>>> biases,
+                                    const std::string& format) {
+    std::vector<Tensor> ws, bs;
+    for (const auto& w : weights) ws.push_back(weight_tensor(w));
+    std::vector<const Tensor*> wp, bp;
+    for (const auto& w : ws) wp.push_back(&w);
+    if (biases) {
+      bs.resize(biases->size());
+      for (size_t i = 0; i < biases->size(); ++i) {
+        if ((*biases)[i]) {
+          bs[i] = weight_tensor(*(*biases)[i]);
+          bp.push_back(&bs[i]);
+        } else {
+          bp.push_back(nullptr);
+        }
+      }
+    }
+    const WeightFormat f = weight_format_from_name(format);
+    py::gil_scoped_release release;
+    return prepare_linear_concat(wp, bp, f);
+  }, py::arg("weights"), py::arg("biases") = py::none(), py::arg("format") = "f32");
+
+  m.def("linear", [](FArray x, const LinearWeight& w, std::optional<py::array> out, bool accumulate) {
+    PALI_CHECK_ARG(x.ndim() >= 1 && x.shape(x.ndim() - 1) == w.k, "linear: x must be [..., ", w.k, "]");
+    const int64_t m_rows = w.k == 0 ? 0 : x.size() / w.k;
+    std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+    shape.back() = w.n;
+    py::array y;
+    if (out) {
+      y = *out;
+      PALI_CHECK_ARG(y.size() == m_rows * w.n, "linear: out has ", y.size(), " elements, expected ",
+                     m_rows * w.n);
+    } else {
+      PALI_CHECK_ARG(!accumulate, "linear: accumulate=True needs out");
+      y = FArray(shape);
+    }
+    float* yp = inplace_ptr(y, "out");
+    const float* xp = x.data();
+    {
+      py::gil_scoped_release release;
+      linear(xp, m_rows, w, yp, accumulate);
+    }
+    return y;
+  }, py::arg("x"), py::arg("weight"), py::arg("out") = py::none(), py::arg("accumulate") = false,
+        "y = x @ W.T + b (into out, or out += ... with accumulate).");
+
+  // ---- norms ----------------------------------------------------------------
+  m.def("layer_norm", [](FArray x, std::optional<FArray> gamma, std::optional<FArray> beta, float eps) {
+    auto [rows, d] = rows_cols(x);
+    if (gamma) PALI_CHECK_ARG(gamma->size() == d, "layer_norm: gamma must be [", d, "]");
+    if (beta) PALI_CHECK_ARG(beta->size() == d, "layer_norm: beta must be [", d, "]");
+    FArray y = new_like(x);
+    const float* xp = x.data();
+    const float* gp = gamma ? gamma->data() : nullptr;
+    const float* bp = beta ? beta->data() : nullptr;
+    float* yp = y.mutable_data();
+    py::gil_scoped_release release;
+    layer_norm(xp, rows, d, gp, bp, eps, yp);
+    return y;
+  }, py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("eps") = 1e-6f);
+
+  m.def("rms_norm", [](FArray x, std::optional<FArray> weight, float eps) {
+    auto [rows, d] = rows_cols(x);
+    if (weight) PALI_CHECK_ARG(weight->size() == d, "rms_norm: weight must be [", d, "]");
+    FArray y = new_like(x);
+    const float* xp = x.data();
+    const float* wp = weight ? weight->data() : nullptr;
+    float* yp = y.mutable_data();
+    py::gil_scoped_release release;
+    rms_norm(xp, rows, d, wp, eps, yp);
+    return y;
+  }, py::arg("x"), py::arg("weight"), py::arg("eps") = 1e-6f);
+
+  m.def("add_rms_norm", [](py::array residual, std::optional<FArray> delta, std::optional<FArray> weight,
+                           float eps) {
+    auto [rows, d] = rows_cols(residual);
+    float* rp = inplace_ptr(residual, "residual");
+    if (delta) PALI_CHECK_ARG(delta->size() == rows * d, "add_rms_norm: delta must match residual");
+    if (weight) PALI_CHECK_ARG(weight->size() == d, "add_rms_norm: weight must be [", d, "]");
+    FArray y = new_like(residual);
+    const float* dp = delta ? delta->data() : nullptr;
+    const float* wp = weight ? weight->data() : nullptr;
+    float* yp = y.mutable_data();
+    py::gil_scoped_release release;
+    add_rms_norm(rp, dp, rows, d, wp, eps, yp);
+    return y;
+  }, py::arg("residual"), py::arg("delta"), py::arg("weight"), py::arg("eps") = 1e-6f,
+        "residual += delta (in place); returns rms_norm(residual).");
+
+  // ---- activations ----------------------------------------------------------
+  m.def("activation", [](FArray x, const std::string& act) {
+    const Activation a = activation_from_name(act);
+    FArray y = new_like(x);
+    std::memcpy(y.mutable_data(), x.data(), x.size() * sizeof(float));
+    float* yp = y.mutable_data();
+    const int64_t n = y.size();
+    py::gil_scoped_release release;
+    activation_inplace(yp, n, a);
+    return y;
+  }, py::arg("x"), py::arg("act") = "gelu_tanh");
+
+  m.def("gated_activation", [](FArray x, const std::string& act) {
+    const Activation a = activation_from_name(act);
+    auto [rows, f2] = rows_cols(x);
+    PALI_CHECK_ARG(f2 % 2 == 0, "gated_activation: last dimension must be even (gate | up)");
+    std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+    shape.back() = f2 / 2;
+    FArray y(shape);
+    const float* xp = x.data();
+    float* yp = y.mutable_data();
+    py::gil_scoped_release release;
+    gated_activation(xp, rows, f2 / 2, yp, a);
+    return y;
+  }, py::arg("x"), py::arg("act") = "gelu_tanh", "x: [..., 2F] = gate | up; returns act(gate) * up.");
+
+  // ---- attention ------------------------------------------------------------
+  m.def("attention", [](FArray q, FArray k, FArray v, int64_t heads, int64_t head_dim, float scale,
+                        int64_t q_col, int64_t k_col, int64_t v_col, std::optional<py::array> key_mask,
+                        bool causal, int64_t q_offset, std::optional<FArray> rel_bias,
+                        int64_t rel_offset, int64_t kv_batch_divisor, std::optional<int64_t> kv_len) {
+    // q: [B, Lq, Rq], k: [Bk, Lcap, Rk], v: [Bk, Lcap, Rv]; head h of row r is
+    // columns [col + h*head_dim, ...) (q, k, v may be one fused buffer).
+    check_rank(q, 3, "q");
+    check_rank(k, 3, "k");
+    check_rank(v, 3, "v");
+    const int64_t hd = heads * head_dim;
+    PALI_CHECK_ARG(q_col >= 0 && q_col + hd <= q.shape(2) && k_col >= 0 && k_col + hd <= k.shape(2) &&
+                       v_col >= 0 && v_col + hd <= v.shape(2),
+                   "attention: column ranges outside the rows");
+    PALI_CHECK_ARG(k.shape(0) == v.shape(0) && k.shape(1) == v.shape(1), "attention: k and v differ in shape");
+    PALI_CHECK_ARG(k.shape(0) * kv_batch_divisor == q.shape(0), "attention: k/v batch ", k.shape(0),
+                   " times kv_batch_divisor ", kv_batch_divisor, " != q batch ", q.shape(0));
+    AttentionParams p;
+    p.batch = q.shape(0);
+    p.heads = heads;
+    p.q_len = q.shape(1);
+    p.kv_len = kv_len ? *kv_len : k.shape(1);
+    PALI_CHECK_ARG(p.kv_len >= 0 && p.kv_len <= k.shape(1), "attention: kv_len beyond k");
+    p.head_dim = head_dim;
+    p.scale = scale;
+    p.q = q.data() + q_col;
+    p.q_row_stride = q.shape(2);
+    p.q_batch_stride = q.shape(1) * q.shape(2);
+    p.k = k.data() + k_col;
+    p.k_row_stride = k.shape(2);
+    p.k_batch_stride = k.shape(1) * k.shape(2);
+    p.v = v.data() + v_col;
+    p.v_row_stride = v.shape(2);
+    p.v_batch_stride = v.shape(1) * v.shape(2);
+    FArray out(std::vector<py::ssize_t>{q.shape(0), q.shape(1), hd});
+    p.out = out.mutable_data();
+    p.out_row_stride = hd;
+    p.out_batch_stride = q.shape(1) * hd;
+    py::array mask_keep;
+    if (key_mask) {
+      check_rank(*key_mask, 2, "key_mask");
+      PALI_CHECK_ARG(key_mask->shape(0) == k.shape(0) && key_mask->shape(1) >= p.kv_len,
+                     "key_mask must be [k batch, >= kv_len]");
+      if (py::isinstance<py::array_t<int32_t>>(*key_mask)) {
+        mask_keep = py::array_t<int32_t, py::array::c_style | py::array::forcecast>(*key_mask);
+        p.mask_type = MaskType::i32;
+      } else {
+        mask_keep = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>(*key_mask);
+        p.mask_type = MaskType::u8;
+      }
+      p.key_mask = mask_keep.data();
+      p.mask_batch_stride = key_mask->shape(1);
+    }
+    p.causal = causal;
+    p.q_offset = q_offset;
+    if (rel_bias) {
+      check_rank(*rel_bias, 2, "rel_bias");
+      PALI_CHECK_ARG(rel_bias->shape(0) == heads, "rel_bias must be [heads, num_rel]");
+      p.rel_bias = rel_bias->data();
+      p.rel_bias_stride = rel_bias->shape(1);
+      p.rel_offset = rel_offset;
+    }
+    p.kv_batch_divisor = kv_batch_divisor;
+    {
+      py::gil_scoped_release release;
+      attention(p);
+    }
+    return out;
+  }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("heads"), py::arg("head_dim"),
+        py::arg("scale") = 1.0f, py::arg("q_col") = 0, py::arg("k_col") = 0, py::arg("v_col") = 0,
+        py::arg("key_mask") = py::none(), py::arg("causal") = false, py::arg("q_offset") = 0,
+        py::arg("rel_bias") = py::none(), py::arg("rel_offset") = 0, py::arg("kv_batch_divisor") = 1,
+        py::arg("kv_len") = py::none(),
+        "q: [B, Lq, Rq], k/v: [B / kv_batch_divisor, Lcap, R]; returns [B, Lq, heads*head_dim].");
+
+  // ---- position buckets -----------------------------------------------------
+  m.def("relative_position_bucket", [](py::array_t<int64_t, py::array::c_style | py::array::forcecast> rel,
+                                       bool bidirectional, int64_t num_buckets, int64_t max_distance) {
+    py::array_t<int32_t> out(std::vector<py::ssize_t>(rel.shape(), rel.shape() + rel.ndim()));
+    const int64_t* rp = rel.data();
+    int32_t* op = out.mutable_data();
+    for (py::ssize_t i = 0; i < rel.size(); ++i)
+      op[i] = relative_position_bucket(rp[i], bidirectional, num_buckets, max_distance);
+    return out;
+  }, py::arg("relative_position"), py::arg("bidirectional"), py::arg("num_buckets"),
+        py::arg("max_distance"));
+
+  m.def("relative_bias_table", [](FArray embedding, bool bidirectional, int64_t max_distance,
+                                  int64_t rel_offset, int64_t num_rel) {
+    check_rank(embedding, 2, "embedding");
+    const int64_t nb = embedding.shape(0), heads = embedding.shape(1);
+    FArray out(std::vector<py::ssize_t>{heads, num_rel});
+    relative_bias_table(embedding.data(), nb, heads, bidirectional, max_distance, rel_offset, num_rel,
+                        out.mutable_data());
+    return out;
+  }, py::arg("embedding"), py::arg("bidirectional"), py::arg("max_distance"), py::arg("rel_offset"),
+        py::arg("num_rel"), "table[h, c] = embedding[bucket(c - rel_offset), h].");
+
+  // ---- softmax / top-k ------------------------------------------------------
+  m.def("log_softmax", [](FArray x) {
+    auto [rows, v] = rows_cols(x);
+    FArray y = new_like(x);
+    const float* xp = x.data();
+    float* yp = y.mutable_data();
+    py::gil_scoped_release release;
+    log_softmax(xp, rows, v, yp);
+    return y;
+  }, py::arg("x"));
+
+  m.def("topk", [](FArray x, int64_t k) {
+    auto [rows, v] = rows_cols(x);
+    std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+    shape.back() = k;
+    FArray values(shape);
+    py::array_t<int32_t> indices(shape);
+    const float* xp = x.data();
+    float* vp = values.mutable_data();
+    int32_t* ip = indices.mutable_data();
+    {
+      py::gil_scoped_release release;
+      topk(xp, rows, v, k, vp, ip);
+    }
+    return py::make_tuple(values, indices);
+  }, py::arg("x"), py::arg("k"), "Top k per row, descending, ties by lower index: (values, int32 indices).");
+
+  // ---- patch embedding ------------------------------------------------------
+  m.def("patch_embed", [](FArray pixels, int64_t patch, const LinearWeight& proj,
+                          std::optional<FArray> pos_embed) {
+    check_rank(pixels, 4, "pixels");
+    const int64_t b = pixels.shape(0), c = pixels.shape(1), s = pixels.shape(2);
+    PALI_CHECK_ARG(pixels.shape(3) == s, "pixels must be [B, C, S, S]");
+    PALI_CHECK_ARG(patch > 0 && s % patch == 0, "patch must divide the image size");
+    const int64_t n = (s / patch) * (s / patch);
+    if (pos_embed) PALI_CHECK_ARG(pos_embed->size() == n * proj.n, "pos_embed must be [", n, ", ", proj.n, "]");
+    FArray out(std::vector<py::ssize_t>{b, n, proj.n});
+    const float* px = pixels.data();
+    const float* pe = pos_embed ? pos_embed->data() : nullptr;
+    float* op = out.mutable_data();
+    {
+      py::gil_scoped_release release;
+      patch_embed(px, b, c, s, patch, proj, pe, op);
+    }
+    return out;
+  }, py::arg("pixels"), py::arg("patch"), py::arg("proj"), py::arg("pos_embed") = py::none());
+
+  m.def("patch_embed_u8", [](py::array_t<uint8_t, py::array::c_style | py::array::forcecast> pixels,
+                             int64_t patch, FArray mean, FArray std, const LinearWeight& proj,
+                             std::optional<FArray> pos_embed) {
+    check_rank(pixels, 4, "pixels");
+    const int64_t b = pixels.shape(0), s = pixels.shape(1), c = pixels.shape(3);
+    PALI_CHECK_ARG(pixels.shape(2) == s, "pixels must be [B, S, S, C]");
+    PALI_CHECK_ARG(mean.size() == c && std.size() == c, "mean/std must be [C]");
+    PALI_CHECK_ARG(patch > 0 && s % patch == 0, "patch must divide the image size");
+    const int64_t n = (s / patch) * (s / patch);
+    if (pos_embed) PALI_CHECK_ARG(pos_embed->size() == n * proj.n, "pos_embed must be [", n, ", ", proj.n, "]");
+    FArray out(std::vector<py::ssize_t>{b, n, proj.n});
+    const uint8_t* px = pixels.data();
+    const float* mp = mean.data();
+    const float* sp = std.data();
+    const float* pe = pos_embed ? pos_embed->data() : nullptr;
+    float* op = out.mutable_data();
+    {
+      py::gil_scoped_release release;
+      patch_embed_u8(px, b, c, s, patch, mp, sp, proj, pe, op);
+    }
+    return out;
+  }, py::arg("pixels"), py::arg("patch"), py::arg("mean"), py::arg("std"), py::arg("proj"),
+        py::arg("pos_embed") = py::none());
+}
 
 }  // namespace pali::bindings

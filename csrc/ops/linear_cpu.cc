@@ -1,0 +1,504 @@
+// CPU linear layers: weight packing, the decode (GEMV-style) path and the
+// prefill (GEMM) path. See ops/linear.h for the layout and formats.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/parallel.h"
+#include "ops/linear.h"
+
+namespace pali {
+
+const char* weight_format_name(WeightFormat format) {
+  switch (format) {
+    case WeightFormat::f32: return "f32";
+    case WeightFormat::f16: return "f16";
+    case WeightFormat::i8: return "i8";
+  }
+  return "?";
+}
+
+WeightFormat weight_format_from_name(const std::string& name) {
+  if (name == "f32" || name == "float32") return WeightFormat::f32;
+  if (name == "f16" || name == "float16") return WeightFormat::f16;
+  if (name == "i8" || name == "int8") return WeightFormat::i8;
+  throw InvalidArgument(str_cat("unknown weight format '", name,
+                                "' (expected f32/float32, f16/float16 or i8/int8)"));
+}
+
+namespace {
+
+constexpr int64_t P = kLinearPanel;  // 16 outputs per panel
+
+// Reads element i of a float32/float16/bfloat16 buffer of any alignment.
+inline float load_any(const unsigned char* base, DType dtype, int64_t i) {
+  switch (dtype) {
+    case DType::f32: {
+      float v;
+      std::memcpy(&v, base + i * 4, 4);
+      return v;
+    }
+    case DType::f16: {
+      uint16_t b;
+      std::memcpy(&b, base + i * 2, 2);
+      return half_to_float(b);
+    }
+    default: {
+      uint16_t b;
+      std::memcpy(&b, base + i * 2, 2);
+      return bfloat16_to_float(b);
+    }
+  }
+}
+
+void check_float_tensor(const Tensor& t, const char* what) {
+  PALI_CHECK_ARG(t.device() == Device::cpu, what, " must be a CPU tensor, got ", device_name(t.device()));
+  PALI_CHECK_ARG(t.dtype() == DType::f32 || t.dtype() == DType::f16 || t.dtype() == DType::bf16,
+                 what, " must be float32, float16 or bfloat16, got ", t.describe());
+}
+
+// Output row `row` of the concatenated weight: which source and which of its rows.
+struct RowSource {
+  const unsigned char* data;
+  DType dtype;
+};
+
+}  // namespace
+
+LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
+                                   const std::vector<const Tensor*>& biases, WeightFormat format) {
+  PALI_CHECK_ARG(!weights.empty(), "prepare_linear: no weights");
+  PALI_CHECK_ARG(biases.empty() || biases.size() == weights.size(),
+                 "prepare_linear: ", biases.size(), " biases for ", weights.size(), " weights");
+  int64_t n_total = 0;
+  const int64_t k = weights[0] ? (weights[0]->rank() == 2 ? weights[0]->dim(1) : -1) : -1;
+  bool any_bias = false;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    PALI_CHECK_ARG(weights[i] != nullptr, "prepare_linear: weight ", i, " is null");
+    const Tensor& w = *weights[i];
+    check_float_tensor(w, "linear weight");
+    PALI_CHECK_ARG(w.rank() == 2, "linear weight must be [N, K], got ", w.describe());
+    PALI_CHECK_ARG(w.dim(1) == k, "prepare_linear_concat: weights differ in K: ", w.describe(),
+                   " vs K = ", k);
+    n_total += w.dim(0);
+    if (!biases.empty() && biases[i]) {
+      const Tensor& b = *biases[i];
+      check_float_tensor(b, "linear bias");
+      PALI_CHECK_ARG(b.rank() == 1 && b.dim(0) == w.dim(0), "linear bias must be [", w.dim(0),
+                     "], got ", b.describe());
+      any_bias = true;
+    }
+  }
+  PALI_CHECK_ARG(n_total > 0 && k > 0, "linear weight must have N > 0 and K > 0");
+
+  LinearWeight out;
+  out.n = n_total;
+  out.k = k;
+  out.format = format;
+  out.has_bias = any_bias;
+  const int64_t panels = out.num_panels();
+  const int64_t n_pad = panels * P;
+
+  // Row table: source pointer per output row (null for padding rows).
+  std::vector<RowSource> rows(n_pad, RowSource{nullptr, DType::f32});
+  std::vector<float> bias(n_pad, 0.0f);
+  {
+    int64_t r = 0;
+    for (size_t i = 0; i < weights.size(); ++i) {
+      const Tensor& w = *weights[i];
+      const auto* base = static_cast<const unsigned char*>(w.raw());
+      const size_t es = dtype_size(w.dtype());
+      const Tensor* b = biases.empty() ? nullptr : biases[i];
+      const auto* bbase = b ? static_cast<const unsigned char*>(b->raw()) : nullptr;
+      for (int64_t j = 0; j < w.dim(0); ++j, ++r) {
+        rows[r] = RowSource{base + static_cast<size_t>(j) * k * es, w.dtype()};
+        if (b) bias[r] = load_any(bbase, b->dtype(), j);
+      }
+    }
+  }
+
+  if (any_bias) {
+    out.bias = Tensor::empty(DType::f32, {n_pad});
+    std::memcpy(out.bias.data<float>(), bias.data(), n_pad * sizeof(float));
+  }
+
+  switch (format) {
+    case WeightFormat::f32: {
+      out.packed = Tensor::empty(DType::f32, {panels, k, P});
+      float* dst = out.packed.data<float>();
+      parallel_for(0, panels, 1, [&](int64_t pb, int64_t pe) {
+        for (int64_t p = pb; p < pe; ++p)
+          for (int64_t j = 0; j < P; ++j) {
+            const RowSource& src = rows[p * P + j];
+            float* d = dst + p * k * P + j;
+            for (int64_t kk = 0; kk < k; ++kk) d[kk * P] = src.data ? load_any(src.data, src.dtype, kk) : 0.0f;
+          }
+      });
+      break;
+    }
+    case WeightFormat::f16: {
+      out.packed = Tensor::empty(DType::f16, {panels, k, P});
+      auto* dst = reinterpret_cast<uint16_t*>(out.packed.data<Half>());
+      parallel_for(0, panels, 1, [&](int64_t pb, int64_t pe) {
+        for (int64_t p = pb; p < pe; ++p)
+          for (int64_t j = 0; j < P; ++j) {
+            const RowSource& src = rows[p * P + j];
+            uint16_t* d = dst + p * k * P + j;
+            for (int64_t kk = 0; kk < k; ++kk) {
+              uint16_t h = 0;
+              if (src.data) {
+                if (src.dtype == DType::f16)
+                  std::memcpy(&h, src.data + kk * 2, 2);
+                else
+                  h = float_to_half(load_any(src.data, src.dtype, kk));
+              }
+              d[kk * P] = h;
+            }
+          }
+      });
+      break;
+    }
+    case WeightFormat::i8: {
+      out.packed = Tensor::empty(DType::i8, {panels, k, P});
+      out.scales = Tensor::empty(DType::f32, {n_pad});
+      int8_t* dst = out.packed.data<int8_t>();
+      float* scales = out.scales.data<float>();
+      parallel_for(0, panels, 1, [&](int64_t pb, int64_t pe) {
+        std::vector<float> row(k);
+        for (int64_t p = pb; p < pe; ++p)
+          for (int64_t j = 0; j < P; ++j) {
+            const RowSource& src = rows[p * P + j];
+            int8_t* d = dst + p * k * P + j;
+            float amax = 0.0f;
+            for (int64_t kk = 0; kk < k; ++kk) {
+              row[kk] = src.data ? load_any(src.data, src.dtype, kk) : 0.0f;
+              amax = std::max(amax, std::fabs(row[kk]));
+            }
+            const float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
+            scales[p * P + j] = scale;
+            for (int64_t kk = 0; kk < k; ++kk) {
+              const float q = std::round(row[kk] / scale);
+              d[kk * P] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, q)));
+            }
+          }
+      });
+      break;
+    }
+  }
+  return out;
+}
+
+LinearWeight prepare_linear(const Tensor& weight, const Tensor* bias, WeightFormat format) {
+  std::vector<const Tensor*> biases;
+  if (bias) biases.push_back(bias);
+  return prepare_linear_concat({&weight}, biases, format);
+}
+
+Tensor linear_effective_weight(const LinearWeight& w) {
+  Tensor out = Tensor::empty(DType::f32, {w.n, w.k});
+  float* o = out.data<float>();
+  for (int64_t r = 0; r < w.n; ++r) {
+    const int64_t p = r / P, j = r % P;
+    for (int64_t kk = 0; kk < w.k; ++kk) {
+      const int64_t idx = (p * w.k + kk) * P + j;
+      float v;
+      switch (w.format) {
+        case WeightFormat::f32: v = w.packed.data<float>()[idx]; break;
+        case WeightFormat::f16: v = half_to_float(w.packed.data<Half>()[idx].bits); break;
+        default: v = w.packed.data<int8_t>()[idx] * w.scales.data<float>()[r]; break;
+      }
+      o[r * w.k + kk] = v;
+    }
+  }
+  return out;
+}
+
+namespace {
+
+// ---------------------------------------------------------------------------
+// Weight loads: 16 outputs of one k step as two float vectors.
+template <WeightFormat F>
+struct PanelLoad;
+
+template <>
+struct PanelLoad<WeightFormat::f32> {
+  using T = float;
+  static inline void load(const float* p, __m256& w0, __m256& w1) {
+    w0 = _mm256_load_ps(p);
+    w1 = _mm256_load_ps(p + 8);
+  }
+};
+template <>
+struct PanelLoad<WeightFormat::f16> {
+  using T = uint16_t;
+  static inline void load(const uint16_t* p, __m256& w0, __m256& w1) {
+    w0 = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(p)));
+    w1 = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(p + 8)));
+  }
+};
+template <>
+struct PanelLoad<WeightFormat::i8> {
+  using T = int8_t;
+  static inline void load(const int8_t* p, __m256& w0, __m256& w1) {
+    const __m128i q = _mm_load_si128(reinterpret_cast<const __m128i*>(p));
+    w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+    w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8)));
+  }
+};
+
+// Writes acc (MR rows x 16 columns, two vectors per row) into y:
+// y = acc * scale + bias (+ y when accumulate), only the first `nvalid` columns.
+template <int MR>
+inline void store_rows(const __m256 (&acc0)[MR], const __m256 (&acc1)[MR], float* y, int64_t ldy,
+                       int nvalid, const float* scale, const float* bias, bool accumulate) {
+  __m256 s0 = _mm256_set1_ps(1.0f), s1 = s0;
+  if (scale) {
+    s0 = _mm256_load_ps(scale);
+    s1 = _mm256_load_ps(scale + 8);
+  }
+  __m256 b0 = _mm256_setzero_ps(), b1 = b0;
+  if (bias) {
+    b0 = _mm256_load_ps(bias);
+    b1 = _mm256_load_ps(bias + 8);
+  }
+  for (int r = 0; r < MR; ++r) {
+    __m256 v0 = _mm256_fmadd_ps(acc0[r], s0, b0);
+    __m256 v1 = _mm256_fmadd_ps(acc1[r], s1, b1);
+    float* yr = y + r * ldy;
+    if (nvalid == 16) {
+      if (accumulate) {
+        v0 = _mm256_add_ps(v0, _mm256_loadu_ps(yr));
+        v1 = _mm256_add_ps(v1, _mm256_loadu_ps(yr + 8));
+      }
+      _mm256_storeu_ps(yr, v0);
+      _mm256_storeu_ps(yr + 8, v1);
+    } else {
+      alignas(32) float tmp[16];
+      _mm256_store_ps(tmp, v0);
+      _mm256_store_ps(tmp + 8, v1);
+      for (int j = 0; j < nvalid; ++j) yr[j] = accumulate ? yr[j] + tmp[j] : tmp[j];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Decode path: MR (<= 4) rows of x times one whole panel (all of K).
+template <WeightFormat F, int MR>
+inline void gemv_panel(const float* x, int64_t ldx, const typename PanelLoad<F>::T* w, int64_t k,
+                       float* y, int64_t ldy, int nvalid, const float* scale, const float* bias,
+                       bool accumulate) {
+  constexpr int U = MR <= 2 ? 2 : 1;  // independent accumulator sets (FMA latency)
+  __m256 a0[U][MR], a1[U][MR];
+  for (int u = 0; u < U; ++u)
+    for (int r = 0; r < MR; ++r) a0[u][r] = a1[u][r] = _mm256_setzero_ps();
+  int64_t kk = 0;
+  for (; kk + U <= k; kk += U) {
+    for (int u = 0; u < U; ++u) {
+      __m256 w0, w1;
+      PanelLoad<F>::load(w + (kk + u) * P, w0, w1);
+      for (int r = 0; r < MR; ++r) {
+        const __m256 xv = _mm256_broadcast_ss(x + r * ldx + kk + u);
+        a0[u][r] = _mm256_fmadd_ps(xv, w0, a0[u][r]);
+        a1[u][r] = _mm256_fmadd_ps(xv, w1, a1[u][r]);
+      }
+    }
+  }
+  for (; kk < k; ++kk) {
+    __m256 w0, w1;
+    PanelLoad<F>::load(w + kk * P, w0, w1);
+    for (int r = 0; r < MR; ++r) {
+      const __m256 xv = _mm256_broadcast_ss(x + r * ldx + kk);
+      a0[0][r] = _mm256_fmadd_ps(xv, w0, a0[0][r]);
+      a1[0][r] = _mm256_fmadd_ps(xv, w1, a1[0][r]);
+    }
+  }
+  __m256 s0[MR], s1[MR];
+  for (int r = 0; r < MR; ++r) {
+    s0[r] = a0[0][r];
+    s1[r] = a1[0][r];
+    for (int u = 1; u < U; ++u) {
+      s0[r] = _mm256_add_ps(s0[r], a0[u][r]);
+      s1[r] = _mm256_add_ps(s1[r], a1[u][r]);
+    }
+  }
+  store_rows<MR>(s0, s1, y, ldy, nvalid, scale, bias, accumulate);
+}
+
+template <WeightFormat F>
+void gemv_rows(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y,
+               int64_t ldy, bool accumulate) {
+  using T = typename PanelLoad<F>::T;
+  const T* packed = static_cast<const T*>(w.packed.raw());
+  const float* bias = w.has_bias ? w.bias.data<float>() : nullptr;
+  const float* scales = F == WeightFormat::i8 ? w.scales.data<float>() : nullptr;
+  const int64_t k = w.k;
+  const int64_t panels = w.num_panels();
+  // Grain: ~64 KB of weights per chunk at least.
+  const int64_t panel_bytes = k * P * static_cast<int64_t>(sizeof(T));
+  const int64_t grain = std::max<int64_t>(1, (64 << 10) / std::max<int64_t>(panel_bytes, 1));
+  parallel_for(0, panels, grain, [&](int64_t pb, int64_t pe) {
+    for (int64_t p = pb; p < pe; ++p) {
+      const T* wp = packed + p * k * P;
+      const int nvalid = static_cast<int>(std::min<int64_t>(P, w.n - p * P));
+      const float* sp = scales ? scales + p * P : nullptr;
+      const float* bp = bias ? bias + p * P : nullptr;
+      float* yp = y + p * P;
+      for (int64_t r0 = 0; r0 < m; r0 += 4) {
+        const float* xr = x + r0 * ldx;
+        float* yr = yp + r0 * ldy;
+        switch (std::min<int64_t>(4, m - r0)) {
+          case 1: gemv_panel<F, 1>(xr, ldx, wp, k, yr, ldy, nvalid, sp, bp, accumulate); break;
+          case 2: gemv_panel<F, 2>(xr, ldx, wp, k, yr, ldy, nvalid, sp, bp, accumulate); break;
+          case 3: gemv_panel<F, 3>(xr, ldx, wp, k, yr, ldy, nvalid, sp, bp, accumulate); break;
+          default: gemv_panel<F, 4>(xr, ldx, wp, k, yr, ldy, nvalid, sp, bp, accumulate); break;
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Prefill path: GEMM with a 6x16 micro-kernel on float32 panel slices.
+constexpr int64_t kMR = 6;
+constexpr int64_t kKC = 256;  // K block: a 16 x 256 float slice (16 KB) stays in L1
+constexpr int64_t kMC = 96;   // M block: 96 x 256 floats of x (96 KB) stay in L2
+
+// c[MR, 16] (+)= a[MR, kc] . b[kc, 16]; mode 0: c = acc + bias; 1: c += acc + bias; 2: c += acc.
+template <int MR>
+inline void micro_kernel(const float* a, int64_t lda, const float* b, int64_t kc, float* c,
+                         int64_t ldc, int nvalid, const float* bias, int mode) {
+  __m256 acc0[MR], acc1[MR];
+  for (int r = 0; r < MR; ++r) acc0[r] = acc1[r] = _mm256_setzero_ps();
+  for (int64_t kk = 0; kk < kc; ++kk) {
+    const __m256 b0 = _mm256_load_ps(b + kk * P);
+    const __m256 b1 = _mm256_load_ps(b + kk * P + 8);
+    for (int r = 0; r < MR; ++r) {
+      const __m256 av = _mm256_broadcast_ss(a + r * lda + kk);
+      acc0[r] = _mm256_fmadd_ps(av, b0, acc0[r]);
+      acc1[r] = _mm256_fmadd_ps(av, b1, acc1[r]);
+    }
+  }
+  store_rows<MR>(acc0, acc1, c, ldc, nvalid, nullptr, mode == 2 ? nullptr : bias, mode != 0);
+}
+
+inline void micro_dispatch(int64_t mr, const float* a, int64_t lda, const float* b, int64_t kc,
+                           float* c, int64_t ldc, int nvalid, const float* bias, int mode) {
+  switch (mr) {
+    case 1: micro_kernel<1>(a, lda, b, kc, c, ldc, nvalid, bias, mode); break;
+    case 2: micro_kernel<2>(a, lda, b, kc, c, ldc, nvalid, bias, mode); break;
+    case 3: micro_kernel<3>(a, lda, b, kc, c, ldc, nvalid, bias, mode); break;
+    case 4: micro_kernel<4>(a, lda, b, kc, c, ldc, nvalid, bias, mode); break;
+    case 5: micro_kernel<5>(a, lda, b, kc, c, ldc, nvalid, bias, mode); break;
+    default: micro_kernel<6>(a, lda, b, kc, c, ldc, nvalid, bias, mode); break;
+  }
+}
+
+// The [kc, 16] float32 slice of panel p at k0: a pointer into the packed weights
+// (f32) or the slice converted into `scratch` (f16; i8 with the scales applied).
+template <WeightFormat F>
+inline const float* panel_slice(const LinearWeight& w, int64_t p, int64_t k0, int64_t kc,
+                                float* scratch) {
+  using T = typename PanelLoad<F>::T;
+  const T* src = static_cast<const T*>(w.packed.raw()) + (p * w.k + k0) * P;
+  if constexpr (F == WeightFormat::f32) {
+    return src;
+  } else {
+    __m256 s0 = _mm256_set1_ps(1.0f), s1 = s0;
+    if constexpr (F == WeightFormat::i8) {
+      s0 = _mm256_load_ps(w.scales.data<float>() + p * P);
+      s1 = _mm256_load_ps(w.scales.data<float>() + p * P + 8);
+    }
+    for (int64_t kk = 0; kk < kc; ++kk) {
+      __m256 w0, w1;
+      PanelLoad<F>::load(src + kk * P, w0, w1);
+      if constexpr (F == WeightFormat::i8) {
+        w0 = _mm256_mul_ps(w0, s0);
+        w1 = _mm256_mul_ps(w1, s1);
+      }
+      _mm256_store_ps(scratch + kk * P, w0);
+      _mm256_store_ps(scratch + kk * P + 8, w1);
+    }
+    return scratch;
+  }
+}
+
+// Rows [r0, r1) x panels [p0, p1) of the product.
+template <WeightFormat F>
+void gemm_block(const float* x, int64_t ldx, int64_t r0, int64_t r1, const LinearWeight& w,
+                int64_t p0, int64_t p1, float* y, int64_t ldy, bool accumulate) {
+  alignas(64) float scratch[kKC * P];
+  const float* bias = w.has_bias ? w.bias.data<float>() : nullptr;
+  const int64_t k = w.k;
+  for (int64_t mb = r0; mb < r1; mb += kMC) {
+    const int64_t me = std::min(r1, mb + kMC);
+    for (int64_t k0 = 0; k0 < k || k0 == 0; k0 += kKC) {
+      const int64_t kc = std::min(kKC, k - k0);
+      const int mode = k0 > 0 ? 2 : (accumulate ? 1 : 0);
+      for (int64_t p = p0; p < p1; ++p) {
+        const float* b = panel_slice<F>(w, p, k0, kc, scratch);
+        const int nvalid = static_cast<int>(std::min<int64_t>(P, w.n - p * P));
+        const float* bp = bias ? bias + p * P : nullptr;
+        for (int64_t m0 = mb; m0 < me; m0 += kMR) {
+          micro_dispatch(std::min(kMR, me - m0), x + m0 * ldx + k0, ldx, b, kc, y + m0 * ldy + p * P,
+                         ldy, nvalid, bp, mode);
+        }
+      }
+      if (k == 0) break;
+    }
+  }
+}
+
+template <WeightFormat F>
+void gemm_rows(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y,
+               int64_t ldy, bool accumulate) {
+  const int64_t panels = w.num_panels();
+  const int threads = op_threads();
+  if (panels >= 4 * threads || m <= kMC) {
+    parallel_for(0, panels, 1, [&](int64_t pb, int64_t pe) {
+      gemm_block<F>(x, ldx, 0, m, w, pb, pe, y, ldy, accumulate);
+    });
+  } else {
+    parallel_for_aligned(0, m, kMR, kMR, [&](int64_t rb, int64_t re) {
+      gemm_block<F>(x, ldx, rb, re, w, 0, panels, y, ldy, accumulate);
+    });
+  }
+}
+
+constexpr int64_t kDecodeMaxRows = 8;
+
+template <WeightFormat F>
+void linear_impl(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y,
+                 int64_t ldy, bool accumulate) {
+  if (m <= kDecodeMaxRows)
+    gemv_rows<F>(x, ldx, m, w, y, ldy, accumulate);
+  else
+    gemm_rows<F>(x, ldx, m, w, y, ldy, accumulate);
+}
+
+}  // namespace
+
+void linear_strided(const float* x, int64_t x_stride, int64_t m, const LinearWeight& w, float* y,
+                    int64_t y_stride, bool accumulate) {
+  PALI_CHECK_ARG(m >= 0, "linear: m must be >= 0, got ", m);
+  if (m == 0) return;
+  PALI_CHECK_ARG(w.n > 0 && w.packed.numel() == w.num_panels() * w.k * P,
+                 "linear: weight not prepared");
+  PALI_CHECK_ARG(x != nullptr && y != nullptr, "linear: null x or y");
+  PALI_CHECK_ARG(x_stride >= w.k && y_stride >= w.n, "linear: row strides (", x_stride, ", ",
+                 y_stride, ") smaller than K = ", w.k, " / N = ", w.n);
+  switch (w.format) {
+    case WeightFormat::f32: linear_impl<WeightFormat::f32>(x, x_stride, m, w, y, y_stride, accumulate); break;
+    case WeightFormat::f16: linear_impl<WeightFormat::f16>(x, x_stride, m, w, y, y_stride, accumulate); break;
+    case WeightFormat::i8: linear_impl<WeightFormat::i8>(x, x_stride, m, w, y, y_stride, accumulate); break;
+  }
+}
+
+void linear(const float* x, int64_t m, const LinearWeight& w, float* y, bool accumulate) {
+  linear_strided(x, w.k, m, w, y, w.n, accumulate);
+}
+
+}  // namespace pali
