@@ -68,6 +68,15 @@ class ExportError(RuntimeError):
     """The exported file does not satisfy the format contract (a bug, not bad input)."""
 
 
+def _same_bits(a: np.ndarray, b: np.ndarray, chunk: int = 1 << 26) -> bool:
+    """Bitwise equality of two arrays (dtype, shape, bytes), compared in chunks to bound memory."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    a8 = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+    b8 = np.ascontiguousarray(b).reshape(-1).view(np.uint8)
+    return all(a8[i:i + chunk].tobytes() == b8[i:i + chunk].tobytes() for i in range(0, a8.size, chunk))
+
+
 # --------------------------------------------------------------------------
 # checkpoint and tokenizer
 
@@ -190,11 +199,12 @@ def _check_initializers(model_proto, params: Dict[str, np.ndarray], dtype: np.dt
         raise ExportError(f"initializers differ from the state_dict: missing {missing}, extra (renamed or folded) {extra}")
     for init in model_proto.graph.initializer:
         value = numpy_helper.to_array(init)
-        want = params[init.name].astype(dtype)
+        want = params[init.name].astype(dtype, copy=False)
         if value.dtype != want.dtype or value.shape != want.shape:
             raise ExportError(f"initializer {init.name}: {value.dtype}{list(value.shape)}, expected {want.dtype}{list(want.shape)}")
-        if value.tobytes() != want.tobytes():
+        if not _same_bits(value, want):
             raise ExportError(f"initializer {init.name}: values differ from the state_dict")
+        del value
     for node in model_proto.graph.node:
         for attr in node.attribute:
             if attr.HasField("t") and int(np.prod(attr.t.dims)) > MAX_CONSTANT_ELEMENTS:
@@ -283,8 +293,7 @@ def _check_file(path: str, params: Dict[str, np.ndarray], dtype: np.dtype, confi
         raise ExportError(f"{path}: pali.config read back differs from the model's config")
     for name, value in params.items():
         got = load_tensor(path, name)
-        want = value.astype(dtype)
-        if got.dtype != want.dtype or got.shape != want.shape or got.tobytes() != want.tobytes():
+        if not _same_bits(got, value.astype(dtype, copy=False)):
             raise ExportError(f"{path}: tensor {name} read back differs from the state_dict")
 
 
@@ -306,6 +315,8 @@ def compare_logits(path: str, model, threads: Optional[int] = None) -> float:
     import torch
 
     opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = threads
     session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])

@@ -92,6 +92,8 @@ class OrtBackend:
         ort = _import_onnxruntime()
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # no busy-waiting threads: the step loop alternates with NumPy, and cores may be shared
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
         try:

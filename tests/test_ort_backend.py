@@ -325,3 +325,32 @@ def test_external_data_model_loads(model, tmp_path):
     shutil.copy(path, moved / "ext.onnx")  # without its data file
     with pytest.raises(ModelFileError):
         Engine.load(moved / "ext.onnx", backend="onnxruntime")
+
+
+# --------------------------------------------------------------------------
+# the bundled default model
+
+def test_bundled_default_model():
+    import os
+
+    from pali_engine.engine import default_model_path
+    from pali_engine.export import data as D
+
+    try:
+        path = default_model_path()
+    except FileNotFoundError:
+        pytest.skip("this build has no bundled default model")
+    assert os.path.getsize(path) <= 25 * 2**20
+    engine = Engine.load(backend="onnxruntime", threads=1)
+    assert engine.path == path
+    world = D.ShapesWorld(image_size=engine.config["image_size"], seed=0)
+    exs = [e for task in ("caption_en", "answer_en", "detect") for e in world.heldout(task, 2)]
+    imgs, prompts = [e.image for e in exs], [e.prompt for e in exs]
+    results = engine.generate(imgs, prompts)
+    assert all(r.tokens and r.tokens[-1] == engine.config["eos_token_id"] for r in results)
+    checkpoint = os.path.join(os.path.dirname(D.__file__), "default", "pali-default.pt")
+    if os.path.isfile(checkpoint):  # a source checkout: the same tokens as the PyTorch model
+        from pali_engine.export.model import Pali
+
+        ref, _ = torch_generate(engine, Pali.load(checkpoint), imgs, prompts)
+        assert [r.tokens for r in results] == ref
