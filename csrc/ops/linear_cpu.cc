@@ -34,6 +34,10 @@ namespace {
 
 constexpr int64_t P = kLinearPanel;  // 16 outputs per panel
 
+// Forced inlining keeps the accumulator arrays of the kernels in registers
+// (out of line, their address escapes and GCC spills them every iteration).
+#define PALI_ALWAYS_INLINE inline __attribute__((always_inline))
+
 // Reads element i of a float32/float16/bfloat16 buffer of any alignment.
 inline float load_any(const unsigned char* base, DType dtype, int64_t i) {
   switch (dtype) {
@@ -227,7 +231,7 @@ struct PanelLoad;
 template <>
 struct PanelLoad<WeightFormat::f32> {
   using T = float;
-  static inline void load(const float* p, __m256& w0, __m256& w1) {
+  static PALI_ALWAYS_INLINE void load(const float* p, __m256& w0, __m256& w1) {
     w0 = _mm256_load_ps(p);
     w1 = _mm256_load_ps(p + 8);
   }
@@ -235,7 +239,7 @@ struct PanelLoad<WeightFormat::f32> {
 template <>
 struct PanelLoad<WeightFormat::f16> {
   using T = uint16_t;
-  static inline void load(const uint16_t* p, __m256& w0, __m256& w1) {
+  static PALI_ALWAYS_INLINE void load(const uint16_t* p, __m256& w0, __m256& w1) {
     w0 = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(p)));
     w1 = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(p + 8)));
   }
@@ -243,18 +247,20 @@ struct PanelLoad<WeightFormat::f16> {
 template <>
 struct PanelLoad<WeightFormat::i8> {
   using T = int8_t;
-  static inline void load(const int8_t* p, __m256& w0, __m256& w1) {
+  static PALI_ALWAYS_INLINE void load(const int8_t* p, __m256& w0, __m256& w1) {
     const __m128i q = _mm_load_si128(reinterpret_cast<const __m128i*>(p));
     w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
     w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8)));
   }
 };
 
-// Writes acc (MR rows x 16 columns, two vectors per row) into y:
+// Writes acc (MR rows x 16 columns, a dense [MR][16] buffer) into y:
 // y = acc * scale + bias (+ y when accumulate), only the first `nvalid` columns.
+// The kernels spill their accumulators into `acc` once, after their loops: with
+// register arrays passed by reference GCC keeps them in memory inside the loop.
 template <int MR>
-inline void store_rows(const __m256 (&acc0)[MR], const __m256 (&acc1)[MR], float* y, int64_t ldy,
-                       int nvalid, const float* scale, const float* bias, bool accumulate) {
+PALI_ALWAYS_INLINE void store_rows(const float* acc, float* y, int64_t ldy, int nvalid,
+                                   const float* scale, const float* bias, bool accumulate) {
   __m256 s0 = _mm256_set1_ps(1.0f), s1 = s0;
   if (scale) {
     s0 = _mm256_load_ps(scale);
@@ -266,8 +272,8 @@ inline void store_rows(const __m256 (&acc0)[MR], const __m256 (&acc1)[MR], float
     b1 = _mm256_load_ps(bias + 8);
   }
   for (int r = 0; r < MR; ++r) {
-    __m256 v0 = _mm256_fmadd_ps(acc0[r], s0, b0);
-    __m256 v1 = _mm256_fmadd_ps(acc1[r], s1, b1);
+    __m256 v0 = _mm256_fmadd_ps(_mm256_load_ps(acc + r * 16), s0, b0);
+    __m256 v1 = _mm256_fmadd_ps(_mm256_load_ps(acc + r * 16 + 8), s1, b1);
     float* yr = y + r * ldy;
     if (nvalid == 16) {
       if (accumulate) {
@@ -287,45 +293,60 @@ inline void store_rows(const __m256 (&acc0)[MR], const __m256 (&acc1)[MR], float
 
 // ---------------------------------------------------------------------------
 // Decode path: MR (<= 4) rows of x times one whole panel (all of K).
+// Accumulators are named variables (arrays of __m256 get spilled by GCC).
+#define PALI_FMA_ROW(acc, r, xk, w0, w1)                 \
+  if constexpr (MR > r) {                                 \
+    const __m256 xv = _mm256_broadcast_ss(xk);            \
+    acc##r##0 = _mm256_fmadd_ps(xv, w0, acc##r##0);       \
+    acc##r##1 = _mm256_fmadd_ps(xv, w1, acc##r##1);       \
+  }
+#define PALI_SAVE_ROW(acc, r)                             \
+  if constexpr (MR > r) {                                 \
+    _mm256_store_ps(out + r * 16, acc##r##0);             \
+    _mm256_store_ps(out + r * 16 + 8, acc##r##1);         \
+  }
+
 template <WeightFormat F, int MR>
-inline void gemv_panel(const float* x, int64_t ldx, const typename PanelLoad<F>::T* w, int64_t k,
+PALI_ALWAYS_INLINE void gemv_panel(const float* x, int64_t ldx, const typename PanelLoad<F>::T* w, int64_t k,
                        float* y, int64_t ldy, int nvalid, const float* scale, const float* bias,
                        bool accumulate) {
-  constexpr int U = MR <= 2 ? 2 : 1;  // independent accumulator sets (FMA latency)
-  __m256 a0[U][MR], a1[U][MR];
-  for (int u = 0; u < U; ++u)
-    for (int r = 0; r < MR; ++r) a0[u][r] = a1[u][r] = _mm256_setzero_ps();
+  const float* x0 = x;
+  const float* x1 = x + ldx;
+  const float* x2 = x + 2 * ldx;
+  const float* x3 = x + 3 * ldx;
+  const __m256 z = _mm256_setzero_ps();
+  __m256 c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z, c30 = z, c31 = z;
+  __m256 d00 = z, d01 = z, d10 = z, d11 = z;  // second set for MR <= 2 (FMA latency)
   int64_t kk = 0;
-  for (; kk + U <= k; kk += U) {
-    for (int u = 0; u < U; ++u) {
-      __m256 w0, w1;
-      PanelLoad<F>::load(w + (kk + u) * P, w0, w1);
-      for (int r = 0; r < MR; ++r) {
-        const __m256 xv = _mm256_broadcast_ss(x + r * ldx + kk + u);
-        a0[u][r] = _mm256_fmadd_ps(xv, w0, a0[u][r]);
-        a1[u][r] = _mm256_fmadd_ps(xv, w1, a1[u][r]);
-      }
+  if constexpr (MR <= 2) {
+    for (; kk + 2 <= k; kk += 2) {
+      __m256 w0, w1, v0, v1;
+      PanelLoad<F>::load(w + kk * P, w0, w1);
+      PanelLoad<F>::load(w + (kk + 1) * P, v0, v1);
+      PALI_FMA_ROW(c, 0, x0 + kk, w0, w1)
+      PALI_FMA_ROW(d, 0, x0 + kk + 1, v0, v1)
+      PALI_FMA_ROW(c, 1, x1 + kk, w0, w1)
+      PALI_FMA_ROW(d, 1, x1 + kk + 1, v0, v1)
     }
   }
   for (; kk < k; ++kk) {
     __m256 w0, w1;
     PanelLoad<F>::load(w + kk * P, w0, w1);
-    for (int r = 0; r < MR; ++r) {
-      const __m256 xv = _mm256_broadcast_ss(x + r * ldx + kk);
-      a0[0][r] = _mm256_fmadd_ps(xv, w0, a0[0][r]);
-      a1[0][r] = _mm256_fmadd_ps(xv, w1, a1[0][r]);
-    }
+    PALI_FMA_ROW(c, 0, x0 + kk, w0, w1)
+    PALI_FMA_ROW(c, 1, x1 + kk, w0, w1)
+    PALI_FMA_ROW(c, 2, x2 + kk, w0, w1)
+    PALI_FMA_ROW(c, 3, x3 + kk, w0, w1)
   }
-  __m256 s0[MR], s1[MR];
-  for (int r = 0; r < MR; ++r) {
-    s0[r] = a0[0][r];
-    s1[r] = a1[0][r];
-    for (int u = 1; u < U; ++u) {
-      s0[r] = _mm256_add_ps(s0[r], a0[u][r]);
-      s1[r] = _mm256_add_ps(s1[r], a1[u][r]);
-    }
-  }
-  store_rows<MR>(s0, s1, y, ldy, nvalid, scale, bias, accumulate);
+  c00 = _mm256_add_ps(c00, d00);
+  c01 = _mm256_add_ps(c01, d01);
+  c10 = _mm256_add_ps(c10, d10);
+  c11 = _mm256_add_ps(c11, d11);
+  alignas(32) float out[MR * 16];
+  PALI_SAVE_ROW(c, 0)
+  PALI_SAVE_ROW(c, 1)
+  PALI_SAVE_ROW(c, 2)
+  PALI_SAVE_ROW(c, 3)
+  store_rows<MR>(out, y, ldy, nvalid, scale, bias, accumulate);
 }
 
 template <WeightFormat F>
@@ -369,20 +390,35 @@ constexpr int64_t kMC = 96;   // M block: 96 x 256 floats of x (96 KB) stay in L
 
 // c[MR, 16] (+)= a[MR, kc] . b[kc, 16]; mode 0: c = acc + bias; 1: c += acc + bias; 2: c += acc.
 template <int MR>
-inline void micro_kernel(const float* a, int64_t lda, const float* b, int64_t kc, float* c,
+PALI_ALWAYS_INLINE void micro_kernel(const float* a, int64_t lda, const float* b, int64_t kc, float* c,
                          int64_t ldc, int nvalid, const float* bias, int mode) {
-  __m256 acc0[MR], acc1[MR];
-  for (int r = 0; r < MR; ++r) acc0[r] = acc1[r] = _mm256_setzero_ps();
+  const float* x0 = a;
+  const float* x1 = a + lda;
+  const float* x2 = a + 2 * lda;
+  const float* x3 = a + 3 * lda;
+  const float* x4 = a + 4 * lda;
+  const float* x5 = a + 5 * lda;
+  const __m256 z = _mm256_setzero_ps();
+  __m256 c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z, c30 = z, c31 = z, c40 = z, c41 = z,
+         c50 = z, c51 = z;
   for (int64_t kk = 0; kk < kc; ++kk) {
     const __m256 b0 = _mm256_load_ps(b + kk * P);
     const __m256 b1 = _mm256_load_ps(b + kk * P + 8);
-    for (int r = 0; r < MR; ++r) {
-      const __m256 av = _mm256_broadcast_ss(a + r * lda + kk);
-      acc0[r] = _mm256_fmadd_ps(av, b0, acc0[r]);
-      acc1[r] = _mm256_fmadd_ps(av, b1, acc1[r]);
-    }
+    PALI_FMA_ROW(c, 0, x0 + kk, b0, b1)
+    PALI_FMA_ROW(c, 1, x1 + kk, b0, b1)
+    PALI_FMA_ROW(c, 2, x2 + kk, b0, b1)
+    PALI_FMA_ROW(c, 3, x3 + kk, b0, b1)
+    PALI_FMA_ROW(c, 4, x4 + kk, b0, b1)
+    PALI_FMA_ROW(c, 5, x5 + kk, b0, b1)
   }
-  store_rows<MR>(acc0, acc1, c, ldc, nvalid, nullptr, mode == 2 ? nullptr : bias, mode != 0);
+  alignas(32) float out[MR * 16];
+  PALI_SAVE_ROW(c, 0)
+  PALI_SAVE_ROW(c, 1)
+  PALI_SAVE_ROW(c, 2)
+  PALI_SAVE_ROW(c, 3)
+  PALI_SAVE_ROW(c, 4)
+  PALI_SAVE_ROW(c, 5)
+  store_rows<MR>(out, c, ldc, nvalid, nullptr, mode == 2 ? nullptr : bias, mode != 0);
 }
 
 inline void micro_dispatch(int64_t mr, const float* a, int64_t lda, const float* b, int64_t kc,

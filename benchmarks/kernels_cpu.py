@@ -1,0 +1,74 @@
+"""Kernel sandbox: the CPU linear op against numpy matmul (OpenBLAS).
+
+Times y = x @ W.T + b for decode (m = 1, 4) and prefill (m = 256) on a few
+weight shapes in every weight format, and prints GFLOP/s and the weight read
+rate (GB/s: packed weight bytes / time; the number that matters for decode).
+
+    python benchmarks/kernels_cpu.py [--threads 2] [--reps 20] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+from pali_engine._core import ops
+
+SHAPES = {  # name: (N, K)
+    "768x768": (768, 768),
+    "ffn wi 4096x768": (2 * 2048, 768),
+    "lm_head 32128x768": (32128, 768),
+}
+
+
+def best_time(fn, reps: int, budget_s: float = 1.5) -> float:
+    fn()  # warm up
+    times = []
+    start = time.perf_counter()
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > budget_s and len(times) >= 3:
+            break
+    return float(np.median(times))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--quick", action="store_true", help="m=1 and m=256 only, f32 and i8 only")
+    args = ap.parse_args()
+    ops.set_threads(args.threads)
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
+    rng = np.random.default_rng(0)
+    ms = [1, 256] if args.quick else [1, 4, 256]
+    fmts = ["f32", "i8"] if args.quick else ["f32", "f16", "i8"]
+    print(f"threads={args.threads}  (numpy: {np.__version__}, BLAS threads from OPENBLAS_NUM_THREADS)")
+    print(f"{'weight':<20}{'m':>5}  {'impl':<8}{'ms':>9}{'GFLOP/s':>10}{'GB/s':>8}")
+    for name, (n, k) in SHAPES.items():
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        b = rng.standard_normal(n).astype(np.float32)
+        prepared = {f: ops.prepare_linear(w, b, f) for f in fmts}
+        wt = np.ascontiguousarray(w.T)
+        for m in ms:
+            x = rng.standard_normal((m, k)).astype(np.float32)
+            flops = 2.0 * m * n * k
+            y = np.empty((m, n), np.float32)
+            rows = []
+            t = best_time(lambda: np.add(x @ wt, b, out=y), args.reps)
+            rows.append(("numpy", t, w.nbytes))
+            for f in fmts:
+                lw = prepared[f]
+                t = best_time(lambda: ops.linear(x, lw, out=y), args.reps)
+                rows.append((f, t, lw.weight_bytes))
+            for impl, t, nbytes in rows:
+                print(f"{name:<20}{m:>5}  {impl:<8}{t * 1e3:>9.3f}{flops / t / 1e9:>10.1f}{nbytes / t / 1e9:>8.1f}")
+
+
+if __name__ == "__main__":
+    main()
