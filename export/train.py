@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (at most)")
     parser.add_argument("--adapt-threads", action="store_true",
-                        help="every 200 steps time 10 steps with 1 thread and 10 with --threads, and use "
+                        help="every 200 steps time 5 steps with 1 thread and 5 with --threads, and use "
                              "the faster for the rest (a shared, oversubscribed CPU makes multi-threaded "
                              "ops wait on descheduled threads)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
@@ -236,7 +236,7 @@ def run(args) -> int:
     eval_time = 0.0
     budget = args.time_budget_min * 60
     probe = {}  # thread count -> step times in the current probe window
-    threads_now = args.threads
+    threads_now = 1 if args.adapt_threads else args.threads  # the safe choice on a busy machine
     while True:
         elapsed = elapsed0 + time.time() - t_start
         progress = step / args.steps
@@ -246,9 +246,10 @@ def run(args) -> int:
             break
         lr = lr_at(progress, step, args)
         if args.adapt_threads and device == "cpu" and args.threads > 1:
-            phase = step % 200
-            want = 1 if phase < 10 else (args.threads if phase < 20 else threads_now)
-            if phase == 20 and probe.get(1) and probe.get(args.threads):
+            phase = step % 200  # probe: steps 0-4 with the other count, 5-9 with the current one
+            other = 1 if threads_now != 1 else args.threads
+            want = other if phase < 5 else threads_now
+            if phase == 10 and probe.get(1) and probe.get(args.threads):
                 med = {k: sorted(v)[len(v) // 2] for k, v in probe.items()}
                 want = threads_now = min(med, key=med.get)
                 log(f"threads: median step {med[1]:.2f} s with 1, {med[args.threads]:.2f} s with "
@@ -270,7 +271,7 @@ def run(args) -> int:
         if args.clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         opt.step()
-        if args.adapt_threads and step % 200 < 20:
+        if args.adapt_threads and step % 200 < 10 and step % 5 != 0:  # first step after a switch ignored
             probe.setdefault(torch.get_num_threads(), []).append(time.time() - t_step)
         step += 1
         seen += args.batch_size
