@@ -382,47 +382,57 @@ def export_model(model, tok_bytes: bytes, path: str, *, dtype: str = "float32",
               "external_data": external}
 
     t0 = time.perf_counter()
-    tmp = tempfile.mkdtemp(prefix="pali-export-", dir=os.path.dirname(os.path.abspath(path)))
+    # Everything is written and checked in a staging folder beside the output and moved into
+    # place only when every check passed: a failed export leaves no file (and keeps an old one).
+    stage = tempfile.mkdtemp(prefix=".pali-export-", dir=os.path.dirname(os.path.abspath(path)))
     try:
-        raw = os.path.join(tmp, "model.onnx")
+        raw = os.path.join(stage, "torch", "model.onnx")
+        os.makedirs(os.path.dirname(raw))
         _torch_export(model, raw, opset)
         report["torch_export_s"] = round(time.perf_counter() - t0, 3)
         proto = onnx.load(raw)  # with its external data, if torch wrote any
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    _check_initializers(proto, params, np.dtype(np.float32))
-    if dtype == "float16":
-        _to_float16_storage(proto)
-        _check_initializers(proto, params, np_dtype)
-    _set_metadata(proto, config, tok_bytes, dtype)
-    _save(proto, path, external)
-    del proto
-    report["export_s"] = round(time.perf_counter() - t0, 3)
-    log(f"wrote {path} in {report['export_s']:.1f} s")
-
-    t1 = time.perf_counter()
-    onnx.checker.check_model(path)
-    _check_file(path, params, np_dtype, config)
-    report["bytes"] = os.path.getsize(path)
-    report["data_bytes"] = os.path.getsize(path + ".data") if external else 0
-    report["check_s"] = round(time.perf_counter() - t1, 3)
-    log(f"checked names, shapes and values of {len(params)} parameters ({report['check_s']:.1f} s)")
-    if validate:
-        t2 = time.perf_counter()
-        reference = _rounded_model(model) if dtype == "float16" else model
-        err = compare_logits(path, reference)
-        report["max_abs_error"] = err
-        report["tolerance"] = LOGITS_TOLERANCE
+        shutil.rmtree(os.path.dirname(raw))
+        _check_initializers(proto, params, np.dtype(np.float32))
         if dtype == "float16":
-            del reference
-            # informative: the effect of rounding the weights, not a check
-            report["max_abs_error_vs_float32_weights"] = compare_logits(path, model)
-        report["validate_s"] = round(time.perf_counter() - t2, 3)
-        log(f"onnxruntime vs PyTorch logits: max abs error {err:.3g} (tolerance {LOGITS_TOLERANCE:g})"
-            + (f"; vs the float32 weights {report['max_abs_error_vs_float32_weights']:.3g}"
-               if dtype == "float16" else ""))
-        if not err <= LOGITS_TOLERANCE:
-            raise ExportError(f"{path}: onnxruntime logits differ from PyTorch by {err:.3g} > {LOGITS_TOLERANCE:g}")
+            _to_float16_storage(proto)
+            _check_initializers(proto, params, np_dtype)
+        _set_metadata(proto, config, tok_bytes, dtype)
+        staged = os.path.join(stage, os.path.basename(path))
+        _save(proto, staged, external)
+        del proto
+        report["export_s"] = round(time.perf_counter() - t0, 3)
+        log(f"wrote {path} in {report['export_s']:.1f} s")
+
+        t1 = time.perf_counter()
+        onnx.checker.check_model(staged)
+        _check_file(staged, params, np_dtype, config)
+        report["bytes"] = os.path.getsize(staged)
+        report["data_bytes"] = os.path.getsize(staged + ".data") if external else 0
+        report["check_s"] = round(time.perf_counter() - t1, 3)
+        log(f"checked names, shapes and values of {len(params)} parameters ({report['check_s']:.1f} s)")
+        if validate:
+            t2 = time.perf_counter()
+            reference = _rounded_model(model) if dtype == "float16" else model
+            err = compare_logits(staged, reference)
+            report["max_abs_error"] = err
+            report["tolerance"] = LOGITS_TOLERANCE
+            if dtype == "float16":
+                del reference
+                # informative: the effect of rounding the weights, not a check
+                report["max_abs_error_vs_float32_weights"] = compare_logits(staged, model)
+            report["validate_s"] = round(time.perf_counter() - t2, 3)
+            log(f"onnxruntime vs PyTorch logits: max abs error {err:.3g} (tolerance {LOGITS_TOLERANCE:g})"
+                + (f"; vs the float32 weights {report['max_abs_error_vs_float32_weights']:.3g}"
+                   if dtype == "float16" else ""))
+            if not err <= LOGITS_TOLERANCE:
+                raise ExportError(f"{path}: onnxruntime logits differ from PyTorch by {err:.3g} > {LOGITS_TOLERANCE:g}")
+        if external:
+            os.replace(staged + ".data", path + ".data")
+        elif os.path.exists(path + ".data"):
+            os.remove(path + ".data")  # a stale data file of an earlier export
+        os.replace(staged, path)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return report
 
 

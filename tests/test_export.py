@@ -207,3 +207,15 @@ def test_model_over_2gb_uses_external_data(tmp_path, tok, request):
         model.lm_head.weight[-1].detach().numpy().tobytes()
     assert report["max_abs_error"] <= LOGITS_TOLERANCE
     print(f"\n2 GB export: {report}, total {elapsed:.1f} s, data {data.stat().st_size:,} bytes")
+
+
+def test_failed_export_leaves_the_old_file(tmp_path, model, tok, monkeypatch):
+    from pali_engine.export import onnx_export
+
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"old")
+    monkeypatch.setattr(onnx_export, "LOGITS_TOLERANCE", -1.0)  # every comparison fails
+    with pytest.raises(onnx_export.ExportError, match="differ"):
+        export_tiny(path, model, tok)
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
