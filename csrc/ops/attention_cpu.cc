@@ -95,9 +95,168 @@ inline void pv_all(float* acc, const float* v, int64_t vstride, const float* p, 
   if (off < d) pv_tail(acc, v, vstride, p, nj, off, d - off);
 }
 
+
+// Two query rows x four keys: eight dot products (s0[0..4) for q0, s1[0..4) for q1).
+inline void dot2x4(const float* q0, const float* q1, const float* k0, const float* k1,
+                   const float* k2, const float* k3, int64_t d, float* s0, float* s1) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+  int64_t c = 0;
+  for (; c + 8 <= d; c += 8) {
+    const __m256 x = _mm256_loadu_ps(q0 + c), y = _mm256_loadu_ps(q1 + c);
+    const __m256 v0 = _mm256_loadu_ps(k0 + c), v1 = _mm256_loadu_ps(k1 + c);
+    const __m256 v2 = _mm256_loadu_ps(k2 + c), v3 = _mm256_loadu_ps(k3 + c);
+    a0 = _mm256_fmadd_ps(x, v0, a0);
+    a1 = _mm256_fmadd_ps(x, v1, a1);
+    a2 = _mm256_fmadd_ps(x, v2, a2);
+    a3 = _mm256_fmadd_ps(x, v3, a3);
+    b0 = _mm256_fmadd_ps(y, v0, b0);
+    b1 = _mm256_fmadd_ps(y, v1, b1);
+    b2 = _mm256_fmadd_ps(y, v2, b2);
+    b3 = _mm256_fmadd_ps(y, v3, b3);
+  }
+  if (c < d) {
+    const __m256i mk = simd::tail_mask(d - c);
+    const __m256 x = _mm256_maskload_ps(q0 + c, mk), y = _mm256_maskload_ps(q1 + c, mk);
+    const __m256 v0 = _mm256_maskload_ps(k0 + c, mk), v1 = _mm256_maskload_ps(k1 + c, mk);
+    const __m256 v2 = _mm256_maskload_ps(k2 + c, mk), v3 = _mm256_maskload_ps(k3 + c, mk);
+    a0 = _mm256_fmadd_ps(x, v0, a0);
+    a1 = _mm256_fmadd_ps(x, v1, a1);
+    a2 = _mm256_fmadd_ps(x, v2, a2);
+    a3 = _mm256_fmadd_ps(x, v3, a3);
+    b0 = _mm256_fmadd_ps(y, v0, b0);
+    b1 = _mm256_fmadd_ps(y, v1, b1);
+    b2 = _mm256_fmadd_ps(y, v2, b2);
+    b3 = _mm256_fmadd_ps(y, v3, b3);
+  }
+  const __m256 sa = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+  const __m256 sb = _mm256_hadd_ps(_mm256_hadd_ps(b0, b1), _mm256_hadd_ps(b2, b3));
+  _mm_storeu_ps(s0, _mm_add_ps(_mm256_castps256_ps128(sa), _mm256_extractf128_ps(sa, 1)));
+  _mm_storeu_ps(s1, _mm_add_ps(_mm256_castps256_ps128(sb), _mm256_extractf128_ps(sb, 1)));
+}
+
+// Two query rows: acc0 += sum_j p0[j] v_j, acc1 += sum_j p1[j] v_j (acc padded to 8).
+inline void pv2(float* acc0, float* acc1, const float* v, int64_t vstride, const float* p0,
+                const float* p1, int64_t nj, int64_t d) {
+  int64_t off = 0;
+  for (; off + 32 <= d; off += 32) {
+    __m256 a0 = _mm256_loadu_ps(acc0 + off), a1 = _mm256_loadu_ps(acc0 + off + 8);
+    __m256 a2 = _mm256_loadu_ps(acc0 + off + 16), a3 = _mm256_loadu_ps(acc0 + off + 24);
+    __m256 b0 = _mm256_loadu_ps(acc1 + off), b1 = _mm256_loadu_ps(acc1 + off + 8);
+    __m256 b2 = _mm256_loadu_ps(acc1 + off + 16), b3 = _mm256_loadu_ps(acc1 + off + 24);
+    for (int64_t j = 0; j < nj; ++j) {
+      const __m256 x = _mm256_set1_ps(p0[j]), y = _mm256_set1_ps(p1[j]);
+      const float* vr = v + j * vstride + off;
+      const __m256 v0 = _mm256_loadu_ps(vr), v1 = _mm256_loadu_ps(vr + 8);
+      const __m256 v2 = _mm256_loadu_ps(vr + 16), v3 = _mm256_loadu_ps(vr + 24);
+      a0 = _mm256_fmadd_ps(x, v0, a0);
+      a1 = _mm256_fmadd_ps(x, v1, a1);
+      a2 = _mm256_fmadd_ps(x, v2, a2);
+      a3 = _mm256_fmadd_ps(x, v3, a3);
+      b0 = _mm256_fmadd_ps(y, v0, b0);
+      b1 = _mm256_fmadd_ps(y, v1, b1);
+      b2 = _mm256_fmadd_ps(y, v2, b2);
+      b3 = _mm256_fmadd_ps(y, v3, b3);
+    }
+    _mm256_storeu_ps(acc0 + off, a0);
+    _mm256_storeu_ps(acc0 + off + 8, a1);
+    _mm256_storeu_ps(acc0 + off + 16, a2);
+    _mm256_storeu_ps(acc0 + off + 24, a3);
+    _mm256_storeu_ps(acc1 + off, b0);
+    _mm256_storeu_ps(acc1 + off + 8, b1);
+    _mm256_storeu_ps(acc1 + off + 16, b2);
+    _mm256_storeu_ps(acc1 + off + 24, b3);
+  }
+  for (; off < d; off += 8) {
+    const int64_t count = std::min<int64_t>(8, d - off);
+    const __m256i mk = simd::tail_mask(count);
+    __m256 a = _mm256_loadu_ps(acc0 + off), b = _mm256_loadu_ps(acc1 + off);
+    for (int64_t j = 0; j < nj; ++j) {
+      const __m256 vv = _mm256_maskload_ps(v + j * vstride + off, mk);
+      a = _mm256_fmadd_ps(_mm256_set1_ps(p0[j]), vv, a);
+      b = _mm256_fmadd_ps(_mm256_set1_ps(p1[j]), vv, b);
+    }
+    _mm256_storeu_ps(acc0 + off, a);
+    _mm256_storeu_ps(acc1 + off, b);
+  }
+}
+
+struct RowState {
+  float max = kNegInf;
+  float sum = 0.0f;
+};
+
+// Turns the raw dot products s[0, nj) of keys [kb, kb + nj) into softmax weights
+// relative to the row's running max (0 for masked keys and keys >= kv_end),
+// rescaling the row's accumulator and sum when the max grows. Returns false
+// (s all zero) when every key of the block is masked.
+inline bool softmax_block(const AttentionParams& p, float* s, int64_t nj, int64_t kb, int64_t kv_end,
+                          const float* bias_row, const void* mask_row, RowState& st, float* acc,
+                          int64_t dpad);
+
 inline bool mask_allows(const AttentionParams& p, const void* mask_row, int64_t j) {
   if (p.mask_type == MaskType::i32) return static_cast<const int32_t*>(mask_row)[j] != 0;
   return static_cast<const uint8_t*>(mask_row)[j] != 0;
+}
+
+
+inline bool softmax_block(const AttentionParams& p, float* s, int64_t nj, int64_t kb, int64_t kv_end,
+                          const float* bias_row, const void* mask_row, RowState& st, float* acc,
+                          int64_t dpad) {
+  // Scale and bias, vectorised; masking only where a mask or the causal end applies.
+  const __m256 sc = _mm256_set1_ps(p.scale);
+  int64_t j = 0;
+  for (; j + 8 <= nj; j += 8) {
+    __m256 v = _mm256_mul_ps(_mm256_loadu_ps(s + j), sc);
+    if (bias_row) v = _mm256_add_ps(v, _mm256_loadu_ps(bias_row + kb + j));
+    _mm256_storeu_ps(s + j, v);
+  }
+  for (; j < nj; ++j) s[j] = bias_row ? s[j] * p.scale + bias_row[kb + j] : s[j] * p.scale;
+  if (mask_row) {
+    for (j = 0; j < nj; ++j)
+      if (!mask_allows(p, mask_row, kb + j)) s[j] = kNegInf;
+  }
+  for (j = std::max<int64_t>(0, kv_end - kb); j < nj; ++j) s[j] = kNegInf;
+  __m256 mx = _mm256_set1_ps(kNegInf);
+  for (j = 0; j + 8 <= nj; j += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(s + j));
+  float bmax = simd::hmax(mx);
+  for (; j < nj; ++j) bmax = std::max(bmax, s[j]);
+  if (bmax == kNegInf) {
+    for (int64_t j = 0; j < nj; ++j) s[j] = 0.0f;
+    return false;
+  }
+  const float new_max = std::max(st.max, bmax);
+  if (new_max > st.max && st.max != kNegInf) {
+    const float corr = std::exp(st.max - new_max);
+    st.sum *= corr;
+    const __m256 cv = _mm256_set1_ps(corr);
+    for (int64_t c = 0; c < dpad; c += 8)
+      _mm256_storeu_ps(acc + c, _mm256_mul_ps(_mm256_loadu_ps(acc + c), cv));
+  }
+  st.max = new_max;
+  const __m256 mv = _mm256_set1_ps(new_max);
+  __m256 sum = _mm256_setzero_ps();
+  for (j = 0; j + 8 <= nj; j += 8) {
+    const __m256 e = simd::exp(_mm256_sub_ps(_mm256_loadu_ps(s + j), mv));
+    _mm256_storeu_ps(s + j, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  float bsum = simd::hsum(sum);
+  for (; j < nj; ++j) {
+    s[j] = s[j] == kNegInf ? 0.0f : std::exp(s[j] - new_max);
+    bsum += s[j];
+  }
+  st.sum += bsum;
+  return true;
+}
+
+inline void finish_row(const float* acc, const RowState& st, int64_t d, float* out) {
+  if (st.sum > 0.0f) {
+    const float inv = 1.0f / st.sum;
+    for (int64_t c = 0; c < d; ++c) out[c] = acc[c] * inv;
+  } else {
+    for (int64_t c = 0; c < d; ++c) out[c] = 0.0f;
+  }
 }
 
 }  // namespace
@@ -145,8 +304,11 @@ void attention(const AttentionParams& in) {
   const int64_t items = p.batch * p.heads * nqb;
   parallel_for(0, items, 1, [&](int64_t ib, int64_t ie) {
     const int64_t dpad = (d + 7) / 8 * 8;
-    std::vector<float> acc(static_cast<size_t>(dpad));
-    alignas(32) float s[kKeyBlock];
+    std::vector<float> acc_buf(static_cast<size_t>(2 * dpad));
+    float* acc0 = acc_buf.data();
+    float* acc1 = acc0 + dpad;
+    alignas(32) float s0[kKeyBlock];
+    alignas(32) float s1[kKeyBlock];
     for (int64_t item = ib; item < ie; ++item) {
       const int64_t b = item / (p.heads * nqb);
       const int64_t h = (item / nqb) % p.heads;
@@ -160,63 +322,57 @@ void attention(const AttentionParams& in) {
         mask_row = static_cast<const char*>(p.key_mask) + kvb * p.mask_batch_stride * es;
       }
       const int64_t i_end = std::min(p.q_len, (qb + 1) * kQueryBlock);
-      for (int64_t i = qb * kQueryBlock; i < i_end; ++i) {
+      int64_t i = qb * kQueryBlock;
+      // Two query rows at a time: each K/V load feeds both.
+      for (; i + 2 <= i_end; i += 2) {
+        const float* q0 = p.q + b * p.q_batch_stride + i * p.q_row_stride + h * d;
+        const float* q1 = q0 + p.q_row_stride;
+        const int64_t pos0 = p.q_offset + i, pos1 = pos0 + 1;
+        const int64_t end0 = p.causal ? std::min(p.kv_len, pos0 + 1) : p.kv_len;
+        const int64_t end1 = p.causal ? std::min(p.kv_len, pos1 + 1) : p.kv_len;
+        const float* bias0 = p.rel_bias ? p.rel_bias + h * p.rel_bias_stride + p.rel_offset - pos0 : nullptr;
+        const float* bias1 = bias0 ? bias0 - 1 : nullptr;
+        std::fill(acc_buf.begin(), acc_buf.end(), 0.0f);
+        RowState st0, st1;
+        for (int64_t kb = 0; kb < end1; kb += kKeyBlock) {
+          const int64_t nj = std::min(kKeyBlock, end1 - kb);
+          const float* kr = kbase + kb * p.k_row_stride;
+          const int64_t ks = p.k_row_stride;
+          int64_t j = 0;
+          for (; j + 4 <= nj; j += 4)
+            dot2x4(q0, q1, kr + j * ks, kr + (j + 1) * ks, kr + (j + 2) * ks, kr + (j + 3) * ks, d,
+                   s0 + j, s1 + j);
+          for (; j < nj; ++j) {
+            s0[j] = dot1(q0, kr + j * ks, d);
+            s1[j] = dot1(q1, kr + j * ks, d);
+          }
+          const bool u0 = softmax_block(p, s0, nj, kb, end0, bias0, mask_row, st0, acc0, dpad);
+          const bool u1 = softmax_block(p, s1, nj, kb, end1, bias1, mask_row, st1, acc1, dpad);
+          if (u0 || u1) pv2(acc0, acc1, vbase + kb * p.v_row_stride, p.v_row_stride, s0, s1, nj, d);
+        }
+        float* o0 = p.out + b * p.out_batch_stride + i * p.out_row_stride + h * d;
+        finish_row(acc0, st0, d, o0);
+        finish_row(acc1, st1, d, o0 + p.out_row_stride);
+      }
+      for (; i < i_end; ++i) {
         const float* qi = p.q + b * p.q_batch_stride + i * p.q_row_stride + h * d;
-        float* oi = p.out + b * p.out_batch_stride + i * p.out_row_stride + h * d;
         const int64_t pos = p.q_offset + i;
         const int64_t kv_end = p.causal ? std::min(p.kv_len, pos + 1) : p.kv_len;
-        // Bias of key j: bias_row[j].
         const float* bias_row = p.rel_bias ? p.rel_bias + h * p.rel_bias_stride + p.rel_offset - pos : nullptr;
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        float run_max = kNegInf, run_sum = 0.0f;
+        std::fill(acc0, acc0 + dpad, 0.0f);
+        RowState st;
         for (int64_t kb = 0; kb < kv_end; kb += kKeyBlock) {
           const int64_t nj = std::min(kKeyBlock, kv_end - kb);
           const float* kr = kbase + kb * p.k_row_stride;
+          const int64_t ks = p.k_row_stride;
           int64_t j = 0;
           for (; j + 4 <= nj; j += 4)
-            dot4(qi, kr + j * p.k_row_stride, kr + (j + 1) * p.k_row_stride,
-                 kr + (j + 2) * p.k_row_stride, kr + (j + 3) * p.k_row_stride, d, s + j);
-          for (; j < nj; ++j) s[j] = dot1(qi, kr + j * p.k_row_stride, d);
-          float bmax = kNegInf;
-          for (j = 0; j < nj; ++j) {
-            float v = s[j] * p.scale;
-            if (bias_row) v += bias_row[kb + j];
-            if (mask_row && !mask_allows(p, mask_row, kb + j)) v = kNegInf;
-            s[j] = v;
-            bmax = std::max(bmax, v);
-          }
-          if (bmax == kNegInf) continue;  // every key of the block masked
-          const float new_max = std::max(run_max, bmax);
-          if (new_max > run_max && run_max != kNegInf) {
-            const float corr = std::exp(run_max - new_max);
-            run_sum *= corr;
-            const __m256 cv = _mm256_set1_ps(corr);
-            for (int64_t c = 0; c < dpad; c += 8)
-              _mm256_storeu_ps(acc.data() + c, _mm256_mul_ps(_mm256_loadu_ps(acc.data() + c), cv));
-          }
-          run_max = new_max;
-          const __m256 mv = _mm256_set1_ps(new_max);
-          __m256 sum = _mm256_setzero_ps();
-          j = 0;
-          for (; j + 8 <= nj; j += 8) {
-            const __m256 e = simd::exp(_mm256_sub_ps(_mm256_load_ps(s + j), mv));
-            _mm256_store_ps(s + j, e);
-            sum = _mm256_add_ps(sum, e);
-          }
-          float bsum = simd::hsum(sum);
-          for (; j < nj; ++j) {
-            s[j] = s[j] == kNegInf ? 0.0f : std::exp(s[j] - new_max);
-            bsum += s[j];
-          }
-          run_sum += bsum;
-          pv_all(acc.data(), vbase + kb * p.v_row_stride, p.v_row_stride, s, nj, d);
+            dot4(qi, kr + j * ks, kr + (j + 1) * ks, kr + (j + 2) * ks, kr + (j + 3) * ks, d, s0 + j);
+          for (; j < nj; ++j) s0[j] = dot1(qi, kr + j * ks, d);
+          if (softmax_block(p, s0, nj, kb, kv_end, bias_row, mask_row, st, acc0, dpad))
+            pv_all(acc0, vbase + kb * p.v_row_stride, p.v_row_stride, s0, nj, d);
         }
-        if (run_sum > 0.0f) {
-          const float inv = 1.0f / run_sum;
-          for (int64_t c = 0; c < d; ++c) oi[c] = acc[c] * inv;
-        } else {
-          for (int64_t c = 0; c < d; ++c) oi[c] = 0.0f;
-        }
+        finish_row(acc0, st, d, p.out + b * p.out_batch_stride + i * p.out_row_stride + h * d);
       }
     }
   });
