@@ -34,7 +34,7 @@ def best_time(fn, reps: int, budget_s: float = 1.5) -> float:
         times.append(time.perf_counter() - t0)
         if time.perf_counter() - start > budget_s and len(times) >= 3:
             break
-    return float(np.median(times))
+    return float(np.min(times))  # the least disturbed run: the machine is shared
 
 
 def main() -> None:

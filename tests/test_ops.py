@@ -589,3 +589,10 @@ def test_patch_embed_u8_normalizes():
     norm = ((img.astype(np.float64) / 255.0 - mean) / std).transpose(0, 3, 1, 2)
     ref = patchify(norm, P) @ conv_w.reshape(W, -1).astype(np.float64).T + conv_b + pos
     np.testing.assert_allclose(ops.patch_embed_u8(img, P, mean, std, proj, pos), ref, rtol=1e-5, atol=1e-4)
+
+
+def test_attention_no_keys_gives_zeros():
+    q = randn(rng_for("attn empty"), 2, 3, 8)
+    k = np.zeros((2, 4, 8), np.float32)
+    got = ops.attention(q, k, k, 2, 4, kv_len=0)
+    assert got.shape == (2, 3, 8) and np.all(got == 0)
