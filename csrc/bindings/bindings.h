@@ -19,6 +19,10 @@ void bind_onnx(py::module_& m);
 void bind_ops(py::module_& m);
 // The model and generation (class `PaliModel`).
 void bind_engine(py::module_& m);
+#ifdef PALI_WITH_CUDA
+// The CUDA ops on numpy arrays (submodule `cuda_ops`, _core_cuda only).
+void bind_cuda_ops(py::module_& m);
+#endif
 
 // A numpy array sharing the tensor's memory (read-only; the tensor stays alive
 // as long as the array). bfloat16 has no numpy type: it comes back as uint16 bits.
