@@ -33,6 +33,17 @@ __global__ void patchify_kernel(const void* __restrict__ pixels, int64_t batch, 
   const int64_t feat = static_cast<int64_t>(channels) * patch * patch;
   const int64_t total1 = batch * n_patches * feat;
   const int64_t total2 = batch * n_patches * width;
+  // Per-channel constants in shared memory: indexing the by-value parameter
+  // with a run-time channel would copy it to local memory.
+  __shared__ float mean_s[8], inv_std_s[8];
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int c = 0; c < 8; ++c) {
+      mean_s[c] = norm.mean[c];
+      inv_std_s[c] = norm.inv_std[c];
+    }
+  }
+  __syncthreads();
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total1 + total2;
        e += stride) {
@@ -46,10 +57,10 @@ __global__ void patchify_kernel(const void* __restrict__ pixels, int64_t batch, 
       float v;
       if constexpr (kU8) {
         const uint8_t p = static_cast<const uint8_t*>(pixels)[((b * size + yy) * size + xx) * channels + c];
-        v = (static_cast<float>(p) / 255.0f - norm.mean[c]) * norm.inv_std[c];
+        v = (static_cast<float>(p) / 255.0f - mean_s[c]) * inv_std_s[c];
       } else {
         v = static_cast<const float*>(pixels)[((b * channels + c) * size + yy) * size + xx];
-        if (normalize) v = (v - norm.mean[c]) * norm.inv_std[c];
+        if (normalize) v = (v - mean_s[c]) * inv_std_s[c];
       }
       patches[e] = from_float<T>(v);
     } else {
