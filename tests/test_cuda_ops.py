@@ -142,7 +142,7 @@ def test_timing_returns_one_time_per_launch():
 # LayerNorm, RMSNorm
 
 
-NORM_SIZES = [(1, 1), (3, 7), (5, 33), (2, 64), (7, 768), (4, 1000), (3, 4096)]
+NORM_SIZES = [(1, 1), (3, 7), (5, 33), (2, 64), (7, 768), (4, 1000), (3, 4096), (2, 12288)]
 
 
 def layer_norm_ref(x, g, b, eps):
@@ -223,6 +223,14 @@ def test_add_rms_norm(m, d, dtype, residual_dtype):
         var = tr.float().pow(2).mean(-1, keepdim=True)
         ty = to_np(torch.from_numpy(w).to(dev, td) * (tr.float() * torch.rsqrt(var + 1e-6)).to(td))
     check(y, ref, dtype, ty)
+
+
+def test_norms_reject_rows_beyond_shared_memory():
+    x = np.zeros((1, 12289), np.float32)
+    with pytest.raises(ValueError):
+        cops.layer_norm(x, None, None)
+    with pytest.raises(ValueError):
+        cops.rms_norm(x, None)
 
 
 def test_add_rms_norm_without_delta_leaves_residual():

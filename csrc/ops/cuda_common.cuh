@@ -116,11 +116,12 @@ inline int sm_count() {
   return cached[dev];
 }
 
-// Raises a kernel's dynamic shared-memory limit (needed above 48 KB) on the
-// current device; cheap to call before every launch.
+// Raises a kernel's dynamic shared-memory limit on the current device: by
+// default dynamic + static shared memory must stay within 48 KB, so any large
+// dynamic size asks first (cheap enough to do before every launch).
 template <typename Kernel>
 void allow_dynamic_smem(Kernel kernel, size_t bytes) {
-  if (bytes > 48 * 1024)
+  if (bytes > 32 * 1024)
     PALI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(bytes)));
 }

@@ -82,6 +82,7 @@ void layer_norm_cuda(const void* x, int64_t m, int64_t d, const void* gamma, con
   const int threads = static_cast<int>(std::min<int64_t>(512, std::max<int64_t>(32, (work + 31) / 32 * 32)));
   const size_t smem = static_cast<size_t>(d) * sizeof(float);
   PALI_CUDA_DISPATCH_FLOAT(dtype, "layer_norm_cuda", {
+    allow_dynamic_smem(layer_norm_kernel<scalar_t>, smem);
     layer_norm_kernel<scalar_t><<<static_cast<unsigned>(m), threads, smem, stream>>>(
         static_cast<const scalar_t*>(x), static_cast<const scalar_t*>(gamma),
         static_cast<const scalar_t*>(beta), static_cast<scalar_t*>(y), d, eps, vec);

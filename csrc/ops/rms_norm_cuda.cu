@@ -79,6 +79,7 @@ void launch(TR* residual, const T* delta, const T* weight, T* y, int64_t m, int6
                    (!delta || aligned16(delta)) && (!weight || aligned16(weight));
   const int64_t work = vec ? d / kChunk : d;
   const int threads = static_cast<int>(std::min<int64_t>(512, std::max<int64_t>(32, (work + 31) / 32 * 32)));
+  allow_dynamic_smem(add_rms_norm_kernel<TR, T>, d * sizeof(float));
   add_rms_norm_kernel<TR, T><<<static_cast<unsigned>(m), threads, d * sizeof(float), stream>>>(
       residual, delta, weight, y, d, eps, write_residual, vec);
   PALI_CUDA_CHECK_LAUNCH();
