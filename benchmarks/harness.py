@@ -604,41 +604,59 @@ def run(args: argparse.Namespace) -> int:
               "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "command": "pali-engine bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
               "machine": machine_info(), "packages": package_versions(), "threads": threads,
-              "floors_measured": machine_floor, "sizes": []}
+              "floors_measured_start": machine_floor, "floors_measured": machine_floor, "sizes": []}
+    stem = "cpu-" + _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M")
     for s in sizes:
+        t0 = time.time()
         try:
-            result["sizes"].append(bench_size(s, args, cases, machine_floor, threads, log))
+            sz = bench_size(s, args, cases, machine_floor, threads, log)
         except FileNotFoundError as error:
-            result["sizes"].append({"size": s, "skipped": {"all": str(error)}, "cases": {}})
+            sz = {"size": s, "skipped": {"all": str(error)}, "cases": {}}
             log(f"[{s}] skipped: {error}")
+        except Exception as error:  # one broken size does not lose the others
+            sz = {"size": s, "skipped": {"all": f"failed: {type(error).__name__}: {error}"}, "cases": {}}
+            log(traceback.format_exc())
+        sz["wall_s"] = round(time.time() - t0, 1)
+        result["sizes"].append(sz)
+        if out_dir:  # what is done so far, in case the run is cut short
+            _finish(result, machine_floor, None)
+            _write(result, out_dir, stem, plot_too=False)
     log("measuring the machine again ...")
-    end = floors_mod.measure(threads, quick=args.quick)
-    result["floors_measured_start"] = machine_floor
-    result["floors_measured_end"] = end
-    # the floors use the better of the two measurements: what the machine can do at best
-    result["floors_measured"] = best = dict(machine_floor)
-    for k in ("read_bandwidth_gb_s", "sgemm_gflop_s"):
-        best[k] = max(machine_floor[k], end[k])
+    _finish(result, machine_floor, floors_mod.measure(threads, quick=args.quick))
+    result["wall_s"] = round(time.time() - started, 1)
+    text = header(result) + "\n" + table(result)
+    result["table_markdown"] = text
+    print(text)
+    if out_dir:
+        _write(result, out_dir, stem, plot_too=not args.no_plot)
+    return 0
+
+
+def _finish(result: Dict, start: Dict, end: Optional[Dict]) -> None:
+    """Floors of every case from the better of the start and end measurements."""
+    best = dict(start)
+    if end is not None:
+        result["floors_measured_end"] = end
+        for k in ("read_bandwidth_gb_s", "sgemm_gflop_s"):
+            best[k] = max(start[k], end[k])
+    result["floors_measured"] = best
     for sz in result["sizes"]:
         for c in sz["cases"].values():
             c["floor"] = floors_mod.floors(sz["parameters"], sz["prefill_flops_per_image"], best,
                                            Case(c["batch"], c["beams"], c["new_tokens"]))
-    result["wall_s"] = round(time.time() - started, 1)
-    text = header(result) + "\n" + table(result)
-    print(text)
-    if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
-        stem = "cpu-" + _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M")
-        jpath = os.path.join(out_dir, stem + ".json")
-        result["table_markdown"] = text
-        with open(jpath, "w") as f:
-            json.dump(result, f, indent=1)
-        print(f"\nwrote {jpath}")
-        if not args.no_plot:
-            ppath = os.path.join(out_dir, stem + ".png")
-            err = plot(result, ppath)
-            print(f"wrote {ppath}" if err is None else f"no plot: {err}")
-    return 0
+
+
+def _write(result: Dict, out_dir: str, stem: str, plot_too: bool) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    jpath = os.path.join(out_dir, stem + ".json")
+    with open(jpath, "w") as f:
+        json.dump(result, f, indent=1)
+    if not plot_too:
+        return
+    print(f"\nwrote {jpath}")
+    ppath = os.path.join(out_dir, stem + ".png")
+    err = plot(result, ppath)
+    print(f"wrote {ppath}" if err is None else f"no plot: {err}")
 
 
 def main(argv=None) -> int:
