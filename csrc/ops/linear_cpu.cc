@@ -270,9 +270,9 @@ template <>
 struct PanelLoad<WeightFormat::i8> {
   using T = int8_t;
   static PALI_ALWAYS_INLINE void load(const int8_t* p, __m256& w0, __m256& w1) {
-    const __m128i q = _mm_load_si128(reinterpret_cast<const __m128i*>(p));
-    w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
-    w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8)));
+    // 8-byte loads folded into vpmovsxbd (no shuffle for the upper half).
+    w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+    w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8))));
   }
 };
 
