@@ -36,6 +36,9 @@ from .peers import Case, all_peers
 
 METRICS = ("vision_ms", "encoder_ms", "ttft_ms", "step_ms", "total_ms", "tokens_per_s")
 DEFAULT_REPEATS = {"tiny": 5, "default": 5, "small": 3, "base": 2}
+#: Seconds between two peers' runs: thread pools (OpenMP, onnxruntime, the engine's) spin a
+#: little after their work; the next peer should not share the cores with that.
+PAUSE_S = 0.05
 
 
 def _csv(s: str) -> List[str]:
@@ -58,6 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "3 repeats, no memory probes, no files unless --out-dir is given")
     parser.add_argument("--sizes", default=None,
                         help=f"comma list of {', '.join(models.SIZES)} (default: default,small,base)")
+    parser.add_argument("--model", default=None,
+                        help="a pali-engine ONNX file to use as the size 'default' (default: the bundled model)")
     parser.add_argument("--cases", default=None,
                         help="comma list of cases bB-greedy / bB-beamK (default b1-greedy,b1-beam4,b8-greedy; "
                              "--quick: b1-greedy)")
@@ -307,7 +312,7 @@ def bench_size(size: str, args, cases: List[Case], machine: Dict, threads: int, 
     import torch
 
     out: Dict = {"size": size, "skipped": {}, "cases": {}}
-    art = models.prepare(size, args.work_dir, seed=args.seed, log=log)
+    art = models.prepare(size, args.work_dir, seed=args.seed, log=log, model_path=args.model)
     cfg = art.config
     out["config"] = cfg.to_dict()
     out["weights"] = art.info.get("source")
@@ -389,6 +394,7 @@ def bench_size(size: str, args, cases: List[Case], machine: Dict, threads: int, 
                     continue
                 if r >= args.warmup:
                     runs[p.name].append(res)
+                time.sleep(PAUSE_S)  # let the last peer's spinning worker threads go idle
             log(f"[{size}] {case.name}: round {r + 1}/{args.warmup + repeats} done")
         vision_offset = None
         if runs.get("pytorch"):
@@ -558,7 +564,8 @@ def run(args: argparse.Namespace) -> int:
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     threads = args.threads or os.cpu_count() or 1
     if args.quick:
-        sizes = _csv(args.sizes) if args.sizes else ["default" if models.default_model_path() else "tiny"]
+        have_default = args.model or models.default_model_path()
+        sizes = _csv(args.sizes) if args.sizes else ["default" if have_default else "tiny"]
         case_names = _csv(args.cases or "b1-greedy")
         if args.repeats is None:
             args.repeats = 3
@@ -624,6 +631,10 @@ def run(args: argparse.Namespace) -> int:
     log("measuring the machine again ...")
     _finish(result, machine_floor, floors_mod.measure(threads, quick=args.quick))
     result["wall_s"] = round(time.time() - started, 1)
+    try:
+        result["machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        pass
     text = header(result) + "\n" + table(result)
     result["table_markdown"] = text
     print(text)

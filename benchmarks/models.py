@@ -169,15 +169,18 @@ def _file_key(path: str) -> str:
     return hashlib.sha1(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:10]
 
 
-def prepare(size: str, work_dir: str, seed: int = 0, log: Callable[[str], None] = print) -> Artifacts:
-    """Writes (or finds) model.onnx and state_dict.pt of ``size``; raises FileNotFoundError for
-    "default" when this build has no bundled model."""
+def prepare(size: str, work_dir: str, seed: int = 0, log: Callable[[str], None] = print,
+            model_path: Optional[str] = None) -> Artifacts:
+    """Writes (or finds) model.onnx and state_dict.pt of ``size``; "default" is the bundled model
+    or ``model_path`` (any pali-engine ONNX file); FileNotFoundError when there is none."""
     import torch
 
     if size == "default":
-        src = default_model_path()
+        src = model_path or default_model_path()
         if src is None:
             raise FileNotFoundError("no bundled default model (pali_engine/models/pali-default.onnx)")
+        if not os.path.isfile(src):
+            raise FileNotFoundError(f"{src}: no such model file")
         folder = os.path.join(work_dir, f"default-{_file_key(src)}-v{ARTIFACT_VERSION}")
     else:
         src = None
@@ -208,7 +211,8 @@ def prepare(size: str, work_dir: str, seed: int = 0, log: Callable[[str], None] 
         del model
     with open(os.path.join(folder, "tokenizer.model"), "wb") as f:
         f.write(tok)
-    info = {"config": cfg.to_dict(), "source": "bundled default model" if src else f"random, seed {seed}",
+    info = {"config": cfg.to_dict(),
+            "source": (os.path.basename(src) if src else f"random, seed {seed}"),
             "prepare_s": round(time.perf_counter() - t0, 1)}
     with open(info_path, "w") as f:
         json.dump(info, f)
