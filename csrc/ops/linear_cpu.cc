@@ -496,11 +496,25 @@ void gemm_block(const float* x, int64_t ldx, int64_t r0, int64_t r1, const Linea
     for (int64_t k0 = 0; k0 < k || k0 == 0; k0 += kKC) {
       const int64_t kc = std::min(kKC, k - k0);
       const int mode = k0 > 0 ? 2 : (accumulate ? 1 : 0);
+      using T = typename PanelLoad<F>::T;
+      const int64_t slice_bytes = kc * P * static_cast<int64_t>(sizeof(T));
+      const int64_t groups = (me - mb + kMR - 1) / kMR;
+      const int64_t lines_per_group = (slice_bytes / 64 + groups - 1) / groups;
       for (int64_t p = p0; p < p1; ++p) {
         const float* b = panel_slice<F>(w, p, k0, kc, scratch);
         const int nvalid = static_cast<int>(std::min<int64_t>(P, w.n - p * P));
         const float* bp = bias ? bias + p * P : nullptr;
+        // The next panel's slice is a jump of a whole panel in memory, which the
+        // hardware prefetchers do not follow: fetch it into L2 while this one runs.
+        const char* next = p + 1 < p1
+                               ? reinterpret_cast<const char*>(static_cast<const T*>(w.packed.raw()) +
+                                                               ((p + 1) * w.k + k0) * P)
+                               : nullptr;
+        int64_t line = 0;
         for (int64_t m0 = mb; m0 < me; m0 += kMR) {
+          if (next)
+            for (int64_t l = 0; l < lines_per_group && line * 64 < slice_bytes; ++l, ++line)
+              _mm_prefetch(next + line * 64, _MM_HINT_T1);
           micro_dispatch(std::min(kMR, me - m0), x + m0 * ldx + k0, ldx, b, kc, y + m0 * ldy + p * P,
                          ldy, nvalid, bp, mode);
         }
