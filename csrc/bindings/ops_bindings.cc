@@ -64,7 +64,7 @@ void bind_ops(py::module_& parent) {
   m.def("get_threads", &op_threads, "Threads the ops use when called from this thread.");
 
   // ---- linear ---------------------------------------------------------------
-  py::class_<LinearWeight>(m, "LinearWeight")
+  py::class_<LinearWeight>(m, "LinearWeight", py::module_local())
       .def_readonly("n", &LinearWeight::n)
       .def_readonly("k", &LinearWeight::k)
       .def_readonly("has_bias", &LinearWeight::has_bias)
