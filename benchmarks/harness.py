@@ -475,6 +475,44 @@ def table(result: Dict) -> str:
     return "\n".join(lines)
 
 
+def summary(result: Dict) -> str:
+    """Compact tables across sizes (for the README): ms per decode step for each case, with the
+    ratio to the engine at the same precision, and the floor."""
+    sizes = [sz for sz in result["sizes"] if sz["cases"]]
+    if not sizes:
+        return ""
+    out = []
+    case_names = []
+    for sz in sizes:
+        case_names += [c for c in sz["cases"] if c not in case_names]
+    for cname in case_names:
+        peers = []
+        for sz in sizes:
+            peers += [p for p in sz["cases"].get(cname, {}).get("peers", {}) if p not in peers]
+        out.append(f"\nms per decode step, {cname} (median; in brackets: over the engine's at the same "
+                   f"precision)\n")
+        out.append("| peer | " + " | ".join(sz["size"] for sz in sizes) + " |")
+        out.append("|---|" + "---|" * len(sizes))
+        for p in peers:
+            cells = []
+            for sz in sizes:
+                c = sz["cases"].get(cname, {}).get("peers", {})
+                r = c.get(p)
+                if not r or not r.get("step_ms"):
+                    cells.append("-")
+                    continue
+                ref = _engine_ref(c, r["precision"])
+                v = r["step_ms"]["median"]
+                cells.append(f"{v:.2f}" + ("" if p.startswith("engine") or not ref else f" ({v / ref:.2f}x)"))
+            out.append(f"| {p} | " + " | ".join(cells) + " |")
+        cells = []
+        for sz in sizes:
+            f = sz["cases"].get(cname, {}).get("floor")
+            cells.append(f"{f['step_ms']['f32']:.2f} / {f['step_ms']['int8']:.2f}" if f else "-")
+        out.append("| floor f32 / int8 | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def header(result: Dict) -> str:
     m, f = result["machine"], result["floors_measured"]
     return (f"pali-engine bench, {result['date']}: {m.get('cpu', '?')}, {m.get('cpus')} cores, "
@@ -635,7 +673,7 @@ def run(args: argparse.Namespace) -> int:
         result["machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     except (AttributeError, OSError):
         pass
-    text = header(result) + "\n" + table(result)
+    text = header(result) + "\n" + table(result) + "\n\n**Summary**\n" + summary(result)
     result["table_markdown"] = text
     print(text)
     if out_dir:

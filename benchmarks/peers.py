@@ -13,9 +13,10 @@ Text-side peers (transformers, CTranslate2) run the T5 text model only; the
 harness adds the vision time of PyTorch (the same module computes their
 visual tokens) to their TTFT and total, and says so.  CTranslate2 takes token
 ids, not embeddings: it gets as many encoder tokens as image + prompt (random
-ids), so its decode steps attend over the same length, and its encoder and
-first step are timed together (a 1-token call; steps = (32-token call - 1-token
-call) / 31).
+ids), so its decode steps attend over the same length.  It has no encoder-only
+call: at batch 1 greedy, ``generate_tokens`` stamps every token; otherwise its
+encoder and first step are timed together by a 1-token ``translate_batch`` and
+steps = (32-token call - 1-token call) / 31.
 """
 
 from __future__ import annotations
@@ -372,6 +373,15 @@ class CT2Peer(Peer):
 
     def run(self, inputs, case):
         src = [[self.vocab[i] for i in row] for row in inputs["source_ids"].tolist()]
+        if case.batch == 1 and case.beams == 1:  # one call, a time stamp per token
+            stamps, ids = [], []
+            t0 = _now()
+            for step in self.tr.generate_tokens(src[0], max_decoding_length=case.new_tokens,
+                                                min_decoding_length=case.new_tokens):
+                stamps.append(_now())
+                ids.append(step.token_id)
+            return {"vision_ms": None, "encoder_ms": None, "ttft_ms": (stamps[0] - t0) * 1e3,
+                    "total_ms": (stamps[-1] - t0) * 1e3, "steps": len(ids), "tokens": [ids], "scores": None}
         kw = dict(beam_size=case.beams, num_hypotheses=1, length_penalty=1.0)
         t0 = _now()
         self.tr.translate_batch(src, max_decoding_length=1, min_decoding_length=1, **kw)
