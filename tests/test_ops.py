@@ -596,3 +596,23 @@ def test_attention_no_keys_gives_zeros():
     k = np.zeros((2, 4, 8), np.float32)
     got = ops.attention(q, k, k, 2, 4, kv_len=0)
     assert got.shape == (2, 3, 8) and np.all(got == 0)
+
+
+@pytest.mark.parametrize("q_len,beams", [(3, 2), (1, 5), (2, 3)])
+def test_attention_pairs_across_beams_with_causal_bias(q_len, beams):
+    # Rows of different beams (and positions) that share K/V go through the keys in
+    # pairs: a pair may mix positions, so each row keeps its own causal end and bias.
+    rng = rng_for("attn pairs", q_len, beams)
+    R, H, d, q_offset = 2, 3, 12, 70
+    kv_len = q_offset + q_len
+    q = randn(rng, R * beams, q_len, H * d)
+    k, v = randn(rng, R, kv_len + 5, H * d), randn(rng, R, kv_len + 5, H * d)
+    mask = np.ones((R, kv_len + 5), np.int32)
+    mask[0, 3:9] = 0
+    rel_offset = q_offset + q_len - 1
+    num_rel = rel_offset + kv_len - q_offset
+    table = ops.relative_bias_table(randn(rng, 32, H), False, 128, rel_offset, num_rel)
+    kw = dict(causal=True, q_offset=q_offset, rel_offset=rel_offset, kv_len=kv_len)
+    got = ops.attention(q, k, v, H, d, 1.0, key_mask=mask, rel_bias=table, kv_batch_divisor=beams, **kw)
+    ref = attention_ref(q, k, v, H, d, 1.0, mask=mask, table=table, div=beams, **kw)
+    check_attention(got, ref)

@@ -24,8 +24,10 @@
 // < rel_bias_stride, and throws InvalidArgument otherwise (see
 // relative_bias_table() in ops/position_bucket.h, which builds such a table).
 //
-// Threads: over batch * heads * blocks of queries (so decode, q_len = 1, is
-// parallel over batch * heads).
+// Threads: over (K/V batch, head, block of 16 query rows), where the query rows
+// of a K/V batch are those of all kv_batch_divisor query batches sharing it; rows
+// are processed in pairs (two positions or two beams) so that each K/V load
+// feeds two rows. Decode (q_len = 1) is thus parallel over requests * heads.
 #pragma once
 
 #include <cstdint>

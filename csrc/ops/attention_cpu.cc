@@ -300,8 +300,15 @@ void attention(const AttentionParams& in) {
   }
 
   const int64_t d = p.head_dim;
-  const int64_t nqb = (p.q_len + kQueryBlock - 1) / kQueryBlock;
-  const int64_t items = p.batch * p.heads * nqb;
+  // Work items: (K/V batch, head, block of query rows). The query rows of one
+  // K/V batch are those of its kv_batch_divisor query batches (beams sharing a
+  // request's K/V), numbered r = beam * q_len + i; rows go through the keys two
+  // at a time, so each K/V load feeds two rows (two positions, or two beams).
+  const int64_t div = p.kv_batch_divisor;
+  const int64_t kv_batches = p.batch / div;
+  const int64_t rows_per_kv = div * p.q_len;
+  const int64_t nrb = (rows_per_kv + kQueryBlock - 1) / kQueryBlock;
+  const int64_t items = kv_batches * p.heads * nrb;
   parallel_for(0, items, 1, [&](int64_t ib, int64_t ie) {
     const int64_t dpad = (d + 7) / 8 * 8;
     std::vector<float> acc_buf(static_cast<size_t>(2 * dpad));
@@ -310,69 +317,73 @@ void attention(const AttentionParams& in) {
     alignas(32) float s0[kKeyBlock];
     alignas(32) float s1[kKeyBlock];
     for (int64_t item = ib; item < ie; ++item) {
-      const int64_t b = item / (p.heads * nqb);
-      const int64_t h = (item / nqb) % p.heads;
-      const int64_t qb = item % nqb;
-      const int64_t kvb = b / p.kv_batch_divisor;
+      const int64_t kvb = item / (p.heads * nrb);
+      const int64_t h = (item / nrb) % p.heads;
+      const int64_t rb = item % nrb;
       const float* kbase = p.k + kvb * p.k_batch_stride + h * d;
       const float* vbase = p.v + kvb * p.v_batch_stride + h * d;
+      const int64_t ks = p.k_row_stride;
       const void* mask_row = nullptr;
       if (p.key_mask) {
         const size_t es = p.mask_type == MaskType::i32 ? 4 : 1;
         mask_row = static_cast<const char*>(p.key_mask) + kvb * p.mask_batch_stride * es;
       }
-      const int64_t i_end = std::min(p.q_len, (qb + 1) * kQueryBlock);
-      int64_t i = qb * kQueryBlock;
-      // Two query rows at a time: each K/V load feeds both.
-      for (; i + 2 <= i_end; i += 2) {
-        const float* q0 = p.q + b * p.q_batch_stride + i * p.q_row_stride + h * d;
-        const float* q1 = q0 + p.q_row_stride;
-        const int64_t pos0 = p.q_offset + i, pos1 = pos0 + 1;
-        const int64_t end0 = p.causal ? std::min(p.kv_len, pos0 + 1) : p.kv_len;
-        const int64_t end1 = p.causal ? std::min(p.kv_len, pos1 + 1) : p.kv_len;
-        const float* bias0 = p.rel_bias ? p.rel_bias + h * p.rel_bias_stride + p.rel_offset - pos0 : nullptr;
-        const float* bias1 = bias0 ? bias0 - 1 : nullptr;
+      struct Row {
+        const float* q;
+        float* out;
+        int64_t kv_end;
+        const float* bias;
+      };
+      const auto row = [&](int64_t r) {
+        const int64_t b = kvb * div + r / p.q_len, i = r % p.q_len;
+        const int64_t pos = p.q_offset + i;
+        Row w;
+        w.q = p.q + b * p.q_batch_stride + i * p.q_row_stride + h * d;
+        w.out = p.out + b * p.out_batch_stride + i * p.out_row_stride + h * d;
+        w.kv_end = p.causal ? std::min(p.kv_len, pos + 1) : p.kv_len;
+        w.bias = p.rel_bias ? p.rel_bias + h * p.rel_bias_stride + p.rel_offset - pos : nullptr;
+        return w;
+      };
+      const int64_t r_end = std::min(rows_per_kv, (rb + 1) * kQueryBlock);
+      int64_t r = rb * kQueryBlock;
+      for (; r + 2 <= r_end; r += 2) {
+        const Row w0 = row(r), w1 = row(r + 1);
+        const int64_t end = std::max(w0.kv_end, w1.kv_end);
         std::fill(acc_buf.begin(), acc_buf.end(), 0.0f);
         RowState st0, st1;
-        for (int64_t kb = 0; kb < end1; kb += kKeyBlock) {
-          const int64_t nj = std::min(kKeyBlock, end1 - kb);
-          const float* kr = kbase + kb * p.k_row_stride;
-          const int64_t ks = p.k_row_stride;
+        for (int64_t kb = 0; kb < end; kb += kKeyBlock) {
+          const int64_t nj = std::min(kKeyBlock, end - kb);
+          const float* kr = kbase + kb * ks;
           int64_t j = 0;
           for (; j + 4 <= nj; j += 4)
-            dot2x4(q0, q1, kr + j * ks, kr + (j + 1) * ks, kr + (j + 2) * ks, kr + (j + 3) * ks, d,
+            dot2x4(w0.q, w1.q, kr + j * ks, kr + (j + 1) * ks, kr + (j + 2) * ks, kr + (j + 3) * ks, d,
                    s0 + j, s1 + j);
           for (; j < nj; ++j) {
-            s0[j] = dot1(q0, kr + j * ks, d);
-            s1[j] = dot1(q1, kr + j * ks, d);
+            s0[j] = dot1(w0.q, kr + j * ks, d);
+            s1[j] = dot1(w1.q, kr + j * ks, d);
           }
-          const bool u0 = softmax_block(p, s0, nj, kb, end0, bias0, mask_row, st0, acc0, dpad);
-          const bool u1 = softmax_block(p, s1, nj, kb, end1, bias1, mask_row, st1, acc1, dpad);
+          const bool u0 = softmax_block(p, s0, nj, kb, w0.kv_end, w0.bias, mask_row, st0, acc0, dpad);
+          const bool u1 = softmax_block(p, s1, nj, kb, w1.kv_end, w1.bias, mask_row, st1, acc1, dpad);
           if (u0 || u1) pv2(acc0, acc1, vbase + kb * p.v_row_stride, p.v_row_stride, s0, s1, nj, d);
         }
-        float* o0 = p.out + b * p.out_batch_stride + i * p.out_row_stride + h * d;
-        finish_row(acc0, st0, d, o0);
-        finish_row(acc1, st1, d, o0 + p.out_row_stride);
+        finish_row(acc0, st0, d, w0.out);
+        finish_row(acc1, st1, d, w1.out);
       }
-      for (; i < i_end; ++i) {
-        const float* qi = p.q + b * p.q_batch_stride + i * p.q_row_stride + h * d;
-        const int64_t pos = p.q_offset + i;
-        const int64_t kv_end = p.causal ? std::min(p.kv_len, pos + 1) : p.kv_len;
-        const float* bias_row = p.rel_bias ? p.rel_bias + h * p.rel_bias_stride + p.rel_offset - pos : nullptr;
+      if (r < r_end) {
+        const Row w0 = row(r);
         std::fill(acc0, acc0 + dpad, 0.0f);
         RowState st;
-        for (int64_t kb = 0; kb < kv_end; kb += kKeyBlock) {
-          const int64_t nj = std::min(kKeyBlock, kv_end - kb);
-          const float* kr = kbase + kb * p.k_row_stride;
-          const int64_t ks = p.k_row_stride;
+        for (int64_t kb = 0; kb < w0.kv_end; kb += kKeyBlock) {
+          const int64_t nj = std::min(kKeyBlock, w0.kv_end - kb);
+          const float* kr = kbase + kb * ks;
           int64_t j = 0;
           for (; j + 4 <= nj; j += 4)
-            dot4(qi, kr + j * ks, kr + (j + 1) * ks, kr + (j + 2) * ks, kr + (j + 3) * ks, d, s0 + j);
-          for (; j < nj; ++j) s0[j] = dot1(qi, kr + j * ks, d);
-          if (softmax_block(p, s0, nj, kb, kv_end, bias_row, mask_row, st, acc0, dpad))
+            dot4(w0.q, kr + j * ks, kr + (j + 1) * ks, kr + (j + 2) * ks, kr + (j + 3) * ks, d, s0 + j);
+          for (; j < nj; ++j) s0[j] = dot1(w0.q, kr + j * ks, d);
+          if (softmax_block(p, s0, nj, kb, w0.kv_end, w0.bias, mask_row, st, acc0, dpad))
             pv_all(acc0, vbase + kb * p.v_row_stride, p.v_row_stride, s0, nj, d);
         }
-        finish_row(acc0, st, d, p.out + b * p.out_batch_stride + i * p.out_row_stride + h * d);
+        finish_row(acc0, st, d, w0.out);
       }
     }
   });
