@@ -96,6 +96,12 @@ inline void pv_all(float* acc, const float* v, int64_t vstride, const float* p, 
 }
 
 
+// Loads each of these once: without it GCC folds the loads into both rows' FMAs
+// and loads every K/V vector twice, which makes the loops load-bound.
+inline void keep_in_register(__m256& a, __m256& b, __m256& c, __m256& d) {
+  asm("" : "+x"(a), "+x"(b), "+x"(c), "+x"(d));
+}
+
 // Two query rows x four keys: eight dot products (s0[0..4) for q0, s1[0..4) for q1).
 inline void dot2x4(const float* q0, const float* q1, const float* k0, const float* k1,
                    const float* k2, const float* k3, int64_t d, float* s0, float* s1) {
@@ -104,8 +110,9 @@ inline void dot2x4(const float* q0, const float* q1, const float* k0, const floa
   int64_t c = 0;
   for (; c + 8 <= d; c += 8) {
     const __m256 x = _mm256_loadu_ps(q0 + c), y = _mm256_loadu_ps(q1 + c);
-    const __m256 v0 = _mm256_loadu_ps(k0 + c), v1 = _mm256_loadu_ps(k1 + c);
-    const __m256 v2 = _mm256_loadu_ps(k2 + c), v3 = _mm256_loadu_ps(k3 + c);
+    __m256 v0 = _mm256_loadu_ps(k0 + c), v1 = _mm256_loadu_ps(k1 + c);
+    __m256 v2 = _mm256_loadu_ps(k2 + c), v3 = _mm256_loadu_ps(k3 + c);
+    keep_in_register(v0, v1, v2, v3);
     a0 = _mm256_fmadd_ps(x, v0, a0);
     a1 = _mm256_fmadd_ps(x, v1, a1);
     a2 = _mm256_fmadd_ps(x, v2, a2);
@@ -147,8 +154,9 @@ inline void pv2(float* acc0, float* acc1, const float* v, int64_t vstride, const
     for (int64_t j = 0; j < nj; ++j) {
       const __m256 x = _mm256_set1_ps(p0[j]), y = _mm256_set1_ps(p1[j]);
       const float* vr = v + j * vstride + off;
-      const __m256 v0 = _mm256_loadu_ps(vr), v1 = _mm256_loadu_ps(vr + 8);
-      const __m256 v2 = _mm256_loadu_ps(vr + 16), v3 = _mm256_loadu_ps(vr + 24);
+      __m256 v0 = _mm256_loadu_ps(vr), v1 = _mm256_loadu_ps(vr + 8);
+      __m256 v2 = _mm256_loadu_ps(vr + 16), v3 = _mm256_loadu_ps(vr + 24);
+      keep_in_register(v0, v1, v2, v3);
       a0 = _mm256_fmadd_ps(x, v0, a0);
       a1 = _mm256_fmadd_ps(x, v1, a1);
       a2 = _mm256_fmadd_ps(x, v2, a2);
