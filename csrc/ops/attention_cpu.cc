@@ -189,6 +189,110 @@ inline void pv2(float* acc0, float* acc1, const float* v, int64_t vstride, const
   }
 }
 
+
+// Four query rows x two keys: s_r[0..2) for row r.
+inline void dot4x2(const float* const q[4], const float* k0, const float* k1, int64_t d,
+                   float* const s[4]) {
+  __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00;
+  __m256 a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+  const float* q0 = q[0];
+  const float* q1 = q[1];
+  const float* q2 = q[2];
+  const float* q3 = q[3];
+  int64_t c = 0;
+  for (; c + 8 <= d; c += 8) {
+    __m256 v0 = _mm256_loadu_ps(k0 + c), v1 = _mm256_loadu_ps(k1 + c);
+    __m256 x0 = _mm256_loadu_ps(q0 + c), x1 = _mm256_loadu_ps(q1 + c);
+    __m256 x2 = _mm256_loadu_ps(q2 + c), x3 = _mm256_loadu_ps(q3 + c);
+    keep_in_register(v0, v1, x0, x1);
+    a00 = _mm256_fmadd_ps(x0, v0, a00);
+    a01 = _mm256_fmadd_ps(x0, v1, a01);
+    a10 = _mm256_fmadd_ps(x1, v0, a10);
+    a11 = _mm256_fmadd_ps(x1, v1, a11);
+    a20 = _mm256_fmadd_ps(x2, v0, a20);
+    a21 = _mm256_fmadd_ps(x2, v1, a21);
+    a30 = _mm256_fmadd_ps(x3, v0, a30);
+    a31 = _mm256_fmadd_ps(x3, v1, a31);
+  }
+  if (c < d) {
+    const __m256i mk = simd::tail_mask(d - c);
+    const __m256 v0 = _mm256_maskload_ps(k0 + c, mk), v1 = _mm256_maskload_ps(k1 + c, mk);
+    const __m256 x0 = _mm256_maskload_ps(q0 + c, mk), x1 = _mm256_maskload_ps(q1 + c, mk);
+    const __m256 x2 = _mm256_maskload_ps(q2 + c, mk), x3 = _mm256_maskload_ps(q3 + c, mk);
+    a00 = _mm256_fmadd_ps(x0, v0, a00);
+    a01 = _mm256_fmadd_ps(x0, v1, a01);
+    a10 = _mm256_fmadd_ps(x1, v0, a10);
+    a11 = _mm256_fmadd_ps(x1, v1, a11);
+    a20 = _mm256_fmadd_ps(x2, v0, a20);
+    a21 = _mm256_fmadd_ps(x2, v1, a21);
+    a30 = _mm256_fmadd_ps(x3, v0, a30);
+    a31 = _mm256_fmadd_ps(x3, v1, a31);
+  }
+  // Lanes of u: r0k0 r0k1 r1k0 r1k1 (low half + high half), then rows 2, 3.
+  const __m256 u01 = _mm256_hadd_ps(_mm256_hadd_ps(a00, a01), _mm256_hadd_ps(a10, a11));
+  const __m256 u23 = _mm256_hadd_ps(_mm256_hadd_ps(a20, a21), _mm256_hadd_ps(a30, a31));
+  alignas(16) float t[8];
+  _mm_store_ps(t, _mm_add_ps(_mm256_castps256_ps128(u01), _mm256_extractf128_ps(u01, 1)));
+  _mm_store_ps(t + 4, _mm_add_ps(_mm256_castps256_ps128(u23), _mm256_extractf128_ps(u23, 1)));
+  s[0][0] = t[0];
+  s[0][1] = t[1];
+  s[1][0] = t[2];
+  s[1][1] = t[3];
+  s[2][0] = t[4];
+  s[2][1] = t[5];
+  s[3][0] = t[6];
+  s[3][1] = t[7];
+}
+
+// Four query rows: acc_r += sum_j p_r[j] v_j (acc rows padded to 8).
+inline void pv4(float* const acc[4], const float* v, int64_t vstride, const float* const pr[4],
+                int64_t nj, int64_t d) {
+  int64_t off = 0;
+  for (; off + 16 <= d; off += 16) {
+    __m256 a00 = _mm256_loadu_ps(acc[0] + off), a01 = _mm256_loadu_ps(acc[0] + off + 8);
+    __m256 a10 = _mm256_loadu_ps(acc[1] + off), a11 = _mm256_loadu_ps(acc[1] + off + 8);
+    __m256 a20 = _mm256_loadu_ps(acc[2] + off), a21 = _mm256_loadu_ps(acc[2] + off + 8);
+    __m256 a30 = _mm256_loadu_ps(acc[3] + off), a31 = _mm256_loadu_ps(acc[3] + off + 8);
+    const float* p0 = pr[0];
+    const float* p1 = pr[1];
+    const float* p2 = pr[2];
+    const float* p3 = pr[3];
+    for (int64_t j = 0; j < nj; ++j) {
+      const float* vr = v + j * vstride + off;
+      __m256 v0 = _mm256_loadu_ps(vr), v1 = _mm256_loadu_ps(vr + 8);
+      __m256 x0 = _mm256_set1_ps(p0[j]), x1 = _mm256_set1_ps(p1[j]);
+      keep_in_register(v0, v1, x0, x1);
+      a00 = _mm256_fmadd_ps(x0, v0, a00);
+      a01 = _mm256_fmadd_ps(x0, v1, a01);
+      a10 = _mm256_fmadd_ps(x1, v0, a10);
+      a11 = _mm256_fmadd_ps(x1, v1, a11);
+      const __m256 x2 = _mm256_set1_ps(p2[j]), x3 = _mm256_set1_ps(p3[j]);
+      a20 = _mm256_fmadd_ps(x2, v0, a20);
+      a21 = _mm256_fmadd_ps(x2, v1, a21);
+      a30 = _mm256_fmadd_ps(x3, v0, a30);
+      a31 = _mm256_fmadd_ps(x3, v1, a31);
+    }
+    _mm256_storeu_ps(acc[0] + off, a00);
+    _mm256_storeu_ps(acc[0] + off + 8, a01);
+    _mm256_storeu_ps(acc[1] + off, a10);
+    _mm256_storeu_ps(acc[1] + off + 8, a11);
+    _mm256_storeu_ps(acc[2] + off, a20);
+    _mm256_storeu_ps(acc[2] + off + 8, a21);
+    _mm256_storeu_ps(acc[3] + off, a30);
+    _mm256_storeu_ps(acc[3] + off + 8, a31);
+  }
+  for (; off < d; off += 8) {
+    const int64_t count = std::min<int64_t>(8, d - off);
+    const __m256i mk = simd::tail_mask(count);
+    for (int r = 0; r < 4; ++r) {
+      __m256 a = _mm256_loadu_ps(acc[r] + off);
+      for (int64_t j = 0; j < nj; ++j)
+        a = _mm256_fmadd_ps(_mm256_set1_ps(pr[r][j]), _mm256_maskload_ps(v + j * vstride + off, mk), a);
+      _mm256_storeu_ps(acc[r] + off, a);
+    }
+  }
+}
+
 struct RowState {
   float max = kNegInf;
   float sum = 0.0f;
@@ -319,11 +423,15 @@ void attention(const AttentionParams& in) {
   const int64_t items = kv_batches * p.heads * nrb;
   parallel_for(0, items, 1, [&](int64_t ib, int64_t ie) {
     const int64_t dpad = (d + 7) / 8 * 8;
-    std::vector<float> acc_buf(static_cast<size_t>(2 * dpad));
+    std::vector<float> acc_buf(static_cast<size_t>(4 * dpad));
     float* acc0 = acc_buf.data();
     float* acc1 = acc0 + dpad;
+    float* acc2 = acc1 + dpad;
+    float* acc3 = acc2 + dpad;
     alignas(32) float s0[kKeyBlock];
     alignas(32) float s1[kKeyBlock];
+    alignas(32) float s2[kKeyBlock];
+    alignas(32) float s3[kKeyBlock];
     for (int64_t item = ib; item < ie; ++item) {
       const int64_t kvb = item / (p.heads * nrb);
       const int64_t h = (item / nrb) % p.heads;
@@ -354,6 +462,32 @@ void attention(const AttentionParams& in) {
       };
       const int64_t r_end = std::min(rows_per_kv, (rb + 1) * kQueryBlock);
       int64_t r = rb * kQueryBlock;
+      // Four rows at a time (prefill): each K/V row read from L2 feeds four rows.
+      for (; r + 4 <= r_end; r += 4) {
+        const Row w[4] = {row(r), row(r + 1), row(r + 2), row(r + 3)};
+        const float* qs[4] = {w[0].q, w[1].q, w[2].q, w[3].q};
+        float* ss[4] = {s0, s1, s2, s3};
+        float* accs[4] = {acc0, acc1, acc2, acc3};
+        const int64_t end = std::max(std::max(w[0].kv_end, w[1].kv_end), std::max(w[2].kv_end, w[3].kv_end));
+        std::fill(acc_buf.begin(), acc_buf.end(), 0.0f);
+        RowState st[4];
+        for (int64_t kb = 0; kb < end; kb += kKeyBlock) {
+          const int64_t nj = std::min(kKeyBlock, end - kb);
+          const float* kr = kbase + kb * ks;
+          int64_t j = 0;
+          for (; j + 2 <= nj; j += 2) {
+            float* sj[4] = {s0 + j, s1 + j, s2 + j, s3 + j};
+            dot4x2(qs, kr + j * ks, kr + (j + 1) * ks, d, sj);
+          }
+          for (; j < nj; ++j)
+            for (int q = 0; q < 4; ++q) ss[q][j] = dot1(qs[q], kr + j * ks, d);
+          bool any = false;
+          for (int q = 0; q < 4; ++q)
+            any |= softmax_block(p, ss[q], nj, kb, w[q].kv_end, w[q].bias, mask_row, st[q], accs[q], dpad);
+          if (any) pv4(accs, vbase + kb * p.v_row_stride, p.v_row_stride, ss, nj, d);
+        }
+        for (int q = 0; q < 4; ++q) finish_row(accs[q], st[q], d, w[q].out);
+      }
       for (; r + 2 <= r_end; r += 2) {
         const Row w0 = row(r), w1 = row(r + 1);
         const int64_t end = std::max(w0.kv_end, w1.kv_end);
