@@ -26,8 +26,9 @@
 //
 // Threads: over (K/V batch, head, block of 16 query rows), where the query rows
 // of a K/V batch are those of all kv_batch_divisor query batches sharing it; rows
-// are processed in pairs (two positions or two beams) so that each K/V load
-// feeds two rows. Decode (q_len = 1) is thus parallel over requests * heads.
+// are processed four (then two, then one) at a time, positions or beams alike,
+// so that each K/V load feeds several rows. Decode (q_len = 1) is thus parallel
+// over requests * heads.
 #pragma once
 
 #include <cstdint>

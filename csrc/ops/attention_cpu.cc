@@ -414,8 +414,8 @@ void attention(const AttentionParams& in) {
   const int64_t d = p.head_dim;
   // Work items: (K/V batch, head, block of query rows). The query rows of one
   // K/V batch are those of its kv_batch_divisor query batches (beams sharing a
-  // request's K/V), numbered r = beam * q_len + i; rows go through the keys two
-  // at a time, so each K/V load feeds two rows (two positions, or two beams).
+  // request's K/V), numbered r = beam * q_len + i; rows go through the keys four
+  // (then two, then one) at a time, so each K/V load feeds several rows.
   const int64_t div = p.kv_batch_divisor;
   const int64_t kv_batches = p.batch / div;
   const int64_t rows_per_kv = div * p.q_len;
