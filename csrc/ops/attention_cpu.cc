@@ -1,6 +1,8 @@
-// CPU flash-style attention: per query row, keys in blocks of kKeyBlock with an
-// online softmax (running max, running sum, rescaled accumulator), so only one
-// block of scores exists at a time. Work items: batch x heads x query blocks.
+// CPU flash-style attention: each query row goes through the keys in blocks of
+// kKeyBlock with an online softmax (running max, running sum, rescaled
+// accumulator), so only one block of scores per row exists at a time. Rows
+// sharing K/V go four (then two, one) at a time, so every K/V vector loaded
+// feeds several rows. Work items: K/V batch x heads x blocks of query rows.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>

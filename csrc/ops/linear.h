@@ -4,7 +4,8 @@
 // or bfloat16; a view into the mapped file, any alignment). prepare_linear()
 // converts it once into the chosen storage format and packs it into panels of
 // 16 output channels, K-major inside a panel (zero-padded to a multiple of 16
-// outputs), which both CPU kernels stream:
+// outputs; large buffers 2 MB-aligned and advised as huge pages, so that
+// streaming them does not miss the TLB every 4 KB), which both CPU kernels stream:
 //   * decode (m <= 8): one pass over the weights for all m rows, memory-bound;
 //   * prefill (m > 8): a register-blocked AVX2/FMA GEMM (6x16 micro-kernel),
 //     K split in blocks, threads over N panels (and M when N is small).
