@@ -616,3 +616,23 @@ def test_attention_pairs_across_beams_with_causal_bias(q_len, beams):
     got = ops.attention(q, k, v, H, d, 1.0, key_mask=mask, rel_bias=table, kv_batch_divisor=beams, **kw)
     ref = attention_ref(q, k, v, H, d, 1.0, mask=mask, table=table, div=beams, **kw)
     check_attention(got, ref)
+
+
+@pytest.mark.parametrize("m", [1, 5, 40])
+@pytest.mark.parametrize("fmt", ["f32", "i8"])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_linear_strided_column_slices(m, fmt, accumulate):
+    rng = rng_for("strided", m, fmt, accumulate)
+    k, n = 33, 20
+    w, b = randn(rng, n, k), randn(rng, n)
+    lw = ops.prepare_linear(w, b, fmt)
+    xbuf = randn(rng, m, k + 9)
+    out = randn(rng, m, n + 7)
+    before = out.copy()
+    ops.linear_strided(xbuf, 4, lw, out, 3, accumulate)
+    ref = xbuf[:, 4:4 + k].astype(np.float64) @ lw.effective_weight().astype(np.float64).T + b
+    if accumulate:
+        ref = ref + before[:, 3:3 + n]
+    np.testing.assert_allclose(out[:, 3:3 + n], ref, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(out[:, :3], before[:, :3])  # untouched around the slice
+    np.testing.assert_array_equal(out[:, 3 + n:], before[:, 3 + n:])

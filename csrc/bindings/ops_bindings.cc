@@ -147,6 +147,26 @@ void bind_ops(py::module_& parent) {
   }, py::arg("x"), py::arg("weight"), py::arg("out") = py::none(), py::arg("accumulate") = false,
         "y = x @ W.T + b (into out, or out += ... with accumulate).");
 
+  m.def("linear_strided", [](FArray x, int64_t x_col, const LinearWeight& w, py::array out, int64_t y_col,
+                             bool accumulate) {
+    // x: [m, Sx], reads columns [x_col, x_col + K) of each row; out: [m, Sy],
+    // writes columns [y_col, y_col + N): row strides Sx and Sy.
+    check_rank(x, 2, "x");
+    check_rank(out, 2, "out");
+    PALI_CHECK_ARG(x_col >= 0 && x_col + w.k <= x.shape(1), "linear_strided: x columns out of range");
+    PALI_CHECK_ARG(y_col >= 0 && y_col + w.n <= out.shape(1) && out.shape(0) == x.shape(0),
+                   "linear_strided: out columns out of range");
+    float* yp = inplace_ptr(out, "out") + y_col;
+    const float* xp = x.data() + x_col;
+    const int64_t m_rows = x.shape(0), sx = x.shape(1), sy = out.shape(1);
+    {
+      py::gil_scoped_release release;
+      linear_strided(xp, sx, m_rows, w, yp, sy, accumulate);
+    }
+    return out;
+  }, py::arg("x"), py::arg("x_col"), py::arg("weight"), py::arg("out"), py::arg("y_col"),
+        py::arg("accumulate") = false, "linear() on column slices of wider row-major buffers.");
+
   // ---- norms ----------------------------------------------------------------
   m.def("layer_norm", [](FArray x, std::optional<FArray> gamma, std::optional<FArray> beta, float eps) {
     auto [rows, d] = rows_cols(x);
