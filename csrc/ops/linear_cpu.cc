@@ -491,35 +491,49 @@ void gemm_block(const float* x, int64_t ldx, int64_t r0, int64_t r1, const Linea
   alignas(64) float scratch[kKC * P];
   const float* bias = w.has_bias ? w.bias.data<float>() : nullptr;
   const int64_t k = w.k;
+  using T = typename PanelLoad<F>::T;
+  const T* packed = static_cast<const T*>(w.packed.raw());
+  const auto slice_ptr = [&](int64_t p, int64_t k0) {
+    return reinterpret_cast<const char*>(packed + (p * k + k0) * P);
+  };
+  // Rows [mb, me) x the slice (panel p, K block at k0), prefetching the slice
+  // `next` into L2 meanwhile (spread over the micro-kernel calls).
+  const auto run_slice = [&](int64_t mb, int64_t me, int64_t p, int64_t k0, const char* next,
+                             int64_t next_k0) {
+    const int64_t kc = std::min(kKC, k - k0);
+    const int mode = k0 > 0 ? 2 : (accumulate ? 1 : 0);
+    const float* b = panel_slice<F>(w, p, k0, kc, scratch);
+    const int nvalid = static_cast<int>(std::min<int64_t>(P, w.n - p * P));
+    const float* bp = bias ? bias + p * P : nullptr;
+    const int64_t next_bytes = next ? std::min(kKC, k - next_k0) * P * static_cast<int64_t>(sizeof(T)) : 0;
+    const int64_t groups = (me - mb + kMR - 1) / kMR;
+    const int64_t lines_per_group = (next_bytes / 64 + groups - 1) / groups;
+    int64_t line = 0;
+    for (int64_t m0 = mb; m0 < me; m0 += kMR) {
+      for (int64_t l = 0; l < lines_per_group && line * 64 < next_bytes; ++l, ++line)
+        _mm_prefetch(next + line * 64, _MM_HINT_T1);
+      micro_dispatch(std::min(kMR, me - m0), x + m0 * ldx + k0, ldx, b, kc, y + m0 * ldy + p * P, ldy,
+                     nvalid, bp, mode);
+    }
+  };
   for (int64_t mb = r0; mb < r1; mb += kMC) {
     const int64_t me = std::min(r1, mb + kMC);
-    for (int64_t k0 = 0; k0 < k || k0 == 0; k0 += kKC) {
-      const int64_t kc = std::min(kKC, k - k0);
-      const int mode = k0 > 0 ? 2 : (accumulate ? 1 : 0);
-      using T = typename PanelLoad<F>::T;
-      const int64_t slice_bytes = kc * P * static_cast<int64_t>(sizeof(T));
-      const int64_t groups = (me - mb + kMR - 1) / kMR;
-      const int64_t lines_per_group = (slice_bytes / 64 + groups - 1) / groups;
-      for (int64_t p = p0; p < p1; ++p) {
-        const float* b = panel_slice<F>(w, p, k0, kc, scratch);
-        const int nvalid = static_cast<int>(std::min<int64_t>(P, w.n - p * P));
-        const float* bp = bias ? bias + p * P : nullptr;
-        // The next panel's slice is a jump of a whole panel in memory, which the
-        // hardware prefetchers do not follow: fetch it into L2 while this one runs.
-        const char* next = p + 1 < p1
-                               ? reinterpret_cast<const char*>(static_cast<const T*>(w.packed.raw()) +
-                                                               ((p + 1) * w.k + k0) * P)
-                               : nullptr;
-        int64_t line = 0;
-        for (int64_t m0 = mb; m0 < me; m0 += kMR) {
-          if (next)
-            for (int64_t l = 0; l < lines_per_group && line * 64 < slice_bytes; ++l, ++line)
-              _mm_prefetch(next + line * 64, _MM_HINT_T1);
-          micro_dispatch(std::min(kMR, me - m0), x + m0 * ldx + k0, ldx, b, kc, y + m0 * ldy + p * P,
-                         ldy, nvalid, bp, mode);
+    if ((me - mb) * k * static_cast<int64_t>(sizeof(float)) <= (512 << 10)) {
+      // Few rows (their x block stays in L2): each panel start to end, so the
+      // weights stream sequentially, once.
+      for (int64_t p = p0; p < p1; ++p)
+        for (int64_t k0 = 0; k0 < k; k0 += kKC) {
+          if (k0 + kKC < k)
+            run_slice(mb, me, p, k0, slice_ptr(p, k0 + kKC), k0 + kKC);
+          else
+            run_slice(mb, me, p, k0, p + 1 < p1 ? slice_ptr(p + 1, 0) : nullptr, 0);
         }
-      }
-      if (k == 0) break;
+    } else {
+      // Many rows: one K block of x at a time across all panels; the next
+      // panel's slice is a jump the hardware prefetchers do not follow.
+      for (int64_t k0 = 0; k0 < k; k0 += kKC)
+        for (int64_t p = p0; p < p1; ++p)
+          run_slice(mb, me, p, k0, p + 1 < p1 ? slice_ptr(p + 1, k0) : nullptr, k0);
     }
   }
 }
