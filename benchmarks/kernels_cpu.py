@@ -3,8 +3,10 @@
 Times y = x @ W.T + b for decode (m = 1, 4) and prefill (m = 256) on a few
 weight shapes in every weight format, and prints GFLOP/s and the weight read
 rate (GB/s: packed weight bytes / time; the number that matters for decode).
+Then attention at ViT/T5 sizes against torch's scaled_dot_product_attention
+(when torch is installed).
 
-    python benchmarks/kernels_cpu.py [--threads 2] [--reps 20] [--quick]
+    python benchmarks/kernels_cpu.py [--threads 2] [--reps 20] [--quick] [--no-attention]
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--quick", action="store_true", help="m=1 and m=256 only, f32 and i8 only")
+    ap.add_argument("--no-attention", action="store_true", help="skip the attention timings")
     args = ap.parse_args()
     ops.set_threads(args.threads)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
@@ -68,6 +71,38 @@ def main() -> None:
                 rows.append((f, t, lw.weight_bytes))
             for impl, t, nbytes in rows:
                 print(f"{name:<20}{m:>5}  {impl:<8}{t * 1e3:>9.3f}{flops / t / 1e9:>10.1f}{nbytes / t / 1e9:>8.1f}")
+    if not args.no_attention:
+        bench_attention(args.threads, args.reps)
+
+
+def bench_attention(threads: int, reps: int) -> None:
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None:
+        torch.set_num_threads(threads)
+    rng = np.random.default_rng(1)
+    print(f"\n{'attention':<34}{'ms':>9}{'GFLOP/s':>10}{'torch ms':>10}")
+    cases = [  # name, batch (queries), kv batch, q_len, kv_len, heads, head_dim
+        ("ViT 256x256, 12x64", 1, 1, 256, 256, 12, 64),
+        ("T5 enc 300x300, 12x64", 1, 1, 300, 300, 12, 64),
+        ("decode 4 seqs x 300 keys", 4, 4, 1, 300, 12, 64),
+        ("decode 4 beams share 300 keys", 4, 1, 1, 300, 12, 64),
+    ]
+    for name, b, bk, lq, lk, h, d in cases:
+        q = rng.standard_normal((b, lq, h * d)).astype(np.float32)
+        k = rng.standard_normal((bk, lk, h * d)).astype(np.float32)
+        v = rng.standard_normal((bk, lk, h * d)).astype(np.float32)
+        t = best_time(lambda: ops.attention(q, k, v, h, d, 1 / np.sqrt(d), kv_batch_divisor=b // bk), reps)
+        flops = 4.0 * b * h * lq * lk * d
+        tt = float("nan")
+        if torch is not None:
+            tq = torch.from_numpy(q).view(b, lq, h, d).transpose(1, 2)
+            tk = torch.from_numpy(np.repeat(k, b // bk, 0)).view(b, lk, h, d).transpose(1, 2)
+            tv = torch.from_numpy(np.repeat(v, b // bk, 0)).view(b, lk, h, d).transpose(1, 2)
+            tt = best_time(lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv), reps)
+        print(f"{name:<34}{t * 1e3:>9.3f}{flops / t / 1e9:>10.1f}{tt * 1e3:>10.3f}")
 
 
 if __name__ == "__main__":
