@@ -214,13 +214,13 @@ def test_cli_run_prints_json_and_draws_boxes(exported, tmp_path):
     out = tmp_path / "boxes.png"
     result = subprocess.run([sys.executable, "-m", "pali_engine.cli", "run", str(image), "ocr", "--model", path,
                              "--json", "--beams", "2", "--max-new-tokens", "4", "--draw", str(out)],
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
     assert set(answer) == {"text", "tokens", "score", "timings"} and len(answer["tokens"]) <= 4
     assert Image.open(out).size[0] >= 40
     result = subprocess.run([sys.executable, "-m", "pali_engine.cli", "run", str(image), "ocr", "--model", path,
-                             "--max-new-tokens", "0"], capture_output=True, text=True, timeout=120)
+                             "--max-new-tokens", "0"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 1 and "max_new_tokens" in result.stderr and "Traceback" not in result.stderr
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -14,8 +15,10 @@ from pali_engine import _native
 
 
 def run_cli(*args):
+    # Outside the source folder, so that the installed package (with its compiled module) is imported.
     return subprocess.run(
-        [sys.executable, "-m", "pali_engine.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "pali_engine.cli", *args], capture_output=True, text=True, timeout=120,
+        cwd=tempfile.gettempdir(),
     )
 
 
