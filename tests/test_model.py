@@ -227,3 +227,44 @@ def test_relative_position_buckets():
     u = M.relative_position_bucket(rel, False, 32, 128)
     assert (u[200:] == 0).all() and u.max() <= 31
     assert [u[200 - k].item() for k in range(16)] == list(range(16))
+
+
+def test_train_and_evaluate_smoke(tmp_path):
+    """A few training steps of a tiny model, a checkpoint, and the torch eval backend."""
+    import argparse
+    import json
+
+    train, evaluate, tokenizer_train = _import("train"), _import("evaluate"), _import("tokenizer_train")
+    tok_path = tmp_path / "tok.model"
+    tokenizer_train.train_tokenizer(str(tok_path), n_per_task=200)
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    sets = ["image_size=64", "patch_size=16", "vision_width=32", "vision_depth=1", "vision_heads=2",
+            "vision_mlp_dim=64", "d_model=32", "d_kv=8", "num_heads=4", "d_ff=64",
+            "encoder_layers=1", "decoder_layers=1", "max_new_tokens=8"]
+    out = tmp_path / "run"
+    args = parser.parse_args(["--out", str(out), "--steps", "3", "--batch-size", "4", "--warmup", "1",
+                              "--threads", "1", "--device", "cpu", "--tokenizer", str(tok_path),
+                              "--log-every", "1", "--ckpt-every", "2", "--eval-every", "0", "--eval-n", "1"]
+                             + [x for s in sets for x in ("--set", s)])
+    assert train.run(args) == 0
+    assert (out / "model.pt").exists() and (out / "last.pt").exists() and (out / "tokenizer.model").exists()
+    assert "step 3" in (out / "train.log").read_text()
+    model = M.Pali.load(str(out / "model.pt"))
+    assert model.config.d_model == 32 and model.config.vocab_size == model.shared.weight.shape[0]
+    # resume continues from the saved step
+    args.resume, args.steps = True, 4
+    assert train.run(args) == 0
+    assert "resumed" in (out / "train.log").read_text()
+
+    eparser = argparse.ArgumentParser()
+    evaluate.add_arguments(eparser)
+    eargs = eparser.parse_args(["--model", str(out / "model.pt"), "--n", "2", "--threads", "1", "--json"])
+    assert evaluate.run(eargs) == 0
+    backend = evaluate.TorchBackend(str(out / "model.pt"))
+    res = evaluate.evaluate(backend, ["caption_en", "detect"], n=2, max_new_tokens=4)
+    assert set(res) == {"caption_en", "detect"} and res["detect"]["metric"] == "mean_iou"
+    assert 0.0 <= res["caption_en"]["score"] <= 1.0
+    json.dumps(res)
+    with pytest.raises(NotImplementedError):
+        evaluate.make_backend("onnxruntime", str(out / "model.pt"))
