@@ -6,7 +6,6 @@ checks every length and offset, raising ModelFileError naming the file.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -60,20 +59,3 @@ def load_tensor(path: str | os.PathLike, name: str) -> np.ndarray:
             return values.view(bf16).copy()
         return (values.astype(np.uint32) << 16).view(np.float32)
     return np.array(values, copy=True)
-
-
-def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The model's ``pali.config`` metadata as a dict (ModelFileError when absent or invalid)."""
-    from .errors import ModelFileError
-
-    metadata = _open(path).metadata
-    text = metadata.get("pali.config")
-    if text is None:
-        raise ModelFileError(f"{os.fspath(path)}: no 'pali.config' metadata; not a pali-engine model")
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ModelFileError(f"{os.fspath(path)}: 'pali.config' metadata is not valid JSON: {error}") from None
-    if not isinstance(config, dict):
-        raise ModelFileError(f"{os.fspath(path)}: 'pali.config' metadata is not a JSON object")
-    return config
