@@ -91,7 +91,9 @@ def make_backend(name: str, model_path: str, device: str = "cpu"):
     if name == "torch":
         return TorchBackend(model_path, device=device)
     if name in ("onnxruntime", "engine"):
-        raise NotImplementedError(f"the {name!r} evaluation backend is not available yet; use --backend torch")
+        from pali_engine.backend import EvalBackend
+
+        return EvalBackend("native" if name == "engine" else name, model_path, device=device)
     raise ValueError(f"unknown backend {name!r}")
 
 

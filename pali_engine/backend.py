@@ -158,3 +158,34 @@ class Backend:
         """Runs the search, yielding the pieces on_token queued; backends may override to stream live."""
         self._search(pixels, ids, mask, opts, on_token)
         yield from pending
+
+
+class EvalBackend:
+    """``pali-engine eval --backend onnxruntime|engine``: generate(images, prompts, max_new_tokens) -> texts.
+
+    ``model_path``: an .onnx file; None, or the default checkpoint ``pali-default.pt``,
+    means the bundled default model.
+    """
+
+    def __init__(self, backend: str, model_path: Optional[str] = None, device: str = "cpu",
+                 threads: Optional[int] = None):
+        import types
+
+        from .engine import Engine, default_model_path
+
+        if model_path is None or (not str(model_path).endswith(".onnx")
+                                  and os.path.basename(str(model_path)) == "pali-default.pt"):
+            model_path = default_model_path()
+        if not str(model_path).endswith(".onnx"):
+            raise ValueError(
+                f"the {backend} backend runs an ONNX file, got {model_path!r}; "
+                "export a checkpoint with: pali-engine export CHECKPOINT -o NAME.onnx"
+            )
+        self.engine = Engine.load(model_path, backend=backend, device=device, threads=threads)
+        self.config = types.SimpleNamespace(**self.engine.config)
+
+    def generate(self, images: Sequence[Any], prompts: Sequence[str], max_new_tokens: Optional[int] = None,
+                 num_beams: int = 1) -> List[str]:
+        results = self.engine.generate(list(images), list(prompts), max_new_tokens=max_new_tokens,
+                                       num_beams=num_beams)
+        return [r.text for r in results]
