@@ -10,6 +10,8 @@ errors and returns the same results.
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -155,9 +157,35 @@ class Backend:
             yield text[len(shown):]
 
     def _search_streaming(self, pixels, ids, mask, opts, on_token, pending) -> Iterator[str]:
-        """Runs the search, yielding the pieces on_token queued; backends may override to stream live."""
-        self._search(pixels, ids, mask, opts, on_token)
-        yield from pending
+        """Runs the search in a thread and yields the pieces on_token queues as the tokens arrive."""
+        pieces: "queue.Queue" = queue.Queue()
+        finished = object()
+        failure: list = []
+
+        def forward_token(request: int, token: int) -> bool:
+            on_token(request, token)
+            while pending:
+                pieces.put(pending.pop(0))
+            return True
+
+        def run():
+            try:
+                self._search(pixels, ids, mask, opts, forward_token)
+            except BaseException as error:  # re-raised in the consuming thread
+                failure.append(error)
+            finally:
+                pieces.put(finished)
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        while True:
+            piece = pieces.get()
+            if piece is finished:
+                break
+            yield piece
+        worker.join()
+        if failure:
+            raise failure[0]
 
 
 class EvalBackend:

@@ -279,13 +279,20 @@ def _trim(tokens: Sequence[int], eos_id: int) -> List[int]:
 
 
 def greedy(step: StepFn, batch_size: int, options: GenerationOptions, *,
-           start_id: int, eos_id: int, pad_id: int) -> List[List[Hypothesis]]:
+           start_id: int, eos_id: int, pad_id: int, on_token=None) -> List[List[Hypothesis]]:
+    """Greedy search or sampling; ``on_token(input index, token)`` is called for each new token but eos."""
     R = rows_per_input(options)
     N = batch_size * R
     columns = []
     total = np.zeros(N)
-    for nxt, _, total in iter_greedy(step, batch_size, options, start_id=start_id, eos_id=eos_id, pad_id=pad_id):
+    live = np.ones(N, dtype=bool)
+    for nxt, finished, total in iter_greedy(step, batch_size, options, start_id=start_id, eos_id=eos_id,
+                                            pad_id=pad_id):
         columns.append(nxt)
+        if on_token is not None:
+            for r in np.flatnonzero(live & (nxt != eos_id)):
+                on_token(int(r) // R, int(nxt[r]))
+        live = ~finished
     seqs = np.stack(columns, axis=1) if columns else np.zeros((N, 0), np.int64)
     return [[Hypothesis(_trim(seqs[b * R + j], eos_id), float(total[b * R + j])) for j in range(R)]
             for b in range(batch_size)]
@@ -387,7 +394,11 @@ def beam_search(step: StepFn, batch_size: int, options: GenerationOptions, *,
 
 
 def generate(step: StepFn, batch_size: int, options: GenerationOptions, *,
-             start_id: int, eos_id: int, pad_id: int) -> List[List[Hypothesis]]:
-    """Runs the search ``options`` asks for: per input, num_return_sequences hypotheses (best first for beams)."""
-    search = beam_search if options.num_beams > 1 else greedy
-    return search(step, batch_size, options, start_id=start_id, eos_id=eos_id, pad_id=pad_id)
+             start_id: int, eos_id: int, pad_id: int, on_token=None) -> List[List[Hypothesis]]:
+    """Runs the search ``options`` asks for: per input, num_return_sequences hypotheses (best first for beams).
+
+    ``on_token`` (greedy search and sampling only) sees each new token as it is chosen.
+    """
+    if options.num_beams > 1:
+        return beam_search(step, batch_size, options, start_id=start_id, eos_id=eos_id, pad_id=pad_id)
+    return greedy(step, batch_size, options, start_id=start_id, eos_id=eos_id, pad_id=pad_id, on_token=on_token)

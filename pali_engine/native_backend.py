@@ -9,9 +9,7 @@ the GIL released, so several Python threads may share one engine.
 from __future__ import annotations
 
 import os
-import queue
-import threading
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -64,34 +62,3 @@ class NativeBackend(Backend):
         hypotheses = [[Hypothesis(list(tokens) + ([eos] if finished else []), float(score))
                        for tokens, score, finished in per_input] for per_input in results]
         return hypotheses, dict(timings)
-
-    def _search_streaming(self, pixels, ids, mask, opts, on_token, pending) -> Iterator[str]:
-        """Runs the search in a thread and yields pieces as the tokens arrive."""
-        pieces: "queue.Queue" = queue.Queue()
-        finished = object()
-        failure: list = []
-
-        def forward_token(request: int, token: int) -> bool:
-            on_token(request, token)
-            while pending:
-                pieces.put(pending.pop(0))
-            return True
-
-        def run():
-            try:
-                self._search(pixels, ids, mask, opts, forward_token)
-            except BaseException as error:  # re-raised in the consuming thread
-                failure.append(error)
-            finally:
-                pieces.put(finished)
-
-        worker = threading.Thread(target=run, daemon=True)
-        worker.start()
-        while True:
-            piece = pieces.get()
-            if piece is finished:
-                break
-            yield piece
-        worker.join()
-        if failure:
-            raise failure[0]

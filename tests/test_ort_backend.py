@@ -134,7 +134,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from pali_engine import Engine, ModelFileError  # noqa: E402
-from pali_engine.ort_backend import EvalBackend  # noqa: E402
+from pali_engine.backend import EvalBackend  # noqa: E402
 
 PROMPTS = ["caption en", "ocr", "two"]
 
@@ -194,7 +194,7 @@ def test_single_in_single_out_and_lists(engine):
     one = engine.generate(img, "ocr", max_new_tokens=5)
     assert isinstance(one.text, str) and isinstance(one.tokens, list) and isinstance(one.score, float)
     assert {"preprocess_ms", "generate_ms", "total_ms"} <= set(one.timings)
-    assert one.text == engine._backend.decode(one.tokens)
+    assert one.text == engine._backend.tokenizer.decode(one.tokens)
     many = engine.generate([img, img], "ocr", max_new_tokens=5)  # one prompt for every image
     assert [r.tokens for r in many] == [one.tokens, one.tokens]
     assert engine.generate([img], ["ocr"], max_new_tokens=5)[0].tokens == one.tokens
@@ -239,13 +239,13 @@ def test_sampling_with_a_seed_repeats(engine):
 
 
 def test_eval_backend_interface(model_path, engine):
-    backend = EvalBackend(str(model_path), threads=1)
+    backend = EvalBackend("onnxruntime", str(model_path), threads=1)
     assert backend.config.image_size == 16
     imgs = images(2)
     texts = backend.generate(imgs, ["ocr", "two"], 5)
     assert texts == [r.text for r in engine.generate(imgs, ["ocr", "two"], max_new_tokens=5)]
     with pytest.raises(ValueError, match="ONNX"):
-        EvalBackend(str(model_path).replace(".onnx", ".pt"))
+        EvalBackend("onnxruntime", str(model_path).replace(".onnx", ".pt"))
 
 
 # --------------------------------------------------------------------------
