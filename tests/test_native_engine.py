@@ -7,6 +7,7 @@ and beam-search tokens identical to the onnxruntime backend's.
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -237,3 +238,48 @@ def test_detection_answers_parse_and_draw(tmp_path):
     assert draw_detections(image, text, str(tmp_path / "d.png")) == 2
     drawn = np.asarray(Image.open(tmp_path / "d.png"))
     assert drawn.shape == (256, 256, 3) and drawn.any()
+
+
+@pytest.fixture(scope="module")
+def default_engines():
+    try:
+        path = pali_engine.default_model_path()
+    except FileNotFoundError:
+        pytest.skip("this build has no bundled default model")
+    return pali_engine.Engine.load(path), pali_engine.Engine.load(path, backend="onnxruntime")
+
+
+def heldout_examples(per_task=1):
+    from pali_engine.export import data
+
+    world = data.ShapesWorld()
+    return [e for task in data.TASKS for e in world.heldout(task, per_task)]
+
+
+def test_default_model_logits_match_references(default_engines):
+    native, ort = default_engines
+    from pali_engine.export.model import Pali
+
+    examples = heldout_examples()[:4]
+    pixels = native._backend.pixel_values([e.image for e in examples])
+    ids, mask = native._backend.encode_prompts([e.prompt for e in examples])
+    decoder_ids = np.random.default_rng().integers(0, native.config["vocab_size"], (len(examples), 9))
+    ours = native.logits(pixels, ids, mask, decoder_ids)
+    assert np.abs(ours - ort.logits(pixels, ids, mask, decoder_ids)).max() <= 1e-4
+    checkpoint = pali_engine.default_model_path().replace("models/pali-default.onnx", "export/default/pali-default.pt")
+    if os.path.exists(checkpoint):
+        model = Pali.load(checkpoint).double().eval()
+        with torch.no_grad():
+            exact = model(torch.from_numpy(pixels).double(), torch.from_numpy(ids), torch.from_numpy(mask),
+                          torch.from_numpy(decoder_ids)).numpy()
+        assert np.abs(ours - exact).max() <= 1e-4
+
+
+@pytest.mark.parametrize("options", [{}, {"num_beams": 4}])
+def test_default_model_tokens_match_onnxruntime_on_heldout_images(default_engines, options):
+    native, ort = default_engines
+    examples = heldout_examples()
+    images, prompts = [e.image for e in examples], [e.prompt for e in examples]
+    ours = native.generate(images, prompts, **options)
+    reference = ort.generate(images, prompts, **options)
+    assert [r.tokens for r in ours] == [r.tokens for r in reference]
