@@ -590,6 +590,18 @@ def plot(result: Dict, path: str) -> Optional[str]:
 
 # --------------------------------------------------------------------------
 
+def _without_folders(argv: List[str]) -> List[str]:
+    """The command line as recorded in the JSON: file arguments by their name only, folders dropped
+    (the JSON is committed; where things lay on one machine says nothing)."""
+    out = []
+    for a in argv:
+        if os.sep in a and not a.startswith("-"):
+            out.append(os.path.basename(a.rstrip(os.sep)) or a)
+        else:
+            out.append(a)
+    return out
+
+
 def _default_out_dir() -> str:
     if os.path.isdir("benchmarks") and os.path.isfile(os.path.join("benchmarks", "harness.py")):
         return os.path.join("benchmarks", "results")
@@ -647,7 +659,8 @@ def run(args: argparse.Namespace) -> int:
     machine_floor = floors_mod.measure(threads, quick=args.quick)
     result = {"format": "pali-engine-bench-1",
               "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "command": "pali-engine bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
+              "command": "pali-engine bench " + " ".join(_without_folders(
+                  sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])),
               "machine": machine_info(), "packages": package_versions(), "threads": threads,
               "floors_measured_start": machine_floor, "floors_measured": machine_floor, "sizes": []}
     stem = "cpu-" + _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M")
