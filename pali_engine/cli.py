@@ -156,6 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = sub.parse_args(argv[1:])
     try:
         return int(run(args) or 0)
+    except ImportError as error:
+        print(f"pali-engine {name}: needs an optional package that is not installed ({error}); "
+              "install the extras with: pip install 'pali-engine[export,ort]'", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"pali-engine {name}: error: {error}", file=sys.stderr)
         return 1
