@@ -2,29 +2,15 @@
 (pali_engine/tokenizer.py): determinism, split disjointness, caption grammar in
 every language, question and detection formats, tokenizer conventions."""
 
-import importlib
 import re
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 
-def _import(name):
-    """export modules from the installed package, else from the source tree."""
-    try:
-        return importlib.import_module(f"pali_engine.export.{name}")
-    except ImportError:
-        root = str(Path(__file__).resolve().parents[1])
-        if root not in sys.path:
-            sys.path.insert(0, root)
-        return importlib.import_module(f"export.{name}")
-
-
-D = _import("data")
-tokenizer_train = _import("tokenizer_train")
-from pali_engine.tokenizer import Tokenizer  # noqa: E402  (after the path fallback above)
+from pali_engine.export import data as D
+from pali_engine.export import tokenizer_train
+from pali_engine.tokenizer import Tokenizer
 
 
 def scene(*objs, size=64):

@@ -1,21 +1,11 @@
 """Tests of image preprocessing (pali_engine/image.py): accepted inputs,
 conversions, normalisation, resizing and the errors for bad inputs."""
 
-import importlib
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
 
-try:
-    image = importlib.import_module("pali_engine.image")
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    image = importlib.import_module("pali_engine.image")
-
-preprocess, preprocess_batch = image.preprocess, image.preprocess_batch
+from pali_engine.image import preprocess, preprocess_batch
 
 
 def rgb(h=64, w=64, seed=0):

@@ -2,28 +2,15 @@
 shapes, parameter names, KV-cache decoding against the full forward, greedy
 and beam search consistency, checkpoints."""
 
-import importlib
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
 
-def _import(name):
-    try:
-        return importlib.import_module(f"pali_engine.export.{name}")
-    except ImportError:
-        root = str(Path(__file__).resolve().parents[1])
-        if root not in sys.path:
-            sys.path.insert(0, root)
-        return importlib.import_module(f"export.{name}")
-
-
-C = _import("config")
-M = _import("model")
+from pali_engine.export import config as C  # noqa: E402
+from pali_engine.export import model as M  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -234,7 +221,7 @@ def test_train_and_evaluate_smoke(tmp_path):
     import argparse
     import json
 
-    train, evaluate, tokenizer_train = _import("train"), _import("evaluate"), _import("tokenizer_train")
+    from pali_engine.export import evaluate, tokenizer_train, train
     tok_path = tmp_path / "tok.model"
     tokenizer_train.train_tokenizer(str(tok_path), n_per_task=200)
     parser = argparse.ArgumentParser()
