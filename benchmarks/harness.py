@@ -30,6 +30,7 @@ import time
 import traceback
 from typing import Dict, List, Optional
 
+from . import caption_latency
 from . import floors as floors_mod
 from . import models
 from .peers import Case, all_peers
@@ -88,6 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="measure each peer's peak RSS in a subprocess (default on, off with --quick)")
     parser.add_argument("--no-memory", dest="memory", action="store_false")
     parser.add_argument("--no-plot", action="store_true", help="no PNG")
+    parser.add_argument("--no-caption", action="store_true",
+                        help="skip the end-to-end caption latency of the default model (engine vs PyTorch)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
     parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)
 
@@ -679,6 +682,8 @@ def run(args: argparse.Namespace) -> int:
         if out_dir:  # what is done so far, in case the run is cut short
             _finish(result, machine_floor, None)
             _write(result, out_dir, stem, plot_too=False)
+    if "default" in sizes and not args.no_caption:
+        result["caption"] = caption_section(args, threads, log)
     log("measuring the machine again ...")
     _finish(result, machine_floor, floors_mod.measure(threads, quick=args.quick))
     result["wall_s"] = round(time.time() - started, 1)
@@ -686,12 +691,30 @@ def run(args: argparse.Namespace) -> int:
         result["machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     except (AttributeError, OSError):
         pass
-    text = header(result) + "\n" + table(result) + "\n\n**Summary**\n" + summary(result)
+    text = header(result) + "\n" + table(result)
+    if result.get("caption", {}).get("rows"):
+        text += "\n\n" + caption_latency.table(result["caption"])
+    elif result.get("caption"):
+        text += f"\n\ncaption end to end: skipped ({result['caption']['skipped']})"
+    text += "\n\n**Summary**\n" + summary(result)
     result["table_markdown"] = text
     print(text)
     if out_dir:
         _write(result, out_dir, stem, plot_too=not args.no_plot)
     return 0
+
+
+def caption_section(args, threads: int, log) -> Dict:
+    """End-to-end caption latency on the bundled model (benchmarks/caption_latency.py)."""
+    if args.model:
+        return {"skipped": "--model given: the PyTorch checkpoint of that file is unknown"}
+    log("[caption] end-to-end caption latency, engine vs PyTorch ...")
+    try:
+        return caption_latency.measure(n=10 if args.quick else 32, repeats=2 if args.quick else 3,
+                                       threads=threads, seed=args.seed, log=log)
+    except Exception as error:  # reported, never fatal
+        log(traceback.format_exc())
+        return {"skipped": f"failed: {type(error).__name__}: {error}"}
 
 
 def _finish(result: Dict, start: Dict, end: Optional[Dict]) -> None:

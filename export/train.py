@@ -67,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-every", type=int, default=2000)
     parser.add_argument("--eval-n", type=int, default=50, help="held-out examples per task in periodic evals")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--init", default="",
+                        help="start from these weights (a last.pt or model.pt) with a fresh optimiser and "
+                             "schedule; the config comes from the checkpoint")
     parser.add_argument("--export-default", default="",
                         help="at the end, copy model.pt/tokenizer/config.json into this directory")
 
@@ -177,6 +180,13 @@ def run(args) -> int:
             return 2
         state = torch.load(last, map_location="cpu", weights_only=False)
         cfg = PaliConfig.from_json(state["config"])
+    elif args.init:
+        init_state = torch.load(args.init, map_location="cpu", weights_only=False)
+        cfg = init_state["config"]
+        cfg = PaliConfig.from_json(cfg) if isinstance(cfg, str) else PaliConfig.from_dict(cfg)
+        if cfg.vocab_size != tok.vocab_size:
+            log(f"error: {args.init} has vocab_size {cfg.vocab_size}, the tokenizer {tok.vocab_size}")
+            return 2
     else:
         cfg = PaliConfig.from_json(open(args.config).read()) if args.config else PaliConfig()
         cfg = _parse_set(cfg, args.set)
@@ -203,6 +213,11 @@ def run(args) -> int:
         opt.load_state_dict(state["optimizer"])
         step, elapsed0, seen = state["step"], state["elapsed"], state["seen"]
         log(f"resumed from {last} at step {step} ({seen} examples, {elapsed0 / 60:.1f} min)")
+    elif args.init:
+        weights = init_state["model"] if "model" in init_state else init_state["state_dict"]
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
+        seen = int(init_state.get("seen", 0))  # new examples, never the ones already trained on
+        log(f"initialised from {args.init} ({seen} examples seen before)")
 
     world = D.ShapesWorld(image_size=cfg.image_size, seed=args.seed)
     batcher = Batcher(world, tok, cfg, args.batch_size, start_index=seen)

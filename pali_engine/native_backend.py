@@ -41,8 +41,8 @@ class NativeBackend(Backend):
         core = _native.core_for(device)
         self.dtype = dtype
         self.threads = threads or 0
-        self._file = core.OnnxFile(self.path)
-        self._model = core.PaliModel(self._file, self.config, WEIGHT_FORMATS[dtype], self.threads)
+        # The model copies what it needs; the file is unmapped when it goes out of scope.
+        self._model = core.PaliModel(core.OnnxFile(self.path), self.config, WEIGHT_FORMATS[dtype], self.threads)
 
     def logits(self, pixel_values: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray,
                decoder_input_ids: np.ndarray) -> np.ndarray:

@@ -182,6 +182,21 @@ def test_bad_load_options(exported):
         pali_engine.Engine.load(path, backend="tensorflow")
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc/self/maps")
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_loaded_engine_does_not_keep_the_file_mapped(exported, tmp_path, dtype):
+    # The model owns packed / float32 copies of its weights; holding the mapping
+    # too would keep the whole file resident beside them.
+    _, path = exported
+    copy = tmp_path / f"unmapped-{dtype}.onnx"
+    copy.write_bytes(open(path, "rb").read())
+    engine = pali_engine.Engine.load(copy, dtype=dtype)
+    with open("/proc/self/maps") as maps:
+        assert str(copy) not in maps.read()
+    image = np.zeros((8, 8, 3), np.uint8)
+    assert engine.generate(image, "caption en", max_new_tokens=3).tokens
+
+
 def test_native_model_names_a_misshapen_tensor(tmp_path):
     """The native loader's own check, behind the Python one: a config that lies about a shape."""
     import json

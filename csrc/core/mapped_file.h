@@ -1,7 +1,8 @@
 // A file mapped read-only into memory.
 //
-// Model weights are used straight from the mapping: loading a large model costs
-// the page faults of the bytes actually touched, not a copy of the file.
+// Model weights are read straight from the mapping (no copy of the file), and
+// released page by page once packed, so that loading does not hold the file and
+// the packed weights in memory at once.
 #pragma once
 
 #include <cstddef>
@@ -20,6 +21,11 @@ class MappedFile {
   MappedFile& operator=(const MappedFile&) = delete;
 
   const uint8_t* data() const { return data_; }
+  // Drops this process's pages of [p, p + n) (whole pages inside the range):
+  // the bytes stay readable (a later read faults them back in from the page
+  // cache), but they stop counting in the resident set. Used once a weight has
+  // been copied into its packed form.
+  void release(const void* p, size_t n) const;
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
 

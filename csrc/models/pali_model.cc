@@ -11,9 +11,9 @@ double milliseconds_since(std::chrono::steady_clock::time_point start) {
 }  // namespace
 
 PaliModel::PaliModel(std::shared_ptr<const onnx::OnnxFile> file, const PaliConfig& config, WeightFormat format)
-    : file_(std::move(file)), config_(config), format_(format) {
+    : config_(config), format_(format) {
   config_.validate();
-  WeightStore weights(file_);
+  WeightStore weights(std::move(file));
   embedding_ = weights.f32("shared.weight", {config_.vocab_size, config_.d_model});
   vision_ = std::make_unique<VisionEncoder>(config_, weights, format);
   encoder_ = std::make_unique<T5Encoder>(config_, weights, format);

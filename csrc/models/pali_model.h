@@ -30,7 +30,8 @@ struct EncoderOutput {
 class PaliModel {
  public:
   // Throws ModelFileError naming the file and the tensor when the weights do
-  // not match the config.
+  // not match the config. The model keeps its own copies of the weights (packed
+  // or float32), not the file: once the caller drops it, it is unmapped.
   PaliModel(std::shared_ptr<const onnx::OnnxFile> file, const PaliConfig& config, WeightFormat format);
 
   const PaliConfig& config() const { return config_; }
@@ -45,7 +46,6 @@ class PaliModel {
                int64_t prompt_len, const int64_t* decoder_input_ids, int64_t target_len, float* logits) const;
 
  private:
-  std::shared_ptr<const onnx::OnnxFile> file_;
   PaliConfig config_;
   WeightFormat format_;
   Tensor embedding_;  // shared.weight, float32 [V, d_model]

@@ -23,21 +23,28 @@ Tensor WeightStore::raw(const std::string& name, const Shape& shape) {
 
 Tensor WeightStore::f32(const std::string& name, const Shape& shape) {
   Tensor t = raw(name, shape);
-  if (t.dtype() == DType::f32) return t;
+  // Always a copy the model owns, so that the model does not keep the file mapped.
   Tensor out = Tensor::empty(DType::f32, shape);
   float* dst = out.data<float>();
-  const uint16_t* src = static_cast<const uint16_t*>(t.raw());
-  const bool half = t.dtype() == DType::f16;
-  for (int64_t i = 0; i < t.numel(); ++i) dst[i] = half ? half_to_float(src[i]) : bfloat16_to_float(src[i]);
+  if (t.dtype() == DType::f32) {
+    std::memcpy(dst, t.raw(), t.numel() * sizeof(float));
+  } else {
+    const uint16_t* src = static_cast<const uint16_t*>(t.raw());
+    const bool half = t.dtype() == DType::f16;
+    for (int64_t i = 0; i < t.numel(); ++i) dst[i] = half ? half_to_float(src[i]) : bfloat16_to_float(src[i]);
+  }
+  file_->release(name);
   return out;
 }
 
 LinearWeight WeightStore::linear(const std::string& weight, int64_t out, int64_t in,
                                  const std::string& bias, WeightFormat format) {
   Tensor w = raw(weight, {out, in});
-  if (bias.empty()) return prepare_linear(w, nullptr, format);
-  Tensor b = raw(bias, {out});
-  return prepare_linear(w, &b, format);
+  Tensor b = bias.empty() ? Tensor() : raw(bias, {out});
+  LinearWeight packed = prepare_linear(w, bias.empty() ? nullptr : &b, format);
+  file_->release(weight);
+  if (!bias.empty()) file_->release(bias);
+  return packed;
 }
 
 LinearWeight WeightStore::linear_concat(const std::vector<std::string>& weights,
@@ -49,7 +56,10 @@ LinearWeight WeightStore::linear_concat(const std::vector<std::string>& weights,
   std::vector<const Tensor*> wp, bp;
   for (const auto& t : ws) wp.push_back(&t);
   for (const auto& t : bs) bp.push_back(&t);
-  return prepare_linear_concat(wp, bp, format);
+  LinearWeight packed = prepare_linear_concat(wp, bp, format);
+  for (const auto& name : weights) file_->release(name);
+  for (const auto& name : biases) file_->release(name);
+  return packed;
 }
 
 void WeightStore::check_all_used() const {

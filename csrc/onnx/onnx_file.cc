@@ -396,4 +396,9 @@ Tensor OnnxFile::tensor(const std::string& name) const {
   return out;
 }
 
+void OnnxFile::release(const std::string& name) const {
+  const InitializerInfo& info = this->info(name);
+  if (info.location != DataLocation::typed && info.file) info.file->release(info.bytes, info.size);
+}
+
 }  // namespace pali::onnx

@@ -60,6 +60,9 @@ class OnnxFile {
   const InitializerInfo& info(const std::string& name) const;
   // The tensor's values: a view of the mapping when possible, else a decoded copy.
   Tensor tensor(const std::string& name) const;
+  // Drops the resident pages of the tensor's bytes (MappedFile::release); views
+  // of it stay valid. Call when the values have been copied elsewhere.
+  void release(const std::string& name) const;
 
  private:
   OnnxFile() = default;

@@ -1,0 +1,134 @@
+"""End-to-end caption latency on the bundled model: the engine beside PyTorch.
+
+Why: the number a user of ``Engine.load().generate(image, "caption en")`` sees
+is the whole request (preprocessing, tokenizing, vision, encoder, the decode
+loop until eos, detokenizing), not a forced-length decode step. This times
+exactly that, one request at a time, on held-out shapes-world images, for
+
+* ``engine f32`` / ``engine int8``: ``Engine.generate(image, prompt)``;
+* ``pytorch``: the same request through ``export/model.py``'s cached
+  ``Pali.generate`` (``TorchBackend``: the same preprocessing and tokenizer,
+  under ``torch.inference_mode``), on the checkpoint the ONNX file was
+  exported from.
+
+Every peer gets the same threads and the same images; the texts are compared
+(the f32 engine must say what PyTorch says). Reported: median and min-max
+latency per request (ms), mean generated tokens, and PyTorch's latency over
+each engine row's.
+
+    python -m pali_engine.benchmarks.caption_latency [--n 32] [--repeats 3] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+
+PROMPTS = ("caption en", "caption fr", "caption de", "caption es", "caption ru")
+
+
+def _requests(n: int, image_size: int, seed: int):
+    from pali_engine.export import data as D
+
+    world = D.ShapesWorld(image_size=image_size, seed=seed)
+    per = [world.heldout(f"caption_{p.split()[1]}", (n + len(PROMPTS) - 1) // len(PROMPTS)) for p in PROMPTS]
+    out = []
+    for i in range(n):
+        ex = per[i % len(PROMPTS)][i // len(PROMPTS)]
+        out.append((ex.image, ex.prompt))
+    return out
+
+
+def _time_peer(fn, requests, repeats: int) -> Dict:
+    fn(*requests[0])  # warm-up: first-call allocations, thread pools
+    times, texts = [], []
+    for rep in range(repeats):
+        for image, prompt in requests:
+            t0 = time.perf_counter()
+            text = fn(image, prompt)
+            times.append((time.perf_counter() - t0) * 1e3)
+            if rep == 0:
+                texts.append(text)
+    return {"median_ms": float(np.median(times)), "min_ms": float(np.min(times)),
+            "max_ms": float(np.max(times)), "texts": texts}
+
+
+def measure(model_path: Optional[str] = None, checkpoint: Optional[str] = None, n: int = 32,
+            repeats: int = 3, threads: Optional[int] = None, dtypes=("float32", "int8"), seed: int = 0,
+            log=None) -> Dict:
+    """Times the engine (each dtype) and PyTorch on ``n`` caption requests; see the module docstring."""
+    import torch
+    from pali_engine import Engine
+    from pali_engine.engine import default_model_path
+    from pali_engine.export.evaluate import DEFAULT_MODEL, TorchBackend
+
+    log = log or (lambda s: None)
+    threads = threads or os.cpu_count() or 1
+    model_path = model_path or default_model_path()
+    checkpoint = checkpoint or DEFAULT_MODEL
+    torch.set_num_threads(threads)
+    rows: Dict[str, Dict] = {}
+    engines = {dt: Engine.load(model_path, dtype=dt, threads=threads) for dt in dtypes}
+    requests = _requests(n, engines[dtypes[0]].config["image_size"], seed)
+    for dt, engine in engines.items():
+        log(f"[caption] engine {dt} ...")
+        rows[f"engine {dt}"] = _time_peer(lambda im, p, e=engine: e.generate(im, p).text, requests, repeats)
+    log("[caption] pytorch ...")
+    torch_backend = TorchBackend(checkpoint)
+
+    def torch_generate(image, prompt):
+        with torch.inference_mode():
+            return torch_backend.generate([image], [prompt])[0]
+
+    rows["pytorch"] = _time_peer(torch_generate, requests, repeats)
+    tok = engines[dtypes[0]]._backend.tokenizer
+    reference = rows["pytorch"]["texts"]
+    for name, row in rows.items():
+        row["same_text"] = int(sum(a == b for a, b in zip(row["texts"], reference)))
+        row["mean_tokens"] = float(np.mean([len(tok.encode(t)) + 1 for t in row["texts"]]))  # + eos
+        row["pytorch_over_this"] = rows["pytorch"]["median_ms"] / row["median_ms"]
+    return {"model": os.path.basename(model_path), "checkpoint": os.path.basename(checkpoint),
+            "requests": n, "repeats": repeats, "threads": threads, "prompts": list(PROMPTS),
+            "rows": {k: {kk: vv for kk, vv in v.items() if kk != "texts"} for k, v in rows.items()},
+            "examples": [{"prompt": p, "pytorch": reference[i], "engine": rows[f"engine {dtypes[0]}"]["texts"][i]}
+                         for i, (_, p) in enumerate(requests[:5])]}
+
+
+def table(result: Dict) -> str:
+    lines = [f"**default, caption end to end** ({result['requests']} held-out images x {result['repeats']}, "
+             f"batch 1, greedy until eos, prompts {', '.join(result['prompts'])}; image array in, text out)",
+             "",
+             "| peer | ms per request | mean tokens | same text as PyTorch | PyTorch ms / this |",
+             "|---|---|---|---|---|"]
+    for name, r in result["rows"].items():
+        lines.append(f"| {name} | {r['median_ms']:.2f} ({r['min_ms']:.2f}-{r['max_ms']:.2f}) | "
+                     f"{r['mean_tokens']:.1f} | {r['same_text']}/{result['requests']} | "
+                     f"{r['pytorch_over_this']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="pali-engine ONNX file (default: the bundled model)")
+    ap.add_argument("--checkpoint", default=None, help="its PyTorch checkpoint (default: the bundled one)")
+    ap.add_argument("--n", type=int, default=32, help="held-out images (default 32)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="threads for every peer (default: all cores)")
+    ap.add_argument("--json", action="store_true", help="print the result as JSON after the table")
+    args = ap.parse_args(argv)
+    result = measure(args.model, args.checkpoint, args.n, args.repeats, args.threads,
+                     log=lambda s: print(s, file=sys.stderr, flush=True))
+    print(table(result))
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
