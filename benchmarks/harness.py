@@ -37,9 +37,9 @@ from .peers import Case, all_peers
 
 METRICS = ("vision_ms", "encoder_ms", "ttft_ms", "step_ms", "total_ms", "tokens_per_s")
 DEFAULT_REPEATS = {"tiny": 5, "default": 5, "small": 3, "base": 2}
-#: Seconds between two peers' runs: thread pools (OpenMP, onnxruntime, the engine's) spin a
-#: little after their work; the next peer should not share the cores with that.
-PAUSE_S = 0.05
+#: Seconds between two peers' runs: thread pools (OpenMP, onnxruntime, the engine's) spin
+#: after their work; the next peer should not share the cores with that.
+PAUSE_S = 0.5
 
 
 def _csv(s: str) -> List[str]:
@@ -246,6 +246,9 @@ def probe_main(spec: Dict) -> int:
     t0 = time.perf_counter()
     peer.load(art, shared, spec["threads"])
     load_s = time.perf_counter() - t0
+    if spec.get("timing"):
+        print(json.dumps(timing_probe(peer, art, shared, spec, load_s)))
+        return 0
     after_load = _rss_mb()
     peer.run(inputs, case)
     peak = _status_mb("VmHWM") if reset else None
@@ -258,13 +261,40 @@ def probe_main(spec: Dict) -> int:
     return 0
 
 
-def run_probe(art, peer, case, args, threads) -> Dict:
+def timing_probe(peer, art, shared, spec, load_s: float) -> Dict:
+    """In a subprocess: the timed runs of one (isolated) peer, every case, as bench_size does them."""
+    out: Dict = {"load_s": round(load_s, 2), "runs": {}, "failed": {}}
+    try:
+        out["check"] = peer.check(art, shared, models.make_inputs(art, 1, spec["seed"]))
+    except Exception as error:
+        out["check"] = {"error": f"{type(error).__name__}: {error}"}
+    timing = spec["timing"]
+    for batch, beams, new_tokens in timing["cases"]:
+        case = Case(batch, beams, new_tokens)
+        inputs = models.make_inputs(art, batch, spec["seed"])
+        runs = []
+        try:
+            for r in range(timing["warmup"] + timing["repeats"]):
+                res = peer.run(inputs, case)
+                if r >= timing["warmup"]:
+                    runs.append(res)
+                time.sleep(PAUSE_S)
+        except Exception as error:
+            out["failed"][case.name] = f"{type(error).__name__}: {error}"
+            continue
+        out["runs"][case.name] = runs
+    return out
+
+
+def run_probe(art, peer, case, args, threads, timing: Optional[Dict] = None) -> Dict:
+    """Runs probe_main in a fresh process: the memory probe of one case, or with ``timing``
+    ({"cases": [[batch, beams, new_tokens], ...], "warmup": W, "repeats": R}) the timed runs."""
     spec = {"peer": peer.name, "size": art.size, "folder": art.folder, "onnx_path": art.onnx_path,
             "batch": case.batch, "beams": case.beams, "new_tokens": case.new_tokens, "threads": threads,
-            "seed": args.seed, "engine_dtypes": _csv(args.engine_dtypes)}
+            "seed": args.seed, "engine_dtypes": _csv(args.engine_dtypes), "timing": timing}
     cmd = [sys.executable, "-m", "pali_engine.benchmarks.harness", "--probe", json.dumps(spec)]
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600 if timing else 900)
     except subprocess.TimeoutExpired:
         return {"error": "timed out"}
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
@@ -347,6 +377,24 @@ def bench_size(size: str, args, cases: List[Case], machine: Dict, threads: int, 
             log(f"[{size}] peak memory of {p.name} ({big.name}) ...")
             out["memory"]["peers"][p.name] = run_probe(art, p, big, args, threads)
 
+    repeats = args.repeats if args.repeats is not None else DEFAULT_REPEATS.get(size, 3)
+    isolated_runs: Dict[str, Dict] = {}
+    for p in [p for p in peers if p.isolated]:
+        log(f"[{size}] {p.name}: timed in a process of its own ...")
+        timing = {"cases": [[c.batch, c.beams, c.new_tokens] for c in cases], "warmup": args.warmup,
+                  "repeats": repeats}
+        res = run_probe(art, p, cases[0], args, threads, timing=timing)
+        if "error" in res:
+            out["skipped"][p.name] = f"isolated run failed: {res['error']}"
+            continue
+        isolated_runs[p.name] = res
+        out.setdefault("load_s", {})[p.name] = res["load_s"]
+        if res.get("check"):
+            out.setdefault("checks", {})[p.name] = res["check"]
+            log(f"[{size}] check {p.name}: {res['check']}")
+    isolated = [p for p in peers if p.name in isolated_runs]
+    peers = [p for p in peers if not p.isolated]
+
     loaded = []
     for p in peers:
         t0 = time.perf_counter()
@@ -363,8 +411,8 @@ def bench_size(size: str, args, cases: List[Case], machine: Dict, threads: int, 
             log(traceback.format_exc())
     peers = loaded
     model = shared["torch_model"](None)
-    repeats = args.repeats if args.repeats is not None else DEFAULT_REPEATS.get(size, 3)
     out["repeats"], out["warmup"] = repeats, args.warmup
+    out["isolated_peers"] = [p.name for p in isolated]
 
     for case in cases:
         inputs = models.make_inputs(art, case.batch, args.seed)
@@ -379,7 +427,7 @@ def bench_size(size: str, args, cases: List[Case], machine: Dict, threads: int, 
                                           min_new_tokens=case.new_tokens)
         ref = (ref_t.tolist(), ref_s.tolist())
         text_ref = None
-        if any(p.name.startswith("ctranslate2") for p in peers):
+        if any(p.name.startswith("ctranslate2") for p in peers + isolated):
             from .peers import text_reference
 
             text_ref = text_reference(model, inputs["source_ids"], case)
@@ -399,11 +447,15 @@ def bench_size(size: str, args, cases: List[Case], machine: Dict, threads: int, 
                     runs[p.name].append(res)
                 time.sleep(PAUSE_S)  # let the last peer's spinning worker threads go idle
             log(f"[{size}] {case.name}: round {r + 1}/{args.warmup + repeats} done")
+        for p in isolated:
+            runs[p.name] = isolated_runs[p.name]["runs"].get(case.name, [])
+            if case.name in isolated_runs[p.name]["failed"]:
+                failed[p.name] = isolated_runs[p.name]["failed"][case.name]
         vision_offset = None
         if runs.get("pytorch"):
             vision_offset = statistics.median(x["vision_ms"] for x in runs["pytorch"])
         rows = {}
-        for p in peers:
+        for p in peers + isolated:
             if p.name in failed or not runs.get(p.name):
                 continue
             derived = [derive(x, case, vision_offset) for x in runs[p.name]]

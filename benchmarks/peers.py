@@ -67,6 +67,8 @@ class Peer:
     needs: tuple = ()
     #: What the memory probe imports (the packages this peer runs on; default ``needs``).
     probe_needs: Optional[tuple] = None
+    #: Timed in a process of its own instead of interleaved with the others in the harness's.
+    isolated = False
 
     def missing(self) -> Optional[str]:
         """Why this peer cannot run here (a missing package), or None."""
@@ -352,6 +354,10 @@ class CT2Peer(Peer):
     text_only = True
     needs = ("ctranslate2", "torch", "transformers")
     probe_needs = ("ctranslate2",)
+    # A Translator in the process slows the other peers' kernels in that process
+    # (measured: the engine's small ViT from 49 ms to 90-120 ms for the calls that
+    # follow creating one; the other peers alike), so it runs in a process of its own.
+    isolated = True
 
     def __init__(self, compute_type: str):
         self.compute_type = compute_type
