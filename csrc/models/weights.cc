@@ -41,7 +41,7 @@ LinearWeight WeightStore::linear(const std::string& weight, int64_t out, int64_t
                                  const std::string& bias, WeightFormat format) {
   Tensor w = raw(weight, {out, in});
   Tensor b = bias.empty() ? Tensor() : raw(bias, {out});
-  LinearWeight packed = prepare_linear(w, bias.empty() ? nullptr : &b, format);
+  LinearWeight packed = prepare_linear(w, bias.empty() ? nullptr : &b, format, &arena_);
   file_->release(weight);
   if (!bias.empty()) file_->release(bias);
   return packed;
@@ -56,7 +56,7 @@ LinearWeight WeightStore::linear_concat(const std::vector<std::string>& weights,
   std::vector<const Tensor*> wp, bp;
   for (const auto& t : ws) wp.push_back(&t);
   for (const auto& t : bs) bp.push_back(&t);
-  LinearWeight packed = prepare_linear_concat(wp, bp, format);
+  LinearWeight packed = prepare_linear_concat(wp, bp, format, &arena_);
   for (const auto& name : weights) file_->release(name);
   for (const auto& name : biases) file_->release(name);
   return packed;

@@ -33,9 +33,12 @@ class WeightStore {
   // Throws ModelFileError naming the tensors no lookup took.
   void check_all_used() const;
   const std::string& path() const { return file_->path(); }
+  // Where this model's packed weights go, in the order they are looked up.
+  PackedArena* arena() { return &arena_; }
 
  private:
   std::shared_ptr<const onnx::OnnxFile> file_;
+  PackedArena arena_;
   std::set<std::string> used_;
 };
 

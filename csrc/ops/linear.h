@@ -4,8 +4,9 @@
 // or bfloat16; a view into the mapped file, any alignment). prepare_linear()
 // converts it once into the chosen storage format and packs it into panels of
 // 16 output channels, K-major inside a panel (zero-padded to a multiple of 16
-// outputs; large buffers 2 MB-aligned and advised as huge pages, so that
-// streaming them does not miss the TLB every 4 KB), which both CPU kernels stream:
+// outputs; on huge pages: large buffers 2 MB-aligned and advised as such, small
+// ones placed one after another in a PackedArena's blocks), which both CPU
+// kernels stream:
 //   * decode (m <= 8): one pass over the weights for all m rows, memory-bound;
 //   * prefill (m > 8): a register-blocked AVX2/FMA GEMM (6x16 micro-kernel),
 //     K split in blocks, threads over N panels (and M when N is small).
@@ -19,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -52,9 +54,30 @@ struct LinearWeight {
   size_t weight_bytes() const { return packed.nbytes(); }
 };
 
+// Memory for the packed weights of one model: they are placed one after
+// another in 64 MB blocks, 2 MB-aligned and advised as huge pages. Why: decode
+// streams every weight once per token, and on 4 KB pages the hardware
+// prefetchers stop at every page boundary (a 768 x 768 float32 matrix streamed
+// ~9% slower than on huge pages); giving each small matrix huge pages of its
+// own would waste up to 2 MB per matrix. Untouched block tails cost address
+// space only. Not thread-safe: one loader fills it.
+class PackedArena {
+ public:
+  // A tensor of `shape` in the arena, 64-byte aligned; keeps its block alive.
+  Tensor allocate(DType dtype, const Shape& shape);
+
+ private:
+  std::shared_ptr<const void> block_;
+  unsigned char* base_ = nullptr;
+  size_t used_ = 0;
+  size_t size_ = 0;
+};
+
 // Prepares a weight [N, K] (float32, float16 or bfloat16, CPU) and an optional
 // bias [N] (same dtypes) for linear(). Throws InvalidArgument on bad shapes/dtypes.
-LinearWeight prepare_linear(const Tensor& weight, const Tensor* bias, WeightFormat format);
+// With an arena, small packed weights go into it (see PackedArena).
+LinearWeight prepare_linear(const Tensor& weight, const Tensor* bias, WeightFormat format,
+                            PackedArena* arena = nullptr);
 
 // Concatenates several weights [N_i, K] along N at prepare time (fused QKV, or
 // wi_0 + wi_1 of a gated FFN): the result computes [y_0 | y_1 | ...] along N.
@@ -63,7 +86,7 @@ LinearWeight prepare_linear(const Tensor& weight, const Tensor* bias, WeightForm
 // result is the same as preparing the concatenated weight.
 LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
                                    const std::vector<const Tensor*>& biases,
-                                   WeightFormat format);
+                                   WeightFormat format, PackedArena* arena = nullptr);
 
 // y[m, N] = x[m, K] · Wᵀ + b; with accumulate, y += x · Wᵀ + b (fuses a residual add).
 // x and y are dense row-major (row strides K and N) and must not overlap.

@@ -68,22 +68,29 @@ void check_float_tensor(const Tensor& t, const char* what) {
                  what, " must be float32, float16 or bfloat16, got ", t.describe());
 }
 
-// Packed weights: large buffers are 2 MB aligned and advised as huge pages, so
-// that streaming them in decode does not miss the TLB every 4 KB (numpy does the
-// same for its large arrays; with THP in "madvise" mode nothing else would).
-Tensor allocate_packed(DType dtype, const Shape& shape) {
-  const size_t nbytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
-  constexpr size_t kHuge = size_t{2} << 20;
-  if (nbytes >= 2 * kHuge) {
-    const size_t rounded = (nbytes + kHuge - 1) / kHuge * kHuge;
-    if (void* p = std::aligned_alloc(kHuge, rounded)) {
+constexpr size_t kHugePage = size_t{2} << 20;
+constexpr size_t kArenaBlock = size_t{64} << 20;
+constexpr size_t kArenaLargest = size_t{16} << 20;  // larger weights get blocks of their own
+
+// `nbytes` rounded up to whole huge pages, 2 MB aligned and advised as huge
+// pages (with THP in "madvise" mode nothing else gets them); null on failure.
+std::shared_ptr<const void> allocate_huge(size_t nbytes) {
+  const size_t rounded = (nbytes + kHugePage - 1) / kHugePage * kHugePage;
+  void* p = std::aligned_alloc(kHugePage, rounded);
+  if (!p) return nullptr;
 #ifdef MADV_HUGEPAGE
-      madvise(p, rounded, MADV_HUGEPAGE);
+  madvise(p, rounded, MADV_HUGEPAGE);
 #endif
-      std::shared_ptr<const void> owner(p, [](const void* q) { std::free(const_cast<void*>(q)); });
-      return Tensor::view(p, dtype, shape, owner);
-    }
-  }
+  return std::shared_ptr<const void>(p, [](const void* q) { std::free(const_cast<void*>(q)); });
+}
+
+// Packed weights: in the arena when there is one and they are small; large
+// buffers on huge pages of their own (numpy does the same for its large arrays).
+Tensor allocate_packed(DType dtype, const Shape& shape, PackedArena* arena) {
+  const size_t nbytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
+  if (arena && nbytes <= kArenaLargest) return arena->allocate(dtype, shape);
+  if (nbytes >= 2 * kHugePage)
+    if (auto block = allocate_huge(nbytes)) return Tensor::view(block.get(), dtype, shape, block);
   return Tensor::empty(dtype, shape);
 }
 
@@ -95,8 +102,24 @@ struct RowSource {
 
 }  // namespace
 
+Tensor PackedArena::allocate(DType dtype, const Shape& shape) {
+  const size_t nbytes = (static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype) + 63) / 64 * 64;
+  if (!block_ || used_ + nbytes > size_) {
+    const size_t size = std::max(kArenaBlock, nbytes);
+    block_ = allocate_huge(size);
+    if (!block_) return Tensor::empty(dtype, shape);
+    base_ = static_cast<unsigned char*>(const_cast<void*>(block_.get()));
+    used_ = 0;
+    size_ = size;
+  }
+  void* p = base_ + used_;
+  used_ += nbytes;
+  return Tensor::view(p, dtype, shape, block_);
+}
+
 LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
-                                   const std::vector<const Tensor*>& biases, WeightFormat format) {
+                                   const std::vector<const Tensor*>& biases, WeightFormat format,
+                                   PackedArena* arena) {
   PALI_CHECK_ARG(!weights.empty(), "prepare_linear: no weights");
   PALI_CHECK_ARG(biases.empty() || biases.size() == weights.size(),
                  "prepare_linear: ", biases.size(), " biases for ", weights.size(), " weights");
@@ -154,7 +177,7 @@ LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
 
   switch (format) {
     case WeightFormat::f32: {
-      out.packed = allocate_packed(DType::f32, {panels, k, P});
+      out.packed = allocate_packed(DType::f32, {panels, k, P}, arena);
       float* dst = out.packed.data<float>();
       parallel_for(0, panels, 1, [&](int64_t pb, int64_t pe) {
         for (int64_t p = pb; p < pe; ++p)
@@ -167,7 +190,7 @@ LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
       break;
     }
     case WeightFormat::f16: {
-      out.packed = allocate_packed(DType::f16, {panels, k, P});
+      out.packed = allocate_packed(DType::f16, {panels, k, P}, arena);
       auto* dst = reinterpret_cast<uint16_t*>(out.packed.data<Half>());
       parallel_for(0, panels, 1, [&](int64_t pb, int64_t pe) {
         for (int64_t p = pb; p < pe; ++p)
@@ -189,7 +212,7 @@ LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
       break;
     }
     case WeightFormat::i8: {
-      out.packed = allocate_packed(DType::i8, {panels, k, P});
+      out.packed = allocate_packed(DType::i8, {panels, k, P}, arena);
       out.scales = Tensor::empty(DType::f32, {n_pad});
       int8_t* dst = out.packed.data<int8_t>();
       float* scales = out.scales.data<float>();
@@ -218,10 +241,11 @@ LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
   return out;
 }
 
-LinearWeight prepare_linear(const Tensor& weight, const Tensor* bias, WeightFormat format) {
+LinearWeight prepare_linear(const Tensor& weight, const Tensor* bias, WeightFormat format,
+                            PackedArena* arena) {
   std::vector<const Tensor*> biases;
   if (bias) biases.push_back(bias);
-  return prepare_linear_concat({&weight}, biases, format);
+  return prepare_linear_concat({&weight}, biases, format, arena);
 }
 
 Tensor linear_effective_weight(const LinearWeight& w) {
