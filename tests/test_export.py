@@ -161,6 +161,13 @@ def test_cli_export_with_external_data(tmp_path, model, tok, capsys):
     for name, value in sd.items():
         assert pali_engine.load_tensor(out, name).tobytes() == value.tobytes()
     assert compare_logits(str(out), model) <= LOGITS_TOLERANCE
+    # The native engine reads the external file too (and releases its pages as it packs).
+    native = pali_engine.Engine.load(out)._backend
+    px, ids, mask, dec = _dummy_inputs(model.config, 2, [5, 3], 4, 0)
+    with torch.no_grad():
+        ref = model(px, ids, mask, dec).float().numpy()
+    got = native.logits(px.numpy(), ids.numpy(), mask.numpy(), dec.numpy())
+    assert np.abs(got - ref).max() <= LOGITS_TOLERANCE
 
 
 def test_cli_export_errors(tmp_path, model, capsys):
