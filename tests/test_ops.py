@@ -147,6 +147,22 @@ def test_linear_concat_matches_separate(fmt, m):
     assert not no_bias.has_bias
 
 
+@pytest.mark.parametrize("fmt", ["f32", "f16", "i8"])
+def test_linear_in_a_packed_arena_matches_its_own_memory(fmt):
+    # Odd sizes one after another in the arena, then (f32) six 12 MB weights that
+    # fill its 64 MB block and start another; every weight keeps its block alive
+    # after the arena object is gone.
+    rng = rng_for("arena", fmt)
+    shapes = [(37, 45), (5, 3), (100, 257)] + ([(3000, 1024)] * 6 if fmt == "f32" else [(300, 1024)] * 2)
+    arena = ops.PackedArena()
+    weights = [(randn(rng, n, k), randn(rng, n)) for n, k in shapes]
+    in_arena = [ops.prepare_linear(w, b, fmt, arena=arena) for w, b in weights]
+    del arena
+    for (w, b), lw in zip(weights, in_arena):
+        x = randn(rng, 3, w.shape[1])
+        np.testing.assert_array_equal(ops.linear(x, lw), ops.linear(x, ops.prepare_linear(w, b, fmt)))
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("offset", [0, 1, 3])
 def test_linear_from_unaligned_raw_buffer(dtype, offset):

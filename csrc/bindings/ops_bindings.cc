@@ -74,16 +74,21 @@ void bind_ops(py::module_& parent) {
         return tensor_to_numpy(linear_effective_weight(w));
       }, "The weight the kernels use, float32 [N, K] (f16-rounded or dequantized).");
 
+  py::class_<PackedArena, std::shared_ptr<PackedArena>>(m, "PackedArena", py::module_local(),
+                                                         "Shared huge-page blocks for packed weights.")
+      .def(py::init<>());
+
   m.def("prepare_linear", [](const py::array& weight, std::optional<py::array> bias,
-                             const std::string& format) {
+                             const std::string& format, std::shared_ptr<PackedArena> arena) {
     Tensor w = weight_tensor(weight);
     Tensor b;
     if (bias) b = weight_tensor(*bias);
     const WeightFormat f = weight_format_from_name(format);
     py::gil_scoped_release release;
-    return prepare_linear(w, bias ? &b : nullptr, f);
-  }, py::arg("weight"), py::arg("bias") = py::none(), py::arg("format") = "f32",
-        "Prepares a PyTorch-layout weight [N, K] (float32/float16) and optional bias [N].");
+    return prepare_linear(w, bias ? &b : nullptr, f, arena.get());
+  }, py::arg("weight"), py::arg("bias") = py::none(), py::arg("format") = "f32", py::arg("arena") = nullptr,
+        "Prepares a PyTorch-layout weight [N, K] (float32/float16) and optional bias [N], "
+        "in `arena` when given (the weight keeps its block alive).");
 
   m.def("prepare_linear_raw", [](const py::bytes& buffer, int64_t offset, const std::string& dtype,
                                  int64_t n, int64_t k, const std::string& format) {
