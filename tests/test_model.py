@@ -243,6 +243,15 @@ def test_train_and_evaluate_smoke(tmp_path):
     args.resume, args.steps = True, 4
     assert train.run(args) == 0
     assert "resumed" in (out / "train.log").read_text()
+    # a fresh schedule from those weights, with the q/k learning-rate factor
+    init_out = tmp_path / "init"
+    args2 = parser.parse_args(["--out", str(init_out), "--steps", "2", "--batch-size", "4", "--warmup", "1",
+                               "--threads", "1", "--device", "cpu", "--tokenizer", str(tok_path),
+                               "--eval-every", "0", "--init", str(out / "last.pt"), "--qk-lr-scale", "0.1"])
+    assert train.run(args2) == 0
+    log = (init_out / "train.log").read_text()
+    assert "initialised from" in log and "step 2" in log
+    assert M.Pali.load(str(init_out / "model.pt")).config.d_model == 32
 
     eparser = argparse.ArgumentParser()
     evaluate.add_arguments(eparser)
