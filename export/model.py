@@ -82,6 +82,18 @@ class ViTBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def checkpoint_config(ckpt: dict) -> PaliConfig:
+    """The config of a loaded checkpoint (``save``'s model.pt or train.py's last.pt), stored as
+    JSON text or as a dict."""
+    cfg = ckpt["config"]
+    return PaliConfig.from_json(cfg) if isinstance(cfg, str) else PaliConfig.from_dict(cfg)
+
+
+def float_weights(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """A checkpoint's tensors with floating ones in float32 (fp16 storage comes back as fp32)."""
+    return {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+
+
 def sincos_position_embedding(grid: int, width: int) -> torch.Tensor:
     """f32[1, grid*grid, width]: 2-D sine-cosine position codes (MAE / big_vision "sincos2d").
 
@@ -593,10 +605,7 @@ class Pali(nn.Module):
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
         if not isinstance(ckpt, dict) or "config" not in ckpt or "state_dict" not in ckpt:
             raise ValueError(f"{path}: not a pali checkpoint (expected config and state_dict)")
-        cfg = ckpt["config"]
-        cfg = PaliConfig.from_json(cfg) if isinstance(cfg, str) else PaliConfig.from_dict(cfg)
-        model = cls(cfg)
-        sd = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
-        model.load_state_dict(sd, strict=True)
+        model = cls(checkpoint_config(ckpt))
+        model.load_state_dict(float_weights(ckpt["state_dict"]), strict=True)
         model.eval()
         return model

@@ -148,7 +148,7 @@ def lr_at(progress: float, step: int, args) -> float:
 def run(args) -> int:
     import torch
     from pali_engine.tokenizer import Tokenizer
-    from .model import Pali
+    from .model import Pali, checkpoint_config, float_weights
     from .evaluate import TorchBackend, evaluate
 
     torch.set_num_threads(args.threads)
@@ -185,8 +185,7 @@ def run(args) -> int:
         cfg = PaliConfig.from_json(state["config"])
     elif args.init:
         init_state = torch.load(args.init, map_location="cpu", weights_only=False)
-        cfg = init_state["config"]
-        cfg = PaliConfig.from_json(cfg) if isinstance(cfg, str) else PaliConfig.from_dict(cfg)
+        cfg = checkpoint_config(init_state)
         if cfg.vocab_size != tok.vocab_size:
             log(f"error: {args.init} has vocab_size {cfg.vocab_size}, the tokenizer {tok.vocab_size}")
             return 2
@@ -225,8 +224,8 @@ def run(args) -> int:
         step, elapsed0, seen = state["step"], state["elapsed"], state["seen"]
         log(f"resumed from {last} at step {step} ({seen} examples, {elapsed0 / 60:.1f} min)")
     elif args.init:
-        weights = init_state["model"] if "model" in init_state else init_state["state_dict"]
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
+        model.load_state_dict(float_weights(init_state["model"] if "model" in init_state
+                                            else init_state["state_dict"]))
         seen = int(init_state.get("seen", 0))  # new examples, never the ones already trained on
         log(f"initialised from {args.init} ({seen} examples seen before)")
 

@@ -39,12 +39,8 @@ Tensor WeightStore::f32(const std::string& name, const Shape& shape) {
 
 LinearWeight WeightStore::linear(const std::string& weight, int64_t out, int64_t in,
                                  const std::string& bias, WeightFormat format) {
-  Tensor w = raw(weight, {out, in});
-  Tensor b = bias.empty() ? Tensor() : raw(bias, {out});
-  LinearWeight packed = prepare_linear(w, bias.empty() ? nullptr : &b, format, &arena_);
-  file_->release(weight);
-  if (!bias.empty()) file_->release(bias);
-  return packed;
+  if (bias.empty()) return linear_concat({weight}, {out}, in, {}, format);
+  return linear_concat({weight}, {out}, in, {bias}, format);
 }
 
 LinearWeight WeightStore::linear_concat(const std::vector<std::string>& weights,
