@@ -87,11 +87,11 @@ def measure(model_path: Optional[str] = None, checkpoint: Optional[str] = None, 
             return torch_backend.generate([image], [prompt])[0]
 
     rows["pytorch"] = _time_peer(torch_generate, requests, repeats)
-    tok = engines[dtypes[0]]._backend.tokenizer
+    tok = engines[dtypes[0]].tokenizer
     reference = rows["pytorch"]["texts"]
     for name, row in rows.items():
         row["same_text"] = int(sum(a == b for a, b in zip(row["texts"], reference)))
-        row["mean_tokens"] = float(np.mean([len(tok.encode(t)) + 1 for t in row["texts"]]))  # + eos
+        row["mean_tokens"] = float(np.mean([len(tok.encode(t)) for t in row["texts"]]))  # eos included
         row["pytorch_over_this"] = rows["pytorch"]["median_ms"] / row["median_ms"]
     return {"model": os.path.basename(model_path), "checkpoint": os.path.basename(checkpoint),
             "requests": n, "repeats": repeats, "threads": threads, "prompts": list(PROMPTS),

@@ -69,6 +69,12 @@ class Engine:
         engine._backend = impl
         return engine
 
+    @property
+    def tokenizer(self):
+        """The model's own tokenizer (from the file): ``encode(text)`` -> ids ending in eos,
+        ``decode(ids)`` -> text."""
+        return self._backend.tokenizer
+
     def generate(self, image, prompt, **options):
         """Text for an image and a prompt: single in, single out; lists in, list out.
 

@@ -108,6 +108,16 @@ def test_stream_pieces_join_to_the_generated_text(engines):
         native.generate(image, "caption en", max_new_tokens=9, num_beams=2).text
 
 
+def test_tokenizer_decodes_the_generated_tokens(engines):
+    _, native, ort_engine = engines
+    image = random_images(np.random.default_rng(), 1, native.config["image_size"])[0]
+    r = native.generate(image, "caption en", max_new_tokens=9)
+    assert native.tokenizer.decode(r.tokens) == r.text
+    assert native.tokenizer.vocab_size <= native.config["vocab_size"]  # a model may pad its vocabulary
+    assert ort_engine.tokenizer.encode("caption en") == native.tokenizer.encode("caption en")
+    assert native.tokenizer.encode("caption en")[-1] == native.config["eos_token_id"]
+
+
 @pytest.mark.parametrize("dtype, tolerance", [("float16", 2e-2), ("int8", 0.25)])
 def test_half_and_int8_weights_stay_close(exported, dtype, tolerance):
     """Relative to the logits' spread: f16 rounds weights to 11 bits, int8 to 8 bits per channel."""
