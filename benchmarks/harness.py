@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import resource
@@ -325,6 +326,40 @@ def derive(run: Dict, case: Case, vision_offset: Optional[float]) -> Dict:
             "total_ms": total, "tokens_per_s": case.batch * case.new_tokens / total * 1e3}
 
 
+def median_interval(values: List[float], confidence: float = 0.95) -> Optional[Dict[str, float]]:
+    """The median of ``values`` with a distribution-free interval for it: the order statistics
+    x(k) and x(n + 1 - k) for the largest k with P(Binomial(n, 1/2) < k) <= (1 - confidence) / 2.
+    None when fewer than 6 values (too few for a 95% interval)."""
+    xs = sorted(values)
+    n = len(xs)
+    tail, k, cumulative = (1 - confidence) / 2, 0, 0.0
+    while k < n and cumulative + math.comb(n, k) / 2 ** n <= tail:
+        cumulative += math.comb(n, k) / 2 ** n
+        k += 1
+    if k == 0:
+        return None
+    return {"median": statistics.median(xs), "low": xs[k - 1], "high": xs[n - k],
+            "confidence": round(1 - 2 * cumulative, 3), "n": n}
+
+
+def paired(runs: Dict[str, List[Dict]], reference: str, metric: str) -> Dict[str, Dict]:
+    """Round-by-round ratios peer / reference of one metric, for peers timed interleaved with the
+    reference: a shared machine's slow drifts hit both runs of a round alike and cancel in their
+    ratio, which medians over whole runs do not. Per peer: the median ratio with its 95% interval
+    and the rounds where the reference was faster (> 1: the reference is faster)."""
+    out: Dict[str, Dict] = {}
+    ref = [r.get(metric) for r in runs.get(reference, [])]
+    for name, rs in runs.items():
+        if name == reference:
+            continue
+        ratios = [r.get(metric) / a for r, a in zip(rs, ref) if a and r.get(metric) is not None]
+        if len(ratios) != len(ref) or not ratios:
+            continue
+        out[name] = {**(median_interval(ratios) or {"median": statistics.median(ratios), "n": len(ratios)}),
+                     "reference_faster": sum(x > 1 for x in ratios)}
+    return out
+
+
 def agreement(tokens, scores, ref_tokens, ref_scores) -> Dict:
     rows = len(ref_tokens)
     same = sum(1 for a, b in zip(tokens, ref_tokens) if list(a) == list(b))
@@ -470,8 +505,12 @@ def bench_size(size: str, args, cases: List[Case], machine: Dict, threads: int, 
                 else "PyTorch eager generate on the same inputs",
                 "raw": [{k: v for k, v in x.items() if k not in ("tokens", "scores")} for x in runs[p.name]],
             }
+        interleaved = {p.name: [derive(x, case, None) for x in runs[p.name]] for p in peers
+                       if p.name not in failed and runs.get(p.name)}
         out["cases"][case.name] = {"batch": case.batch, "beams": case.beams, "new_tokens": case.new_tokens,
-                                   "peers": rows, "failed": failed}
+                                   "peers": rows, "failed": failed,
+                                   "paired": {m: paired(interleaved, "engine f32", m)
+                                              for m in ("vision_ms", "step_ms")}}
     out["prefill_flops_per_image"] = models.prefill_flops(cfg, out.get("prompt_tokens", 0))
     for p in peers:
         p.close()
@@ -525,6 +564,13 @@ def table(result: Dict) -> str:
                          f"{f['tokens_per_s']:.0f} | - | - | - |")
             for name, why in {**c.get("failed", {})}.items():
                 lines.append(f"| {name} | failed: {why[:80]} | | | | | | | |")
+            for metric, label in (("vision_ms", "vision"), ("step_ms", "ms/step")):
+                pairs = c.get("paired", {}).get(metric, {})
+                cells = [f"{name} {q['median']:.3f}" + (f" [{q['low']:.3f}, {q['high']:.3f}]" if "low" in q else "")
+                         + f", engine faster in {q['reference_faster']}/{q['n']}" for name, q in pairs.items()]
+                if cells:
+                    lines.append(f"\n{label}, round by round, peer / engine f32 (median [95% interval]): "
+                                 + "; ".join(cells))
         for name, why in sz["skipped"].items():
             lines.append(f"\nskipped on {sz['size']}: {name}: {why}")
     return "\n".join(lines)

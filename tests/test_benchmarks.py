@@ -98,6 +98,35 @@ def test_quick_run_peers_agree_with_pytorch(quick_run):
         assert checks["ctranslate2 f32"]["max_abs_diff"] < 1e-4  # no stray output scale
 
 
+def test_quick_run_pairs_rounds_with_the_engine(quick_run):
+    _, text, files, _ = quick_run
+    case = json.load(open(files[0]))["sizes"][0]["cases"]["b1-greedy"]
+    if "engine f32" not in case["peers"]:
+        pytest.skip("the native engine is not built")
+    pairs = case["paired"]["step_ms"]
+    assert "pytorch" in pairs and "engine f32" not in pairs
+    for q in pairs.values():
+        assert q["n"] == 2 and 0 <= q["reference_faster"] <= 2 and q["median"] > 0
+    assert "ms/step, round by round, peer / engine f32" in text
+
+
+def test_median_interval_is_the_binomial_order_statistics():
+    from pali_engine.benchmarks.harness import median_interval, paired
+
+    assert median_interval([5.0] * 5) is None  # 2 * 0.5**5 > 0.05: no 95% interval from 5 values
+    rng = np.random.default_rng()
+    for n, k in ((6, 1), (9, 2), (20, 6), (50, 18)):  # k: 1-based rank of the lower bound
+        xs = rng.permutation(np.arange(n, dtype=float))
+        q = median_interval(list(xs))
+        assert (q["low"], q["high"]) == (k - 1, n - k), n
+        assert q["median"] == np.median(xs) and 0.95 <= q["confidence"] < 0.99
+    runs = {"engine f32": [{"step_ms": 2.0}, {"step_ms": 4.0}],
+            "peer": [{"step_ms": 3.0}, {"step_ms": 2.0}],
+            "lost a run": [{"step_ms": 3.0}],
+            "no metric": [{"step_ms": None}, {"step_ms": None}]}
+    assert paired(runs, "engine f32", "step_ms") == {"peer": {"median": 1.0, "n": 2, "reference_faster": 1}}
+
+
 def test_quick_run_plot(quick_run):
     pytest.importorskip("matplotlib")
     _, _, _, out_dir = quick_run
