@@ -8,7 +8,8 @@ measures each peer's peak memory in a fresh subprocess, loads all peers in this
 process, and then, per case (batch x search), warms every peer up and runs them
 interleaved (A B C A B C ...) ``repeats`` times, so that slow drifts of a shared
 machine hit all of them alike.  It reports medians with min-max, the floors
-measured in the same run (read bandwidth, sgemm) and the ratios to the engine; a
+measured in the same run (read bandwidth, sgemm), the ratios to the engine and
+the round-by-round ratios to the engine with a 95% interval of their median; a
 Markdown table on stdout, a JSON file and a PNG plot in ``--out-dir``.
 
 Peers that cannot run here (a package not installed, a failed load) are
