@@ -15,7 +15,9 @@ the format of export/default/pali-default.pt) every --ckpt-every steps; a small
 greedy held-out evaluation every --eval-every steps (eval.jsonl).  With
 --time-budget-min the schedule runs on the larger of (step / steps) and
 (elapsed / budget), so the run decays and ends in time whatever the machine's
-speed.
+speed.  With --workers N the batch is split over N processes of one thread each
+(gloo all-reduce of the gradients, summed over the whole batch's tokens, so a
+step equals the one-process step on the same batch).
 """
 
 from __future__ import annotations
@@ -60,6 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="every 200 steps time 5 steps with 1 thread and 5 with --threads, and use "
                              "the faster for the rest (a shared, oversubscribed CPU makes multi-threaded "
                              "ops wait on descheduled threads)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="data-parallel CPU processes of one thread each, splitting every batch "
+                             "(on 2 cores, 2 workers train ~25%% more examples/s than 1 process of 2 "
+                             "threads)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
     parser.add_argument("--tokenizer", default="", help="SentencePiece model (trained into OUT when missing)")
     parser.add_argument("--config", default="", help="PaliConfig JSON file (default: PaliConfig())")
@@ -91,9 +97,12 @@ class Batcher:
     """Renders and tokenizes training batches in a background thread."""
 
     def __init__(self, world: D.ShapesWorld, tok, cfg: PaliConfig, batch_size: int, start_index: int,
-                 depth: int = 6):
+                 depth: int = 6, stride: int = 0):
+        """Batches of examples start_index + k * stride ... + batch_size - 1 (stride: batch_size
+        by default; a worker's share of a larger batch otherwise)."""
         self.world, self.tok, self.cfg, self.bs = world, tok, cfg, batch_size
         self.index = start_index
+        self.stride = stride or batch_size
         self.q: "queue.Queue" = queue.Queue(maxsize=depth)
         self.stop = False
         self.thread = threading.Thread(target=self._work, daemon=True)
@@ -126,7 +135,7 @@ class Batcher:
         i = self.index
         while not self.stop:
             item = self.make(i)
-            i += self.bs
+            i += self.stride
             while not self.stop:
                 try:
                     self.q.put(item, timeout=0.5)
@@ -145,21 +154,73 @@ def lr_at(progress: float, step: int, args) -> float:
     return args.lr * warm * cos
 
 
-def run(args) -> int:
+def _worker(rank: int, args, port: int) -> None:
+    import datetime
+
+    import torch.distributed as dist
+
+    # a long timeout: the other workers wait in the next step while worker 0 evaluates or saves
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=args.workers, timeout=datetime.timedelta(hours=3))
+    try:
+        code = run(args, rank=rank)
+    finally:
+        dist.destroy_process_group()
+    if code:
+        raise SystemExit(code)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run(args, rank: int = -1) -> int:
+    """Trains; with --workers N > 1 (rank -1: the launching process) spawns N workers and returns
+    when they are done. Only worker 0 logs, saves, evaluates and exports."""
     import torch
     from pali_engine.tokenizer import Tokenizer
     from .model import Pali, checkpoint_config, float_weights
     from .evaluate import TorchBackend, evaluate
 
+    if args.workers < 1 or args.batch_size % args.workers:
+        print(f"error: --batch-size {args.batch_size} must split evenly over --workers {args.workers}")
+        return 2
+    if args.workers > 1 and rank < 0:
+        if not args.tokenizer:  # trained once here, not by every worker
+            os.makedirs(args.out, exist_ok=True)
+            args.tokenizer = os.path.join(args.out, "tokenizer.model")
+            if not os.path.exists(args.tokenizer):
+                from .tokenizer_train import train_tokenizer
+                train_tokenizer(args.tokenizer)
+        import torch.multiprocessing as mp
+        try:
+            mp.spawn(_worker, args=(args, _free_port()), nprocs=args.workers)
+        except Exception as error:  # a worker's exit code or exception, already printed by it
+            print(f"error: {error}")
+            return 1
+        return 0
+    parallel = args.workers > 1
+    lead = rank <= 0
+    if parallel:
+        import torch.distributed as dist
+        args.threads, args.adapt_threads = 1, False
+        if args.device == "auto":
+            args.device = "cpu"
     torch.set_num_threads(args.threads)
     if args.device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     else:
         device = args.device
     os.makedirs(args.out, exist_ok=True)
-    logf = open(os.path.join(args.out, "train.log"), "a", buffering=1)
+    logf = open(os.path.join(args.out, "train.log"), "a", buffering=1) if lead else None
 
     def log(msg):
+        if not lead:
+            return
         line = f"[{time.strftime('%H:%M:%S')}] {msg}"
         print(line, flush=True)
         logf.write(line + "\n")
@@ -171,7 +232,8 @@ def run(args) -> int:
         n = train_tokenizer(tok_path)
         log(f"trained tokenizer {tok_path} (vocab {n})")
     tok = Tokenizer(tok_path)
-    if args.tokenizer and os.path.abspath(tok_path) != os.path.abspath(os.path.join(args.out, "tokenizer.model")):
+    if lead and args.tokenizer and \
+            os.path.abspath(tok_path) != os.path.abspath(os.path.join(args.out, "tokenizer.model")):
         shutil.copyfile(tok_path, os.path.join(args.out, "tokenizer.model"))
 
     # config and model
@@ -194,13 +256,15 @@ def run(args) -> int:
         cfg = _parse_set(cfg, args.set)
         if cfg.vocab_size != tok.vocab_size:
             cfg = dataclasses.replace(cfg, vocab_size=tok.vocab_size)
-    with open(os.path.join(args.out, "config.json"), "w") as f:
-        f.write(cfg.to_json(indent=2) + "\n")
+    if lead:
+        with open(os.path.join(args.out, "config.json"), "w") as f:
+            f.write(cfg.to_json(indent=2) + "\n")
     torch.manual_seed(args.seed)
     model = Pali(cfg).to(device)
     nparams = sum(p.numel() for p in model.parameters())
     log(f"config {cfg.to_json()}")
-    log(f"parameters {nparams / 1e6:.2f} M, device {device}, threads {torch.get_num_threads()}")
+    log(f"parameters {nparams / 1e6:.2f} M, device {device}, threads {torch.get_num_threads()}"
+        + (f", {args.workers} workers" if parallel else ""))
 
     decay, no_decay, qk = [], [], []
     for n_, p in model.named_parameters():
@@ -230,7 +294,12 @@ def run(args) -> int:
         log(f"initialised from {args.init} ({seen} examples seen before)")
 
     world = D.ShapesWorld(image_size=cfg.image_size, seed=args.seed)
-    batcher = Batcher(world, tok, cfg, args.batch_size, start_index=seen)
+    share = args.batch_size // args.workers
+    batcher = Batcher(world, tok, cfg, share, start_index=seen + max(rank, 0) * share, stride=args.batch_size)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if parallel:
+        for p in params:
+            p.grad = torch.zeros_like(p)
 
     def save(final=False):
         st = {"config": cfg.to_json(), "model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -267,6 +336,10 @@ def run(args) -> int:
         progress = step / args.steps
         if budget > 0:
             progress = max(progress, elapsed / budget)
+        if parallel:  # the workers' clocks differ: worker 0 decides for all
+            decision = torch.tensor([progress], dtype=torch.float64)
+            dist.broadcast(decision, src=0)
+            progress = decision.item()
         if progress >= 1.0:
             break
         lr = lr_at(progress, step, args)
@@ -289,10 +362,26 @@ def run(args) -> int:
         dec_in, labels = torch.from_numpy(dec_in).to(device), torch.from_numpy(labels).to(device)
         with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=args.bf16):
             logits = model(px, ids, mask, dec_in)
-        loss = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1),
-                                                 ignore_index=-100)
-        opt.zero_grad(set_to_none=True)
+        if parallel:
+            # the mean over the whole batch's target tokens: each worker's sum over the total count,
+            # so the summed gradients are the one-process gradient
+            tokens = torch.tensor([float((labels != -100).sum())], dtype=torch.float64)
+            dist.all_reduce(tokens)
+            loss = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1),
+                                                     ignore_index=-100, reduction="sum") / tokens.item()
+        else:
+            loss = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1),
+                                                     ignore_index=-100)
+        opt.zero_grad(set_to_none=not parallel)  # workers keep their gradient tensors for the all-reduce
         loss.backward()
+        if parallel:
+            flat = torch.cat([p.grad.reshape(-1) for p in params] + [loss.detach().reshape(1)])
+            dist.all_reduce(flat)
+            offset = 0
+            for p in params:
+                p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+                offset += p.numel()
+            loss = flat[-1]
         if args.clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         opt.step()
@@ -308,12 +397,14 @@ def run(args) -> int:
             log(f"step {step} loss {loss_acc / n_acc:.4f} lr {lr:.2e} {eps:.1f} ex/s "
                 f"seen {seen} elapsed {(elapsed0 + now - t_start) / 60:.1f} min progress {progress:.3f}")
             t_log, seen_log, loss_acc, n_acc = now, seen, 0.0, 0
-        if step % args.ckpt_every == 0:
+        if lead and step % args.ckpt_every == 0:
             save()
-        if args.eval_every and step % args.eval_every == 0:
+        if lead and args.eval_every and step % args.eval_every == 0:
             eval_time += run_eval()
             t_log, seen_log = time.time(), seen
     batcher.stop = True
+    if not lead:
+        return 0
     save(final=True)
     if not (args.eval_every and step % args.eval_every == 0):
         run_eval()

@@ -253,6 +253,33 @@ def test_train_and_evaluate_smoke(tmp_path):
     assert "initialised from" in log and "step 2" in log
     assert M.Pali.load(str(init_out / "model.pt")).config.d_model == 32
 
+    # two data-parallel workers train exactly as one process on the same batches
+    def losses(run_dir):
+        return [line.split(" loss ")[1].split()[0] for line in (run_dir / "train.log").read_text().splitlines()
+                if " loss " in line]
+
+    def final_weights(run_dir):
+        return torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)["model"]
+
+    runs = {}
+    for workers in (1, 2):
+        run_dir = tmp_path / f"workers{workers}"
+        wargs = parser.parse_args(["--out", str(run_dir), "--steps", "3", "--batch-size", "6", "--warmup", "1",
+                                   "--lr", "1e-3", "--threads", "1", "--device", "cpu", "--tokenizer",
+                                   str(tok_path), "--log-every", "1", "--ckpt-every", "100", "--eval-every", "0",
+                                   "--workers", str(workers)] + [x for s in sets for x in ("--set", s)])
+        assert train.run(wargs) == 0
+        runs[workers] = run_dir
+    assert losses(runs[1]) == losses(runs[2]) and len(losses(runs[1])) == 3
+    assert "2 workers" in (runs[2] / "train.log").read_text()
+    one, two = final_weights(runs[1]), final_weights(runs[2])
+    diff = torch.cat([(two[name] - one[name]).abs().reshape(-1) for name in one])
+    # equal up to summation order, except where a gradient is ~0 and Adam's first steps (~lr * sign)
+    # may go either way: a handful of elements
+    assert (diff > 1e-5).sum() <= 1e-4 * diff.numel() and diff.max() <= 3e-3
+    bad = parser.parse_args(["--out", str(tmp_path / "bad"), "--batch-size", "5", "--workers", "2"])
+    assert train.run(bad) == 2
+
     eparser = argparse.ArgumentParser()
     evaluate.add_arguments(eparser)
     eargs = eparser.parse_args(["--model", str(out / "model.pt"), "--n", "2", "--threads", "1", "--json"])
