@@ -87,13 +87,17 @@ def encode_prompts(tokenizer, prompts: Sequence[str], max_len: int):
     return ids, mask
 
 
-def make_backend(name: str, model_path: str, device: str = "cpu"):
+def make_backend(name: str, model_path: str, device: str = "cpu", dtype: str = "float32"):
+    """``dtype``: the engine's weight storage (float32, float16, int8); the torch and onnxruntime
+    backends run float32 only."""
     if name == "torch":
+        if dtype != "float32":
+            raise ValueError(f"the torch backend runs float32; --dtype {dtype} is for --backend engine")
         return TorchBackend(model_path, device=device)
     if name in ("onnxruntime", "engine"):
         from pali_engine.backend import EvalBackend
 
-        return EvalBackend("native" if name == "engine" else name, model_path, device=device)
+        return EvalBackend("native" if name == "engine" else name, model_path, device=device, dtype=dtype)
     raise ValueError(f"unknown backend {name!r}")
 
 
@@ -133,6 +137,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", default=",".join(D.TASKS), help="comma-separated task names")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "int8"],
+                        help="weight storage of the engine backend")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     parser.add_argument("--samples", type=int, default=0, help="print this many predictions per task")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON line last")
@@ -148,7 +154,7 @@ def run(args) -> int:
         import torch
         torch.set_num_threads(args.threads)
     try:
-        backend = make_backend(args.backend, args.model, args.device)
+        backend = make_backend(args.backend, args.model, args.device, args.dtype)
     except (NotImplementedError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -196,7 +196,7 @@ class EvalBackend:
     """
 
     def __init__(self, backend: str, model_path: Optional[str] = None, device: str = "cpu",
-                 threads: Optional[int] = None):
+                 threads: Optional[int] = None, dtype: str = "float32"):
         import types
 
         from .engine import Engine, default_model_path
@@ -209,7 +209,7 @@ class EvalBackend:
                 f"the {backend} backend runs an ONNX file, got {model_path!r}; "
                 "export a checkpoint with: pali-engine export CHECKPOINT -o NAME.onnx"
             )
-        self.engine = Engine.load(model_path, backend=backend, device=device, threads=threads)
+        self.engine = Engine.load(model_path, backend=backend, device=device, threads=threads, dtype=dtype)
         self.config = types.SimpleNamespace(**self.engine.config)
 
     def generate(self, images: Sequence[Any], prompts: Sequence[str], max_new_tokens: Optional[int] = None,

@@ -308,3 +308,22 @@ def test_default_model_tokens_match_onnxruntime_on_heldout_images(default_engine
     ours = native.generate(images, prompts, **options)
     reference = ort.generate(images, prompts, **options)
     assert [r.tokens for r in ours] == [r.tokens for r in reference]
+
+
+def test_eval_runs_the_engine_in_each_weight_format(default_engines, capsys):
+    import argparse
+    import json
+
+    from pali_engine.export import evaluate
+
+    parser = argparse.ArgumentParser()
+    evaluate.add_arguments(parser)
+    scores = {}
+    for dtype in ("float32", "float16", "int8"):
+        args = parser.parse_args(["--backend", "engine", "--dtype", dtype, "--n", "3", "--tasks", "caption_en,detect",
+                                  "--json"])
+        assert evaluate.run(args) == 0
+        scores[dtype] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert set(scores[dtype]) == {"caption_en", "detect"} and scores[dtype]["detect"]["n"] == 3
+    assert evaluate.run(parser.parse_args(["--backend", "torch", "--dtype", "int8", "--n", "1"])) == 2
+    assert "--backend engine" in capsys.readouterr().err
