@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "ops wait on descheduled threads)")
     parser.add_argument("--workers", type=int, default=1,
                         help="data-parallel CPU processes of one thread each, splitting every batch "
-                             "(on 2 cores, 2 workers train ~25%% more examples/s than 1 process of 2 "
+                             "(on 2 cores, 2 workers trained ~12%% more examples/s than 1 process of 2 "
                              "threads)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
     parser.add_argument("--tokenizer", default="", help="SentencePiece model (trained into OUT when missing)")
