@@ -182,6 +182,14 @@ def test_bad_input_is_a_clear_error_and_the_engine_stays_usable(engines, make_im
     assert isinstance(native.generate(good, "ocr", max_new_tokens=2).text, str)
 
 
+@pytest.mark.parametrize("options", [{"max_new_tokens": 10**12}, {"num_beams": 10**9}])
+def test_a_request_larger_than_the_machine_is_refused_before_allocating(engines, options):
+    _, native, _ = engines
+    with pytest.raises(MemoryError, match="key/value caches .* GiB; this machine has"):
+        native.generate(np.zeros((8, 8, 3), np.uint8), "caption en", **options)
+    assert isinstance(native.generate(np.zeros((8, 8, 3), np.uint8), "ocr", max_new_tokens=2).text, str)
+
+
 def test_bad_load_options(exported):
     _, path = exported
     with pytest.raises(ValueError, match="dtype"):

@@ -2,7 +2,7 @@
 //
 // C++ exceptions become Python exceptions here: InvalidArgument -> ValueError,
 // ModelFileError -> pali_engine.errors.ModelFileError (a ValueError),
-// anything else -> RuntimeError. Nothing in the engine aborts the process.
+// OutOfMemory and std::bad_alloc -> MemoryError, anything else -> RuntimeError. Nothing in the engine aborts the process.
 #include <exception>
 
 #include "bindings/bindings.h"
@@ -20,6 +20,8 @@ PYBIND11_MODULE(PALI_MODULE_NAME, m) {
       PyErr_SetString(cls.ptr(), e.what());
     } catch (const pali::InvalidArgument& e) {
       PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const pali::OutOfMemory& e) {
+      PyErr_SetString(PyExc_MemoryError, e.what());
     } catch (const std::bad_alloc&) {
       PyErr_SetString(PyExc_MemoryError, "out of memory");
     }

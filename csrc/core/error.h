@@ -2,6 +2,7 @@
 //
 // InvalidArgument  -> Python ValueError      (bad input from the caller)
 // ModelFileError   -> pali_engine.ModelFileError (a ValueError naming the file)
+// OutOfMemory      -> Python MemoryError     (a request too large for this machine)
 // RuntimeFailure   -> Python RuntimeError    (anything else; says what and where)
 #pragma once
 
@@ -17,6 +18,11 @@ class InvalidArgument : public std::invalid_argument {
 };
 
 class ModelFileError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+class OutOfMemory : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "core/parallel.h"
+#include "core/system_memory.h"
 #include "ops/attention.h"
 #include "ops/position_bucket.h"
 #include "ops/rms_norm.h"
@@ -45,6 +46,13 @@ T5Decoder::T5Decoder(const PaliConfig& config, WeightStore& weights, const Tenso
 DecoderState T5Decoder::start(const float* memory, const int32_t* mask, int64_t requests, int64_t enc_len,
                               int64_t beams, int64_t capacity) const {
   const int64_t inner = config_.inner_dim(), heads = config_.num_heads;
+  const double cache_bytes = sizeof(float) * 2.0 * static_cast<double>(inner) * static_cast<double>(layers_.size()) *
+                             (static_cast<double>(requests) * beams * capacity + static_cast<double>(requests) * enc_len);
+  const double physical = physical_memory_bytes();
+  if (physical > 0 && cache_bytes > physical)
+    throw OutOfMemory(str_cat("the decoder's key/value caches for ", requests, " request(s) x ", beams,
+                              " beam(s) x ", capacity, " tokens (max_new_tokens) would take ",
+                              cache_bytes / (1 << 30), " GiB; this machine has ", physical / (1 << 30), " GiB"));
   DecoderState s;
   s.requests = requests;
   s.beams = beams;
