@@ -2,7 +2,8 @@
 //
 // C++ exceptions become Python exceptions here: InvalidArgument -> ValueError,
 // ModelFileError -> pali_engine.errors.ModelFileError (a ValueError),
-// OutOfMemory and std::bad_alloc -> MemoryError, anything else -> RuntimeError. Nothing in the engine aborts the process.
+// OutOfMemory and std::bad_alloc -> MemoryError, anything else -> RuntimeError.
+// Nothing in the engine aborts the process.
 #include <exception>
 
 #include "bindings/bindings.h"

@@ -4,8 +4,6 @@
 // when its pages are touched).
 #pragma once
 
-#include <cstdint>
-
 #include <unistd.h>
 
 namespace pali {
