@@ -362,16 +362,13 @@ def run(args, rank: int = -1) -> int:
         dec_in, labels = torch.from_numpy(dec_in).to(device), torch.from_numpy(labels).to(device)
         with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=args.bf16):
             logits = model(px, ids, mask, dec_in)
+        # the mean over the batch's target tokens; a worker divides its sum by the whole batch's
+        # count, so the workers' summed gradients are the one-process gradient
+        tokens = torch.tensor([float((labels != -100).sum())], dtype=torch.float64)
         if parallel:
-            # the mean over the whole batch's target tokens: each worker's sum over the total count,
-            # so the summed gradients are the one-process gradient
-            tokens = torch.tensor([float((labels != -100).sum())], dtype=torch.float64)
             dist.all_reduce(tokens)
-            loss = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1),
-                                                     ignore_index=-100, reduction="sum") / tokens.item()
-        else:
-            loss = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1),
-                                                     ignore_index=-100)
+        loss = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1),
+                                                 ignore_index=-100, reduction="sum") / tokens.item()
         opt.zero_grad(set_to_none=not parallel)  # workers keep their gradient tensors for the all-reduce
         loss.backward()
         if parallel:
