@@ -8,7 +8,7 @@ docs/training.md gives the exact command that produced the default model.
     python -m export.train --out runs/default ...
 
 AdamW with linear warm-up and cosine decay; tasks mixed in every batch
-(weights in data.DEFAULT_TASK_WEIGHTS); examples rendered on the fly in a
+(weights in data.DEFAULT_TASK_WEIGHTS, or --task-weight); examples rendered on the fly in a
 background thread; progress lines (loss, examples/s) in the log; checkpoints
 ``last.pt`` (full state, for --resume) and ``model.pt`` (fp16 weights + config,
 the format of export/default/pali-default.pt) every --ckpt-every steps; a small
@@ -71,6 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="", help="PaliConfig JSON file (default: PaliConfig())")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a config field, e.g. --set d_model=256")
+    parser.add_argument("--task-weight", action="append", default=[], metavar="TASK=WEIGHT",
+                        help="relative sampling weight of a task, e.g. --task-weight ocr=4 "
+                             "(others keep data.DEFAULT_TASK_WEIGHTS)")
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--ckpt-every", type=int, default=500)
     parser.add_argument("--eval-every", type=int, default=2000)
@@ -91,6 +94,24 @@ def _parse_set(cfg: PaliConfig, items) -> PaliConfig:
             raise SystemExit(f"unknown config field {k!r}")
         d[k] = json.loads(v) if not isinstance(d[k], str) else v
     return PaliConfig.from_dict(d)
+
+
+def _parse_task_weights(items):
+    """``--task-weight TASK=W`` overrides on top of data.DEFAULT_TASK_WEIGHTS."""
+    w = dict(D.DEFAULT_TASK_WEIGHTS)
+    for it in items:
+        k, _, v = it.partition("=")
+        if k not in w:
+            raise SystemExit(f"unknown task {k!r} in --task-weight; tasks: {', '.join(D.TASKS)}")
+        try:
+            w[k] = float(v)
+        except ValueError:
+            raise SystemExit(f"--task-weight {it!r}: the weight must be a number")
+        if not w[k] >= 0:
+            raise SystemExit(f"--task-weight {it!r}: the weight must be >= 0")
+    if sum(w.values()) <= 0:
+        raise SystemExit("--task-weight: at least one task needs a positive weight")
+    return w
 
 
 class Batcher:
@@ -293,7 +314,9 @@ def run(args, rank: int = -1) -> int:
         seen = int(init_state.get("seen", 0))  # new examples, never the ones already trained on
         log(f"initialised from {args.init} ({seen} examples seen before)")
 
-    world = D.ShapesWorld(image_size=cfg.image_size, seed=args.seed)
+    task_weights = _parse_task_weights(args.task_weight)
+    log("task weights " + " ".join(f"{t}={w:g}" for t, w in task_weights.items()))
+    world = D.ShapesWorld(image_size=cfg.image_size, seed=args.seed, task_weights=task_weights)
     share = args.batch_size // args.workers
     batcher = Batcher(world, tok, cfg, share, start_index=seen + max(rank, 0) * share, stride=args.batch_size)
     params = [p for p in model.parameters() if p.requires_grad]

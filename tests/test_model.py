@@ -216,6 +216,20 @@ def test_relative_position_buckets():
     assert [u[200 - k].item() for k in range(16)] == list(range(16))
 
 
+def test_task_weight_option():
+    """--task-weight overrides one task's share of the mix; bad names and weights are refused."""
+    from pali_engine.export import data as D
+    from pali_engine.export import train
+    w = train._parse_task_weights(["ocr=4", "detect=0"])
+    assert w["ocr"] == 4.0 and w["detect"] == 0.0 and w["caption_en"] == D.DEFAULT_TASK_WEIGHTS["caption_en"]
+    world = D.ShapesWorld(seed=3, task_weights=w)
+    tasks = [world.train_example(i).task for i in range(300)]
+    assert "detect" not in tasks and tasks.count("ocr") > tasks.count("caption_en")
+    for bad in (["ocr"], ["nope=1"], ["ocr=x"], ["ocr=-1"], [f"{t}=0" for t in D.TASKS]):
+        with pytest.raises(SystemExit):
+            train._parse_task_weights(bad)
+
+
 def test_train_and_evaluate_smoke(tmp_path):
     """A few training steps of a tiny model, a checkpoint, and the torch eval backend."""
     import argparse
