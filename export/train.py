@@ -311,7 +311,7 @@ def run(args, rank: int = -1) -> int:
     elif args.init:
         model.load_state_dict(float_weights(init_state["model"] if "model" in init_state
                                             else init_state["state_dict"]))
-        seen = int(init_state.get("seen", 0))  # new examples, never the ones already trained on
+        seen = int(init_state.get("seen", 0))  # go on with new examples where the checkpoint records its count
         log(f"initialised from {args.init} ({seen} examples seen before)")
 
     task_weights = _parse_task_weights(args.task_weight)
@@ -329,7 +329,7 @@ def run(args, rank: int = -1) -> int:
               "step": step, "elapsed": elapsed0 + time.time() - t_start, "seen": seen, "args": vars(args)}
         torch.save(st, last + ".tmp")
         os.replace(last + ".tmp", last)
-        model.save(os.path.join(args.out, "model.pt.tmp"), half=True, extra={"step": step})
+        model.save(os.path.join(args.out, "model.pt.tmp"), half=True, extra={"step": step, "seen": seen})
         os.replace(os.path.join(args.out, "model.pt.tmp"), os.path.join(args.out, "model.pt"))
         log(f"checkpoint step {step}{' (final)' if final else ''}")
 

@@ -257,6 +257,8 @@ def test_train_and_evaluate_smoke(tmp_path):
     args.resume, args.steps = True, 4
     assert train.run(args) == 0
     assert "resumed" in (out / "train.log").read_text()
+    # model.pt records how many examples were drawn, so that --init goes on with new ones
+    assert torch.load(out / "model.pt", map_location="cpu", weights_only=False)["seen"] == 4 * 4
     # a fresh schedule from those weights, with the q/k learning-rate factor
     init_out = tmp_path / "init"
     args2 = parser.parse_args(["--out", str(init_out), "--steps", "2", "--batch-size", "4", "--warmup", "1",
