@@ -531,6 +531,18 @@ def make_example(task: str, rng: np.random.Generator, size: int = 64) -> Example
     return Example(image, prompt, target, task, scene)
 
 
+def check_task_weights(weights: Dict[str, float]) -> None:
+    """Raises ValueError unless ``weights`` maps task names to finite weights >= 0, one of them > 0."""
+    unknown = [t for t in weights if t not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown task {unknown[0]!r}; tasks: {', '.join(TASKS)}")
+    for t, w in weights.items():
+        if not (math.isfinite(w) and w >= 0):
+            raise ValueError(f"the weight of {t} must be finite and >= 0, not {w}")
+    if not any(w > 0 for w in weights.values()):
+        raise ValueError("at least one task needs a positive weight")
+
+
 class ShapesWorld:
     """Deterministic sampler of shapes-world examples.
 
@@ -546,6 +558,7 @@ class ShapesWorld:
         self.image_size = image_size
         self.seed = seed
         w = dict(DEFAULT_TASK_WEIGHTS if task_weights is None else task_weights)
+        check_task_weights(w)
         self.tasks = [t for t in TASKS if w.get(t, 0) > 0]
         p = np.array([w[t] for t in self.tasks], np.float64)
         self.task_p = p / p.sum()

@@ -101,16 +101,14 @@ def _parse_task_weights(items):
     w = dict(D.DEFAULT_TASK_WEIGHTS)
     for it in items:
         k, _, v = it.partition("=")
-        if k not in w:
-            raise SystemExit(f"unknown task {k!r} in --task-weight; tasks: {', '.join(D.TASKS)}")
         try:
             w[k] = float(v)
         except ValueError:
             raise SystemExit(f"--task-weight {it!r}: the weight must be a number")
-        if not w[k] >= 0:
-            raise SystemExit(f"--task-weight {it!r}: the weight must be >= 0")
-    if sum(w.values()) <= 0:
-        raise SystemExit("--task-weight: at least one task needs a positive weight")
+    try:
+        D.check_task_weights(w)
+    except ValueError as error:
+        raise SystemExit(f"--task-weight: {error}")
     return w
 
 
@@ -207,6 +205,7 @@ def run(args, rank: int = -1) -> int:
     from .model import Pali, checkpoint_config, float_weights
     from .evaluate import TorchBackend, evaluate
 
+    task_weights = _parse_task_weights(args.task_weight)  # a bad option stops the launcher, not each worker
     if args.workers < 1 or args.batch_size % args.workers:
         print(f"error: --batch-size {args.batch_size} must split evenly over --workers {args.workers}")
         return 2
@@ -314,7 +313,6 @@ def run(args, rank: int = -1) -> int:
         seen = int(init_state.get("seen", 0))  # go on with new examples where the checkpoint records its count
         log(f"initialised from {args.init} ({seen} examples seen before)")
 
-    task_weights = _parse_task_weights(args.task_weight)
     log("task weights " + " ".join(f"{t}={w:g}" for t, w in task_weights.items()))
     world = D.ShapesWorld(image_size=cfg.image_size, seed=args.seed, task_weights=task_weights)
     share = args.batch_size // args.workers

@@ -228,6 +228,10 @@ def test_task_weight_option():
     for bad in (["ocr"], ["nope=1"], ["ocr=x"], ["ocr=-1"], [f"{t}=0" for t in D.TASKS]):
         with pytest.raises(SystemExit):
             train._parse_task_weights(bad)
+    for bad in ({"nope": 1.0}, {"ocr": -1.0}, {"ocr": float("nan")}, {"ocr": float("inf")},
+                {t: 0.0 for t in D.TASKS}):
+        with pytest.raises(ValueError):
+            D.ShapesWorld(task_weights=bad)
 
 
 def test_train_and_evaluate_smoke(tmp_path):
