@@ -222,6 +222,120 @@ def test_linear_threads_deterministic_and_concurrent():
 
 
 # ---------------------------------------------------------------------------
+# linear with int8 activations (W8A8 prefill)
+
+INT8_KERNELS = ops.int8_kernels_available()
+
+
+@pytest.fixture
+def int8_kernel():
+    """Runs a test body per integer kernel; restores the automatic choice after."""
+    yield ops.set_int8_kernel
+    ops.set_int8_kernel("auto")
+
+
+def w8a8_reference(x, lw, b):
+    """float64 reference of the W8A8 path, from the same float32 quantization steps."""
+    we = lw.effective_weight()
+    amax_w = np.abs(we).max(axis=1)
+    sw = np.where(amax_w > 0, amax_w / np.float32(127), np.float32(1)).astype(np.float32)
+    qw = np.rint(we.astype(np.float64) / sw[:, None])  # exact: we = qw * sw in float32
+    amax = np.abs(x).max(axis=1)
+    sx = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+    qx = np.clip(np.rint(x / sx[:, None]), -127, 127).astype(np.float64)  # float32 division, as the kernels
+    acc = qx @ qw.T
+    ref = acc * (sx.astype(np.float64)[:, None] * sw.astype(np.float64)[None, :])
+    if b is not None:
+        ref = ref + b
+    return ref, np.abs(acc) * (sx.astype(np.float64)[:, None] * sw[None, :]) + (np.abs(b) if b is not None else 0)
+
+
+def prepare_w8a8(w, b):
+    lw = ops.prepare_linear(w, b, "i8")
+    lw.int8_activations = True
+    return lw
+
+
+@pytest.mark.parametrize("m,n,k", [s for s in LINEAR_SIZES if s[0] > 8] + [(9, 1, 1), (16, 5, 4), (67, 48, 640)])
+def test_linear_int8_activations_against_integer_reference(m, n, k, int8_kernel):
+    x, w, b = linear_case(m, n, k, "w8a8")
+    x[m // 2] = 0.0  # an all-zero row: scale 1, every q 0
+    lw = prepare_w8a8(w, b)
+    ref, bound = w8a8_reference(x, lw, b)
+    results = []
+    for kernel in INT8_KERNELS:
+        int8_kernel(kernel)
+        y = ops.linear(x, lw)
+        # Integer sums are exact; what is left is the float32 scaling of each sum.
+        assert normalized_error(y, ref, bound) < 1e-6, kernel
+        results.append(y)
+    for y in results[1:]:
+        np.testing.assert_array_equal(y, results[0])  # every kernel computes the same integers
+
+
+@pytest.mark.parametrize("m,n,k", [(9, 17, 33), (64, 257, 65), (200, 130, 520)])
+def test_linear_int8_activations_error_against_float32(m, n, k):
+    """Against the float32 product: each x off by at most half its row's step, each w by half its channel's."""
+    x, w, b = linear_case(m, n, k, "w8a8 vs f32")
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    y = ops.linear(x, prepare_w8a8(w, b))
+    x_step = np.abs(x64).max(axis=1) / 127.0
+    w_step = np.abs(w64).max(axis=1) / 127.0
+    # |x w - x^ w^| <= |x - x^| |w^| + |x| |w - w^|, summed over k.
+    limit = (x_step[:, None] / 2) * (np.abs(w64).sum(axis=1) + k * w_step / 2)[None, :] \
+        + np.abs(x64).sum(axis=1)[:, None] * (w_step[None, :] / 2)
+    assert np.all(np.abs(y - (x64 @ w64.T + b)) <= limit * (1 + 1e-5) + 1e-5)
+
+
+@pytest.mark.parametrize("m", [1, 8])
+def test_linear_int8_activations_decode_rows_stay_weight_only(m):
+    x, w, b = linear_case(m, 40, 50, "w8a8 decode")
+    np.testing.assert_array_equal(ops.linear(x, prepare_w8a8(w, b)), ops.linear(x, ops.prepare_linear(w, b, "i8")))
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_linear_int8_activations_strided_and_accumulate(accumulate, int8_kernel):
+    rng = rng_for("w8a8 strided", accumulate)
+    m, k, n = 30, 37, 21
+    w, b = randn(rng, n, k), randn(rng, n)
+    lw = prepare_w8a8(w, b)
+    xbuf, out = randn(rng, m, k + 9), randn(rng, m, n + 7)
+    for kernel in INT8_KERNELS:
+        int8_kernel(kernel)
+        y = out.copy()
+        ops.linear_strided(xbuf, 4, lw, y, 3, accumulate)
+        expected = ops.linear(np.ascontiguousarray(xbuf[:, 4:4 + k]), lw)
+        if accumulate:
+            expected = expected + out[:, 3:3 + n]
+        np.testing.assert_allclose(y[:, 3:3 + n], expected, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(y[:, :3], out[:, :3])
+        np.testing.assert_array_equal(y[:, 3 + n:], out[:, 3 + n:])
+
+
+def test_linear_int8_activations_threads_give_the_same_result():
+    rng = rng_for("w8a8 threads")
+    x, lw = randn(rng, 70, 200), prepare_w8a8(randn(rng, 300, 200), randn(rng, 300))
+    old = ops.get_threads()
+    try:
+        ops.set_threads(1)
+        single = ops.linear(x, lw)
+        ops.set_threads(2)
+        np.testing.assert_array_equal(ops.linear(x, lw), single)
+    finally:
+        ops.set_threads(old)
+
+
+def test_linear_int8_activations_errors(int8_kernel):
+    lw = ops.prepare_linear(np.ones((4, 3), np.float32), None, "f32")
+    lw.int8_activations = True
+    with pytest.raises(ValueError, match="i8"):
+        ops.linear(np.ones((20, 3), np.float32), lw)
+    with pytest.raises(ValueError, match="not available"):
+        int8_kernel("amx")
+    assert ops.int8_kernel() in INT8_KERNELS and "avx2" in INT8_KERNELS
+
+
+# ---------------------------------------------------------------------------
 # norms
 
 

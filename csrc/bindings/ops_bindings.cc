@@ -15,6 +15,7 @@
 #include "ops/attention.h"
 #include "ops/layer_norm.h"
 #include "ops/linear.h"
+#include "ops/linear_int8.h"
 #include "ops/patch_embed.h"
 #include "ops/position_bucket.h"
 #include "ops/rms_norm.h"
@@ -70,6 +71,8 @@ void bind_ops(py::module_& parent) {
       .def_readonly("has_bias", &LinearWeight::has_bias)
       .def_property_readonly("format", [](const LinearWeight& w) { return weight_format_name(w.format); })
       .def_property_readonly("weight_bytes", &LinearWeight::weight_bytes)
+      .def_readwrite("int8_activations", &LinearWeight::int8_activations,
+                     "i8 only: prefill (more than 8 rows) quantizes x per row to int8 too (W8A8).")
       .def("effective_weight", [](const LinearWeight& w) {
         return tensor_to_numpy(linear_effective_weight(w));
       }, "The weight the kernels use, float32 [N, K] (f16-rounded or dequantized).");
@@ -77,6 +80,12 @@ void bind_ops(py::module_& parent) {
   py::class_<PackedArena, std::shared_ptr<PackedArena>>(m, "PackedArena", py::module_local(),
                                                          "Shared huge-page blocks for packed weights.")
       .def(py::init<>());
+
+  m.def("int8_kernels_available", &int8_kernels_available,
+        "The integer kernels of int8_activations this CPU runs ('avx2', 'avx512_vnni').");
+  m.def("int8_kernel", &int8_kernel, "The integer kernel in use.");
+  m.def("set_int8_kernel", &set_int8_kernel, py::arg("name"),
+        "Chooses the integer kernel for the process ('auto': the best available).");
 
   m.def("prepare_linear", [](const py::array& weight, std::optional<py::array> bias,
                              const std::string& format, std::shared_ptr<PackedArena> arena) {

@@ -53,6 +53,7 @@ LinearWeight WeightStore::linear_concat(const std::vector<std::string>& weights,
   for (const auto& t : ws) wp.push_back(&t);
   for (const auto& t : bs) bp.push_back(&t);
   LinearWeight packed = prepare_linear_concat(wp, bp, format, &arena_);
+  packed.int8_activations = format == WeightFormat::i8;
   for (const auto& name : weights) file_->release(name);
   for (const auto& name : biases) file_->release(name);
   return packed;

@@ -16,7 +16,10 @@
 //   i8   weight-only int8, symmetric, one float scale per output channel:
 //        scale[n] = max_k |W[n,k]| / 127, q = round_half_away(W / scale) in
 //        [-127, 127] (scale 1 for an all-zero row); y = scale[n] * (x · q[n]) + b.
-// Activations (x, y, bias) are always float32.
+// Activations (x, y, bias) are float32. With LinearWeight::int8_activations
+// (i8 only), the prefill path quantizes x too, per row, and multiplies in
+// integers (W8A8, ops/linear_int8.h); decode stays weight-only, where the
+// weight bytes, not the arithmetic, set the time.
 #pragma once
 
 #include <cstdint>
@@ -48,6 +51,8 @@ struct LinearWeight {
   Tensor bias;
   // float32 [ceil(n/16)*16]: per-output scales, for i8 only.
   Tensor scales;
+  // i8 only: prefill (m > 8 rows) quantizes x per row to int8 as well.
+  bool int8_activations = false;
 
   int64_t num_panels() const { return (n + kLinearPanel - 1) / kLinearPanel; }
   // Bytes of packed weights (what a decode step streams), scales and bias excluded.

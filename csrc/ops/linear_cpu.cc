@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "core/parallel.h"
 #include "ops/linear.h"
+#include "ops/linear_int8.h"
 
 namespace pali {
 
@@ -36,6 +37,7 @@ WeightFormat weight_format_from_name(const std::string& name) {
 namespace {
 
 constexpr int64_t P = kLinearPanel;  // 16 outputs per panel
+constexpr int64_t kDecodeMaxRows = 8;  // up to this many rows take the decode path
 
 // Forced inlining keeps the accumulator arrays of the kernels in registers
 // (out of line, their address escapes and GCC spills them every iteration).
@@ -578,8 +580,6 @@ void gemm_rows(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, fl
   }
 }
 
-constexpr int64_t kDecodeMaxRows = 8;
-
 template <WeightFormat F>
 void linear_impl(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y,
                  int64_t ldy, bool accumulate) {
@@ -600,6 +600,12 @@ void linear_strided(const float* x, int64_t x_stride, int64_t m, const LinearWei
   PALI_CHECK_ARG(x != nullptr && y != nullptr, "linear: null x or y");
   PALI_CHECK_ARG(x_stride >= w.k && y_stride >= w.n, "linear: row strides (", x_stride, ", ",
                  y_stride, ") smaller than K = ", w.k, " / N = ", w.n);
+  if (w.int8_activations && m > kDecodeMaxRows) {
+    PALI_CHECK_ARG(w.format == WeightFormat::i8, "linear: int8_activations needs an i8 weight, got ",
+                   weight_format_name(w.format));
+    linear_int8_activations(x, x_stride, m, w, y, y_stride, accumulate);
+    return;
+  }
   switch (w.format) {
     case WeightFormat::f32: linear_impl<WeightFormat::f32>(x, x_stride, m, w, y, y_stride, accumulate); break;
     case WeightFormat::f16: linear_impl<WeightFormat::f16>(x, x_stride, m, w, y, y_stride, accumulate); break;

@@ -1,0 +1,403 @@
+// The prefill path of int8 linear layers with int8 activations (W8A8).
+//
+// Why: prefill is compute-bound, and an int8 multiply-add retires four times
+// as many products per instruction as a float32 FMA (AVX-512 VNNI vpdpbusd:
+// 64 per 512-bit instruction) or twice as many (AVX2 vpmaddwd on int16). The
+// activations are quantized on the fly, per row, symmetric:
+//   sx[r] = max_k |x[r,k]| / 127 (1 for an all-zero row), qx = round_half_even(x / sx) in [-127, 127]
+// and the product is exact in int32:
+//   y[r,n] = float(sum_k qx[r,k] * qw[n,k]) * (sx[r] * sw[n]) + b[n].
+// Both kernels compute the same integers, so they give the same y bit for bit.
+//   * avx512_vnni: vpdpbusd takes unsigned x, so x is stored as qx + 128 and
+//     128 * sum_k qw[n,k] is taken off; weights are regrouped per panel into
+//     [k/4][16][4] (four k of one output in one 32-bit lane).
+//   * avx2: x as int16, weights regrouped into [k/2][16][2] int16 pairs for
+//     vpmaddwd (|products| <= 127 * 127 * 2, no saturation).
+// The regrouping is done per call and panel, from the [k][16] panels the
+// decode path streams, so int8 weights are stored once.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/error.h"
+#include "core/parallel.h"
+#include "ops/linear_int8.h"
+
+namespace pali {
+
+namespace {
+
+constexpr int64_t P = kLinearPanel;
+#define PALI_ALWAYS_INLINE inline __attribute__((always_inline))
+#define PALI_TARGET_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+
+enum class Int8Kernel : int { avx2 = 0, avx512_vnni = 1 };
+
+bool cpu_has_vnni() {
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+}
+
+std::atomic<int> forced_kernel{-1};
+
+Int8Kernel active_kernel() {
+  const int forced = forced_kernel.load(std::memory_order_relaxed);
+  if (forced >= 0) return static_cast<Int8Kernel>(forced);
+  static const Int8Kernel best = cpu_has_vnni() ? Int8Kernel::avx512_vnni : Int8Kernel::avx2;
+  return best;
+}
+
+const char* kernel_name(Int8Kernel k) { return k == Int8Kernel::avx512_vnni ? "avx512_vnni" : "avx2"; }
+
+// ---------------------------------------------------------------------------
+// Activations: one row of x into int8 values (as int16, or as uint8 = q + 128),
+// zero-padded to k_pad. Returns the row's scale.
+template <typename Q>
+float quantize_row(const float* x, int64_t k, Q* q, int64_t k_pad) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  __m256 vmax = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= k; i += 8) vmax = _mm256_max_ps(vmax, _mm256_and_ps(_mm256_loadu_ps(x + i), abs_mask));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, vmax);
+  float amax = 0.0f;
+  for (float v : lanes) amax = std::max(amax, v);
+  for (; i < k; ++i) amax = std::max(amax, std::fabs(x[i]));
+  const float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
+
+  constexpr bool as_u8 = sizeof(Q) == 1;
+  const __m256 vs = _mm256_set1_ps(scale);
+  const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+  const __m256i shift = _mm256_set1_epi32(as_u8 ? 128 : 0);
+  i = 0;
+  for (; i + 16 <= k; i += 16) {
+    // Default rounding mode: to nearest, ties to even; NaN converts to INT_MIN and is clamped.
+    __m256i a = _mm256_cvtps_epi32(_mm256_div_ps(_mm256_loadu_ps(x + i), vs));
+    __m256i b = _mm256_cvtps_epi32(_mm256_div_ps(_mm256_loadu_ps(x + i + 8), vs));
+    a = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(a, lo), hi), shift);
+    b = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(b, lo), hi), shift);
+    // packs works within 128-bit lanes: the permute puts the 16 values back in order.
+    const __m256i words = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xD8);
+    if constexpr (as_u8) {
+      const __m128i bytes = _mm_packus_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256(words, 1));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), bytes);
+    } else {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), words);
+    }
+  }
+  for (; i < k; ++i) {
+    const float v = std::nearbyint(x[i] / scale);
+    const int qi = std::isnan(v) ? -127 : static_cast<int>(std::min(127.0f, std::max(-127.0f, v)));
+    q[i] = static_cast<Q>(qi + (as_u8 ? 128 : 0));
+  }
+  for (; i < k_pad; ++i) q[i] = static_cast<Q>(as_u8 ? 128 : 0);  // meets zero weights
+  return scale;
+}
+
+// ---------------------------------------------------------------------------
+// Weight regrouping, from one packed panel [k][16] int8.
+
+// [k4][16][4] int8 (k zero-padded to k4 * 4) and offset[j] = 128 * sum_k qw[j][k],
+// what the uint8 storage of x adds to output j.
+void regroup_quads(const int8_t* src, int64_t k, int8_t* dst, int32_t* offset) {
+  const int64_t k4 = (k + 3) / 4;
+  __m256i sum_lo = _mm256_setzero_si256(), sum_hi = _mm256_setzero_si256();
+  for (int64_t g = 0; g < k4; ++g) {
+    __m128i rows[4];
+    for (int j = 0; j < 4; ++j) {
+      const int64_t kk = g * 4 + j;
+      rows[j] = kk < k ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + kk * P)) : _mm_setzero_si128();
+      sum_lo = _mm256_add_epi32(sum_lo, _mm256_cvtepi8_epi32(rows[j]));
+      sum_hi = _mm256_add_epi32(sum_hi, _mm256_cvtepi8_epi32(_mm_unpackhi_epi64(rows[j], rows[j])));
+    }
+    const __m128i t0 = _mm_unpacklo_epi8(rows[0], rows[1]);  // outputs 0-7: k0 k1
+    const __m128i t1 = _mm_unpackhi_epi8(rows[0], rows[1]);  // outputs 8-15
+    const __m128i t2 = _mm_unpacklo_epi8(rows[2], rows[3]);  // outputs 0-7: k2 k3
+    const __m128i t3 = _mm_unpackhi_epi8(rows[2], rows[3]);
+    auto* d = reinterpret_cast<__m128i*>(dst + g * 64);
+    _mm_store_si128(d + 0, _mm_unpacklo_epi16(t0, t2));  // outputs 0-3: k0 k1 k2 k3
+    _mm_store_si128(d + 1, _mm_unpackhi_epi16(t0, t2));  // outputs 4-7
+    _mm_store_si128(d + 2, _mm_unpacklo_epi16(t1, t3));
+    _mm_store_si128(d + 3, _mm_unpackhi_epi16(t1, t3));
+  }
+  // cvtepi8_epi32 took bytes 0-7 (outputs 0-7) and 8-15 (outputs 8-15).
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(offset), _mm256_slli_epi32(sum_lo, 7));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(offset + 8), _mm256_slli_epi32(sum_hi, 7));
+}
+
+// [k2][16][2] int16 (k zero-padded to k2 * 2): outputs 0-7 then 8-15, each a pair of k.
+void regroup_pairs(const int8_t* src, int64_t k, int16_t* dst) {
+  const int64_t k2 = (k + 1) / 2;
+  for (int64_t g = 0; g < k2; ++g) {
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * g * P));
+    const __m128i b = 2 * g + 1 < k ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + (2 * g + 1) * P))
+                                    : _mm_setzero_si128();
+    auto* d = reinterpret_cast<__m256i*>(dst + g * 32);
+    _mm256_store_si256(d, _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(a, b)));
+    _mm256_store_si256(d + 1, _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(a, b)));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Epilogue shared by both kernels: 16 int32 sums of one row into y.
+struct RowOutput {
+  const float* w_scale;  // [16] per-output weight scales
+  const float* bias;     // [16] or null
+  int nvalid;
+  bool accumulate;
+};
+
+PALI_ALWAYS_INLINE void store_sums(const int32_t* sums, float x_scale, const RowOutput& o, float* y) {
+  const __m256 xs = _mm256_set1_ps(x_scale);
+  for (int h = 0; h < 2; ++h) {
+    __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sums + 8 * h))),
+                             _mm256_mul_ps(xs, _mm256_load_ps(o.w_scale + 8 * h)));
+    if (o.bias) v = _mm256_add_ps(v, _mm256_load_ps(o.bias + 8 * h));
+    alignas(32) float tmp[8];
+    _mm256_store_ps(tmp, v);
+    const int n = std::min(8, o.nvalid - 8 * h);
+    if (n == 8) {
+      if (o.accumulate) v = _mm256_add_ps(v, _mm256_loadu_ps(y + 8 * h));
+      _mm256_storeu_ps(y + 8 * h, v);
+    } else {
+      for (int j = 0; j < n; ++j) y[8 * h + j] = o.accumulate ? y[8 * h + j] + tmp[j] : tmp[j];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// AVX2: MR rows of int16 x (row stride ldq, pairs of k as one int32) times one
+// regrouped panel. Accumulators are named variables (arrays of vectors get
+// spilled by GCC).
+#define PALI_PAIR_ROW(r)                                                                     \
+  if constexpr (MR > r) {                                                                    \
+    int32_t xpair;                                                                           \
+    std::memcpy(&xpair, xq + (r) * ldq + 2 * g, 4);                                          \
+    const __m256i xb = _mm256_set1_epi32(xpair);                                             \
+    c##r##0 = _mm256_add_epi32(c##r##0, _mm256_madd_epi16(xb, w0));                          \
+    c##r##1 = _mm256_add_epi32(c##r##1, _mm256_madd_epi16(xb, w1));                          \
+  }
+#define PALI_PAIR_SAVE(r)                                                                    \
+  if constexpr (MR > r) {                                                                    \
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(sums + (r) * 16), c##r##0);              \
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(sums + (r) * 16 + 8), c##r##1);          \
+  }
+
+template <int MR>
+PALI_ALWAYS_INLINE void pairs_kernel(const int16_t* xq, int64_t ldq, const int16_t* wp, int64_t k2,
+                                     int32_t* sums) {
+  const __m256i z = _mm256_setzero_si256();
+  __m256i c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z, c30 = z, c31 = z, c40 = z, c41 = z,
+          c50 = z, c51 = z;
+  for (int64_t g = 0; g < k2; ++g) {
+    const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(wp + g * 32));
+    const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(wp + g * 32 + 16));
+    PALI_PAIR_ROW(0)
+    PALI_PAIR_ROW(1)
+    PALI_PAIR_ROW(2)
+    PALI_PAIR_ROW(3)
+    PALI_PAIR_ROW(4)
+    PALI_PAIR_ROW(5)
+  }
+  PALI_PAIR_SAVE(0)
+  PALI_PAIR_SAVE(1)
+  PALI_PAIR_SAVE(2)
+  PALI_PAIR_SAVE(3)
+  PALI_PAIR_SAVE(4)
+  PALI_PAIR_SAVE(5)
+}
+
+template <int MR>
+void pairs_rows(const int16_t* xq, int64_t ldq, const float* x_scales, const int16_t* wp, int64_t k2,
+                const RowOutput& o, float* y, int64_t ldy) {
+  alignas(32) int32_t sums[6 * 16];
+  pairs_kernel<MR>(xq, ldq, wp, k2, sums);
+  for (int r = 0; r < MR; ++r) store_sums(sums + r * 16, x_scales[r], o, y + r * ldy);
+}
+
+constexpr int kPairsMR = 6;
+
+void pairs_block(const int16_t* xq, int64_t ldq, const float* x_scales, int64_t rows, const int16_t* wp,
+                 int64_t k2, const RowOutput& o, float* y, int64_t ldy) {
+  for (int64_t r = 0; r < rows; r += kPairsMR) {
+    const int16_t* xr = xq + r * ldq;
+    float* yr = y + r * ldy;
+    switch (std::min<int64_t>(kPairsMR, rows - r)) {
+      case 1: pairs_rows<1>(xr, ldq, x_scales + r, wp, k2, o, yr, ldy); break;
+      case 2: pairs_rows<2>(xr, ldq, x_scales + r, wp, k2, o, yr, ldy); break;
+      case 3: pairs_rows<3>(xr, ldq, x_scales + r, wp, k2, o, yr, ldy); break;
+      case 4: pairs_rows<4>(xr, ldq, x_scales + r, wp, k2, o, yr, ldy); break;
+      case 5: pairs_rows<5>(xr, ldq, x_scales + r, wp, k2, o, yr, ldy); break;
+      default: pairs_rows<6>(xr, ldq, x_scales + r, wp, k2, o, yr, ldy); break;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// AVX-512 VNNI: MR rows of uint8 x (qx + 128) times one regrouped panel, one
+// 512-bit accumulator (16 outputs) per row.
+#define PALI_QUAD_ROW(r)                                                                     \
+  if constexpr (MR > r) {                                                                    \
+    int32_t xquad;                                                                           \
+    std::memcpy(&xquad, xq + (r) * ldq + 4 * g, 4);                                          \
+    c##r = _mm512_dpbusd_epi32(c##r, _mm512_set1_epi32(xquad), w);                           \
+  }
+#define PALI_QUAD_SAVE(r) \
+  if constexpr (MR > r) _mm512_storeu_si512(sums + (r) * 16, _mm512_sub_epi32(c##r, correction));
+
+template <int MR>
+PALI_TARGET_VNNI PALI_ALWAYS_INLINE void quads_kernel(const uint8_t* xq, int64_t ldq, const int8_t* wp,
+                                                      int64_t k4, const int32_t* offset, int32_t* sums) {
+  const __m512i z = _mm512_setzero_si512();
+  __m512i c0 = z, c1 = z, c2 = z, c3 = z, c4 = z, c5 = z, c6 = z, c7 = z;
+  for (int64_t g = 0; g < k4; ++g) {
+    const __m512i w = _mm512_load_si512(wp + g * 64);
+    PALI_QUAD_ROW(0)
+    PALI_QUAD_ROW(1)
+    PALI_QUAD_ROW(2)
+    PALI_QUAD_ROW(3)
+    PALI_QUAD_ROW(4)
+    PALI_QUAD_ROW(5)
+    PALI_QUAD_ROW(6)
+    PALI_QUAD_ROW(7)
+  }
+  // x was stored as qx + 128: take off 128 * sum_k qw.
+  const __m512i correction = _mm512_loadu_si512(offset);
+  PALI_QUAD_SAVE(0)
+  PALI_QUAD_SAVE(1)
+  PALI_QUAD_SAVE(2)
+  PALI_QUAD_SAVE(3)
+  PALI_QUAD_SAVE(4)
+  PALI_QUAD_SAVE(5)
+  PALI_QUAD_SAVE(6)
+  PALI_QUAD_SAVE(7)
+}
+
+template <int MR>
+PALI_TARGET_VNNI void quads_rows(const uint8_t* xq, int64_t ldq, const float* x_scales, const int8_t* wp,
+                                 int64_t k4, const int32_t* offset, const RowOutput& o, float* y,
+                                 int64_t ldy) {
+  alignas(64) int32_t sums[8 * 16];
+  quads_kernel<MR>(xq, ldq, wp, k4, offset, sums);
+  for (int r = 0; r < MR; ++r) store_sums(sums + r * 16, x_scales[r], o, y + r * ldy);
+}
+
+constexpr int kQuadsMR = 8;
+
+PALI_TARGET_VNNI void quads_block(const uint8_t* xq, int64_t ldq, const float* x_scales, int64_t rows,
+                                  const int8_t* wp, int64_t k4, const int32_t* offset, const RowOutput& o,
+                                  float* y, int64_t ldy) {
+  for (int64_t r = 0; r < rows; r += kQuadsMR) {
+    const uint8_t* xr = xq + r * ldq;
+    float* yr = y + r * ldy;
+    const float* sr = x_scales + r;
+    switch (std::min<int64_t>(kQuadsMR, rows - r)) {
+      case 1: quads_rows<1>(xr, ldq, sr, wp, k4, offset, o, yr, ldy); break;
+      case 2: quads_rows<2>(xr, ldq, sr, wp, k4, offset, o, yr, ldy); break;
+      case 3: quads_rows<3>(xr, ldq, sr, wp, k4, offset, o, yr, ldy); break;
+      case 4: quads_rows<4>(xr, ldq, sr, wp, k4, offset, o, yr, ldy); break;
+      case 5: quads_rows<5>(xr, ldq, sr, wp, k4, offset, o, yr, ldy); break;
+      case 6: quads_rows<6>(xr, ldq, sr, wp, k4, offset, o, yr, ldy); break;
+      case 7: quads_rows<7>(xr, ldq, sr, wp, k4, offset, o, yr, ldy); break;
+      default: quads_rows<8>(xr, ldq, sr, wp, k4, offset, o, yr, ldy); break;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Aligned scratch that grows and is reused by its thread.
+template <typename T>
+T* scratch(std::vector<T>& v, int64_t n) {
+  const int64_t pad = 64 / static_cast<int64_t>(sizeof(T));
+  if (static_cast<int64_t>(v.size()) < n + pad) v.resize(n + pad);
+  const auto address = reinterpret_cast<uintptr_t>(v.data());
+  return v.data() + ((64 - address % 64) % 64) / sizeof(T);
+}
+
+// Q: uint8_t for the VNNI kernel, int16_t for AVX2.
+template <typename Q>
+void run(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y, int64_t ldy,
+         bool accumulate) {
+  constexpr bool vnni = sizeof(Q) == 1;
+  const int64_t k = w.k, group = vnni ? 4 : 2;
+  const int64_t k_pad = (k + group - 1) / group * group;
+  thread_local std::vector<Q> q_storage;
+  thread_local std::vector<float> scale_storage;
+  Q* xq = scratch(q_storage, m * k_pad);
+  float* x_scales = scratch(scale_storage, m);
+  parallel_for(0, m, std::max<int64_t>(1, 8192 / k), [&](int64_t rb, int64_t re) {
+    for (int64_t r = rb; r < re; ++r) x_scales[r] = quantize_row(x + r * ldx, k, xq + r * k_pad, k_pad);
+  });
+
+  const int8_t* packed = w.packed.data<int8_t>();
+  const float* bias = w.has_bias ? w.bias.data<float>() : nullptr;
+  const float* w_scales = w.scales.data<float>();
+  const int64_t panels = w.num_panels();
+  // One panel at a time: regroup it, then every row of this chunk through it.
+  const auto panel_rows = [&](int64_t p, int64_t rb, int64_t re, void* regrouped, int32_t* offset) {
+    const int8_t* src = packed + p * k * P;
+    RowOutput o{w_scales + p * P, bias ? bias + p * P : nullptr,
+                static_cast<int>(std::min<int64_t>(P, w.n - p * P)), accumulate};
+    float* yp = y + rb * ldy + p * P;
+    if constexpr (vnni) {
+      auto* wq = static_cast<int8_t*>(regrouped);
+      regroup_quads(src, k, wq, offset);
+      quads_block(xq + rb * k_pad, k_pad, x_scales + rb, re - rb, wq, k_pad / 4, offset, o, yp, ldy);
+    } else {
+      auto* wq = static_cast<int16_t*>(regrouped);
+      regroup_pairs(src, k, wq);
+      pairs_block(xq + rb * k_pad, k_pad, x_scales + rb, re - rb, wq, k_pad / 2, o, yp, ldy);
+    }
+  };
+  const auto panel_range = [&](int64_t pb, int64_t pe, int64_t rb, int64_t re) {
+    thread_local std::vector<int16_t> regroup_storage;  // k_pad * 16 int8 or int16
+    alignas(64) int32_t offset[P];
+    void* regrouped = scratch(regroup_storage, k_pad * P);
+    for (int64_t p = pb; p < pe; ++p) panel_rows(p, rb, re, regrouped, offset);
+  };
+  const int threads = op_threads();
+  if (panels >= 2 * threads || m < 2 * kQuadsMR)
+    parallel_for(0, panels, 1, [&](int64_t pb, int64_t pe) { panel_range(pb, pe, 0, m); });
+  else
+    parallel_for_aligned(0, m, kQuadsMR, kQuadsMR, [&](int64_t rb, int64_t re) { panel_range(0, panels, rb, re); });
+}
+
+}  // namespace
+
+std::vector<std::string> int8_kernels_available() {
+  std::vector<std::string> out{"avx2"};
+  if (cpu_has_vnni()) out.push_back("avx512_vnni");
+  return out;
+}
+
+std::string int8_kernel() { return kernel_name(active_kernel()); }
+
+void set_int8_kernel(const std::string& name) {
+  if (name.empty() || name == "auto") {
+    forced_kernel.store(-1);
+    return;
+  }
+  const auto available = int8_kernels_available();
+  if (std::find(available.begin(), available.end(), name) == available.end())
+  {
+    std::string names;
+    for (const auto& a : available) names += a + ", ";
+    throw InvalidArgument(str_cat("int8 kernel '", name, "' is not available on this CPU (available: ", names,
+                                  "or auto)"));
+  }
+  forced_kernel.store(static_cast<int>(name == "avx512_vnni" ? Int8Kernel::avx512_vnni : Int8Kernel::avx2));
+}
+
+void linear_int8_activations(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y,
+                             int64_t ldy, bool accumulate) {
+  if (active_kernel() == Int8Kernel::avx512_vnni)
+    run<uint8_t>(x, ldx, m, w, y, ldy, accumulate);
+  else
+    run<int16_t>(x, ldx, m, w, y, ldy, accumulate);
+}
+
+}  // namespace pali
