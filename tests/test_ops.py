@@ -251,12 +251,12 @@ def w8a8_reference(x, lw, b):
 
 
 def prepare_w8a8(w, b):
-    lw = ops.prepare_linear(w, b, "i8")
-    lw.int8_activations = True
+    lw = ops.prepare_linear(w, b, "i8", int8_activations=True)
+    assert lw.int8_activations and lw.format == "i8"
     return lw
 
 
-@pytest.mark.parametrize("m,n,k", [s for s in LINEAR_SIZES if s[0] > 8] + [(9, 1, 1), (16, 5, 4), (67, 48, 640)])
+@pytest.mark.parametrize("m,n,k", LINEAR_SIZES + [(9, 1, 1), (16, 5, 4), (67, 48, 640), (6, 1280, 256)])
 def test_linear_int8_activations_against_integer_reference(m, n, k, int8_kernel):
     x, w, b = linear_case(m, n, k, "w8a8")
     x[m // 2] = 0.0  # an all-zero row: scale 1, every q 0
@@ -273,7 +273,7 @@ def test_linear_int8_activations_against_integer_reference(m, n, k, int8_kernel)
         np.testing.assert_array_equal(y, results[0])  # every kernel computes the same integers
 
 
-@pytest.mark.parametrize("m,n,k", [(9, 17, 33), (64, 257, 65), (200, 130, 520)])
+@pytest.mark.parametrize("m,n,k", [(1, 17, 33), (9, 17, 33), (64, 257, 65), (200, 130, 520)])
 def test_linear_int8_activations_error_against_float32(m, n, k):
     """Against the float32 product: each x off by at most half its row's step, each w by half its channel's."""
     x, w, b = linear_case(m, n, k, "w8a8 vs f32")
@@ -287,16 +287,19 @@ def test_linear_int8_activations_error_against_float32(m, n, k):
     assert np.all(np.abs(y - (x64 @ w64.T + b)) <= limit * (1 + 1e-5) + 1e-5)
 
 
-@pytest.mark.parametrize("m", [1, 8])
-def test_linear_int8_activations_decode_rows_stay_weight_only(m):
-    x, w, b = linear_case(m, 40, 50, "w8a8 decode")
-    np.testing.assert_array_equal(ops.linear(x, prepare_w8a8(w, b)), ops.linear(x, ops.prepare_linear(w, b, "i8")))
+def test_linear_int8_activations_weights_are_the_weight_only_ones():
+    x, w, b = linear_case(3, 40, 50, "w8a8 weights")
+    np.testing.assert_array_equal(prepare_w8a8(w, b).effective_weight(),
+                                  ops.prepare_linear(w, b, "i8").effective_weight())
+    concat = ops.prepare_linear_concat([w[:15], w[15:]], [b[:15], b[15:]], "i8", int8_activations=True)
+    np.testing.assert_array_equal(ops.linear(x, concat), ops.linear(x, prepare_w8a8(w, b)))
 
 
+@pytest.mark.parametrize("m", [3, 30])
 @pytest.mark.parametrize("accumulate", [False, True])
-def test_linear_int8_activations_strided_and_accumulate(accumulate, int8_kernel):
-    rng = rng_for("w8a8 strided", accumulate)
-    m, k, n = 30, 37, 21
+def test_linear_int8_activations_strided_and_accumulate(m, accumulate, int8_kernel):
+    rng = rng_for("w8a8 strided", m, accumulate)
+    k, n = 37, 21
     w, b = randn(rng, n, k), randn(rng, n)
     lw = prepare_w8a8(w, b)
     xbuf, out = randn(rng, m, k + 9), randn(rng, m, n + 7)
@@ -312,9 +315,10 @@ def test_linear_int8_activations_strided_and_accumulate(accumulate, int8_kernel)
         np.testing.assert_array_equal(y[:, 3 + n:], out[:, 3 + n:])
 
 
-def test_linear_int8_activations_threads_give_the_same_result():
-    rng = rng_for("w8a8 threads")
-    x, lw = randn(rng, 70, 200), prepare_w8a8(randn(rng, 300, 200), randn(rng, 300))
+@pytest.mark.parametrize("m", [1, 70])
+def test_linear_int8_activations_threads_give_the_same_result(m):
+    rng = rng_for("w8a8 threads", m)
+    x, lw = randn(rng, m, 200), prepare_w8a8(randn(rng, 3000, 200), randn(rng, 3000))
     old = ops.get_threads()
     try:
         ops.set_threads(1)
@@ -326,10 +330,9 @@ def test_linear_int8_activations_threads_give_the_same_result():
 
 
 def test_linear_int8_activations_errors(int8_kernel):
-    lw = ops.prepare_linear(np.ones((4, 3), np.float32), None, "f32")
-    lw.int8_activations = True
-    with pytest.raises(ValueError, match="i8"):
-        ops.linear(np.ones((20, 3), np.float32), lw)
+    for fmt in ("f32", "f16"):
+        with pytest.raises(ValueError, match="i8"):
+            ops.prepare_linear(np.ones((4, 3), np.float32), None, fmt, int8_activations=True)
     with pytest.raises(ValueError, match="not available"):
         int8_kernel("amx")
     assert ops.int8_kernel() in INT8_KERNELS and "avx2" in INT8_KERNELS

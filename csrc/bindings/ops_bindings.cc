@@ -71,8 +71,8 @@ void bind_ops(py::module_& parent) {
       .def_readonly("has_bias", &LinearWeight::has_bias)
       .def_property_readonly("format", [](const LinearWeight& w) { return weight_format_name(w.format); })
       .def_property_readonly("weight_bytes", &LinearWeight::weight_bytes)
-      .def_readwrite("int8_activations", &LinearWeight::int8_activations,
-                     "i8 only: prefill (more than 8 rows) quantizes x per row to int8 too (W8A8).")
+      .def_readonly("int8_activations", &LinearWeight::int8_activations,
+                    "i8 only: x is quantized per row to int8 too (W8A8).")
       .def("effective_weight", [](const LinearWeight& w) {
         return tensor_to_numpy(linear_effective_weight(w));
       }, "The weight the kernels use, float32 [N, K] (f16-rounded or dequantized).");
@@ -88,16 +88,18 @@ void bind_ops(py::module_& parent) {
         "Chooses the integer kernel for the process ('auto': the best available).");
 
   m.def("prepare_linear", [](const py::array& weight, std::optional<py::array> bias,
-                             const std::string& format, std::shared_ptr<PackedArena> arena) {
+                             const std::string& format, std::shared_ptr<PackedArena> arena,
+                             bool int8_activations) {
     Tensor w = weight_tensor(weight);
     Tensor b;
     if (bias) b = weight_tensor(*bias);
     const WeightFormat f = weight_format_from_name(format);
     py::gil_scoped_release release;
-    return prepare_linear(w, bias ? &b : nullptr, f, arena.get());
+    return prepare_linear(w, bias ? &b : nullptr, f, arena.get(), int8_activations);
   }, py::arg("weight"), py::arg("bias") = py::none(), py::arg("format") = "f32", py::arg("arena") = nullptr,
+        py::arg("int8_activations") = false,
         "Prepares a PyTorch-layout weight [N, K] (float32/float16) and optional bias [N], "
-        "in `arena` when given (the weight keeps its block alive).");
+        "in `arena` when given (the weight keeps its block alive); int8_activations (i8 only): W8A8.");
 
   m.def("prepare_linear_raw", [](const py::bytes& buffer, int64_t offset, const std::string& dtype,
                                  int64_t n, int64_t k, const std::string& format) {
@@ -116,7 +118,7 @@ void bind_ops(py::module_& parent) {
 
   m.def("prepare_linear_concat", [](const std::vector<py::array>& weights,
                                     std::optional<std::vector<std::optional<py::array>>> biases,
-                                    const std::string& format) {
+                                    const std::string& format, bool int8_activations) {
     std::vector<Tensor> ws, bs;
     for (const auto& w : weights) ws.push_back(weight_tensor(w));
     std::vector<const Tensor*> wp, bp;
@@ -134,8 +136,9 @@ void bind_ops(py::module_& parent) {
     }
     const WeightFormat f = weight_format_from_name(format);
     py::gil_scoped_release release;
-    return prepare_linear_concat(wp, bp, f);
-  }, py::arg("weights"), py::arg("biases") = py::none(), py::arg("format") = "f32");
+    return prepare_linear_concat(wp, bp, f, nullptr, int8_activations);
+  }, py::arg("weights"), py::arg("biases") = py::none(), py::arg("format") = "f32",
+        py::arg("int8_activations") = false);
 
   m.def("linear", [](FArray x, const LinearWeight& w, std::optional<py::array> out, bool accumulate) {
     PALI_CHECK_ARG(x.ndim() >= 1 && x.shape(x.ndim() - 1) == w.k, "linear: x must be [..., ", w.k, "]");

@@ -36,8 +36,7 @@ T5Decoder::T5Decoder(const PaliConfig& config, WeightStore& weights, const Tenso
   }
   final_norm_ = weights.f32("decoder.final_norm.weight", {d});
   if (config.tie_word_embeddings) {
-    lm_head_ = prepare_linear(embedding, nullptr, format, weights.arena());
-    lm_head_.int8_activations = format == WeightFormat::i8;
+    lm_head_ = prepare_linear(embedding, nullptr, format, weights.arena(), format == WeightFormat::i8);
     lm_head_scale_ = 1.0f / std::sqrt(static_cast<float>(d));
   } else {
     lm_head_ = weights.linear("lm_head.weight", config.vocab_size, d, "", format);
@@ -64,9 +63,8 @@ DecoderState T5Decoder::start(const float* memory, const int32_t* mask, int64_t 
   s.self_kv.resize(layers_.size());
   s.cross_kv.resize(layers_.size());
   for (size_t i = 0; i < layers_.size(); ++i) {
-    s.self_kv[i].resize(s.rows * capacity * 2 * inner);
-    s.cross_kv[i].resize(requests * enc_len * 2 * inner);
-    linear(memory, requests * enc_len, layers_[i].cross_kv, s.cross_kv[i].data());
+    s.self_kv[i].get(s.rows * capacity * 2 * inner);
+    linear(memory, requests * enc_len, layers_[i].cross_kv, s.cross_kv[i].get(requests * enc_len * 2 * inner));
   }
   // Distances -(capacity - 1) .. capacity - 1: causal masking hides the positive
   // ones, but a teacher-forced block of several queries still indexes them.

@@ -27,8 +27,8 @@ struct DecoderState {
   int64_t length = 0;    // positions filled
   int64_t enc_len = 0;
   std::vector<int32_t> enc_mask;                 // [requests, enc_len]
-  std::vector<std::vector<float>> self_kv;       // per layer [rows, capacity, 2 * inner]: K then V
-  std::vector<std::vector<float>> cross_kv;      // per layer [requests, enc_len, 2 * inner]
+  std::vector<Buffer> self_kv;                   // per layer [rows, capacity, 2 * inner]: K then V
+  std::vector<Buffer> cross_kv;                  // per layer [requests, enc_len, 2 * inner]
   std::vector<float> bias_table;                 // [heads, 2 * capacity - 1]: distance c - (capacity - 1)
   std::vector<float> reorder_scratch;
   Buffer x, h, qkv, attn, q, wide, gated;

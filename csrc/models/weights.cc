@@ -52,8 +52,7 @@ LinearWeight WeightStore::linear_concat(const std::vector<std::string>& weights,
   std::vector<const Tensor*> wp, bp;
   for (const auto& t : ws) wp.push_back(&t);
   for (const auto& t : bs) bp.push_back(&t);
-  LinearWeight packed = prepare_linear_concat(wp, bp, format, &arena_);
-  packed.int8_activations = format == WeightFormat::i8;
+  LinearWeight packed = prepare_linear_concat(wp, bp, format, &arena_, format == WeightFormat::i8);
   for (const auto& name : weights) file_->release(name);
   for (const auto& name : biases) file_->release(name);
   return packed;

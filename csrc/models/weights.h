@@ -24,7 +24,7 @@ class WeightStore {
   // The tensor converted to a float32 CPU tensor (a view when already float32 and aligned).
   Tensor f32(const std::string& name, const Shape& shape);
   // A linear layer's weight [out, in] (and bias [out] when `bias` is non-empty).
-  // i8 layers get int8_activations: the model's int8 mode is W8A8 in prefill.
+  // i8 layers get int8_activations: the model's int8 mode is W8A8.
   LinearWeight linear(const std::string& weight, int64_t out, int64_t in, const std::string& bias,
                       WeightFormat format);
   // Several linear layers sharing an input, fused along the output dimension.

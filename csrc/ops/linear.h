@@ -16,10 +16,11 @@
 //   i8   weight-only int8, symmetric, one float scale per output channel:
 //        scale[n] = max_k |W[n,k]| / 127, q = round_half_away(W / scale) in
 //        [-127, 127] (scale 1 for an all-zero row); y = scale[n] * (x · q[n]) + b.
-// Activations (x, y, bias) are float32. With LinearWeight::int8_activations
-// (i8 only), the prefill path quantizes x too, per row, and multiplies in
-// integers (W8A8, ops/linear_int8.h); decode stays weight-only, where the
-// weight bytes, not the arithmetic, set the time.
+// Activations (x, y, bias) are float32, except with int8_activations (i8
+// only, chosen at prepare time): then x is quantized too, per row, and the
+// product is taken in integers (W8A8, ops/linear_int8.h), for every m. Such a
+// weight is packed for the integer kernels instead: [ceil(n/16)][k4][16][4],
+// four consecutive k of one output in 4 bytes (k zero-padded to k4 * 4).
 #pragma once
 
 #include <cstdint>
@@ -45,16 +46,22 @@ struct LinearWeight {
   int64_t k = 0;  // input features
   WeightFormat format = WeightFormat::f32;
   bool has_bias = false;
-  // Panels: [ceil(n/16)][k][16] elements of the format (float, uint16 half bits, int8).
+  // Panels: [ceil(n/16)][k][16] elements of the format (float, uint16 half bits,
+  // int8), or [ceil(n/16)][k4][16][4] int8 with int8_activations.
   Tensor packed;
   // float32 [ceil(n/16)*16]: the bias (zeros past n), when has_bias.
   Tensor bias;
   // float32 [ceil(n/16)*16]: per-output scales, for i8 only.
   Tensor scales;
-  // i8 only: prefill (m > 8 rows) quantizes x per row to int8 as well.
+  // i8 only: x is quantized per row to int8 as well (W8A8).
   bool int8_activations = false;
+  // int32 [ceil(n/16)*16], with int8_activations: 128 * sum_k q[n,k], what
+  // storing x as unsigned (q + 128) adds to output n in the VNNI kernel.
+  Tensor unsigned_offsets;
 
   int64_t num_panels() const { return (n + kLinearPanel - 1) / kLinearPanel; }
+  // K as packed: k, or k rounded up to a multiple of 4 with int8_activations.
+  int64_t packed_k() const { return int8_activations ? (k + 3) / 4 * 4 : k; }
   // Bytes of packed weights (what a decode step streams), scales and bias excluded.
   size_t weight_bytes() const { return packed.nbytes(); }
 };
@@ -79,10 +86,11 @@ class PackedArena {
 };
 
 // Prepares a weight [N, K] (float32, float16 or bfloat16, CPU) and an optional
-// bias [N] (same dtypes) for linear(). Throws InvalidArgument on bad shapes/dtypes.
+// bias [N] (same dtypes) for linear(). Throws InvalidArgument on bad shapes/dtypes,
+// and for int8_activations with a format other than i8.
 // With an arena, small packed weights go into it (see PackedArena).
 LinearWeight prepare_linear(const Tensor& weight, const Tensor* bias, WeightFormat format,
-                            PackedArena* arena = nullptr);
+                            PackedArena* arena = nullptr, bool int8_activations = false);
 
 // Concatenates several weights [N_i, K] along N at prepare time (fused QKV, or
 // wi_0 + wi_1 of a gated FFN): the result computes [y_0 | y_1 | ...] along N.
@@ -91,7 +99,8 @@ LinearWeight prepare_linear(const Tensor& weight, const Tensor* bias, WeightForm
 // result is the same as preparing the concatenated weight.
 LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
                                    const std::vector<const Tensor*>& biases,
-                                   WeightFormat format, PackedArena* arena = nullptr);
+                                   WeightFormat format, PackedArena* arena = nullptr,
+                                   bool int8_activations = false);
 
 // y[m, N] = x[m, K] · Wᵀ + b; with accumulate, y += x · Wᵀ + b (fuses a residual add).
 // x and y are dense row-major (row strides K and N) and must not overlap.

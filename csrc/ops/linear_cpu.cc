@@ -121,8 +121,10 @@ Tensor PackedArena::allocate(DType dtype, const Shape& shape) {
 
 LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
                                    const std::vector<const Tensor*>& biases, WeightFormat format,
-                                   PackedArena* arena) {
+                                   PackedArena* arena, bool int8_activations) {
   PALI_CHECK_ARG(!weights.empty(), "prepare_linear: no weights");
+  PALI_CHECK_ARG(!int8_activations || format == WeightFormat::i8,
+                 "prepare_linear: int8 activations need the i8 weight format, got ", weight_format_name(format));
   PALI_CHECK_ARG(biases.empty() || biases.size() == weights.size(),
                  "prepare_linear: ", biases.size(), " biases for ", weights.size(), " weights");
   int64_t n_total = 0;
@@ -151,6 +153,7 @@ LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
   out.k = k;
   out.format = format;
   out.has_bias = any_bias;
+  out.int8_activations = int8_activations;
   const int64_t panels = out.num_panels();
   const int64_t n_pad = panels * P;
 
@@ -214,16 +217,25 @@ LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
       break;
     }
     case WeightFormat::i8: {
-      out.packed = allocate_packed(DType::i8, {panels, k, P}, arena);
+      // Row j of panel p, element kk: [k][16] for the weight-only kernels, or
+      // [k4][16][4] for the integer ones (zero padding past k).
+      const int64_t k_pad = out.packed_k();
+      const auto at = [&](int64_t j, int64_t kk) {
+        return int8_activations ? (kk / 4) * 4 * P + j * 4 + kk % 4 : kk * P + j;
+      };
+      out.packed = allocate_packed(DType::i8, {panels, k_pad, P}, arena);
       out.scales = Tensor::empty(DType::f32, {n_pad});
+      if (int8_activations) out.unsigned_offsets = Tensor::empty(DType::i32, {n_pad});
       int8_t* dst = out.packed.data<int8_t>();
       float* scales = out.scales.data<float>();
+      int32_t* offsets = int8_activations ? out.unsigned_offsets.data<int32_t>() : nullptr;
       parallel_for(0, panels, 1, [&](int64_t pb, int64_t pe) {
         std::vector<float> row(k);
-        for (int64_t p = pb; p < pe; ++p)
+        for (int64_t p = pb; p < pe; ++p) {
+          int8_t* d = dst + p * k_pad * P;
+          std::memset(d, 0, k_pad * P);
           for (int64_t j = 0; j < P; ++j) {
             const RowSource& src = rows[p * P + j];
-            int8_t* d = dst + p * k * P + j;
             float amax = 0.0f;
             for (int64_t kk = 0; kk < k; ++kk) {
               row[kk] = src.data ? load_any(src.data, src.dtype, kk) : 0.0f;
@@ -231,11 +243,15 @@ LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
             }
             const float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
             scales[p * P + j] = scale;
+            int32_t sum = 0;
             for (int64_t kk = 0; kk < k; ++kk) {
-              const float q = std::round(row[kk] / scale);
-              d[kk * P] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, q)));
+              const float q = std::min(127.0f, std::max(-127.0f, std::round(row[kk] / scale)));
+              d[at(j, kk)] = static_cast<int8_t>(q);
+              sum += static_cast<int32_t>(q);
             }
+            if (offsets) offsets[p * P + j] = 128 * sum;
           }
+        }
       });
       break;
     }
@@ -244,19 +260,20 @@ LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
 }
 
 LinearWeight prepare_linear(const Tensor& weight, const Tensor* bias, WeightFormat format,
-                            PackedArena* arena) {
+                            PackedArena* arena, bool int8_activations) {
   std::vector<const Tensor*> biases;
   if (bias) biases.push_back(bias);
-  return prepare_linear_concat({&weight}, biases, format, arena);
+  return prepare_linear_concat({&weight}, biases, format, arena, int8_activations);
 }
 
 Tensor linear_effective_weight(const LinearWeight& w) {
   Tensor out = Tensor::empty(DType::f32, {w.n, w.k});
   float* o = out.data<float>();
+  const int64_t k_pad = w.packed_k();
   for (int64_t r = 0; r < w.n; ++r) {
     const int64_t p = r / P, j = r % P;
     for (int64_t kk = 0; kk < w.k; ++kk) {
-      const int64_t idx = (p * w.k + kk) * P + j;
+      const int64_t idx = p * k_pad * P + (w.int8_activations ? (kk / 4) * 4 * P + j * 4 + kk % 4 : kk * P + j);
       float v;
       switch (w.format) {
         case WeightFormat::f32: v = w.packed.data<float>()[idx]; break;
@@ -595,14 +612,12 @@ void linear_strided(const float* x, int64_t x_stride, int64_t m, const LinearWei
                     int64_t y_stride, bool accumulate) {
   PALI_CHECK_ARG(m >= 0, "linear: m must be >= 0, got ", m);
   if (m == 0) return;
-  PALI_CHECK_ARG(w.n > 0 && w.packed.numel() == w.num_panels() * w.k * P,
+  PALI_CHECK_ARG(w.n > 0 && w.packed.numel() == w.num_panels() * w.packed_k() * P,
                  "linear: weight not prepared");
   PALI_CHECK_ARG(x != nullptr && y != nullptr, "linear: null x or y");
   PALI_CHECK_ARG(x_stride >= w.k && y_stride >= w.n, "linear: row strides (", x_stride, ", ",
                  y_stride, ") smaller than K = ", w.k, " / N = ", w.n);
-  if (w.int8_activations && m > kDecodeMaxRows) {
-    PALI_CHECK_ARG(w.format == WeightFormat::i8, "linear: int8_activations needs an i8 weight, got ",
-                   weight_format_name(w.format));
+  if (w.int8_activations) {
     linear_int8_activations(x, x_stride, m, w, y, y_stride, accumulate);
     return;
   }

@@ -1,26 +1,27 @@
-// The prefill path of int8 linear layers with int8 activations (W8A8).
+// Int8 linear layers with int8 activations (W8A8).
 //
-// Why: prefill is compute-bound, and an int8 multiply-add retires four times
-// as many products per instruction as a float32 FMA (AVX-512 VNNI vpdpbusd:
-// 64 per 512-bit instruction) or twice as many (AVX2 vpmaddwd on int16). The
-// activations are quantized on the fly, per row, symmetric:
+// Why: an int8 multiply-add retires four times as many products per
+// instruction as a float32 FMA (AVX-512 VNNI vpdpbusd: 64 per 512-bit
+// instruction), which speeds up compute-bound prefill, and it reads a quarter
+// of float32's weight bytes in decode. The activations are quantized on the
+// fly, per row, symmetric:
 //   sx[r] = max_k |x[r,k]| / 127 (1 for an all-zero row), qx = round_half_even(x / sx) in [-127, 127]
 // and the product is exact in int32:
 //   y[r,n] = float(sum_k qx[r,k] * qw[n,k]) * (sx[r] * sw[n]) + b[n].
-// Both kernels compute the same integers, so they give the same y bit for bit.
+// The weights are packed [panel][k/4][16][4]: four k of one output in one
+// 32-bit lane, which is what both kernels multiply against four bytes of x.
 //   * avx512_vnni: vpdpbusd takes unsigned x, so x is stored as qx + 128 and
-//     128 * sum_k qw[n,k] is taken off; weights are regrouped per panel into
-//     [k/4][16][4] (four k of one output in one 32-bit lane).
-//   * avx2: x as int16, weights regrouped into [k/2][16][2] int16 pairs for
-//     vpmaddwd (|products| <= 127 * 127 * 2, no saturation).
-// The regrouping is done per call and panel, from the [k][16] panels the
-// decode path streams, so int8 weights are stored once.
+//     the prepared 128 * sum_k qw[n,k] is taken off each sum.
+//   * avx2: vpmaddubsw(|qx|, sign(qx) * qw) then vpmaddwd with ones; pairs of
+//     products stay within int16 (2 * 127 * 127 < 32767), so nothing saturates.
+// Both kernels compute the same integers, so they give the same y bit for bit.
 #include <immintrin.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "core/error.h"
@@ -54,7 +55,7 @@ Int8Kernel active_kernel() {
 const char* kernel_name(Int8Kernel k) { return k == Int8Kernel::avx512_vnni ? "avx512_vnni" : "avx2"; }
 
 // ---------------------------------------------------------------------------
-// Activations: one row of x into int8 values (as int16, or as uint8 = q + 128),
+// Activations: one row of x into int8 values (as int8, or as uint8 = q + 128),
 // zero-padded to k_pad. Returns the row's scale.
 template <typename Q>
 float quantize_row(const float* x, int64_t k, Q* q, int64_t k_pad) {
@@ -69,7 +70,7 @@ float quantize_row(const float* x, int64_t k, Q* q, int64_t k_pad) {
   for (; i < k; ++i) amax = std::max(amax, std::fabs(x[i]));
   const float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
 
-  constexpr bool as_u8 = sizeof(Q) == 1;
+  constexpr bool as_u8 = std::is_same_v<Q, uint8_t>;
   const __m256 vs = _mm256_set1_ps(scale);
   const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
   const __m256i shift = _mm256_set1_epi32(as_u8 ? 128 : 0);
@@ -82,12 +83,9 @@ float quantize_row(const float* x, int64_t k, Q* q, int64_t k_pad) {
     b = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(b, lo), hi), shift);
     // packs works within 128-bit lanes: the permute puts the 16 values back in order.
     const __m256i words = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xD8);
-    if constexpr (as_u8) {
-      const __m128i bytes = _mm_packus_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256(words, 1));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), bytes);
-    } else {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), words);
-    }
+    const __m128i lo_words = _mm256_castsi256_si128(words), hi_words = _mm256_extracti128_si256(words, 1);
+    const __m128i bytes = as_u8 ? _mm_packus_epi16(lo_words, hi_words) : _mm_packs_epi16(lo_words, hi_words);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), bytes);
   }
   for (; i < k; ++i) {
     const float v = std::nearbyint(x[i] / scale);
@@ -96,50 +94,6 @@ float quantize_row(const float* x, int64_t k, Q* q, int64_t k_pad) {
   }
   for (; i < k_pad; ++i) q[i] = static_cast<Q>(as_u8 ? 128 : 0);  // meets zero weights
   return scale;
-}
-
-// ---------------------------------------------------------------------------
-// Weight regrouping, from one packed panel [k][16] int8.
-
-// [k4][16][4] int8 (k zero-padded to k4 * 4) and offset[j] = 128 * sum_k qw[j][k],
-// what the uint8 storage of x adds to output j.
-void regroup_quads(const int8_t* src, int64_t k, int8_t* dst, int32_t* offset) {
-  const int64_t k4 = (k + 3) / 4;
-  __m256i sum_lo = _mm256_setzero_si256(), sum_hi = _mm256_setzero_si256();
-  for (int64_t g = 0; g < k4; ++g) {
-    __m128i rows[4];
-    for (int j = 0; j < 4; ++j) {
-      const int64_t kk = g * 4 + j;
-      rows[j] = kk < k ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + kk * P)) : _mm_setzero_si128();
-      sum_lo = _mm256_add_epi32(sum_lo, _mm256_cvtepi8_epi32(rows[j]));
-      sum_hi = _mm256_add_epi32(sum_hi, _mm256_cvtepi8_epi32(_mm_unpackhi_epi64(rows[j], rows[j])));
-    }
-    const __m128i t0 = _mm_unpacklo_epi8(rows[0], rows[1]);  // outputs 0-7: k0 k1
-    const __m128i t1 = _mm_unpackhi_epi8(rows[0], rows[1]);  // outputs 8-15
-    const __m128i t2 = _mm_unpacklo_epi8(rows[2], rows[3]);  // outputs 0-7: k2 k3
-    const __m128i t3 = _mm_unpackhi_epi8(rows[2], rows[3]);
-    auto* d = reinterpret_cast<__m128i*>(dst + g * 64);
-    _mm_store_si128(d + 0, _mm_unpacklo_epi16(t0, t2));  // outputs 0-3: k0 k1 k2 k3
-    _mm_store_si128(d + 1, _mm_unpackhi_epi16(t0, t2));  // outputs 4-7
-    _mm_store_si128(d + 2, _mm_unpacklo_epi16(t1, t3));
-    _mm_store_si128(d + 3, _mm_unpackhi_epi16(t1, t3));
-  }
-  // cvtepi8_epi32 took bytes 0-7 (outputs 0-7) and 8-15 (outputs 8-15).
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(offset), _mm256_slli_epi32(sum_lo, 7));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(offset + 8), _mm256_slli_epi32(sum_hi, 7));
-}
-
-// [k2][16][2] int16 (k zero-padded to k2 * 2): outputs 0-7 then 8-15, each a pair of k.
-void regroup_pairs(const int8_t* src, int64_t k, int16_t* dst) {
-  const int64_t k2 = (k + 1) / 2;
-  for (int64_t g = 0; g < k2; ++g) {
-    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * g * P));
-    const __m128i b = 2 * g + 1 < k ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + (2 * g + 1) * P))
-                                    : _mm_setzero_si128();
-    auto* d = reinterpret_cast<__m256i*>(dst + g * 32);
-    _mm256_store_si256(d, _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(a, b)));
-    _mm256_store_si256(d + 1, _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(a, b)));
-  }
 }
 
 // ---------------------------------------------------------------------------
@@ -170,69 +124,63 @@ PALI_ALWAYS_INLINE void store_sums(const int32_t* sums, float x_scale, const Row
 }
 
 // ---------------------------------------------------------------------------
-// AVX2: MR rows of int16 x (row stride ldq, pairs of k as one int32) times one
-// regrouped panel. Accumulators are named variables (arrays of vectors get
-// spilled by GCC).
-#define PALI_PAIR_ROW(r)                                                                     \
-  if constexpr (MR > r) {                                                                    \
-    int32_t xpair;                                                                           \
-    std::memcpy(&xpair, xq + (r) * ldq + 2 * g, 4);                                          \
-    const __m256i xb = _mm256_set1_epi32(xpair);                                             \
-    c##r##0 = _mm256_add_epi32(c##r##0, _mm256_madd_epi16(xb, w0));                          \
-    c##r##1 = _mm256_add_epi32(c##r##1, _mm256_madd_epi16(xb, w1));                          \
+// AVX2: MR rows of int8 x (row stride ldq) times one packed panel, two
+// accumulators of 8 outputs per row. Accumulators are named variables (arrays
+// of vectors get spilled by GCC).
+#define PALI_SIGNED_ROW(r)                                                                             \
+  if constexpr (MR > r) {                                                                              \
+    int32_t xquad;                                                                                     \
+    std::memcpy(&xquad, xq + (r) * ldq + 4 * g, 4);                                                    \
+    const __m256i xb = _mm256_set1_epi32(xquad);                                                       \
+    const __m256i xa = _mm256_abs_epi8(xb);                                                            \
+    c##r##0 = _mm256_add_epi32(c##r##0, _mm256_madd_epi16(_mm256_maddubs_epi16(xa, _mm256_sign_epi8(w0, xb)), ones)); \
+    c##r##1 = _mm256_add_epi32(c##r##1, _mm256_madd_epi16(_mm256_maddubs_epi16(xa, _mm256_sign_epi8(w1, xb)), ones)); \
   }
-#define PALI_PAIR_SAVE(r)                                                                    \
+#define PALI_SIGNED_SAVE(r)                                                                   \
   if constexpr (MR > r) {                                                                    \
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(sums + (r) * 16), c##r##0);              \
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(sums + (r) * 16 + 8), c##r##1);          \
   }
 
 template <int MR>
-PALI_ALWAYS_INLINE void pairs_kernel(const int16_t* xq, int64_t ldq, const int16_t* wp, int64_t k2,
-                                     int32_t* sums) {
-  const __m256i z = _mm256_setzero_si256();
-  __m256i c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z, c30 = z, c31 = z, c40 = z, c41 = z,
-          c50 = z, c51 = z;
-  for (int64_t g = 0; g < k2; ++g) {
-    const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(wp + g * 32));
-    const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(wp + g * 32 + 16));
-    PALI_PAIR_ROW(0)
-    PALI_PAIR_ROW(1)
-    PALI_PAIR_ROW(2)
-    PALI_PAIR_ROW(3)
-    PALI_PAIR_ROW(4)
-    PALI_PAIR_ROW(5)
+PALI_ALWAYS_INLINE void signed_kernel(const int8_t* xq, int64_t ldq, const int8_t* wp, int64_t k4,
+                                      int32_t* sums) {
+  const __m256i z = _mm256_setzero_si256(), ones = _mm256_set1_epi16(1);
+  __m256i c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z, c30 = z, c31 = z;
+  for (int64_t g = 0; g < k4; ++g) {
+    const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(wp + g * 64));
+    const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(wp + g * 64 + 32));
+    PALI_SIGNED_ROW(0)
+    PALI_SIGNED_ROW(1)
+    PALI_SIGNED_ROW(2)
+    PALI_SIGNED_ROW(3)
   }
-  PALI_PAIR_SAVE(0)
-  PALI_PAIR_SAVE(1)
-  PALI_PAIR_SAVE(2)
-  PALI_PAIR_SAVE(3)
-  PALI_PAIR_SAVE(4)
-  PALI_PAIR_SAVE(5)
+  PALI_SIGNED_SAVE(0)
+  PALI_SIGNED_SAVE(1)
+  PALI_SIGNED_SAVE(2)
+  PALI_SIGNED_SAVE(3)
 }
 
 template <int MR>
-void pairs_rows(const int16_t* xq, int64_t ldq, const float* x_scales, const int16_t* wp, int64_t k2,
-                const RowOutput& o, float* y, int64_t ldy) {
-  alignas(32) int32_t sums[6 * 16];
-  pairs_kernel<MR>(xq, ldq, wp, k2, sums);
+void signed_rows(const int8_t* xq, int64_t ldq, const float* x_scales, const int8_t* wp, int64_t k4,
+                 const RowOutput& o, float* y, int64_t ldy) {
+  alignas(32) int32_t sums[4 * 16];
+  signed_kernel<MR>(xq, ldq, wp, k4, sums);
   for (int r = 0; r < MR; ++r) store_sums(sums + r * 16, x_scales[r], o, y + r * ldy);
 }
 
-constexpr int kPairsMR = 6;
+constexpr int kSignedMR = 4;
 
-void pairs_block(const int16_t* xq, int64_t ldq, const float* x_scales, int64_t rows, const int16_t* wp,
-                 int64_t k2, const RowOutput& o, float* y, int64_t ldy) {
-  for (int64_t r = 0; r < rows; r += kPairsMR) {
-    const int16_t* xr = xq + r * ldq;
+void signed_block(const int8_t* xq, int64_t ldq, const float* x_scales, int64_t rows, const int8_t* wp,
+                  int64_t k4, const RowOutput& o, float* y, int64_t ldy) {
+  for (int64_t r = 0; r < rows; r += kSignedMR) {
+    const int8_t* xr = xq + r * ldq;
     float* yr = y + r * ldy;
-    switch (std::min<int64_t>(kPairsMR, rows - r)) {
-      case 1: pairs_rows<1>(xr, ldq, x_scales + r, wp, k2, o, yr, ldy); break;
-      case 2: pairs_rows<2>(xr, ldq, x_scales + r, wp, k2, o, yr, ldy); break;
-      case 3: pairs_rows<3>(xr, ldq, x_scales + r, wp, k2, o, yr, ldy); break;
-      case 4: pairs_rows<4>(xr, ldq, x_scales + r, wp, k2, o, yr, ldy); break;
-      case 5: pairs_rows<5>(xr, ldq, x_scales + r, wp, k2, o, yr, ldy); break;
-      default: pairs_rows<6>(xr, ldq, x_scales + r, wp, k2, o, yr, ldy); break;
+    switch (std::min<int64_t>(kSignedMR, rows - r)) {
+      case 1: signed_rows<1>(xr, ldq, x_scales + r, wp, k4, o, yr, ldy); break;
+      case 2: signed_rows<2>(xr, ldq, x_scales + r, wp, k4, o, yr, ldy); break;
+      case 3: signed_rows<3>(xr, ldq, x_scales + r, wp, k4, o, yr, ldy); break;
+      default: signed_rows<4>(xr, ldq, x_scales + r, wp, k4, o, yr, ldy); break;
     }
   }
 }
@@ -318,13 +266,12 @@ T* scratch(std::vector<T>& v, int64_t n) {
   return v.data() + ((64 - address % 64) % 64) / sizeof(T);
 }
 
-// Q: uint8_t for the VNNI kernel, int16_t for AVX2.
+// Q: uint8_t (qx + 128) for the VNNI kernel, int8_t for AVX2.
 template <typename Q>
 void run(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y, int64_t ldy,
          bool accumulate) {
-  constexpr bool vnni = sizeof(Q) == 1;
-  const int64_t k = w.k, group = vnni ? 4 : 2;
-  const int64_t k_pad = (k + group - 1) / group * group;
+  constexpr bool vnni = std::is_same_v<Q, uint8_t>;
+  const int64_t k = w.k, k_pad = w.packed_k(), k4 = k_pad / 4;
   thread_local std::vector<Q> q_storage;
   thread_local std::vector<float> scale_storage;
   Q* xq = scratch(q_storage, m * k_pad);
@@ -336,34 +283,31 @@ void run(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y
   const int8_t* packed = w.packed.data<int8_t>();
   const float* bias = w.has_bias ? w.bias.data<float>() : nullptr;
   const float* w_scales = w.scales.data<float>();
+  const int32_t* offsets = w.unsigned_offsets.data<int32_t>();
   const int64_t panels = w.num_panels();
-  // One panel at a time: regroup it, then every row of this chunk through it.
-  const auto panel_rows = [&](int64_t p, int64_t rb, int64_t re, void* regrouped, int32_t* offset) {
-    const int8_t* src = packed + p * k * P;
-    RowOutput o{w_scales + p * P, bias ? bias + p * P : nullptr,
-                static_cast<int>(std::min<int64_t>(P, w.n - p * P)), accumulate};
-    float* yp = y + rb * ldy + p * P;
-    if constexpr (vnni) {
-      auto* wq = static_cast<int8_t*>(regrouped);
-      regroup_quads(src, k, wq, offset);
-      quads_block(xq + rb * k_pad, k_pad, x_scales + rb, re - rb, wq, k_pad / 4, offset, o, yp, ldy);
-    } else {
-      auto* wq = static_cast<int16_t*>(regrouped);
-      regroup_pairs(src, k, wq);
-      pairs_block(xq + rb * k_pad, k_pad, x_scales + rb, re - rb, wq, k_pad / 2, o, yp, ldy);
+  const auto panel_range = [&](int64_t pb, int64_t pe, int64_t rb, int64_t re) {
+    for (int64_t p = pb; p < pe; ++p) {
+      const int8_t* wp = packed + p * k_pad * P;
+      const RowOutput o{w_scales + p * P, bias ? bias + p * P : nullptr,
+                        static_cast<int>(std::min<int64_t>(P, w.n - p * P)), accumulate};
+      float* yp = y + rb * ldy + p * P;
+      if constexpr (vnni)
+        quads_block(xq + rb * k_pad, k_pad, x_scales + rb, re - rb, wp, k4, offsets + p * P, o, yp, ldy);
+      else
+        signed_block(xq + rb * k_pad, k_pad, x_scales + rb, re - rb, wp, k4, o, yp, ldy);
     }
   };
-  const auto panel_range = [&](int64_t pb, int64_t pe, int64_t rb, int64_t re) {
-    thread_local std::vector<int16_t> regroup_storage;  // k_pad * 16 int8 or int16
-    alignas(64) int32_t offset[P];
-    void* regrouped = scratch(regroup_storage, k_pad * P);
-    for (int64_t p = pb; p < pe; ++p) panel_rows(p, rb, re, regrouped, offset);
-  };
   const int threads = op_threads();
-  if (panels >= 2 * threads || m < 2 * kQuadsMR)
+  if (m <= kQuadsMR) {
+    // Decode: the weights are read once; chunks of at least ~32 KB of them,
+    // below which a thread's start costs more than it saves.
+    const int64_t grain = std::max<int64_t>(1, (32 << 10) / (k_pad * P));
+    parallel_for(0, panels, grain, [&](int64_t pb, int64_t pe) { panel_range(pb, pe, 0, m); });
+  } else if (panels >= 2 * threads || m < 2 * kQuadsMR) {
     parallel_for(0, panels, 1, [&](int64_t pb, int64_t pe) { panel_range(pb, pe, 0, m); });
-  else
+  } else {
     parallel_for_aligned(0, m, kQuadsMR, kQuadsMR, [&](int64_t rb, int64_t re) { panel_range(0, panels, rb, re); });
+  }
 }
 
 }  // namespace
@@ -397,7 +341,7 @@ void linear_int8_activations(const float* x, int64_t ldx, int64_t m, const Linea
   if (active_kernel() == Int8Kernel::avx512_vnni)
     run<uint8_t>(x, ldx, m, w, y, ldy, accumulate);
   else
-    run<int16_t>(x, ldx, m, w, y, ldy, accumulate);
+    run<int8_t>(x, ldx, m, w, y, ldy, accumulate);
 }
 
 }  // namespace pali
