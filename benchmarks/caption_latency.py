@@ -11,7 +11,9 @@ exactly that, one request at a time, on held-out shapes-world images, for
   under ``torch.inference_mode``), on the checkpoint the ONNX file was
   exported from.
 
-Every peer gets the same threads and the same images; the texts are compared
+Every peer gets the same threads and the same images, in rounds (all
+requests through each peer in turn, ``--repeats`` rounds, so that a slower or
+faster spell of the machine falls on all of them); the texts are compared
 (the f32 engine must say what PyTorch says). Reported: median and min-max
 latency per request (ms), mean generated tokens, and PyTorch's latency over
 each engine row's.
@@ -45,18 +47,25 @@ def _requests(n: int, image_size: int, seed: int):
     return out
 
 
-def _time_peer(fn, requests, repeats: int) -> Dict:
-    fn(*requests[0])  # warm-up: first-call allocations, thread pools
-    times, texts = [], []
+def _time_peers(fns: Dict[str, object], requests, repeats: int) -> Dict[str, Dict]:
+    """Times every peer on every request, in rounds: each round runs the
+    requests through one peer after the other, so a change in the machine's
+    speed during the run (another tenant, the clock) falls on all peers alike.
+    Each peer's block starts with an untimed request, so no peer pays for the
+    one before it (its thread pool still spinning, its data in the caches)."""
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    texts: Dict[str, List[str]] = {name: [] for name in fns}
     for rep in range(repeats):
-        for image, prompt in requests:
-            t0 = time.perf_counter()
-            text = fn(image, prompt)
-            times.append((time.perf_counter() - t0) * 1e3)
-            if rep == 0:
-                texts.append(text)
-    return {"median_ms": float(np.median(times)), "min_ms": float(np.min(times)),
-            "max_ms": float(np.max(times)), "texts": texts}
+        for name, fn in fns.items():
+            fn(*requests[0])  # warm-up
+            for image, prompt in requests:
+                t0 = time.perf_counter()
+                text = fn(image, prompt)
+                times[name].append((time.perf_counter() - t0) * 1e3)
+                if rep == 0:
+                    texts[name].append(text)
+    return {name: {"median_ms": float(np.median(t)), "min_ms": float(np.min(t)), "max_ms": float(np.max(t)),
+                   "texts": texts[name]} for name, t in times.items()}
 
 
 def measure(model_path: Optional[str] = None, checkpoint: Optional[str] = None, n: int = 32,
@@ -65,6 +74,7 @@ def measure(model_path: Optional[str] = None, checkpoint: Optional[str] = None, 
     """Times the engine (each dtype) and PyTorch on ``n`` caption requests; see the module docstring."""
     import torch
     from pali_engine import Engine
+    from pali_engine._core import ops
     from pali_engine.engine import default_model_path
     from pali_engine.export.evaluate import DEFAULT_MODEL, TorchBackend
 
@@ -73,20 +83,18 @@ def measure(model_path: Optional[str] = None, checkpoint: Optional[str] = None, 
     model_path = model_path or default_model_path()
     checkpoint = checkpoint or DEFAULT_MODEL
     torch.set_num_threads(threads)
-    rows: Dict[str, Dict] = {}
     engines = {dt: Engine.load(model_path, dtype=dt, threads=threads) for dt in dtypes}
     requests = _requests(n, engines[dtypes[0]].config["image_size"], seed)
-    for dt, engine in engines.items():
-        log(f"[caption] engine {dt} ...")
-        rows[f"engine {dt}"] = _time_peer(lambda im, p, e=engine: e.generate(im, p).text, requests, repeats)
-    log("[caption] pytorch ...")
     torch_backend = TorchBackend(checkpoint)
 
     def torch_generate(image, prompt):
         with torch.inference_mode():
             return torch_backend.generate([image], [prompt])[0]
 
-    rows["pytorch"] = _time_peer(torch_generate, requests, repeats)
+    fns = {f"engine {dt}": (lambda im, p, e=engine: e.generate(im, p).text) for dt, engine in engines.items()}
+    fns["pytorch"] = torch_generate
+    log(f"[caption] {', '.join(fns)}: {n} requests x {repeats} rounds ...")
+    rows = _time_peers(fns, requests, repeats)
     tok = engines[dtypes[0]].tokenizer
     reference = rows["pytorch"]["texts"]
     for name, row in rows.items():
@@ -95,6 +103,7 @@ def measure(model_path: Optional[str] = None, checkpoint: Optional[str] = None, 
         row["pytorch_over_this"] = rows["pytorch"]["median_ms"] / row["median_ms"]
     return {"model": os.path.basename(model_path), "checkpoint": os.path.basename(checkpoint),
             "requests": n, "repeats": repeats, "threads": threads, "prompts": list(PROMPTS),
+            "int8_kernel": ops.int8_kernel(),
             "rows": {k: {kk: vv for kk, vv in v.items() if kk != "texts"} for k, v in rows.items()},
             "examples": [{"prompt": p, "pytorch": reference[i], "engine": rows[f"engine {dtypes[0]}"]["texts"][i]}
                          for i, (_, p) in enumerate(requests[:5])]}
@@ -102,7 +111,8 @@ def measure(model_path: Optional[str] = None, checkpoint: Optional[str] = None, 
 
 def table(result: Dict) -> str:
     lines = [f"**default, caption end to end** ({result['requests']} held-out images x {result['repeats']}, "
-             f"batch 1, greedy until eos, prompts {', '.join(result['prompts'])}; image array in, text out)",
+             f"batch 1, greedy until eos, prompts {', '.join(result['prompts'])}; image array in, text out; "
+             f"{result['threads']} threads; int8 kernel {result.get('int8_kernel', '?')})",
              "",
              "| peer | ms per request | mean tokens | same text as PyTorch | PyTorch ms / this |",
              "|---|---|---|---|---|"]

@@ -19,6 +19,7 @@ namespace {
 
 constexpr int64_t kKeyBlock = 64;
 constexpr int64_t kQueryBlock = 16;
+constexpr int64_t kMinChunkWork = 1 << 16;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // Four dot products <q, k_i> over d floats (tail lanes via masked loads).
@@ -423,7 +424,10 @@ void attention(const AttentionParams& in) {
   const int64_t rows_per_kv = div * p.q_len;
   const int64_t nrb = (rows_per_kv + kQueryBlock - 1) / kQueryBlock;
   const int64_t items = kv_batches * p.heads * nrb;
-  parallel_for(0, items, 1, [&](int64_t ib, int64_t ie) {
+  // Chunks of at least kMinChunkWork multiply-adds: a decode step's few query
+  // rows run on the calling thread.
+  const int64_t work_per_item = std::max<int64_t>(1, std::min(rows_per_kv, kQueryBlock) * p.kv_len * d);
+  parallel_for(0, items, std::max<int64_t>(1, kMinChunkWork / work_per_item), [&](int64_t ib, int64_t ie) {
     const int64_t dpad = (d + 7) / 8 * 8;
     std::vector<float> acc_buf(static_cast<size_t>(4 * dpad));
     float* acc0 = acc_buf.data();

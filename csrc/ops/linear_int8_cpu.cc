@@ -266,6 +266,9 @@ T* scratch(std::vector<T>& v, int64_t n) {
   return v.data() + ((64 - address % 64) % 64) / sizeof(T);
 }
 
+// Prefill splits rows between threads when each gets at least this many.
+constexpr int64_t kMinRowsPerThread = 16;
+
 // Q: uint8_t (qx + 128) for the VNNI kernel, int8_t for AVX2.
 template <typename Q>
 void run(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y, int64_t ldy,
@@ -276,9 +279,9 @@ void run(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y
   thread_local std::vector<float> scale_storage;
   Q* xq = scratch(q_storage, m * k_pad);
   float* x_scales = scratch(scale_storage, m);
-  parallel_for(0, m, std::max<int64_t>(1, 8192 / k), [&](int64_t rb, int64_t re) {
+  const auto quantize_rows = [&](int64_t rb, int64_t re) {
     for (int64_t r = rb; r < re; ++r) x_scales[r] = quantize_row(x + r * ldx, k, xq + r * k_pad, k_pad);
-  });
+  };
 
   const int8_t* packed = w.packed.data<int8_t>();
   const float* bias = w.has_bias ? w.bias.data<float>() : nullptr;
@@ -299,14 +302,24 @@ void run(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y
   };
   const int threads = op_threads();
   if (m <= kQuadsMR) {
-    // Decode: the weights are read once; chunks of at least ~32 KB of them,
-    // below which a thread's start costs more than it saves.
-    const int64_t grain = std::max<int64_t>(1, (32 << 10) / (k_pad * P));
+    // Decode: each weight is read once. Chunks of at least 512 KB of weights:
+    // below that, starting a second thread and moving the rows' data between
+    // cores costs about what it saves, and a lot more when the two cores are
+    // far apart (another chip of a virtual machine's host).
+    const int64_t grain = std::max<int64_t>(1, (512 << 10) / (k_pad * P));
+    quantize_rows(0, m);
     parallel_for(0, panels, grain, [&](int64_t pb, int64_t pe) { panel_range(pb, pe, 0, m); });
-  } else if (panels >= 2 * threads || m < 2 * kQuadsMR) {
-    parallel_for(0, panels, 1, [&](int64_t pb, int64_t pe) { panel_range(pb, pe, 0, m); });
+  } else if (m >= kMinRowsPerThread * threads) {
+    // Prefill: each thread its own rows, quantized and multiplied in one pass,
+    // through all the weights. Norms split rows the same way, so a thread's
+    // rows stay in its core's caches from one op to the next.
+    parallel_for(0, m, kMinRowsPerThread, [&](int64_t rb, int64_t re) {
+      quantize_rows(rb, re);
+      panel_range(0, panels, rb, re);
+    });
   } else {
-    parallel_for_aligned(0, m, kQuadsMR, kQuadsMR, [&](int64_t rb, int64_t re) { panel_range(0, panels, rb, re); });
+    parallel_for(0, m, std::max<int64_t>(1, 8192 / k), quantize_rows);
+    parallel_for(0, panels, 1, [&](int64_t pb, int64_t pe) { panel_range(pb, pe, 0, m); });
   }
 }
 
