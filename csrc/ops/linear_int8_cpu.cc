@@ -186,14 +186,21 @@ void signed_block(const int8_t* xq, int64_t ldq, const float* x_scales, int64_t 
 }
 
 // ---------------------------------------------------------------------------
-// AVX-512 VNNI: MR rows of uint8 x (qx + 128) times one regrouped panel, one
-// 512-bit accumulator (16 outputs) per row.
-#define PALI_QUAD_ROW(r)                                                                     \
+// AVX-512 VNNI: MR rows of uint8 x (qx + 128) times one packed panel, one
+// 512-bit accumulator (16 outputs) per row. With fewer than four rows (decode)
+// the k groups alternate between two or four sets of accumulators: a single
+// chain of vpdpbusd would wait on its latency, not its throughput.
+// vpdpbusd in asm: with the intrinsic, GCC 12 copies every accumulator to
+// another register and back on each iteration (16 extra moves per 8 products).
+#define PALI_QUAD_ROW(acc, r, w, gg)                                                         \
   if constexpr (MR > r) {                                                                    \
     int32_t xquad;                                                                           \
-    std::memcpy(&xquad, xq + (r) * ldq + 4 * g, 4);                                          \
-    c##r = _mm512_dpbusd_epi32(c##r, _mm512_set1_epi32(xquad), w);                           \
+    std::memcpy(&xquad, xq + (r) * ldq + 4 * (gg), 4);                                       \
+    const __m512i xb = _mm512_set1_epi32(xquad);                                             \
+    asm("vpdpbusd %2, %1, %0" : "+v"(acc##r) : "v"(xb), "v"(w));                             \
   }
+#define PALI_QUAD_ROWS4(acc, w, gg) \
+  PALI_QUAD_ROW(acc, 0, w, gg) PALI_QUAD_ROW(acc, 1, w, gg) PALI_QUAD_ROW(acc, 2, w, gg) PALI_QUAD_ROW(acc, 3, w, gg)
 #define PALI_QUAD_SAVE(r) \
   if constexpr (MR > r) _mm512_storeu_si512(sums + (r) * 16, _mm512_sub_epi32(c##r, correction));
 
@@ -202,17 +209,40 @@ PALI_TARGET_VNNI PALI_ALWAYS_INLINE void quads_kernel(const uint8_t* xq, int64_t
                                                       int64_t k4, const int32_t* offset, int32_t* sums) {
   const __m512i z = _mm512_setzero_si512();
   __m512i c0 = z, c1 = z, c2 = z, c3 = z, c4 = z, c5 = z, c6 = z, c7 = z;
-  for (int64_t g = 0; g < k4; ++g) {
-    const __m512i w = _mm512_load_si512(wp + g * 64);
-    PALI_QUAD_ROW(0)
-    PALI_QUAD_ROW(1)
-    PALI_QUAD_ROW(2)
-    PALI_QUAD_ROW(3)
-    PALI_QUAD_ROW(4)
-    PALI_QUAD_ROW(5)
-    PALI_QUAD_ROW(6)
-    PALI_QUAD_ROW(7)
+  __m512i d0 = z, d1 = z, d2 = z, e0 = z, f0 = z;
+#define panel(gg) _mm512_load_si512(wp + (gg) * 64)
+  int64_t g = 0;
+  if constexpr (MR == 1) {
+    for (; g + 4 <= k4; g += 4) {
+      const __m512i w0 = panel(g), w1 = panel(g + 1), w2 = panel(g + 2), w3 = panel(g + 3);
+      PALI_QUAD_ROW(c, 0, w0, g)
+      PALI_QUAD_ROW(d, 0, w1, g + 1)
+      PALI_QUAD_ROW(e, 0, w2, g + 2)
+      PALI_QUAD_ROW(f, 0, w3, g + 3)
+    }
+  } else if constexpr (MR <= 3) {
+    for (; g + 2 <= k4; g += 2) {
+      const __m512i w0 = panel(g), w1 = panel(g + 1);
+      PALI_QUAD_ROW(c, 0, w0, g)
+      PALI_QUAD_ROW(c, 1, w0, g)
+      PALI_QUAD_ROW(c, 2, w0, g)
+      PALI_QUAD_ROW(d, 0, w1, g + 1)
+      PALI_QUAD_ROW(d, 1, w1, g + 1)
+      PALI_QUAD_ROW(d, 2, w1, g + 1)
+    }
   }
+  for (; g < k4; ++g) {
+    const __m512i w = panel(g);
+    PALI_QUAD_ROWS4(c, w, g)
+    PALI_QUAD_ROW(c, 4, w, g)
+    PALI_QUAD_ROW(c, 5, w, g)
+    PALI_QUAD_ROW(c, 6, w, g)
+    PALI_QUAD_ROW(c, 7, w, g)
+  }
+#undef panel
+  c0 = _mm512_add_epi32(_mm512_add_epi32(c0, d0), _mm512_add_epi32(e0, f0));
+  c1 = _mm512_add_epi32(c1, d1);
+  c2 = _mm512_add_epi32(c2, d2);
   // x was stored as qx + 128: take off 128 * sum_k qw.
   const __m512i correction = _mm512_loadu_si512(offset);
   PALI_QUAD_SAVE(0)
