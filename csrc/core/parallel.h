@@ -81,6 +81,40 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, F&& fn) {
 #endif
 }
 
+// Below this many rows per thread, a row-split op runs on fewer threads.
+constexpr int64_t kMinRowsPerThread = 16;
+
+// Runs fn(begin, end, sync) on every thread of one team, each with its own
+// contiguous chunk of rows [0, n) (at least min_rows rows each); sync() is a
+// barrier of the team. Why: a transformer block is a dozen ops, and one fork
+// and join per op, with each op's output split differently from the next op's
+// input, costs more than the work of a small model; here a thread keeps its
+// rows in its own core's caches from op to op and meets the others only where
+// it must (before attention reads every row's keys and values). Ops called
+// inside run on their calling thread. Every thread must call sync() equally
+// often, and fn must not throw (a thread that left would leave the others
+// waiting at the barrier).
+template <typename F>
+void parallel_rows(int64_t n, int64_t min_rows, F&& fn) {
+  const int64_t most = n / std::max<int64_t>(min_rows, 1);
+  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(op_threads(), most)));
+  const auto no_sync = [] {};
+  if (threads <= 1 || in_parallel_region()) {
+    fn(int64_t{0}, n, no_sync);
+    return;
+  }
+#ifdef _OPENMP
+  const auto barrier = [] {
+#pragma omp barrier
+  };
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    fn(n * t / nt, n * (t + 1) / nt, barrier);
+  }
+#endif
+}
+
 // Like parallel_for, but chunk boundaries fall on multiples of `align` items
 // from `begin` (e.g. whole weight panels), the last chunk taking the remainder.
 template <typename F>

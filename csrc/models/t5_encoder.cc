@@ -1,5 +1,7 @@
 #include "models/t5_encoder.h"
 
+#include "core/parallel.h"
+#include "models/attention_rows.h"
 #include "ops/attention.h"
 #include "ops/position_bucket.h"
 #include "ops/rms_norm.h"
@@ -26,12 +28,16 @@ T5Encoder::T5Encoder(const PaliConfig& config, WeightStore& weights, WeightForma
 
 void T5Encoder::forward(float* x, int64_t batch, int64_t seq, const int32_t* mask) const {
   const int64_t d = config_.d_model, inner = config_.inner_dim(), heads = config_.num_heads;
-  const int64_t rows = batch * seq;
+  const int64_t d_ff = config_.d_ff, rows = batch * seq;
   const float eps = config_.layer_norm_epsilon;
-  Buffer h_buf, qkv_buf, attn_buf, table_buf, wide, gated;
+  Buffer h_buf, qkv_bufs[2], attn_buf, table_buf, wide_buf, gated_buf;
   float* h = h_buf.get(rows * d);
-  float* qkv = qkv_buf.get(rows * 3 * inner);
+  // Layers alternate between two: a thread may write the next layer's keys
+  // while another still reads this layer's.
+  float* qkv_of[2] = {qkv_bufs[0].get(rows * 3 * inner), qkv_bufs[1].get(rows * 3 * inner)};
   float* attn = attn_buf.get(rows * inner);
+  float* wide = wide_buf.get(rows * 2 * d_ff);
+  float* gated = gated_buf.get(rows * d_ff);
 
   // Distances j - i span [-(seq - 1), seq - 1]: computed once for all layers.
   const int64_t rel_offset = seq - 1, num_rel = 2 * seq - 1;
@@ -39,33 +45,44 @@ void T5Encoder::forward(float* x, int64_t batch, int64_t seq, const int32_t* mas
   relative_bias_table(relative_attention_bias_.data<float>(), config_.relative_attention_num_buckets, heads,
                       /*bidirectional=*/true, config_.relative_attention_max_distance, rel_offset, num_rel,
                       table);
+  AttentionParams whole;
+  whole.batch = batch;
+  whole.heads = heads;
+  whole.q_len = whole.kv_len = seq;
+  whole.head_dim = config_.d_kv;
+  whole.scale = 1.0f;
+  whole.q_row_stride = whole.k_row_stride = whole.v_row_stride = 3 * inner;
+  whole.out = attn;
+  whole.key_mask = mask;
+  whole.mask_type = MaskType::i32;
+  whole.rel_bias = table;
+  whole.rel_bias_stride = num_rel;
+  whole.rel_offset = rel_offset;
 
-  for (const Layer& l : layers_) {
-    rms_norm(x, rows, d, l.attn_norm.data<float>(), eps, h);
-    linear(h, rows, l.qkv, qkv);
-    AttentionParams p;
-    p.batch = batch;
-    p.heads = heads;
-    p.q_len = p.kv_len = seq;
-    p.head_dim = config_.d_kv;
-    p.scale = 1.0f;
-    p.q = qkv;
-    p.k = qkv + inner;
-    p.v = qkv + 2 * inner;
-    p.q_row_stride = p.k_row_stride = p.v_row_stride = 3 * inner;
-    p.out = attn;
-    p.key_mask = mask;
-    p.mask_type = MaskType::i32;
-    p.rel_bias = table;
-    p.rel_bias_stride = num_rel;
-    p.rel_offset = rel_offset;
-    attention(p);
-    linear(attn, rows, l.o, x, /*accumulate=*/true);
-    rms_norm(x, rows, d, l.ffn_norm.data<float>(), eps, h);
-    l.ffn.forward_add(h, rows, x, wide, gated);
-  }
-  rms_norm(x, rows, d, final_norm_.data<float>(), eps, h);
-  std::copy(h, h + rows * d, x);
+  // Each thread its rows through every op (see parallel_rows); they meet only
+  // before attention, which reads the keys and values of all rows.
+  parallel_rows(rows, kMinRowsPerThread, [&](int64_t rb, int64_t re, const auto& sync) {
+    const int64_t m = re - rb;
+    float* xr = x + rb * d;
+    float* hr = h + rb * d;
+    for (size_t i = 0; i < layers_.size(); ++i) {
+      const Layer& l = layers_[i];
+      float* qkv = qkv_of[i % 2];
+      rms_norm(xr, m, d, l.attn_norm.data<float>(), eps, hr);
+      linear(hr, m, l.qkv, qkv + rb * 3 * inner);
+      sync();  // every row's keys and values are written (and the layer before last's read)
+      AttentionParams p = whole;
+      p.q = qkv;
+      p.k = qkv + inner;
+      p.v = qkv + 2 * inner;
+      attention_rows(p, rb, re);
+      linear(attn + rb * inner, m, l.o, xr, /*accumulate=*/true);
+      rms_norm(xr, m, d, l.ffn_norm.data<float>(), eps, hr);
+      l.ffn.forward_add(hr, m, xr, wide + rb * 2 * d_ff, gated + rb * d_ff);
+    }
+    rms_norm(xr, m, d, final_norm_.data<float>(), eps, hr);
+    std::copy(hr, hr + m * d, xr);
+  });
 }
 
 }  // namespace pali

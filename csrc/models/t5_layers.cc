@@ -11,11 +11,13 @@ T5FeedForward::T5FeedForward(const PaliConfig& config, WeightStore& weights, con
 }
 
 void T5FeedForward::forward_add(const float* h, int64_t rows, float* x, Buffer& wide, Buffer& gated) const {
-  float* both = wide.get(rows * 2 * d_ff);
-  float* g = gated.get(rows * d_ff);
-  linear(h, rows, wi, both);
-  gated_activation(both, rows, d_ff, g, activation);
-  linear(g, rows, wo, x, /*accumulate=*/true);
+  forward_add(h, rows, x, wide.get(rows * 2 * d_ff), gated.get(rows * d_ff));
+}
+
+void T5FeedForward::forward_add(const float* h, int64_t rows, float* x, float* wide, float* gated) const {
+  linear(h, rows, wi, wide);
+  gated_activation(wide, rows, d_ff, gated, activation);
+  linear(gated, rows, wo, x, /*accumulate=*/true);
 }
 
 }  // namespace pali

@@ -24,6 +24,8 @@ struct T5FeedForward {
                 WeightFormat format);
   // x[rows, d_model] += ffn(h[rows, d_model]).
   void forward_add(const float* h, int64_t rows, float* x, Buffer& wide, Buffer& gated) const;
+  // The same with scratch given: wide [rows, 2 * d_ff] and gated [rows, d_ff].
+  void forward_add(const float* h, int64_t rows, float* x, float* wide, float* gated) const;
 };
 
 // RMSNorm weights of every norm in a layer are float32 [d_model].

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "core/parallel.h"
+#include "models/attention_rows.h"
 #include "ops/activations.h"
 #include "ops/attention.h"
 #include "ops/layer_norm.h"
@@ -40,40 +42,55 @@ VisionEncoder::VisionEncoder(const PaliConfig& config, WeightStore& weights, Wei
 
 void VisionEncoder::forward(const float* pixels, int64_t batch, float* out) const {
   const int64_t w = config_.vision_width, n = num_patches_, rows = batch * n;
+  const int64_t mlp_dim = config_.vision_mlp_dim, d_model = config_.d_model;
   const int64_t heads = config_.vision_heads, head_dim = w / heads;
   const float eps = config_.vision_layer_norm_eps;
-  Buffer x_buf, h_buf, qkv_buf, attn_buf, mlp_buf;
+  Buffer x_buf, h_buf, qkv_bufs[2], attn_buf, mlp_buf;
   float* x = x_buf.get(rows * w);
   float* h = h_buf.get(rows * w);
-  float* qkv = qkv_buf.get(rows * 3 * w);
+  // Blocks alternate between two: a thread may write the next block's keys
+  // while another still reads this block's.
+  float* qkv_of[2] = {qkv_bufs[0].get(rows * 3 * w), qkv_bufs[1].get(rows * 3 * w)};
   float* attn = attn_buf.get(rows * w);
-  float* mlp = mlp_buf.get(rows * config_.vision_mlp_dim);
+  float* mlp = mlp_buf.get(rows * mlp_dim);
 
   patch_embed(pixels, batch, config_.num_channels, config_.image_size, config_.patch_size, patch_embed_,
               pos_embed_.data<float>(), x);
-  for (const Block& b : blocks_) {
-    layer_norm(x, rows, w, b.norm1_weight.data<float>(), b.norm1_bias.data<float>(), eps, h);
-    linear(h, rows, b.qkv, qkv);
-    AttentionParams p;
-    p.batch = batch;
-    p.heads = heads;
-    p.q_len = p.kv_len = n;
-    p.head_dim = head_dim;
-    p.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-    p.q = qkv;
-    p.k = qkv + w;
-    p.v = qkv + 2 * w;
-    p.q_row_stride = p.k_row_stride = p.v_row_stride = 3 * w;
-    p.out = attn;
-    attention(p);
-    linear(attn, rows, b.out, x, /*accumulate=*/true);
-    layer_norm(x, rows, w, b.norm2_weight.data<float>(), b.norm2_bias.data<float>(), eps, h);
-    linear(h, rows, b.fc1, mlp);
-    gelu_tanh_inplace(mlp, rows * config_.vision_mlp_dim);
-    linear(mlp, rows, b.fc2, x, /*accumulate=*/true);
-  }
-  layer_norm(x, rows, w, norm_weight_.data<float>(), norm_bias_.data<float>(), eps, h);
-  linear(h, rows, projector_, out);
+  AttentionParams whole;
+  whole.batch = batch;
+  whole.heads = heads;
+  whole.q_len = whole.kv_len = n;
+  whole.head_dim = head_dim;
+  whole.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  whole.q_row_stride = whole.k_row_stride = whole.v_row_stride = 3 * w;
+  whole.out = attn;
+  // Each thread its rows through every op; they meet only around attention,
+  // which reads the keys and values of all rows.
+  parallel_rows(rows, kMinRowsPerThread, [&](int64_t rb, int64_t re, const auto& sync) {
+    const int64_t m = re - rb;
+    float* xr = x + rb * w;
+    float* hr = h + rb * w;
+    float* mr = mlp + rb * mlp_dim;
+    for (size_t i = 0; i < blocks_.size(); ++i) {
+      const Block& b = blocks_[i];
+      float* qkv = qkv_of[i % 2];
+      layer_norm(xr, m, w, b.norm1_weight.data<float>(), b.norm1_bias.data<float>(), eps, hr);
+      linear(hr, m, b.qkv, qkv + rb * 3 * w);
+      sync();  // every row's keys and values are written (and the block before last's read)
+      AttentionParams p = whole;
+      p.q = qkv;
+      p.k = qkv + w;
+      p.v = qkv + 2 * w;
+      attention_rows(p, rb, re);
+      linear(attn + rb * w, m, b.out, xr, /*accumulate=*/true);
+      layer_norm(xr, m, w, b.norm2_weight.data<float>(), b.norm2_bias.data<float>(), eps, hr);
+      linear(hr, m, b.fc1, mr);
+      gelu_tanh_inplace(mr, m * mlp_dim);
+      linear(mr, m, b.fc2, xr, /*accumulate=*/true);
+    }
+    layer_norm(xr, m, w, norm_weight_.data<float>(), norm_bias_.data<float>(), eps, hr);
+    linear(hr, m, projector_, out + rb * d_model);
+  });
 }
 
 }  // namespace pali

@@ -296,9 +296,6 @@ T* scratch(std::vector<T>& v, int64_t n) {
   return v.data() + ((64 - address % 64) % 64) / sizeof(T);
 }
 
-// Prefill splits rows between threads when each gets at least this many.
-constexpr int64_t kMinRowsPerThread = 16;
-
 // Q: uint8_t (qx + 128) for the VNNI kernel, int8_t for AVX2.
 template <typename Q>
 void run(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y, int64_t ldy,

@@ -1,0 +1,43 @@
+#include "models/attention_rows.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+
+namespace pali {
+
+void attention_rows(const AttentionParams& whole, int64_t row_begin, int64_t row_end) {
+  const int64_t seq = whole.q_len;
+  PALI_CHECK(whole.kv_len == seq && whole.q_offset == 0 && whole.kv_batch_divisor == 1,
+             "attention_rows: expects self-attention over whole sequences");
+  const int64_t hd = whole.heads * whole.head_dim;
+  const auto stride = [](int64_t s, int64_t fallback) { return s ? s : fallback; };
+  const int64_t q_row = stride(whole.q_row_stride, hd), out_row = stride(whole.out_row_stride, hd);
+  const int64_t q_batch = stride(whole.q_batch_stride, seq * q_row);
+  const int64_t k_batch = stride(whole.k_batch_stride, seq * stride(whole.k_row_stride, hd));
+  const int64_t v_batch = stride(whole.v_batch_stride, seq * stride(whole.v_row_stride, hd));
+  const int64_t out_batch = stride(whole.out_batch_stride, seq * out_row);
+  const int64_t mask_batch = stride(whole.mask_batch_stride, seq);
+  const size_t mask_bytes = whole.mask_type == MaskType::i32 ? 4 : 1;
+  for (int64_t b = row_begin / seq; b * seq < row_end && b < whole.batch; ++b) {
+    const int64_t first = std::max(row_begin, b * seq) - b * seq;
+    const int64_t last = std::min(row_end, (b + 1) * seq) - b * seq;
+    if (first >= last) continue;
+    AttentionParams p = whole;
+    p.batch = 1;
+    p.q_len = last - first;
+    p.q_offset = first;
+    p.q = whole.q + b * q_batch + first * q_row;
+    p.q_row_stride = q_row;
+    p.q_batch_stride = p.q_len * q_row;
+    p.k = whole.k + b * k_batch;
+    p.v = whole.v + b * v_batch;
+    p.out = whole.out + b * out_batch + first * out_row;
+    p.out_row_stride = out_row;
+    p.out_batch_stride = p.q_len * out_row;
+    if (whole.key_mask) p.key_mask = static_cast<const char*>(whole.key_mask) + b * mask_batch * mask_bytes;
+    attention(p);
+  }
+}
+
+}  // namespace pali
