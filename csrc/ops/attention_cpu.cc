@@ -17,7 +17,7 @@
 namespace pali {
 namespace {
 
-constexpr int64_t kKeyBlock = 64;
+constexpr int64_t kKeyBlock = 128;
 constexpr int64_t kQueryBlock = 16;
 constexpr int64_t kMinChunkWork = 1 << 16;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
