@@ -1,8 +1,10 @@
 """Kernel sandbox: the CPU linear op against numpy matmul (OpenBLAS).
 
 Times y = x @ W.T + b for decode (m = 1, 4) and prefill (m = 256) on a few
-weight shapes in every weight format, and prints GFLOP/s and the weight read
-rate (GB/s: packed weight bytes / time; the number that matters for decode).
+weight shapes in every weight format, int8 with int8 activations (W8A8) once
+per integer kernel this CPU runs, and prints GFLOP/s (GOP/s for W8A8) and the
+weight read rate (GB/s: packed weight bytes / time; the number that matters
+for decode).
 Then attention at ViT/T5 sizes against torch's scaled_dot_product_attention
 (when torch is installed).
 
@@ -52,11 +54,12 @@ def main() -> None:
     ms = [1, 256] if args.quick else [1, 4, 256]
     fmts = ["f32", "i8"] if args.quick else ["f32", "f16", "i8"]
     print(f"threads={args.threads}  (numpy: {np.__version__}, BLAS threads from OPENBLAS_NUM_THREADS)")
-    print(f"{'weight':<20}{'m':>5}  {'impl':<8}{'ms':>9}{'GFLOP/s':>10}{'GB/s':>8}")
+    print(f"{'weight':<20}{'m':>5}  {'impl':<18}{'ms':>9}{'GFLOP/s':>10}{'GB/s':>8}")
     for name, (n, k) in SHAPES.items():
         w = rng.standard_normal((n, k)).astype(np.float32)
         b = rng.standard_normal(n).astype(np.float32)
         prepared = {f: ops.prepare_linear(w, b, f) for f in fmts}
+        w8a8 = ops.prepare_linear(w, b, "i8", int8_activations=True)
         wt = np.ascontiguousarray(w.T)
         for m in ms:
             x = rng.standard_normal((m, k)).astype(np.float32)
@@ -69,8 +72,13 @@ def main() -> None:
                 lw = prepared[f]
                 t = best_time(lambda: ops.linear(x, lw, out=y), args.reps)
                 rows.append((f, t, lw.weight_bytes))
+            for kernel in ops.int8_kernels_available():
+                ops.set_int8_kernel(kernel)
+                t = best_time(lambda: ops.linear(x, w8a8, out=y), args.reps)
+                rows.append((f"w8a8 {kernel}", t, w8a8.weight_bytes))
+            ops.set_int8_kernel("auto")
             for impl, t, nbytes in rows:
-                print(f"{name:<20}{m:>5}  {impl:<8}{t * 1e3:>9.3f}{flops / t / 1e9:>10.1f}{nbytes / t / 1e9:>8.1f}")
+                print(f"{name:<20}{m:>5}  {impl:<18}{t * 1e3:>9.3f}{flops / t / 1e9:>10.1f}{nbytes / t / 1e9:>8.1f}")
     if not args.no_attention:
         bench_attention(args.threads, args.reps)
 

@@ -134,6 +134,32 @@ def test_half_and_int8_weights_stay_close(exported, dtype, tolerance):
     assert np.abs(a - b).max() <= tolerance * a.std()
 
 
+def test_int8_kernels_give_the_same_model_outputs(exported):
+    """int8 runs W8A8: every integer kernel this CPU has computes the same sums, so the same logits."""
+    from pali_engine._core import ops
+
+    _, path = exported
+    engine = pali_engine.Engine.load(path, dtype="int8")
+    rng = np.random.default_rng()
+    c = engine.config
+    ids, mask = engine._backend.encode_prompts(PROMPTS[:2])
+    pixels = rng.uniform(-1, 1, (2, 3, c["image_size"], c["image_size"])).astype(np.float32)
+    decoder_ids = rng.integers(0, c["vocab_size"], (2, 5))
+    images = random_images(rng, 2, c["image_size"])
+    results = {}
+    try:
+        for kernel in ops.int8_kernels_available():
+            ops.set_int8_kernel(kernel)
+            results[kernel] = (engine.logits(pixels, ids, mask, decoder_ids),
+                               engine.generate(images, PROMPTS[:2], max_new_tokens=6))
+    finally:
+        ops.set_int8_kernel("auto")
+    first = next(iter(results.values()))
+    for logits, generated in results.values():
+        np.testing.assert_array_equal(logits, first[0])
+        assert [r.tokens for r in generated] == [r.tokens for r in first[1]]
+
+
 def test_concurrent_calls_give_the_same_results(engines):
     _, native, _ = engines
     rng = np.random.default_rng()
@@ -316,6 +342,17 @@ def test_default_model_tokens_match_onnxruntime_on_heldout_images(default_engine
     ours = native.generate(images, prompts, **options)
     reference = ort.generate(images, prompts, **options)
     assert [r.tokens for r in ours] == [r.tokens for r in reference]
+
+
+def test_default_model_int8_scores_within_one_point_of_float32(default_engines):
+    """The issue's bar for the reduced formats, on the held-out set the README reports (200 per task)."""
+    from pali_engine.export import evaluate
+
+    path = pali_engine.default_model_path()
+    scores = {dtype: evaluate.evaluate(evaluate.make_backend("engine", path, dtype=dtype), n=200)
+              for dtype in ("float32", "int8")}
+    for task, full in scores["float32"].items():
+        assert abs(scores["int8"][task]["score"] - full["score"]) <= 0.01, (task, scores["int8"][task], full)
 
 
 def test_eval_runs_the_engine_in_each_weight_format(default_engines, capsys):
