@@ -2,8 +2,9 @@
 
 ``Engine.load(path)`` (backend="native", the default) uses it. The model file is
 checked and mapped by the native reader, the weights are prepared once in the
-chosen storage (float32, float16 or int8 weight-only), and every call runs with
-the GIL released, so several Python threads may share one engine.
+chosen storage (float32, float16, or int8: int8 weights and int8 activations,
+quantized per row at run time, with integer dot products), and every call runs
+with the GIL released, so several Python threads may share one engine.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from . import _native
 from .backend import Backend, OnToken
 from .generation import GenerationOptions, Hypothesis
 
-#: Engine dtype -> storage of the weights in the native kernels (activations stay float32).
+#: Engine dtype -> storage of the weights in the native kernels (with int8, the
+#: activations entering each linear layer are quantized to int8 too).
 WEIGHT_FORMATS = {"float32": "f32", "float16": "f16", "int8": "i8"}
 
 #: Options the native search takes (the rest of GenerationOptions is handled here).
