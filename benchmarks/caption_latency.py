@@ -18,7 +18,7 @@ faster spell of the machine falls on all of them); the texts are compared
 latency per request (ms), mean generated tokens, and PyTorch's latency over
 each engine row's.
 
-    python -m pali_engine.benchmarks.caption_latency [--n 32] [--repeats 3] [--threads N]
+    python -m pali_engine.benchmarks.caption_latency [--n 32] [--repeats 3] [--threads N] [--int8-kernel K]
 """
 
 from __future__ import annotations
@@ -70,8 +70,10 @@ def _time_peers(fns: Dict[str, object], requests, repeats: int) -> Dict[str, Dic
 
 def measure(model_path: Optional[str] = None, checkpoint: Optional[str] = None, n: int = 32,
             repeats: int = 3, threads: Optional[int] = None, dtypes=("float32", "int8"), seed: int = 0,
-            log=None) -> Dict:
-    """Times the engine (each dtype) and PyTorch on ``n`` caption requests; see the module docstring."""
+            log=None, int8_kernel: str = "auto") -> Dict:
+    """Times the engine (each dtype) and PyTorch on ``n`` caption requests; see the module docstring.
+
+    ``int8_kernel``: the engine's integer kernel for int8 ("auto": the best this CPU has)."""
     import torch
     from pali_engine import Engine
     from pali_engine._core import ops
@@ -94,7 +96,11 @@ def measure(model_path: Optional[str] = None, checkpoint: Optional[str] = None, 
     fns = {f"engine {dt}": (lambda im, p, e=engine: e.generate(im, p).text) for dt, engine in engines.items()}
     fns["pytorch"] = torch_generate
     log(f"[caption] {', '.join(fns)}: {n} requests x {repeats} rounds ...")
-    rows = _time_peers(fns, requests, repeats)
+    try:
+        ops.set_int8_kernel(int8_kernel)
+        rows = _time_peers(fns, requests, repeats)
+    finally:
+        ops.set_int8_kernel("auto")
     tok = engines[dtypes[0]].tokenizer
     reference = rows["pytorch"]["texts"]
     for name, row in rows.items():
@@ -103,7 +109,7 @@ def measure(model_path: Optional[str] = None, checkpoint: Optional[str] = None, 
         row["pytorch_over_this"] = rows["pytorch"]["median_ms"] / row["median_ms"]
     return {"model": os.path.basename(model_path), "checkpoint": os.path.basename(checkpoint),
             "requests": n, "repeats": repeats, "threads": threads, "prompts": list(PROMPTS),
-            "int8_kernel": ops.int8_kernel(),
+            "int8_kernel": ops.int8_kernel() if int8_kernel == "auto" else int8_kernel,
             "rows": {k: {kk: vv for kk, vv in v.items() if kk != "texts"} for k, v in rows.items()},
             "examples": [{"prompt": p, "pytorch": reference[i], "engine": rows[f"engine {dtypes[0]}"]["texts"][i]}
                          for i, (_, p) in enumerate(requests[:5])]}
@@ -130,10 +136,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--n", type=int, default=32, help="held-out images (default 32)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="threads for every peer (default: all cores)")
+    ap.add_argument("--int8-kernel", default="auto",
+                    help="the engine's integer kernel for int8: auto (the best this CPU has), avx2, avx512_vnni")
     ap.add_argument("--json", action="store_true", help="print the result as JSON after the table")
     args = ap.parse_args(argv)
     result = measure(args.model, args.checkpoint, args.n, args.repeats, args.threads,
-                     log=lambda s: print(s, file=sys.stderr, flush=True))
+                     log=lambda s: print(s, file=sys.stderr, flush=True), int8_kernel=args.int8_kernel)
     print(table(result))
     if args.json:
         print(json.dumps(result))

@@ -84,6 +84,11 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, F&& fn) {
 // Below this many rows per thread, a row-split op runs on fewer threads.
 constexpr int64_t kMinRowsPerThread = 16;
 
+// A model layer whose weights take at most this many bytes runs as one
+// parallel_rows pass, each thread reading all of them (cheap while they fit a
+// core's L2); larger layers run op by op, each op splitting its own work.
+constexpr size_t kOnePassMaxLayerBytes = size_t{1} << 20;
+
 // Runs fn(begin, end, sync) on every thread of one team, each with its own
 // contiguous chunk of rows [0, n) (at least min_rows rows each); sync() is a
 // barrier of the team. Why: a transformer block is a dozen ops, and one fork

@@ -6,18 +6,14 @@
 
 namespace pali {
 
-void attention_rows(const AttentionParams& whole, int64_t row_begin, int64_t row_end) {
+void attention_rows(const AttentionParams& whole, const float* qkv, int64_t row_begin, int64_t row_end) {
   const int64_t seq = whole.q_len;
   PALI_CHECK(whole.kv_len == seq && whole.q_offset == 0 && whole.kv_batch_divisor == 1,
              "attention_rows: expects self-attention over whole sequences");
-  const int64_t hd = whole.heads * whole.head_dim;
-  const auto stride = [](int64_t s, int64_t fallback) { return s ? s : fallback; };
-  const int64_t q_row = stride(whole.q_row_stride, hd), out_row = stride(whole.out_row_stride, hd);
-  const int64_t q_batch = stride(whole.q_batch_stride, seq * q_row);
-  const int64_t k_batch = stride(whole.k_batch_stride, seq * stride(whole.k_row_stride, hd));
-  const int64_t v_batch = stride(whole.v_batch_stride, seq * stride(whole.v_row_stride, hd));
-  const int64_t out_batch = stride(whole.out_batch_stride, seq * out_row);
-  const int64_t mask_batch = stride(whole.mask_batch_stride, seq);
+  const int64_t hd = whole.heads * whole.head_dim, row = 3 * hd, batch_rows = seq * row;
+  const int64_t out_row = whole.out_row_stride ? whole.out_row_stride : hd;
+  const int64_t out_batch = whole.out_batch_stride ? whole.out_batch_stride : seq * out_row;
+  const int64_t mask_batch = whole.mask_batch_stride ? whole.mask_batch_stride : seq;
   const size_t mask_bytes = whole.mask_type == MaskType::i32 ? 4 : 1;
   for (int64_t b = row_begin / seq; b * seq < row_end && b < whole.batch; ++b) {
     const int64_t first = std::max(row_begin, b * seq) - b * seq;
@@ -27,11 +23,12 @@ void attention_rows(const AttentionParams& whole, int64_t row_begin, int64_t row
     p.batch = 1;
     p.q_len = last - first;
     p.q_offset = first;
-    p.q = whole.q + b * q_batch + first * q_row;
-    p.q_row_stride = q_row;
-    p.q_batch_stride = p.q_len * q_row;
-    p.k = whole.k + b * k_batch;
-    p.v = whole.v + b * v_batch;
+    p.q = qkv + b * batch_rows + first * row;
+    p.k = qkv + b * batch_rows + hd;
+    p.v = qkv + b * batch_rows + 2 * hd;
+    p.q_row_stride = p.k_row_stride = p.v_row_stride = row;
+    p.q_batch_stride = p.q_len * row;
+    p.k_batch_stride = p.v_batch_stride = batch_rows;
     p.out = whole.out + b * out_batch + first * out_row;
     p.out_row_stride = out_row;
     p.out_batch_stride = p.q_len * out_row;

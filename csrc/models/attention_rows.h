@@ -9,8 +9,10 @@
 
 namespace pali {
 
-// `whole` describes all `batch` sequences (q_len = kv_len = seq, batch strides
-// seq rows, q_offset 0); computes the output rows [row_begin, row_end) of it.
-void attention_rows(const AttentionParams& whole, int64_t row_begin, int64_t row_end);
+// `whole` describes all `batch` sequences (q_len = kv_len = seq, q_offset 0,
+// out, masks and bias; its q/k/v are ignored), which read their queries, keys
+// and values from the fused rows of `qkv` ([rows, 3 * heads * head_dim]: q | k | v);
+// computes the output rows [row_begin, row_end).
+void attention_rows(const AttentionParams& whole, const float* qkv, int64_t row_begin, int64_t row_end);
 
 }  // namespace pali

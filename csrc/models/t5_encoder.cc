@@ -1,5 +1,7 @@
 #include "models/t5_encoder.h"
 
+#include <algorithm>
+
 #include "core/parallel.h"
 #include "models/attention_rows.h"
 #include "ops/attention.h"
@@ -21,6 +23,8 @@ T5Encoder::T5Encoder(const PaliConfig& config, WeightStore& weights, WeightForma
     l.o = weights.linear(prefix + "attn.o.weight", d, inner, "", format);
     l.ffn_norm = weights.f32(prefix + "ffn_norm.weight", {d});
     l.ffn = T5FeedForward(config, weights, prefix + "ffn.", format);
+    layer_bytes_ = std::max(layer_bytes_, l.qkv.weight_bytes() + l.o.weight_bytes() + l.ffn.wi.weight_bytes() +
+                                              l.ffn.wo.weight_bytes());
     layers_.push_back(std::move(l));
   }
   final_norm_ = weights.f32("encoder.final_norm.weight", {d});
@@ -51,7 +55,6 @@ void T5Encoder::forward(float* x, int64_t batch, int64_t seq, const int32_t* mas
   whole.q_len = whole.kv_len = seq;
   whole.head_dim = config_.d_kv;
   whole.scale = 1.0f;
-  whole.q_row_stride = whole.k_row_stride = whole.v_row_stride = 3 * inner;
   whole.out = attn;
   whole.key_mask = mask;
   whole.mask_type = MaskType::i32;
@@ -59,9 +62,11 @@ void T5Encoder::forward(float* x, int64_t batch, int64_t seq, const int32_t* mas
   whole.rel_bias_stride = num_rel;
   whole.rel_offset = rel_offset;
 
-  // Each thread its rows through every op (see parallel_rows); they meet only
-  // before attention, which reads the keys and values of all rows.
-  parallel_rows(rows, kMinRowsPerThread, [&](int64_t rb, int64_t re, const auto& sync) {
+  // Small layers: each thread its rows through every op (see parallel_rows),
+  // meeting the others only before attention, which reads the keys and values
+  // of all rows. Large ones: op by op on this thread, each op splitting its work.
+  parallel_rows(rows, layer_bytes_ <= kOnePassMaxLayerBytes ? kMinRowsPerThread : rows,
+                [&](int64_t rb, int64_t re, const auto& sync) {
     const int64_t m = re - rb;
     float* xr = x + rb * d;
     float* hr = h + rb * d;
@@ -71,11 +76,7 @@ void T5Encoder::forward(float* x, int64_t batch, int64_t seq, const int32_t* mas
       rms_norm(xr, m, d, l.attn_norm.data<float>(), eps, hr);
       linear(hr, m, l.qkv, qkv + rb * 3 * inner);
       sync();  // every row's keys and values are written (and the layer before last's read)
-      AttentionParams p = whole;
-      p.q = qkv;
-      p.k = qkv + inner;
-      p.v = qkv + 2 * inner;
-      attention_rows(p, rb, re);
+      attention_rows(whole, qkv, rb, re);
       linear(attn + rb * inner, m, l.o, xr, /*accumulate=*/true);
       rms_norm(xr, m, d, l.ffn_norm.data<float>(), eps, hr);
       l.ffn.forward_add(hr, m, xr, wide + rb * 2 * d_ff, gated + rb * d_ff);

@@ -29,6 +29,7 @@ class T5Encoder {
   Tensor relative_attention_bias_;  // [num_buckets, num_heads]
   std::vector<Layer> layers_;
   Tensor final_norm_;
+  size_t layer_bytes_ = 0;  // packed weights of the largest layer
 };
 
 }  // namespace pali

@@ -1,5 +1,6 @@
 #include "models/vit.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/parallel.h"
@@ -33,6 +34,8 @@ VisionEncoder::VisionEncoder(const PaliConfig& config, WeightStore& weights, Wei
     b.norm2_bias = weights.f32(prefix + "norm2.bias", {w});
     b.fc1 = weights.linear(prefix + "mlp.fc1.weight", config.vision_mlp_dim, w, prefix + "mlp.fc1.bias", format);
     b.fc2 = weights.linear(prefix + "mlp.fc2.weight", w, config.vision_mlp_dim, prefix + "mlp.fc2.bias", format);
+    layer_bytes_ = std::max(layer_bytes_, b.qkv.weight_bytes() + b.out.weight_bytes() + b.fc1.weight_bytes() +
+                                              b.fc2.weight_bytes());
     blocks_.push_back(std::move(b));
   }
   norm_weight_ = weights.f32("vision.norm.weight", {w});
@@ -62,11 +65,12 @@ void VisionEncoder::forward(const float* pixels, int64_t batch, float* out) cons
   whole.q_len = whole.kv_len = n;
   whole.head_dim = head_dim;
   whole.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  whole.q_row_stride = whole.k_row_stride = whole.v_row_stride = 3 * w;
   whole.out = attn;
-  // Each thread its rows through every op; they meet only around attention,
-  // which reads the keys and values of all rows.
-  parallel_rows(rows, kMinRowsPerThread, [&](int64_t rb, int64_t re, const auto& sync) {
+  // Small layers: each thread its rows through every op, meeting the others
+  // only before attention, which reads the keys and values of all rows. Large
+  // ones: op by op on this thread, each op splitting its own work.
+  parallel_rows(rows, layer_bytes_ <= kOnePassMaxLayerBytes ? kMinRowsPerThread : rows,
+                [&](int64_t rb, int64_t re, const auto& sync) {
     const int64_t m = re - rb;
     float* xr = x + rb * w;
     float* hr = h + rb * w;
@@ -77,11 +81,7 @@ void VisionEncoder::forward(const float* pixels, int64_t batch, float* out) cons
       layer_norm(xr, m, w, b.norm1_weight.data<float>(), b.norm1_bias.data<float>(), eps, hr);
       linear(hr, m, b.qkv, qkv + rb * 3 * w);
       sync();  // every row's keys and values are written (and the block before last's read)
-      AttentionParams p = whole;
-      p.q = qkv;
-      p.k = qkv + w;
-      p.v = qkv + 2 * w;
-      attention_rows(p, rb, re);
+      attention_rows(whole, qkv, rb, re);
       linear(attn + rb * w, m, b.out, xr, /*accumulate=*/true);
       layer_norm(xr, m, w, b.norm2_weight.data<float>(), b.norm2_bias.data<float>(), eps, hr);
       linear(hr, m, b.fc1, mr);

@@ -33,6 +33,7 @@ class VisionEncoder {
   std::vector<Block> blocks_;
   Tensor norm_weight_, norm_bias_;
   LinearWeight projector_;
+  size_t layer_bytes_ = 0;  // packed weights of the largest block
 };
 
 }  // namespace pali

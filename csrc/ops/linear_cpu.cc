@@ -14,6 +14,7 @@
 #include "core/parallel.h"
 #include "ops/linear.h"
 #include "ops/linear_int8.h"
+#include "ops/row_dispatch.h"
 
 namespace pali {
 
@@ -433,16 +434,11 @@ void gemv_rows(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, fl
       const float* sp = scales ? scales + p * P : nullptr;
       const float* bp = bias ? bias + p * P : nullptr;
       float* yp = y + p * P;
-      for (int64_t r0 = 0; r0 < m; r0 += 4) {
-        const float* xr = x + r0 * ldx;
-        float* yr = yp + r0 * ldy;
-        switch (std::min<int64_t>(4, m - r0)) {
-          case 1: gemv_panel<F, 1>(xr, ldx, wp, k, yr, ldy, nvalid, sp, bp, accumulate); break;
-          case 2: gemv_panel<F, 2>(xr, ldx, wp, k, yr, ldy, nvalid, sp, bp, accumulate); break;
-          case 3: gemv_panel<F, 3>(xr, ldx, wp, k, yr, ldy, nvalid, sp, bp, accumulate); break;
-          default: gemv_panel<F, 4>(xr, ldx, wp, k, yr, ldy, nvalid, sp, bp, accumulate); break;
-        }
-      }
+      for (int64_t r0 = 0; r0 < m; r0 += 4)
+        dispatch_rows<4>(m - r0, [&](auto rows) {
+          gemv_panel<F, decltype(rows)::value>(x + r0 * ldx, ldx, wp, k, yp + r0 * ldy, ldy, nvalid, sp, bp,
+                                               accumulate);
+        });
     }
   });
 }
@@ -488,14 +484,9 @@ PALI_ALWAYS_INLINE void micro_kernel(const float* a, int64_t lda, const float* b
 
 inline void micro_dispatch(int64_t mr, const float* a, int64_t lda, const float* b, int64_t kc,
                            float* c, int64_t ldc, int nvalid, const float* bias, int mode) {
-  switch (mr) {
-    case 1: micro_kernel<1>(a, lda, b, kc, c, ldc, nvalid, bias, mode); break;
-    case 2: micro_kernel<2>(a, lda, b, kc, c, ldc, nvalid, bias, mode); break;
-    case 3: micro_kernel<3>(a, lda, b, kc, c, ldc, nvalid, bias, mode); break;
-    case 4: micro_kernel<4>(a, lda, b, kc, c, ldc, nvalid, bias, mode); break;
-    case 5: micro_kernel<5>(a, lda, b, kc, c, ldc, nvalid, bias, mode); break;
-    default: micro_kernel<6>(a, lda, b, kc, c, ldc, nvalid, bias, mode); break;
-  }
+  dispatch_rows<kMR>(mr, [&](auto rows) {
+    micro_kernel<decltype(rows)::value>(a, lda, b, kc, c, ldc, nvalid, bias, mode);
+  });
 }
 
 // The [kc, 16] float32 slice of panel p at k0: a pointer into the packed weights

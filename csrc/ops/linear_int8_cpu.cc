@@ -27,6 +27,7 @@
 #include "core/error.h"
 #include "core/parallel.h"
 #include "ops/linear_int8.h"
+#include "ops/row_dispatch.h"
 
 namespace pali {
 
@@ -173,16 +174,10 @@ constexpr int kSignedMR = 4;
 
 void signed_block(const int8_t* xq, int64_t ldq, const float* x_scales, int64_t rows, const int8_t* wp,
                   int64_t k4, const RowOutput& o, float* y, int64_t ldy) {
-  for (int64_t r = 0; r < rows; r += kSignedMR) {
-    const int8_t* xr = xq + r * ldq;
-    float* yr = y + r * ldy;
-    switch (std::min<int64_t>(kSignedMR, rows - r)) {
-      case 1: signed_rows<1>(xr, ldq, x_scales + r, wp, k4, o, yr, ldy); break;
-      case 2: signed_rows<2>(xr, ldq, x_scales + r, wp, k4, o, yr, ldy); break;
-      case 3: signed_rows<3>(xr, ldq, x_scales + r, wp, k4, o, yr, ldy); break;
-      default: signed_rows<4>(xr, ldq, x_scales + r, wp, k4, o, yr, ldy); break;
-    }
-  }
+  for (int64_t r = 0; r < rows; r += kSignedMR)
+    dispatch_rows<kSignedMR>(rows - r, [&](auto mr) {
+      signed_rows<decltype(mr)::value>(xq + r * ldq, ldq, x_scales + r, wp, k4, o, y + r * ldy, ldy);
+    });
 }
 
 // ---------------------------------------------------------------------------
@@ -269,21 +264,10 @@ constexpr int kQuadsMR = 8;
 PALI_TARGET_VNNI void quads_block(const uint8_t* xq, int64_t ldq, const float* x_scales, int64_t rows,
                                   const int8_t* wp, int64_t k4, const int32_t* offset, const RowOutput& o,
                                   float* y, int64_t ldy) {
-  for (int64_t r = 0; r < rows; r += kQuadsMR) {
-    const uint8_t* xr = xq + r * ldq;
-    float* yr = y + r * ldy;
-    const float* sr = x_scales + r;
-    switch (std::min<int64_t>(kQuadsMR, rows - r)) {
-      case 1: quads_rows<1>(xr, ldq, sr, wp, k4, offset, o, yr, ldy); break;
-      case 2: quads_rows<2>(xr, ldq, sr, wp, k4, offset, o, yr, ldy); break;
-      case 3: quads_rows<3>(xr, ldq, sr, wp, k4, offset, o, yr, ldy); break;
-      case 4: quads_rows<4>(xr, ldq, sr, wp, k4, offset, o, yr, ldy); break;
-      case 5: quads_rows<5>(xr, ldq, sr, wp, k4, offset, o, yr, ldy); break;
-      case 6: quads_rows<6>(xr, ldq, sr, wp, k4, offset, o, yr, ldy); break;
-      case 7: quads_rows<7>(xr, ldq, sr, wp, k4, offset, o, yr, ldy); break;
-      default: quads_rows<8>(xr, ldq, sr, wp, k4, offset, o, yr, ldy); break;
-    }
-  }
+  for (int64_t r = 0; r < rows; r += kQuadsMR)
+    dispatch_rows<kQuadsMR>(rows - r, [&](auto mr) {
+      quads_rows<decltype(mr)::value>(xq + r * ldq, ldq, x_scales + r, wp, k4, offset, o, y + r * ldy, ldy);
+    });
 }
 
 // ---------------------------------------------------------------------------
