@@ -97,6 +97,12 @@ Tensor allocate_packed(DType dtype, const Shape& shape, PackedArena* arena) {
   return Tensor::empty(dtype, shape);
 }
 
+// Where output j, input kk of a panel sits in it: [k][16], or [k4][16][4] for
+// the integer kernels of int8 activations.
+inline int64_t panel_offset(bool int8_activations, int64_t j, int64_t kk) {
+  return int8_activations ? (kk / 4) * 4 * P + j * 4 + kk % 4 : kk * P + j;
+}
+
 // Output row `row` of the concatenated weight: which source and which of its rows.
 struct RowSource {
   const unsigned char* data;
@@ -218,12 +224,7 @@ LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
       break;
     }
     case WeightFormat::i8: {
-      // Row j of panel p, element kk: [k][16] for the weight-only kernels, or
-      // [k4][16][4] for the integer ones (zero padding past k).
-      const int64_t k_pad = out.packed_k();
-      const auto at = [&](int64_t j, int64_t kk) {
-        return int8_activations ? (kk / 4) * 4 * P + j * 4 + kk % 4 : kk * P + j;
-      };
+      const int64_t k_pad = out.packed_k();  // zero padding past k
       out.packed = allocate_packed(DType::i8, {panels, k_pad, P}, arena);
       out.scales = Tensor::empty(DType::f32, {n_pad});
       if (int8_activations) out.unsigned_offsets = Tensor::empty(DType::i32, {n_pad});
@@ -247,7 +248,7 @@ LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
             int32_t sum = 0;
             for (int64_t kk = 0; kk < k; ++kk) {
               const float q = std::min(127.0f, std::max(-127.0f, std::round(row[kk] / scale)));
-              d[at(j, kk)] = static_cast<int8_t>(q);
+              d[panel_offset(int8_activations, j, kk)] = static_cast<int8_t>(q);
               sum += static_cast<int32_t>(q);
             }
             if (offsets) offsets[p * P + j] = 128 * sum;
@@ -274,7 +275,7 @@ Tensor linear_effective_weight(const LinearWeight& w) {
   for (int64_t r = 0; r < w.n; ++r) {
     const int64_t p = r / P, j = r % P;
     for (int64_t kk = 0; kk < w.k; ++kk) {
-      const int64_t idx = p * k_pad * P + (w.int8_activations ? (kk / 4) * 4 * P + j * 4 + kk % 4 : kk * P + j);
+      const int64_t idx = p * k_pad * P + panel_offset(w.int8_activations, j, kk);
       float v;
       switch (w.format) {
         case WeightFormat::f32: v = w.packed.data<float>()[idx]; break;

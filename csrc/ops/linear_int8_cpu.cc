@@ -205,11 +205,12 @@ PALI_TARGET_VNNI PALI_ALWAYS_INLINE void quads_kernel(const uint8_t* xq, int64_t
   const __m512i z = _mm512_setzero_si512();
   __m512i c0 = z, c1 = z, c2 = z, c3 = z, c4 = z, c5 = z, c6 = z, c7 = z;
   __m512i d0 = z, d1 = z, d2 = z, e0 = z, f0 = z;
-#define panel(gg) _mm512_load_si512(wp + (gg) * 64)
+#define PALI_QUAD_WEIGHTS(gg) _mm512_load_si512(wp + (gg) * 64)
   int64_t g = 0;
   if constexpr (MR == 1) {
     for (; g + 4 <= k4; g += 4) {
-      const __m512i w0 = panel(g), w1 = panel(g + 1), w2 = panel(g + 2), w3 = panel(g + 3);
+      const __m512i w0 = PALI_QUAD_WEIGHTS(g), w1 = PALI_QUAD_WEIGHTS(g + 1), w2 = PALI_QUAD_WEIGHTS(g + 2),
+                    w3 = PALI_QUAD_WEIGHTS(g + 3);
       PALI_QUAD_ROW(c, 0, w0, g)
       PALI_QUAD_ROW(d, 0, w1, g + 1)
       PALI_QUAD_ROW(e, 0, w2, g + 2)
@@ -217,7 +218,7 @@ PALI_TARGET_VNNI PALI_ALWAYS_INLINE void quads_kernel(const uint8_t* xq, int64_t
     }
   } else if constexpr (MR <= 3) {
     for (; g + 2 <= k4; g += 2) {
-      const __m512i w0 = panel(g), w1 = panel(g + 1);
+      const __m512i w0 = PALI_QUAD_WEIGHTS(g), w1 = PALI_QUAD_WEIGHTS(g + 1);
       PALI_QUAD_ROW(c, 0, w0, g)
       PALI_QUAD_ROW(c, 1, w0, g)
       PALI_QUAD_ROW(c, 2, w0, g)
@@ -227,14 +228,14 @@ PALI_TARGET_VNNI PALI_ALWAYS_INLINE void quads_kernel(const uint8_t* xq, int64_t
     }
   }
   for (; g < k4; ++g) {
-    const __m512i w = panel(g);
+    const __m512i w = PALI_QUAD_WEIGHTS(g);
     PALI_QUAD_ROWS4(c, w, g)
     PALI_QUAD_ROW(c, 4, w, g)
     PALI_QUAD_ROW(c, 5, w, g)
     PALI_QUAD_ROW(c, 6, w, g)
     PALI_QUAD_ROW(c, 7, w, g)
   }
-#undef panel
+#undef PALI_QUAD_WEIGHTS
   c0 = _mm512_add_epi32(_mm512_add_epi32(c0, d0), _mm512_add_epi32(e0, f0));
   c1 = _mm512_add_epi32(c1, d1);
   c2 = _mm512_add_epi32(c2, d2);
@@ -350,8 +351,7 @@ void set_int8_kernel(const std::string& name) {
     return;
   }
   const auto available = int8_kernels_available();
-  if (std::find(available.begin(), available.end(), name) == available.end())
-  {
+  if (std::find(available.begin(), available.end(), name) == available.end()) {
     std::string names;
     for (const auto& a : available) names += a + ", ";
     throw InvalidArgument(str_cat("int8 kernel '", name, "' is not available on this CPU (available: ", names,
