@@ -120,6 +120,13 @@ void parallel_rows(int64_t n, int64_t min_rows, F&& fn) {
 #endif
 }
 
+// min_rows for a parallel_rows pass over `rows` rows of layers of at most
+// `layer_bytes` of weights each: a team when they fit kOnePassMaxLayerBytes,
+// else one thread (the caller), whose ops then split their own work.
+inline int64_t layer_pass_min_rows(size_t layer_bytes, int64_t rows) {
+  return layer_bytes <= kOnePassMaxLayerBytes ? kMinRowsPerThread : std::max<int64_t>(rows, 1);
+}
+
 // Like parallel_for, but chunk boundaries fall on multiples of `align` items
 // from `begin` (e.g. whole weight panels), the last chunk taking the remainder.
 template <typename F>

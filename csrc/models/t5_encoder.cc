@@ -62,11 +62,8 @@ void T5Encoder::forward(float* x, int64_t batch, int64_t seq, const int32_t* mas
   whole.rel_bias_stride = num_rel;
   whole.rel_offset = rel_offset;
 
-  // Small layers: each thread its rows through every op (see parallel_rows),
-  // meeting the others only before attention, which reads the keys and values
-  // of all rows. Large ones: op by op on this thread, each op splitting its work.
-  parallel_rows(rows, layer_bytes_ <= kOnePassMaxLayerBytes ? kMinRowsPerThread : rows,
-                [&](int64_t rb, int64_t re, const auto& sync) {
+  // Threads meet only before attention, which reads every row's keys and values.
+  parallel_rows(rows, layer_pass_min_rows(layer_bytes_, rows), [&](int64_t rb, int64_t re, const auto& sync) {
     const int64_t m = re - rb;
     float* xr = x + rb * d;
     float* hr = h + rb * d;

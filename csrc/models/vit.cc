@@ -66,11 +66,8 @@ void VisionEncoder::forward(const float* pixels, int64_t batch, float* out) cons
   whole.head_dim = head_dim;
   whole.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   whole.out = attn;
-  // Small layers: each thread its rows through every op, meeting the others
-  // only before attention, which reads the keys and values of all rows. Large
-  // ones: op by op on this thread, each op splitting its own work.
-  parallel_rows(rows, layer_bytes_ <= kOnePassMaxLayerBytes ? kMinRowsPerThread : rows,
-                [&](int64_t rb, int64_t re, const auto& sync) {
+  // Threads meet only before attention, which reads every row's keys and values.
+  parallel_rows(rows, layer_pass_min_rows(layer_bytes_, rows), [&](int64_t rb, int64_t re, const auto& sync) {
     const int64_t m = re - rb;
     float* xr = x + rb * w;
     float* hr = h + rb * w;
