@@ -424,13 +424,14 @@ void attention(const AttentionParams& in) {
   const int64_t rows_per_kv = div * p.q_len;
   const int64_t nrb = (rows_per_kv + kQueryBlock - 1) / kQueryBlock;
   const int64_t items = kv_batches * p.heads * nrb;
-  // K/V batches whose mask hides no key skip the per-key mask test (a decode
-  // step would otherwise test every key once per head).
-  std::vector<uint8_t> masks_some(p.key_mask ? kv_batches : 0, 0);
-  for (int64_t b = 0; b < static_cast<int64_t>(masks_some.size()); ++b) {
+  // Each K/V batch's mask row, or null where it hides no key: those skip the
+  // per-key mask test (a decode step would otherwise test every key once per head).
+  std::vector<const void*> mask_rows(p.key_mask ? kv_batches : 0, nullptr);
+  for (int64_t b = 0; b < static_cast<int64_t>(mask_rows.size()); ++b) {
     const size_t es = p.mask_type == MaskType::i32 ? 4 : 1;
     const void* row = static_cast<const char*>(p.key_mask) + b * p.mask_batch_stride * es;
-    for (int64_t j = 0; j < p.kv_len && !masks_some[b]; ++j) masks_some[b] = !mask_allows(p, row, j);
+    for (int64_t j = 0; j < p.kv_len && !mask_rows[b]; ++j)
+      if (!mask_allows(p, row, j)) mask_rows[b] = row;
   }
   // Chunks of at least kMinChunkWork multiply-adds: a decode step's few query
   // rows run on the calling thread.
@@ -453,11 +454,7 @@ void attention(const AttentionParams& in) {
       const float* kbase = p.k + kvb * p.k_batch_stride + h * d;
       const float* vbase = p.v + kvb * p.v_batch_stride + h * d;
       const int64_t ks = p.k_row_stride;
-      const void* mask_row = nullptr;
-      if (p.key_mask && masks_some[kvb]) {
-        const size_t es = p.mask_type == MaskType::i32 ? 4 : 1;
-        mask_row = static_cast<const char*>(p.key_mask) + kvb * p.mask_batch_stride * es;
-      }
+      const void* mask_row = p.key_mask ? mask_rows[kvb] : nullptr;
       struct Row {
         const float* q;
         float* out;
