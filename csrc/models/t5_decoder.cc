@@ -36,7 +36,7 @@ T5Decoder::T5Decoder(const PaliConfig& config, WeightStore& weights, const Tenso
   }
   final_norm_ = weights.f32("decoder.final_norm.weight", {d});
   if (config.tie_word_embeddings) {
-    lm_head_ = prepare_linear(embedding, nullptr, format, weights.arena(), format == WeightFormat::i8);
+    lm_head_ = weights.prepare(embedding, nullptr, format);
     lm_head_scale_ = 1.0f / std::sqrt(static_cast<float>(d));
   } else {
     lm_head_ = weights.linear("lm_head.weight", config.vocab_size, d, "", format);

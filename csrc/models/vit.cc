@@ -17,8 +17,7 @@ VisionEncoder::VisionEncoder(const PaliConfig& config, WeightStore& weights, Wei
   const int64_t w = config.vision_width, p = config.patch_size, c = config.num_channels;
   Tensor conv = weights.raw("vision.patch_embed.weight", {w, c, p, p});
   Tensor conv_bias = weights.raw("vision.patch_embed.bias", {w});
-  patch_embed_ = prepare_linear(conv.reshape({w, c * p * p}), &conv_bias, format, weights.arena(),
-                                format == WeightFormat::i8);
+  patch_embed_ = weights.prepare(conv.reshape({w, c * p * p}), &conv_bias, format);
   pos_embed_ = weights.f32("vision.pos_embed", {1, num_patches_, w});
   for (int64_t i = 0; i < config.vision_depth; ++i) {
     const std::string prefix = "vision.blocks." + std::to_string(i) + ".";

@@ -58,6 +58,10 @@ LinearWeight WeightStore::linear_concat(const std::vector<std::string>& weights,
   return packed;
 }
 
+LinearWeight WeightStore::prepare(const Tensor& weight, const Tensor* bias, WeightFormat format) {
+  return prepare_linear(weight, bias, format, &arena_, format == WeightFormat::i8);
+}
+
 void WeightStore::check_all_used() const {
   std::string unused;
   int count = 0;

@@ -23,8 +23,8 @@ class WeightStore {
   Tensor raw(const std::string& name, const Shape& shape);
   // The tensor converted to a float32 CPU tensor (a view when already float32 and aligned).
   Tensor f32(const std::string& name, const Shape& shape);
-  // A linear layer's weight [out, in] (and bias [out] when `bias` is non-empty).
-  // i8 layers get int8_activations: the model's int8 mode is W8A8.
+  // A linear layer's weight [out, in] (and bias [out] when `bias` is non-empty),
+  // prepared as prepare() does.
   LinearWeight linear(const std::string& weight, int64_t out, int64_t in, const std::string& bias,
                       WeightFormat format);
   // Several linear layers sharing an input, fused along the output dimension.
@@ -34,8 +34,10 @@ class WeightStore {
   // Throws ModelFileError naming the tensors no lookup took.
   void check_all_used() const;
   const std::string& path() const { return file_->path(); }
-  // Where this model's packed weights go, in the order they are looked up.
-  PackedArena* arena() { return &arena_; }
+  // A tensor the model derived itself (a reshaped convolution, a tied
+  // embedding) prepared as a linear weight, in this model's arena; i8 weights
+  // get int8_activations: the model's int8 mode is W8A8.
+  LinearWeight prepare(const Tensor& weight, const Tensor* bias, WeightFormat format);
 
  private:
   std::shared_ptr<const onnx::OnnxFile> file_;
