@@ -40,6 +40,8 @@ WeightFormat weight_format_from_name(const std::string& name);
 
 // Output channels per packed panel.
 constexpr int64_t kLinearPanel = 16;
+// Up to this many rows take the decode path: one pass over the weights for all of them.
+constexpr int64_t kLinearDecodeMaxRows = 8;
 
 struct LinearWeight {
   int64_t n = 0;  // output features

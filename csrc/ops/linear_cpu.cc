@@ -38,7 +38,6 @@ WeightFormat weight_format_from_name(const std::string& name) {
 namespace {
 
 constexpr int64_t P = kLinearPanel;  // 16 outputs per panel
-constexpr int64_t kDecodeMaxRows = 8;  // up to this many rows take the decode path
 
 // Forced inlining keeps the accumulator arrays of the kernels in registers
 // (out of line, their address escapes and GCC spills them every iteration).
@@ -592,7 +591,7 @@ void gemm_rows(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, fl
 template <WeightFormat F>
 void linear_impl(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y,
                  int64_t ldy, bool accumulate) {
-  if (m <= kDecodeMaxRows)
+  if (m <= kLinearDecodeMaxRows)
     gemv_rows<F>(x, ldx, m, w, y, ldy, accumulate);
   else
     gemm_rows<F>(x, ldx, m, w, y, ldy, accumulate);

@@ -24,6 +24,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "core/aligned_buffer.h"
 #include "core/error.h"
 #include "core/parallel.h"
 #include "ops/linear_int8.h"
@@ -271,26 +272,16 @@ PALI_TARGET_VNNI void quads_block(const uint8_t* xq, int64_t ldq, const float* x
     });
 }
 
-// ---------------------------------------------------------------------------
-// Aligned scratch that grows and is reused by its thread.
-template <typename T>
-T* scratch(std::vector<T>& v, int64_t n) {
-  const int64_t pad = 64 / static_cast<int64_t>(sizeof(T));
-  if (static_cast<int64_t>(v.size()) < n + pad) v.resize(n + pad);
-  const auto address = reinterpret_cast<uintptr_t>(v.data());
-  return v.data() + ((64 - address % 64) % 64) / sizeof(T);
-}
-
 // Q: uint8_t (qx + 128) for the VNNI kernel, int8_t for AVX2.
 template <typename Q>
 void run(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y, int64_t ldy,
          bool accumulate) {
   constexpr bool vnni = std::is_same_v<Q, uint8_t>;
   const int64_t k = w.k, k_pad = w.packed_k(), k4 = k_pad / 4;
-  thread_local std::vector<Q> q_storage;
-  thread_local std::vector<float> scale_storage;
-  Q* xq = scratch(q_storage, m * k_pad);
-  float* x_scales = scratch(scale_storage, m);
+  thread_local AlignedBuffer<Q> q_storage;
+  thread_local AlignedBuffer<float> scale_storage;
+  Q* xq = q_storage.get(m * k_pad);
+  float* x_scales = scale_storage.get(m);
   const auto quantize_rows = [&](int64_t rb, int64_t re) {
     for (int64_t r = rb; r < re; ++r) x_scales[r] = quantize_row(x + r * ldx, k, xq + r * k_pad, k_pad);
   };
@@ -313,7 +304,7 @@ void run(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y
     }
   };
   const int threads = op_threads();
-  if (m <= kQuadsMR) {
+  if (m <= kLinearDecodeMaxRows) {
     // Decode: each weight is read once. Chunks of at least 512 KB of weights:
     // below that, starting a second thread and moving the rows' data between
     // cores costs about what it saves, and a lot more when the two cores are
