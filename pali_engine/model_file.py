@@ -55,7 +55,9 @@ def load_tensor(path: str | os.PathLike, name: str) -> np.ndarray:
     values = model.tensor(name)
     if dtype == "bfloat16":
         bf16 = _bfloat16_dtype()
-        if bf16 is not None:
-            return values.view(bf16).copy()
-        return (values.astype(np.uint32) << 16).view(np.float32)
-    return np.array(values, copy=True)
+        out = values.view(bf16).copy() if bf16 is not None else (values.astype(np.uint32) << 16).view(np.float32)
+    else:
+        out = np.array(values, copy=True)
+    # The copy is good only if the file did not change while it was read.
+    model.check_unchanged()
+    return out

@@ -2,6 +2,8 @@
 #include <cstring>
 
 #include "bindings/bindings.h"
+#include "bindings/gil.h"
+#include "core/system_memory.h"
 #include "core/dtype.h"
 
 namespace pali::bindings {
@@ -56,6 +58,8 @@ Tensor numpy_to_tensor(const py::array& array) {
   Shape shape(contiguous.shape(), contiguous.shape() + contiguous.ndim());
   auto* keep = new py::object(contiguous);
   std::shared_ptr<const void> owner(keep, [](const void* p) {
+    // At exit the array is left to the interpreter: taking the GIL then would end this thread.
+    if (python_is_finalizing()) return;
     py::gil_scoped_acquire gil;
     delete static_cast<const py::object*>(p);
   });
@@ -64,6 +68,8 @@ Tensor numpy_to_tensor(const py::array& array) {
 
 void bind_core(py::module_& m) {
   m.attr("built_with_cuda") = built_with_cuda();
+  m.def("available_memory_bytes", &available_memory_bytes,
+        "Bytes the engine counts as available for a request's buffers (MemAvailable, within the cgroup limit).");
   m.def(
       "cuda_device_count",
       []() {

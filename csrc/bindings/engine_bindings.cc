@@ -7,6 +7,7 @@
 #include <pybind11/stl.h>
 
 #include "bindings/bindings.h"
+#include "bindings/gil.h"
 #include "core/parallel.h"
 #include "generate/search.h"
 #include "models/pali_model.h"
@@ -20,7 +21,7 @@ T config_value(const py::dict& d, const char* key) {
   try {
     return d[key].cast<T>();
   } catch (const py::cast_error&) {
-    throw InvalidArgument(str_cat("config field '", key, "' has the wrong type"));
+    throw InvalidArgument(str_cat("config field '", key, "' has the wrong type or is out of range"));
   }
 }
 
@@ -88,7 +89,7 @@ GenerationOptions options_from_dict(const py::dict& d) {
       else if (key == "seed") o.seed = value.cast<uint64_t>();
       else throw InvalidArgument(str_cat("unknown generation option '", key, "'"));
     } catch (const py::cast_error&) {
-      throw InvalidArgument(str_cat("generation option '", key, "' has the wrong type"));
+      throw InvalidArgument(str_cat("generation option '", key, "' has the wrong type or is out of range"));
     }
   }
   o.validate();
@@ -143,9 +144,10 @@ void bind_engine(py::module_& m) {
              PALI_CHECK_ARG(threads >= 0, "threads must be >= 0 (0: all cores), got ", threads);
              NativeModel native;
              native.threads = threads;
-             py::gil_scoped_release release;
-             ScopedOpThreads scoped(threads);
-             native.model = std::make_shared<const PaliModel>(file, c, format);
+             native.model = without_gil([&] {
+               ScopedOpThreads scoped(threads);
+               return std::make_shared<const PaliModel>(file, c, format);
+             });
              return native;
            }),
            py::arg("file"), py::arg("config"), py::arg("weight_format") = "float32", py::arg("threads") = 0)
@@ -160,12 +162,11 @@ void bind_engine(py::module_& m) {
             const int64_t target_len = dec.shape(1);
             py::array_t<float> logits({in.batch, target_len, c.vocab_size});
             float* out = logits.mutable_data();
-            {
-              py::gil_scoped_release release;
+            without_gil([&] {
               ScopedOpThreads scoped(self.threads);
               self.model->forward(in.pixels.data(), in.ids.data(), in.mask.data(), in.batch, in.prompt_len,
                                   dec.data(), target_len, out);
-            }
+            });
             return logits;
           },
           py::arg("pixel_values"), py::arg("input_ids"), py::arg("attention_mask"), py::arg("decoder_input_ids"),
@@ -180,11 +181,18 @@ void bind_engine(py::module_& m) {
             TokenCallback callback;
             std::exception_ptr callback_error;
             if (!on_token.is_none()) {
+              // Returning false stops the search: when the callback says so, when it
+              // raised (re-raised below), and when Python is exiting.
               callback = [&](int64_t request, int64_t token) {
-                py::gil_scoped_acquire gil;
+                bool keep_going = false;
                 try {
-                  py::object keep_going = on_token(request, token);
-                  return keep_going.is_none() || keep_going.cast<bool>();
+                  const bool called = with_gil([&] {
+                    py::object answer = on_token(request, token);
+                    keep_going = answer.is_none() || answer.cast<bool>();
+                  });
+                  return called && keep_going;
+                } catch (abi::__forced_unwind&) {
+                  throw;
                 } catch (...) {
                   callback_error = std::current_exception();
                   return false;
@@ -193,13 +201,12 @@ void bind_engine(py::module_& m) {
             }
             std::vector<std::vector<Hypothesis>> results;
             GenerationTimings timings;
-            {
-              py::gil_scoped_release release;
+            without_gil([&] {
               ScopedOpThreads scoped(self.threads);
               EncoderOutput encoded = self.model->encode(in.pixels.data(), in.ids.data(), in.mask.data(),
                                                          in.batch, in.prompt_len);
               results = generate(*self.model, encoded, opts, callback, &timings);
-            }
+            });
             if (callback_error) std::rethrow_exception(callback_error);
             py::list out;
             for (const auto& request : results) {

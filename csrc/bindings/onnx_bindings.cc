@@ -2,6 +2,7 @@
 #include <pybind11/stl.h>
 
 #include "bindings/bindings.h"
+#include "bindings/gil.h"
 #include "onnx/onnx_file.h"
 
 namespace pali::bindings {
@@ -11,11 +12,7 @@ void bind_onnx(py::module_& m) {
   py::class_<OnnxFile, std::shared_ptr<OnnxFile>>(m, "OnnxFile", py::module_local(),
                                                   "An ONNX file mapped into memory, read strictly.")
       .def(py::init([](const std::string& path) {
-             std::shared_ptr<const OnnxFile> file;
-             {
-               py::gil_scoped_release release;
-               file = OnnxFile::open(path);
-             }
+             std::shared_ptr<const OnnxFile> file = without_gil([&] { return OnnxFile::open(path); });
              return std::const_pointer_cast<OnnxFile>(file);
            }),
            py::arg("path"))
@@ -45,16 +42,14 @@ void bind_onnx(py::module_& m) {
       .def(
           "tensor",
           [](const OnnxFile& f, const std::string& name) {
-            Tensor t;
-            {
-              py::gil_scoped_release release;
-              t = f.tensor(name);
-            }
+            Tensor t = without_gil([&] { return f.tensor(name); });
             return tensor_to_numpy(t);
           },
           py::arg("name"),
           "The initializer's values as a read-only array sharing the file's memory when "
-          "possible (bfloat16 as uint16 bits).");
+          "possible (bfloat16 as uint16 bits).")
+      .def("check_unchanged", &OnnxFile::check_unchanged,
+           "Raises ModelFileError when the file changed since it was opened (call after copying values).");
 }
 
 }  // namespace pali::bindings

@@ -367,16 +367,16 @@ void bind_ops(py::module_& parent) {
     std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
     shape.back() = k;
     FArray values(shape);
-    py::array_t<int32_t> indices(shape);
+    py::array_t<int64_t> indices(shape);
     const float* xp = x.data();
     float* vp = values.mutable_data();
-    int32_t* ip = indices.mutable_data();
+    int64_t* ip = indices.mutable_data();
     {
       py::gil_scoped_release release;
       topk(xp, rows, v, k, vp, ip);
     }
     return py::make_tuple(values, indices);
-  }, py::arg("x"), py::arg("k"), "Top k per row, descending, ties by lower index: (values, int32 indices).");
+  }, py::arg("x"), py::arg("k"), "Top k per row, descending, ties by lower index: (values, int64 indices).");
 
   // ---- patch embedding ------------------------------------------------------
   m.def("patch_embed", [](FArray pixels, int64_t patch, const LinearWeight& proj,

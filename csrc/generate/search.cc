@@ -6,11 +6,21 @@
 #include <limits>
 #include <random>
 
+#include "core/error.h"
 #include "generate/logits_processors.h"
 #include "ops/softmax_topk.h"
 
 namespace pali {
 namespace {
+
+// NaN or infinite logits would make every choice below arbitrary: refuse them.
+void require_finite_logits(const float* row, int64_t vocab, int64_t step) {
+  bool finite = true;
+  for (int64_t i = 0; i < vocab; ++i) finite &= std::isfinite(row[i]);
+  if (!finite)
+    throw RuntimeFailure(str_cat("the model's logits at generation step ", step,
+                                 " are not finite (NaN or infinity): its weights or inputs overflow"));
+}
 
 using Clock = std::chrono::steady_clock;
 double ms_between(Clock::time_point a, Clock::time_point b) {
@@ -46,12 +56,16 @@ std::vector<std::vector<Hypothesis>> sample_or_greedy(const PaliModel& model, co
         continue;
       }
       float* row = logits.data() + r * vocab;
+      require_finite_logits(row, vocab, step);
       log_softmax(row, 1, vocab, log_probs.data());
       process_scores(options, eos, sequences[r], step, row, vocab);
       int64_t token = 0;
       if (options.do_sample) {
         warp_for_sampling(options, row, vocab);
         const float top = *std::max_element(row, row + vocab);
+        PALI_CHECK_ARG(std::isfinite(top), "temperature ", options.temperature,
+                       " divides the scores past the float range (the largest becomes ", top,
+                       "); use a larger temperature, or do_sample=False for greedy search");
         std::vector<double> weights(vocab);
         for (int64_t i = 0; i < vocab; ++i) weights[i] = std::exp(static_cast<double>(row[i] - top));
         token = std::discrete_distribution<int64_t>(weights.begin(), weights.end())(rng);
@@ -147,7 +161,7 @@ std::vector<std::vector<Hypothesis>> beam_search(const PaliModel& model, const E
   std::vector<float> logits(rows * vocab), scores(beams * vocab);
   const int64_t candidates = 2 * beams;
   std::vector<float> top_values(candidates);
-  std::vector<int32_t> top_indices(candidates), source(rows);
+  std::vector<int64_t> top_indices(candidates), source(rows);
   std::vector<std::vector<int64_t>> next_sequences(rows);
   std::vector<float> next_scores(rows);
   std::vector<int64_t> next_tokens(rows);
@@ -163,7 +177,7 @@ std::vector<std::vector<Hypothesis>> beam_search(const PaliModel& model, const E
       const int64_t first = b * beams;
       if (done[b]) {
         for (int64_t i = 0; i < beams; ++i) {
-          source[first + i] = static_cast<int32_t>(first + i);
+          source[first + i] = first + i;
           next_tokens[first + i] = config.pad_token_id;
           next_scores[first + i] = 0;
           next_sequences[first + i] = sequences[first + i];
@@ -172,6 +186,7 @@ std::vector<std::vector<Hypothesis>> beam_search(const PaliModel& model, const E
       }
       for (int64_t i = 0; i < beams; ++i) {
         float* row = scores.data() + i * vocab;
+        require_finite_logits(logits.data() + (first + i) * vocab, vocab, step);
         log_softmax(logits.data() + (first + i) * vocab, 1, vocab, row);
         process_scores(options, eos, sequences[first + i], step, row, vocab);
         for (int64_t v = 0; v < vocab; ++v) row[v] += beam_scores[first + i];
@@ -186,7 +201,7 @@ std::vector<std::vector<Hypothesis>> beam_search(const PaliModel& model, const E
           std::vector<int64_t> finished(sequences[row].begin() + 1, sequences[row].end());
           hypotheses[b].add(std::move(finished), top_values[rank], step + 1, true);
         } else {
-          source[first + filled] = static_cast<int32_t>(row);
+          source[first + filled] = row;
           next_tokens[first + filled] = token;
           next_scores[first + filled] = top_values[rank];
           next_sequences[first + filled] = sequences[row];

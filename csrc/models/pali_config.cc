@@ -1,5 +1,7 @@
 #include "models/pali_config.h"
 
+#include <cmath>
+
 #include "core/error.h"
 
 namespace pali {
@@ -37,7 +39,21 @@ void PaliConfig::validate() const {
   PALI_CHECK_ARG(static_cast<int64_t>(image_mean.size()) == num_channels &&
                      static_cast<int64_t>(image_std.size()) == num_channels,
                  "config: image_mean and image_std need one value per channel");
-  for (int64_t id : {pad_token_id, eos_token_id, decoder_start_token_id})
+  // T5's buckets: half of them exact distances (a quarter per direction in the
+  // bidirectional encoder), the rest logarithmic up to max_distance, which must
+  // lie past the exact ones or the logarithm's scale is zero or negative.
+  PALI_CHECK_ARG(relative_attention_num_buckets >= 4, "config: relative_attention_num_buckets must be at least 4, got ",
+                 relative_attention_num_buckets);
+  PALI_CHECK_ARG(relative_attention_max_distance > relative_attention_num_buckets / 2,
+                 "config: relative_attention_max_distance (", relative_attention_max_distance,
+                 ") must exceed relative_attention_num_buckets / 2 (", relative_attention_num_buckets / 2, ")");
+  for (float eps : {layer_norm_epsilon, vision_layer_norm_eps})
+    PALI_CHECK_ARG(std::isfinite(eps) && eps > 0, "config: layer_norm_epsilon and vision_layer_norm_eps must be "
+                   "finite and positive, got ", eps);
+  for (float mean : image_mean) PALI_CHECK_ARG(std::isfinite(mean), "config: image_mean must be finite");
+  for (float std : image_std)
+    PALI_CHECK_ARG(std::isfinite(std) && std > 0, "config: image_std must be finite and positive, got ", std);
+  for (int64_t id : {pad_token_id, eos_token_id, unk_token_id, decoder_start_token_id})
     PALI_CHECK_ARG(id >= 0 && id < vocab_size, "config: special token id ", id,
                    " is outside the vocabulary of ", vocab_size);
 }

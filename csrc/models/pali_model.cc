@@ -13,12 +13,15 @@ double milliseconds_since(std::chrono::steady_clock::time_point start) {
 PaliModel::PaliModel(std::shared_ptr<const onnx::OnnxFile> file, const PaliConfig& config, WeightFormat format)
     : config_(config), format_(format) {
   config_.validate();
-  WeightStore weights(std::move(file));
+  WeightStore weights(file);
   embedding_ = weights.f32("shared.weight", {config_.vocab_size, config_.d_model});
   vision_ = std::make_unique<VisionEncoder>(config_, weights, format);
   encoder_ = std::make_unique<T5Encoder>(config_, weights, format);
   decoder_ = std::make_unique<T5Decoder>(config_, weights, embedding_, format);
   weights.check_all_used();
+  // Every weight has been copied out of the mappings: only now can a rewrite
+  // of the file during loading be told from a good load.
+  file->check_unchanged();
 }
 
 EncoderOutput PaliModel::encode(const float* pixels, const int64_t* input_ids, const int64_t* attention_mask,

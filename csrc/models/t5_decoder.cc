@@ -48,11 +48,12 @@ DecoderState T5Decoder::start(const float* memory, const int32_t* mask, int64_t 
   const int64_t inner = config_.inner_dim(), heads = config_.num_heads;
   const double cache_bytes = sizeof(float) * 2.0 * static_cast<double>(inner) * static_cast<double>(layers_.size()) *
                              (static_cast<double>(requests) * beams * capacity + static_cast<double>(requests) * enc_len);
-  const double physical = physical_memory_bytes();
-  if (physical > 0 && cache_bytes > physical)
+  const double available = available_memory_bytes();
+  if (available > 0 && cache_bytes > available)
     throw OutOfMemory(str_cat("the decoder's key/value caches for ", requests, " request(s) x ", beams,
                               " beam(s) x ", capacity, " tokens (max_new_tokens) would take ",
-                              cache_bytes / (1 << 30), " GiB; this machine has ", physical / (1 << 30), " GiB"));
+                              cache_bytes / (1 << 30), " GiB; this machine has ", available / (1 << 30),
+                              " GiB available"));
   DecoderState s;
   s.requests = requests;
   s.beams = beams;
@@ -167,7 +168,7 @@ void T5Decoder::step(DecoderState& s, const int64_t* tokens, int64_t q_len, floa
   linear(h, out_rows, lm_head_, logits);
 }
 
-void T5Decoder::reorder(DecoderState& s, const int32_t* source) const {
+void T5Decoder::reorder(DecoderState& s, const int64_t* source) const {
   bool identity = true;
   for (int64_t r = 0; r < s.rows; ++r) identity &= source[r] == r;
   if (identity) return;

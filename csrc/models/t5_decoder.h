@@ -46,7 +46,7 @@ class T5Decoder {
   void step(DecoderState& state, const int64_t* tokens, int64_t q_len, float* logits,
             bool all_positions) const;
   // Row r of the cache takes the contents of row source[r] (beam reordering).
-  void reorder(DecoderState& state, const int32_t* source) const;
+  void reorder(DecoderState& state, const int64_t* source) const;
 
  private:
   struct Layer {

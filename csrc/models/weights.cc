@@ -5,6 +5,28 @@
 #include "core/error.h"
 
 namespace pali {
+namespace {
+
+// Index of the first NaN or infinity among the values, or -1. Tested on the
+// exponent bits: one pass over the file's bytes, cheap next to packing them.
+template <typename Bits>
+int64_t first_non_finite(const void* data, int64_t count, Bits exponent_mask) {
+  const Bits* bits = static_cast<const Bits*>(data);
+  for (int64_t i = 0; i < count; ++i)
+    if ((bits[i] & exponent_mask) == exponent_mask) return i;
+  return -1;
+}
+
+int64_t first_non_finite(const Tensor& t) {
+  switch (t.dtype()) {
+    case DType::f32: return first_non_finite<uint32_t>(t.raw(), t.numel(), 0x7f800000u);
+    case DType::f16: return first_non_finite<uint16_t>(t.raw(), t.numel(), 0x7c00u);
+    case DType::bf16: return first_non_finite<uint16_t>(t.raw(), t.numel(), 0x7f80u);
+    default: return -1;
+  }
+}
+
+}  // namespace
 
 Tensor WeightStore::raw(const std::string& name, const Shape& shape) {
   if (!file_->has_tensor(name))
@@ -18,7 +40,15 @@ Tensor WeightStore::raw(const std::string& name, const Shape& shape) {
     throw ModelFileError(str_cat(path(), ": tensor '", name, "' has dtype ", dtype_name(info.dtype),
                                  "; expected float32, float16 or bfloat16"));
   used_.insert(name);
-  return file_->tensor(name);
+  Tensor t = file_->tensor(name);
+  // A NaN or infinite weight makes every answer garbage: refuse the file.
+  const int64_t bad = first_non_finite(t);
+  if (bad >= 0) {
+    file_->check_unchanged();
+    throw ModelFileError(str_cat(path(), ": tensor '", name, "' holds a non-finite value (NaN or infinity) at ",
+                                 "flat index ", bad));
+  }
+  return t;
 }
 
 Tensor WeightStore::f32(const std::string& name, const Shape& shape) {

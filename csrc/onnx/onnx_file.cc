@@ -1,5 +1,8 @@
 #include "onnx/onnx_file.h"
 
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <set>
 
@@ -143,6 +146,22 @@ bool is_safe_relative_location(const std::string& location) {
   return true;
 }
 
+// The canonical absolute path (symlinks resolved), or "" when it does not exist.
+std::string real_path(const std::string& path) {
+  char* resolved = ::realpath(path.c_str(), nullptr);
+  if (!resolved) return "";
+  std::string out(resolved);
+  std::free(resolved);
+  return out;
+}
+
+std::string parent_folder(const std::string& path) {
+  if (path.empty()) return "";
+  const size_t slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
 }  // namespace
 
 std::shared_ptr<const OnnxFile> OnnxFile::open(const std::string& path) {
@@ -152,12 +171,28 @@ std::shared_ptr<const OnnxFile> OnnxFile::open(const std::string& path) {
   model->directory_ = slash == std::string::npos ? "." : path.substr(0, slash);
   if (model->directory_.empty()) model->directory_ = "/";
   model->file_ = MappedFile::open(path);
+  for (const std::string& folder : {model->directory_, parent_folder(real_path(path))}) {
+    std::string real = real_path(folder);
+    if (!real.empty() && std::find(model->data_folders_.begin(), model->data_folders_.end(), real) ==
+                             model->data_folders_.end())
+      model->data_folders_.push_back(std::move(real));
+  }
   try {
     model->parse();
   } catch (const WireError& e) {
+    model->check_unchanged();  // a file rewritten while it is parsed reads as corrupted
     model->fail(str_cat("corrupted or truncated ONNX file: ", e.what()));
+  } catch (const ModelFileError&) {
+    model->check_unchanged();
+    throw;
   }
+  model->check_unchanged();
   return model;
+}
+
+void OnnxFile::check_unchanged() const {
+  file_->check_unchanged();
+  for (const auto& [location, file] : external_files_) file->check_unchanged();
 }
 
 void OnnxFile::fail(const std::string& what) const { throw ModelFileError(path_ + ": " + what); }
@@ -299,7 +334,8 @@ void OnnxFile::parse_tensor(const uint8_t* bytes, size_t size) {
     std::string location;
     uint64_t offset = 0, length = 0;
     bool have_length = false;
-    for (const auto& [key, value] : external_entries) {
+    for (const auto& [entry_key, value] : external_entries) {
+      const std::string& key = entry_key;  // a lambda cannot capture a structured binding before C++20
       auto parse_number = [&](const std::string& text) {
         if (text.empty() || text.size() > 19 || text.find_first_not_of("0123456789") != std::string::npos)
           fail(str_cat(label, ": external data ", key, " '", text, "' is not a valid number"));
@@ -352,9 +388,21 @@ void OnnxFile::parse_tensor(const uint8_t* bytes, size_t size) {
 std::shared_ptr<const MappedFile> OnnxFile::external_file(const std::string& location) {
   auto it = external_files_.find(location);
   if (it != external_files_.end()) return it->second;
+  // The location is relative and has no "..", but a symlink inside the folder
+  // may still point anywhere: the real path must lie inside the model's folder.
+  const std::string given = directory_ + "/" + location;
+  const std::string real = real_path(given);
+  if (real.empty()) fail(str_cat("external data file is missing or unreadable: ", given, ": ", std::strerror(errno)));
+  const bool inside = std::any_of(data_folders_.begin(), data_folders_.end(), [&](const std::string& folder) {
+    return real.size() > folder.size() && real.compare(0, folder.size(), folder) == 0 &&
+           (folder.back() == '/' || real[folder.size()] == '/');
+  });
+  if (!inside)
+    fail(str_cat("external data location '", location, "' resolves to '", real,
+                 "', outside the model's folder (through a symbolic link)"));
   std::shared_ptr<const MappedFile> mapped;
   try {
-    mapped = MappedFile::open(directory_ + "/" + location);
+    mapped = MappedFile::open(real);
   } catch (const ModelFileError& e) {
     fail(str_cat("external data file is missing or unreadable: ", e.what()));
   }

@@ -63,6 +63,10 @@ class OnnxFile {
   // Drops the resident pages of the tensor's bytes (MappedFile::release); views
   // of it stay valid. Call when the values have been copied elsewhere.
   void release(const std::string& name) const;
+  // Throws ModelFileError when the file or one of its external data files
+  // changed since it was opened (MappedFile::check_unchanged). Call after
+  // copying what was read from the mappings.
+  void check_unchanged() const;
 
  private:
   OnnxFile() = default;
@@ -74,6 +78,9 @@ class OnnxFile {
 
   std::string path_;
   std::string directory_;
+  // Real paths of the folders external data may come from: the model's folder
+  // and, when the model is a symlink, the folder of the file it points to.
+  std::vector<std::string> data_folders_;
   std::shared_ptr<const MappedFile> file_;
   std::map<std::string, std::shared_ptr<const MappedFile>> external_files_;
   int64_t ir_version_ = 0;

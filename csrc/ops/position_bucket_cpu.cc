@@ -27,7 +27,10 @@ int32_t relative_position_bucket(int64_t relative_position, bool bidirectional,
   const float denom = static_cast<float>(std::log(static_cast<double>(max_distance) /
                                                   static_cast<double>(max_exact)));
   const float scaled = (lg / denom) * static_cast<float>(num_buckets - max_exact);
-  int64_t large = max_exact + static_cast<int64_t>(scaled);
+  // Past the range (or NaN, when max_distance <= max_exact, which configs refuse)
+  // the cast would be undefined: those distances take the last bucket.
+  int64_t large = num_buckets - 1;
+  if (scaled >= 0 && scaled < static_cast<float>(num_buckets)) large = max_exact + static_cast<int64_t>(scaled);
   if (large > num_buckets - 1) large = num_buckets - 1;
   return static_cast<int32_t>(bucket + large);
 }

@@ -10,8 +10,9 @@ namespace pali {
 void log_softmax(const float* x, int64_t m, int64_t v, float* y);
 
 // Per row of x[m, v]: the k largest values, sorted descending, ties broken by
-// the lower index; values[m, k], indices[m, k] (column indices in [0, v)).
+// the lower index; values[m, k], indices[m, k] (column indices in [0, v); 64-bit,
+// since beam search ranks beams x vocabulary candidates in one row).
 // NaN is treated as larger than any number (as torch.topk does). Requires 1 <= k <= v.
-void topk(const float* x, int64_t m, int64_t v, int64_t k, float* values, int32_t* indices);
+void topk(const float* x, int64_t m, int64_t v, int64_t k, float* values, int64_t* indices);
 
 }  // namespace pali

@@ -51,7 +51,7 @@ void log_softmax(const float* x, int64_t m, int64_t v, float* y) {
 namespace {
 
 // a ranks before b: larger value first (NaN largest), then lower index.
-inline bool ranks_before(float av, int32_t ai, float bv, int32_t bi) {
+inline bool ranks_before(float av, int64_t ai, float bv, int64_t bi) {
   const bool an = std::isnan(av), bn = std::isnan(bv);
   if (an != bn) return an;
   if (!an && av != bv) return av > bv;
@@ -60,15 +60,14 @@ inline bool ranks_before(float av, int32_t ai, float bv, int32_t bi) {
 
 struct Entry {
   float v;
-  int32_t i;
+  int64_t i;
 };
 
 }  // namespace
 
-void topk(const float* x, int64_t m, int64_t v, int64_t k, float* values, int32_t* indices) {
+void topk(const float* x, int64_t m, int64_t v, int64_t k, float* values, int64_t* indices) {
   PALI_CHECK_ARG(m >= 0 && v > 0 && k >= 1 && k <= v, "topk: need 1 <= k <= v, got k=", k,
                  " v=", v);
-  PALI_CHECK_ARG(v <= std::numeric_limits<int32_t>::max(), "topk: row too long");
   if (m == 0) return;
   PALI_CHECK_ARG(x && values && indices, "topk: null pointer");
   const auto before = [](const Entry& a, const Entry& b) { return ranks_before(a.v, a.i, b.v, b.i); };
@@ -81,7 +80,7 @@ void topk(const float* x, int64_t m, int64_t v, int64_t k, float* values, int32_
         // Min-heap (worst on top) of the best k so far; most entries fail the
         // first comparison against the current k-th.
         heap.reserve(k);
-        for (int64_t j = 0; j < k; ++j) heap.push_back({xr[j], static_cast<int32_t>(j)});
+        for (int64_t j = 0; j < k; ++j) heap.push_back({xr[j], j});
         std::make_heap(heap.begin(), heap.end(), before);
         for (int64_t j = k; j < v; ++j) {
           const float val = xr[j];
@@ -90,13 +89,13 @@ void topk(const float* x, int64_t m, int64_t v, int64_t k, float* values, int32_
           const bool better = std::isnan(val) ? !std::isnan(worst.v) : (!std::isnan(worst.v) && val > worst.v);
           if (!better) continue;
           std::pop_heap(heap.begin(), heap.end(), before);
-          heap.back() = {val, static_cast<int32_t>(j)};
+          heap.back() = {val, j};
           std::push_heap(heap.begin(), heap.end(), before);
         }
         std::sort_heap(heap.begin(), heap.end(), before);
       } else {
         heap.resize(v);
-        for (int64_t j = 0; j < v; ++j) heap[j] = {xr[j], static_cast<int32_t>(j)};
+        for (int64_t j = 0; j < v; ++j) heap[j] = {xr[j], j};
         std::partial_sort(heap.begin(), heap.begin() + k, heap.end(), before);
       }
       for (int64_t j = 0; j < k; ++j) {
