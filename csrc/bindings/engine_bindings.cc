@@ -205,7 +205,9 @@ void bind_engine(py::module_& m) {
               ScopedOpThreads scoped(self.threads);
               EncoderOutput encoded = self.model->encode(in.pixels.data(), in.ids.data(), in.mask.data(),
                                                          in.batch, in.prompt_len);
-              results = generate(*self.model, encoded, opts, callback, &timings);
+              timings.vision_ms = encoded.vision_ms;
+              timings.encoder_ms = encoded.encoder_ms;
+              results = generate(self.model->decoder_for(encoded), opts, callback, &timings);
             });
             if (callback_error) std::rethrow_exception(callback_error);
             py::list out;

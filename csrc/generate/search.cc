@@ -29,30 +29,28 @@ double ms_between(Clock::time_point a, Clock::time_point b) {
 
 // Greedy search and sampling: one row per request (num_return_sequences rows
 // per request when sampling).
-std::vector<std::vector<Hypothesis>> sample_or_greedy(const PaliModel& model, const EncoderOutput& encoded,
-                                                      const GenerationOptions& options,
+std::vector<std::vector<Hypothesis>> sample_or_greedy(const Decoder& decoder, const GenerationOptions& options,
                                                       const TokenCallback& on_token, GenerationTimings* timings) {
-  const PaliConfig& config = model.config();
-  const int64_t vocab = config.vocab_size, eos = config.eos_token_id;
+  const SpecialTokens special = decoder.special_tokens();
+  const int64_t vocab = decoder.vocab_size(), eos = special.eos, requests = decoder.requests();
   const int64_t per_request = options.do_sample ? options.num_return_sequences : 1;
-  const int64_t rows = encoded.batch * per_request;
-  DecoderState state = model.decoder().start(encoded.memory.data(), encoded.mask.data(), encoded.batch,
-                                             encoded.length, per_request, options.max_new_tokens);
-  std::vector<std::vector<int64_t>> sequences(rows, std::vector<int64_t>{config.decoder_start_token_id});
+  const int64_t rows = requests * per_request;
+  std::unique_ptr<DecoderSession> session = decoder.start(per_request, options.max_new_tokens);
+  std::vector<std::vector<int64_t>> sequences(rows, std::vector<int64_t>{special.start});
   std::vector<Hypothesis> out(rows);
-  std::vector<int64_t> tokens(rows, config.decoder_start_token_id);
+  std::vector<int64_t> tokens(rows, special.start);
   std::vector<float> logits(rows * vocab), log_probs(vocab);
   std::vector<bool> done(rows, false);
   std::mt19937_64 rng(options.seed);
   const auto start = Clock::now();
   int64_t live = rows;
   for (int64_t step = 0; step < options.max_new_tokens && live > 0; ++step) {
-    model.decoder().step(state, tokens.data(), 1, logits.data(), false);
+    session->step(tokens.data(), logits.data());
     if (step == 0) timings->first_token_ms = ms_between(start, Clock::now());
     ++timings->steps;
     for (int64_t r = 0; r < rows; ++r) {
       if (done[r]) {
-        tokens[r] = config.pad_token_id;
+        tokens[r] = special.pad;
         continue;
       }
       float* row = logits.data() + r * vocab;
@@ -89,7 +87,7 @@ std::vector<std::vector<Hypothesis>> sample_or_greedy(const PaliModel& model, co
     }
   }
   timings->decode_ms = ms_between(start, Clock::now());
-  std::vector<std::vector<Hypothesis>> results(encoded.batch);
+  std::vector<std::vector<Hypothesis>> results(requests);
   for (int64_t r = 0; r < rows; ++r) results[r / per_request].push_back(std::move(out[r]));
   return results;
 }
@@ -144,20 +142,19 @@ class Hypotheses {
   float worst_score_ = 1e9f;
 };
 
-std::vector<std::vector<Hypothesis>> beam_search(const PaliModel& model, const EncoderOutput& encoded,
-                                                 const GenerationOptions& options, GenerationTimings* timings) {
-  const PaliConfig& config = model.config();
-  const int64_t vocab = config.vocab_size, eos = config.eos_token_id, beams = options.num_beams;
-  const int64_t requests = encoded.batch, rows = requests * beams;
-  DecoderState state = model.decoder().start(encoded.memory.data(), encoded.mask.data(), requests,
-                                             encoded.length, beams, options.max_new_tokens);
-  std::vector<std::vector<int64_t>> sequences(rows, std::vector<int64_t>{config.decoder_start_token_id});
+std::vector<std::vector<Hypothesis>> beam_search(const Decoder& decoder, const GenerationOptions& options,
+                                                 GenerationTimings* timings) {
+  const SpecialTokens special = decoder.special_tokens();
+  const int64_t vocab = decoder.vocab_size(), eos = special.eos, beams = options.num_beams;
+  const int64_t requests = decoder.requests(), rows = requests * beams;
+  std::unique_ptr<DecoderSession> session = decoder.start(beams, options.max_new_tokens);
+  std::vector<std::vector<int64_t>> sequences(rows, std::vector<int64_t>{special.start});
   std::vector<float> beam_scores(rows, 0.0f);
   for (int64_t r = 0; r < rows; ++r)
     if (r % beams) beam_scores[r] = -1e9f;
   std::vector<Hypotheses> hypotheses(requests, Hypotheses(beams, options.length_penalty, options.early_stopping, options.max_new_tokens));
   std::vector<bool> done(requests, false);
-  std::vector<int64_t> tokens(rows, config.decoder_start_token_id);
+  std::vector<int64_t> tokens(rows, special.start);
   std::vector<float> logits(rows * vocab), scores(beams * vocab);
   const int64_t candidates = 2 * beams;
   std::vector<float> top_values(candidates);
@@ -169,7 +166,7 @@ std::vector<std::vector<Hypothesis>> beam_search(const PaliModel& model, const E
   const auto start = Clock::now();
   int64_t generated = 0;
   for (int64_t step = 0; step < options.max_new_tokens; ++step) {
-    model.decoder().step(state, tokens.data(), 1, logits.data(), false);
+    session->step(tokens.data(), logits.data());
     if (step == 0) timings->first_token_ms = ms_between(start, Clock::now());
     ++timings->steps;
     generated = step + 1;
@@ -178,7 +175,7 @@ std::vector<std::vector<Hypothesis>> beam_search(const PaliModel& model, const E
       if (done[b]) {
         for (int64_t i = 0; i < beams; ++i) {
           source[first + i] = first + i;
-          next_tokens[first + i] = config.pad_token_id;
+          next_tokens[first + i] = special.pad;
           next_scores[first + i] = 0;
           next_sequences[first + i] = sequences[first + i];
         }
@@ -215,7 +212,7 @@ std::vector<std::vector<Hypothesis>> beam_search(const PaliModel& model, const E
     beam_scores = next_scores;
     tokens = next_tokens;
     if (std::all_of(done.begin(), done.end(), [](bool d) { return d; })) break;
-    model.decoder().reorder(state, source.data());
+    session->reorder(source.data());
   }
   timings->decode_ms = ms_between(start, Clock::now());
 
@@ -234,14 +231,11 @@ std::vector<std::vector<Hypothesis>> beam_search(const PaliModel& model, const E
 
 }  // namespace
 
-std::vector<std::vector<Hypothesis>> generate(const PaliModel& model, const EncoderOutput& encoded,
-                                              const GenerationOptions& options, const TokenCallback& on_token,
-                                              GenerationTimings* timings) {
+std::vector<std::vector<Hypothesis>> generate(const Decoder& decoder, const GenerationOptions& options,
+                                              const TokenCallback& on_token, GenerationTimings* timings) {
   options.validate();
-  timings->vision_ms = encoded.vision_ms;
-  timings->encoder_ms = encoded.encoder_ms;
-  if (options.num_beams > 1) return beam_search(model, encoded, options, timings);
-  return sample_or_greedy(model, encoded, options, on_token, timings);
+  if (options.num_beams > 1) return beam_search(decoder, options, timings);
+  return sample_or_greedy(decoder, options, on_token, timings);
 }
 
 }  // namespace pali

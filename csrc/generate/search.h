@@ -6,14 +6,15 @@
 
 #include <vector>
 
+#include "generate/decoder.h"
 #include "generate/generation_options.h"
-#include "models/pali_model.h"
 
 namespace pali {
 
 // One list of hypotheses per request, best first: num_return_sequences each.
-std::vector<std::vector<Hypothesis>> generate(const PaliModel& model, const EncoderOutput& encoded,
-                                              const GenerationOptions& options, const TokenCallback& on_token,
-                                              GenerationTimings* timings);
+// The strategy is the options' (num_beams > 1: beam search; do_sample: sampling;
+// else greedy); timings->first_token_ms, decode_ms and steps are filled in.
+std::vector<std::vector<Hypothesis>> generate(const Decoder& decoder, const GenerationOptions& options,
+                                              const TokenCallback& on_token, GenerationTimings* timings);
 
 }  // namespace pali

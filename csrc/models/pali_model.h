@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "generate/decoder.h"
 #include "models/pali_config.h"
 #include "models/t5_decoder.h"
 #include "models/t5_encoder.h"
@@ -27,6 +28,26 @@ struct EncoderOutput {
   double vision_ms = 0, encoder_ms = 0;
 };
 
+// The T5 decoder over one batch's encoder output, for the search strategies:
+// every row of a request (beam or sample) attends to that request's one copy
+// of the encoder output's cross-attention keys and values.
+class PaliDecoder final : public Decoder {
+ public:
+  PaliDecoder(const T5Decoder& decoder, const PaliConfig& config, const EncoderOutput& encoded)
+      : decoder_(decoder), config_(config), encoded_(encoded) {}
+  int64_t requests() const override { return encoded_.batch; }
+  int64_t vocab_size() const override { return config_.vocab_size; }
+  SpecialTokens special_tokens() const override {
+    return {config_.decoder_start_token_id, config_.eos_token_id, config_.pad_token_id};
+  }
+  std::unique_ptr<DecoderSession> start(int64_t rows_per_request, int64_t capacity) const override;
+
+ private:
+  const T5Decoder& decoder_;
+  const PaliConfig& config_;
+  const EncoderOutput& encoded_;
+};
+
 class PaliModel {
  public:
   // Throws ModelFileError naming the file and the tensor when the weights do
@@ -41,6 +62,8 @@ class PaliModel {
   // pixels: float32[batch, C, S, S] (normalized); input_ids, attention_mask: int64[batch, prompt_len].
   EncoderOutput encode(const float* pixels, const int64_t* input_ids, const int64_t* attention_mask,
                        int64_t batch, int64_t prompt_len) const;
+  // The decoder over `encoded` (which must outlive it), for generate().
+  PaliDecoder decoder_for(const EncoderOutput& encoded) const { return PaliDecoder(*decoder_, config_, encoded); }
   // Teacher-forced logits float32[batch, target_len, V] for decoder_input_ids int64[batch, target_len].
   void forward(const float* pixels, const int64_t* input_ids, const int64_t* attention_mask, int64_t batch,
                int64_t prompt_len, const int64_t* decoder_input_ids, int64_t target_len, float* logits) const;

@@ -1,0 +1,45 @@
+// The decoder interface every search strategy works over.
+//
+// A model's decoder, started for one batch of requests (whatever it computes
+// once per request, an encoder output or a prefix, is computed before and
+// shared by that request's rows, never copied per row), opens a session of
+// requests x rows_per_request rows (beams, or independent samples), each
+// extended by one token per step. Greedy search, sampling and beam search
+// (generate/search.h) see only this, so an architecture that implements it
+// gets every strategy, and a strategy written against it runs on every
+// architecture.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+namespace pali {
+
+struct SpecialTokens {
+  int64_t start = 0;  // the first input of every row (decoder start token, or the last prompt token)
+  int64_t eos = 1;
+  int64_t pad = 0;    // fed to rows that have finished
+};
+
+class DecoderSession {
+ public:
+  virtual ~DecoderSession() = default;
+  // Appends tokens[rows] (one per row) and writes the next-token logits float32[rows, vocab].
+  virtual void step(const int64_t* tokens, float* logits) = 0;
+  // Row r continues from the state row source[r] had (beam search's reordering).
+  virtual void reorder(const int64_t* source) = 0;
+};
+
+class Decoder {
+ public:
+  virtual ~Decoder() = default;
+  virtual int64_t requests() const = 0;
+  virtual int64_t vocab_size() const = 0;
+  virtual SpecialTokens special_tokens() const = 0;
+  // A session of requests() * rows_per_request rows (row r serves request
+  // r / rows_per_request) holding up to `capacity` generated tokens per row.
+  // Throws OutOfMemory when its caches would not fit in the memory left.
+  virtual std::unique_ptr<DecoderSession> start(int64_t rows_per_request, int64_t capacity) const = 0;
+};
+
+}  // namespace pali
