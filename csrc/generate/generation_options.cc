@@ -8,9 +8,8 @@ namespace pali {
 
 void GenerationOptions::validate() const {
   PALI_CHECK_ARG(max_new_tokens > 0, "max_new_tokens must be positive, got ", max_new_tokens);
-  PALI_CHECK_ARG(min_new_tokens >= 0 && min_new_tokens <= max_new_tokens,
-                 "min_new_tokens must be between 0 and max_new_tokens (", max_new_tokens, "), got ",
-                 min_new_tokens);
+  // Above max_new_tokens it bans eos for the whole generation, as in transformers.
+  PALI_CHECK_ARG(min_new_tokens >= 0, "min_new_tokens must be >= 0, got ", min_new_tokens);
   PALI_CHECK_ARG(num_beams >= 1, "num_beams must be at least 1, got ", num_beams);
   PALI_CHECK_ARG(num_return_sequences >= 1, "num_return_sequences must be at least 1, got ",
                  num_return_sequences);

@@ -206,7 +206,9 @@ std::vector<std::vector<Hypothesis>> beam_search(const Decoder& decoder, const G
           ++filled;
         }
       }
-      done[b] = hypotheses[b].is_done(top_values[0], step + 1);
+      // The bound is the best running beam (transformers >= 4.50), not the step's best candidate, which
+      // may have just finished.
+      done[b] = hypotheses[b].is_done(next_scores[first], step + 1);
     }
     sequences.swap(next_sequences);
     beam_scores = next_scores;
