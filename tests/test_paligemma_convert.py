@@ -249,3 +249,29 @@ def test_errors_name_the_missing_file_or_the_field(converted, tmp_path, capsys):
     with pytest.raises(CheckpointError, match="model_type is 'llava'"):
         convert(d, out)
     assert not os.path.exists(out)
+
+
+def test_hub_layout_converts_to_the_same_file(converted, tmp_path):
+    """transformers 4's tensor names, a config.json relying on the config classes' defaults and a
+    separate preprocessor_config.json (as the released checkpoints have) give the same weights and logits."""
+    from safetensors.torch import load_file, save_file
+
+    version, hf_dir, _, processor, path, _ = converted
+    if version != 1:
+        pytest.skip("one layout check is enough")
+    d = _copy(hf_dir, tmp_path)
+    tensors = load_file(str(d / "model.safetensors"))
+    legacy = {("vision_tower.vision_model." + k[len("vision_tower."):] if k.startswith("vision_tower.") else k): v
+              for k, v in tensors.items()}
+    assert any(k.startswith("language_model.model.") for k in legacy)
+    save_file(legacy, str(d / "model.safetensors"), metadata={"format": "pt"})
+    _edit_config(d, lambda c: [c["text_config"].pop(k) for k in ("head_dim", "rms_norm_eps", "hidden_act",
+                                                                  "rope_parameters", "max_position_embeddings")])
+    combined = json.loads((d / "processor_config.json").read_text())
+    (d / "preprocessor_config.json").write_text(json.dumps(combined.pop("image_processor")))
+    (d / "processor_config.json").write_text(json.dumps(combined))
+    out = str(tmp_path / "hub.onnx")
+    convert(d, out, validate=False)
+    assert pali_engine.inspect(out)["tensors"] == pali_engine.inspect(path)["tensors"]
+    inputs = processor(images=_images()[:1], text=PROMPTS[:1], suffix=SUFFIXES[:1], return_tensors="np")
+    assert np.array_equal(_ort_logits(_session(out), inputs), _ort_logits(_session(path), inputs))

@@ -214,7 +214,7 @@ def check_file(path: str, params: Dict[str, np.ndarray], dtype: str, meta: Dict[
         if info["metadata"].get(key) != value:
             raise ExportError(f"{path}: metadata {key} read back differs from what was written")
     tensors = info["tensors"]
-    if list(tensors) != list(params) and sorted(tensors) != sorted(params):
+    if sorted(tensors) != sorted(params):
         raise ExportError(f"{path}: tensors read back differ from the parameters")
     for name, values in params.items():
         want = _storage_bits(values, dtype)
