@@ -19,6 +19,8 @@ way:
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -104,9 +106,6 @@ class PaliGemmaProcessor:
     @classmethod
     def from_model_file(cls, path: Union[str, os.PathLike], **kwargs) -> "PaliGemmaProcessor":
         """From a converted ``.onnx`` file's metadata (read with the engine's own reader)."""
-        import base64
-        import json
-
         from .model_file import inspect
 
         metadata = inspect(path)["metadata"]

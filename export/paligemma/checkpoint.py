@@ -91,14 +91,6 @@ class Checkpoint:
     weight_files: Dict[str, List[Tuple[str, str]]] = field(default_factory=dict)
     tokenizer: bytes = b""
 
-    @property
-    def text(self) -> Dict[str, Any]:
-        return self.config["text_config"]
-
-    @property
-    def vision(self) -> Dict[str, Any]:
-        return self.config["vision_config"]
-
 
 def _read_json(path: str) -> Dict[str, Any]:
     if not os.path.isfile(path):
@@ -114,12 +106,19 @@ def _read_json(path: str) -> Dict[str, Any]:
 
 
 def _field(where: str, values: Dict[str, Any], name: str, kind: type, *, positive: bool = False):
+    """``values[name]`` checked to be a ``kind`` (int, float or bool; never a bool for a number)."""
     value = values[name]
-    ok = isinstance(value, kind) and not isinstance(value, bool) if kind is not bool else isinstance(value, bool)
-    if kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif isinstance(value, bool):
+        ok = False
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and math.isfinite(value)
+    else:
+        ok = isinstance(value, kind)
     if not ok:
-        raise CheckpointError(f"{where}{name} must be {kind.__name__}, got {value!r}")
+        raise CheckpointError(f"{where}{name} must be {'a number' if kind is float else kind.__name__}, "
+                              f"got {value!r}")
     if positive and not value > 0:
         raise CheckpointError(f"{where}{name} must be > 0, got {value!r}")
     return float(value) if kind is float else value
