@@ -1,6 +1,6 @@
 """``pali-engine bench``: the engine beside its peers, same weights, same inputs, one run.
 
-    pali-engine bench --quick                       # default model (or tiny), batch 1, greedy
+    pali-engine bench --quick                       # under a minute: default model, b1 greedy, 3 peers
     pali-engine bench --sizes default,small,base    # the full run (docs/benchmarks.md)
 
 For each size the harness writes (or reuses) the weights and every peer's files,
@@ -39,6 +39,9 @@ from .peers import Case, all_peers
 
 METRICS = ("vision_ms", "encoder_ms", "ttft_ms", "step_ms", "total_ms", "tokens_per_s")
 DEFAULT_REPEATS = {"tiny": 5, "default": 5, "small": 3, "base": 2}
+#: --quick's peers unless --peers is given: transformers and CTranslate2 add half a minute on
+#: two cores (a converted model, two timing processes of their own) for a quick look.
+QUICK_PEERS = "engine,pytorch,onnxruntime"
 #: Seconds between two peers' runs: thread pools (OpenMP, onnxruntime, the engine's) spin
 #: after their work; the next peer should not share the cores with that.
 PAUSE_S = 0.5
@@ -60,8 +63,9 @@ def parse_case(name: str, new_tokens: int) -> Case:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
-                        help="a short run: the default model (tiny when there is none), batch 1, greedy, "
-                             "3 repeats, no memory probes, no files unless --out-dir is given")
+                        help="a short run, under a minute on 2 cores: the default model (tiny when there is "
+                             f"none), batch 1, greedy, 3 repeats, peers {QUICK_PEERS} unless --peers is given, "
+                             "no memory probes, no files unless --out-dir is given")
     parser.add_argument("--sizes", default=None,
                         help=f"comma list of {', '.join(models.SIZES)} (default: default,small,base)")
     parser.add_argument("--model", default=None,
@@ -723,6 +727,8 @@ def run(args: argparse.Namespace) -> int:
             args.repeats = 3
         if args.memory is None:
             args.memory = False
+        if args.peers is None:
+            args.peers = QUICK_PEERS
     else:
         sizes = _csv(args.sizes) if args.sizes else ["default", "small", "base"]
         case_names = _csv(args.cases or "b1-greedy,b1-beam4,b8-greedy")

@@ -3,8 +3,13 @@
 Why: the accuracy per task of the default model is how pali-engine shows that
 a backend (PyTorch, onnxruntime, the C++ engine) runs the model correctly.
 
-    pali-engine eval [--model PATH] [--backend torch|onnxruntime|engine] [--n N] [--json]
+    pali-engine eval [--model PATH] [--backend engine|onnxruntime|torch] [--n N] [--json]
     python -m export.evaluate --n 200 --json
+
+The default backend is the engine, which the runtime install has (a .pt
+checkpoint of your own defaults to the torch backend, which needs PyTorch). Task names (``--tasks``) are the prompts' first words
+joined by ``_``: ``caption_en`` is the task of the prompt ``caption en``,
+``answer_en`` of ``answer en <question>``.
 
 Metrics: exact match of the greedy output for captions, answers and OCR;
 mean IoU for detection (see ``data.detection_ious``: ground-truth boxes are
@@ -131,10 +136,15 @@ def evaluate(backend, tasks: Sequence[str] = D.TASKS, n: int = 200, batch_size: 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint (.pt for the torch backend)")
-    parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "engine"])
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="an ONNX file, or a .pt checkpoint for the torch backend (default: the bundled model)")
+    parser.add_argument("--backend", default=None, choices=["engine", "onnxruntime", "torch"],
+                        help="engine: the native engine (the default, except for a .pt checkpoint of your "
+                             "own: torch); onnxruntime; torch: the PyTorch model")
     parser.add_argument("--n", type=int, default=200, help="held-out examples per task")
-    parser.add_argument("--tasks", default=",".join(D.TASKS), help="comma-separated task names")
+    parser.add_argument("--tasks", default=",".join(D.TASKS),
+                        help=f"comma-separated task names, from {', '.join(D.TASKS)} (caption_en is the task "
+                             "of the prompt 'caption en')")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "int8"],
@@ -144,12 +154,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the results as one JSON line last")
 
 
+def default_backend(model_path: str) -> str:
+    """The engine, which every install has, unless the model is a checkpoint only PyTorch reads
+    (a .pt file other than the bundled model's, which the engine runs from its ONNX file)."""
+    is_own_checkpoint = (str(model_path).endswith(".pt")
+                         and os.path.basename(str(model_path)) != os.path.basename(DEFAULT_MODEL))
+    return "torch" if is_own_checkpoint else "engine"
+
+
 def run(args) -> int:
     tasks = [t for t in args.tasks.split(",") if t]
     bad = [t for t in tasks if t not in D.TASKS]
     if bad:
         print(f"error: unknown tasks {bad}; tasks are {list(D.TASKS)}", file=sys.stderr)
         return 2
+    if args.backend is None:
+        args.backend = default_backend(args.model)
     if args.threads and args.backend == "torch":
         import torch
         torch.set_num_threads(args.threads)

@@ -3,11 +3,14 @@
 The CPU code is built for x86-64-v3 (AVX2, FMA, F16C), so the CPU is checked
 first: an older processor gets an ImportError that says why instead of a crash.
 The CUDA module is imported only when a CUDA device is asked for, so a machine
-without CUDA libraries can still ``import pali_engine``.
+without CUDA libraries can still ``import pali_engine``. A source folder without
+the compiled module (Python started in the repository, nothing installed) gets
+an ImportError that says so and how to install, not Python's "circular import".
 """
 
 from __future__ import annotations
 
+import os
 import platform
 
 _REQUIRED_X86_FLAGS = ("avx2", "fma", "f16c")
@@ -34,7 +37,25 @@ def _check_cpu() -> None:
 
 _check_cpu()
 
-from . import _core  # noqa: E402
+
+def _import_core():
+    import importlib.util
+
+    try:
+        from . import _core
+    except ImportError as error:
+        if importlib.util.find_spec(__package__ + "._core") is not None:
+            raise  # the module is there but does not load: its own error says why
+        folder = os.path.dirname(os.path.abspath(__file__))
+        raise ImportError(
+            f"pali_engine in {folder} has no compiled module _core: it is a source folder (Python "
+            "started in the repository finds it first) and no installed pali-engine was found; install "
+            "it from the repository root with: pip install .", name=error.name
+        ) from None
+    return _core
+
+
+_core = _import_core()
 
 _cuda_module = None
 
@@ -52,8 +73,9 @@ def core_for(device: str):
         except ImportError as error:
             raise RuntimeError(
                 "device 'cuda' requested but the CUDA module is not available: "
-                f"{error}. Build with PALI_ENGINE_CUDA=ON on a machine with the CUDA toolkit "
-                "and install nvidia-cublas."
+                f"{error}. Build it from the repository root, with nvcc on PATH: pip install "
+                "scikit-build-core pybind11 ninja cmake nvidia-cublas && PALI_ENGINE_CUDA=ON pip install "
+                "--no-build-isolation . (it holds the CUDA ops only: no model runs on CUDA yet)"
             ) from error
         _cuda_module = _core_cuda
     return _cuda_module

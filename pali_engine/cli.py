@@ -17,6 +17,17 @@ from typing import Callable, Sequence
 
 from ._version import __version__
 
+#: The packages a subcommand imports beyond the runtime install, as one pip command that works on
+#: a fresh machine: torch pinned, because an unpinned torch resolves to a multi-gigabyte CUDA build.
+#: ``run`` needs onnxruntime for --backend onnxruntime only, ``eval`` needs torch for --backend torch.
+INSTALL_HINTS: dict[str, str] = {
+    "run": "pip install onnxruntime",
+    "train": "pip install torch==2.13.0",
+    "eval": "pip install torch==2.13.0",
+    "export": "pip install torch==2.13.0 onnx onnxscript",
+    "bench": "pip install torch==2.13.0 onnx onnxscript onnxruntime transformers ctranslate2 matplotlib",
+}
+
 # name -> (module providing add_arguments(parser) and run(args) -> int, help)
 _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("pali_engine.cli", "print a model file's config and tensor table"),
@@ -85,7 +96,10 @@ def _run_add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beams", type=int, default=1, help="beam search width (1: greedy)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the model's limit")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--draw", metavar="OUT.png", help="draw detected boxes and labels on the image")
+    parser.add_argument("--draw", metavar="OUT.png", help="draw the boxes of a detect answer on the image")
+    parser.add_argument("--resize", default="pad", choices=("pad", "stretch"),
+                        help="how a non-square image becomes square: pad with its border colour (default), "
+                             "or stretch")
 
 
 def _run_run(args: argparse.Namespace) -> int:
@@ -98,16 +112,43 @@ def _run_run(args: argparse.Namespace) -> int:
             print(f"pali-engine run: {error}", file=sys.stderr)
             return 2
     engine = Engine.load(args.model, backend=args.backend, dtype=args.dtype, threads=args.threads)
-    result = engine.generate(args.image, args.prompt, num_beams=args.beams, max_new_tokens=args.max_new_tokens)
-    if args.draw:
-        from .detection import draw_detections
-
-        draw_detections(args.image, result.text, args.draw)
+    image = args.image
+    if args.resize == "stretch":
+        image = _stretched(image, engine.config)
+    result = engine.generate(image, args.prompt, num_beams=args.beams, max_new_tokens=args.max_new_tokens)
+    # The answer first: a failure to draw must not lose it.
     if args.json:
         print(json.dumps({"text": result.text, "tokens": result.tokens, "score": result.score,
-                          "timings": result.timings}, ensure_ascii=False))
+                          "timings": result.timings}, ensure_ascii=False), flush=True)
     else:
-        print(result.text)
+        print(result.text, flush=True)
+    if args.draw:
+        return _draw(args, result.text)
+    return 0
+
+
+def _stretched(path: str, config: dict):
+    """The image at ``path`` stretched to the model's square input, as ``resize="stretch"`` does."""
+    from .image import fit_to_input
+
+    return fit_to_input(path, config["image_size"], config.get("resample", "bilinear"), resize="stretch")
+
+
+def _draw(args: argparse.Namespace, answer: str) -> int:
+    from .detection import draw_detections
+
+    try:
+        count = draw_detections(args.image, answer, args.draw, resize=args.resize)
+    except (OSError, ValueError) as error:
+        print(f"pali-engine run: --draw: cannot write {args.draw}: {error}", file=sys.stderr)
+        return 1
+    if count:
+        print(f"pali-engine run: drew {count} box{'es' if count != 1 else ''} on {args.draw}", file=sys.stderr)
+    else:
+        why = "the model found none" if args.prompt.split()[:1] == ["detect"] else \
+            'only "detect LABEL ; LABEL" prompts give boxes'
+        print(f"pali-engine run: --draw: the answer has no boxes ({why}); {args.draw} is the image "
+              "without marks", file=sys.stderr)
     return 0
 
 
@@ -135,11 +176,14 @@ def _load_subcommand(name: str):
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise SystemExit(
-            f"pali-engine {name}: needs optional packages that are not installed ({error}); "
-            "install them with: pip install 'pali-engine[export]'"
-        ) from None
+        raise SystemExit(_missing_package_message(name, error)) from None
     return module.add_arguments, module.run
+
+
+def _missing_package_message(name: str, error: ImportError) -> str:
+    missing = f"the package {error.name!r} is not installed" if error.name else str(error)
+    hint = INSTALL_HINTS.get(name)
+    return f"pali-engine {name}: {missing}" + (f"; install what it needs with: {hint}" if hint else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -157,8 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(run(args) or 0)
     except ImportError as error:
-        print(f"pali-engine {name}: needs an optional package that is not installed ({error}); "
-              "install the extras with: pip install 'pali-engine[export,ort]'", file=sys.stderr)
+        print(_missing_package_message(name, error), file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"pali-engine {name}: error: {error}", file=sys.stderr)

@@ -42,6 +42,7 @@ def quick_run(tmp_path_factory):
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         rc = harness.main(["--quick", "--sizes", "tiny", "--new-tokens", "8", "--repeats", "2",
+                           "--peers", "engine,pytorch,transformers,onnxruntime,ctranslate2",
                            "--work-dir", str(tmp / "work"), "--out-dir", str(out_dir)])
     files = sorted(glob.glob(str(out_dir / "cpu-*.json")))
     return rc, buf.getvalue(), files, out_dir
@@ -132,6 +133,22 @@ def test_quick_run_plot(quick_run):
     _, _, _, out_dir = quick_run
     pngs = glob.glob(str(out_dir / "cpu-*.png"))
     assert len(pngs) == 1 and os.path.getsize(pngs[0]) > 1000
+
+
+def test_quick_runs_the_fast_peers_unless_told(monkeypatch, tmp_path):
+    from pali_engine.benchmarks import harness
+
+    chosen = []
+
+    def stop_after_choosing(args):
+        chosen.append(args.peers)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(harness, "select_peers", stop_after_choosing)
+    assert harness.main(["--quick", "--work-dir", str(tmp_path)]) == 2
+    assert harness.main(["--quick", "--peers", "ctranslate2", "--work-dir", str(tmp_path)]) == 2
+    assert harness.main(["--sizes", "tiny", "--work-dir", str(tmp_path)]) == 2
+    assert chosen == ["engine,pytorch,onnxruntime", "ctranslate2", None]
 
 
 def test_bad_arguments_fail_cleanly(tmp_path, capsys):

@@ -1,11 +1,16 @@
 """Tests of image preprocessing (pali_engine/image.py): accepted inputs,
-conversions, normalisation, resizing and the errors for bad inputs."""
+conversions (transparency on white), normalisation, padding or stretching to
+a square, resizing, and the errors for bad inputs (paths that are not files)."""
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pali_engine.image import preprocess, preprocess_batch
+from pali_engine.image import pad_to_square, preprocess, preprocess_batch, square_frame, to_rgb_array
 
 
 def rgb(h=64, w=64, seed=0):
@@ -39,21 +44,67 @@ def test_grayscale_and_rgba_conversions():
     np.testing.assert_array_equal(preprocess(g[:, :, None], 32), ref)
     np.testing.assert_array_equal(preprocess(Image.fromarray(g, "L"), 32), ref)
     a = rgb(32, 32)
-    rgba = np.concatenate([a, np.full((32, 32, 1), 128, np.uint8)], axis=2)
-    np.testing.assert_array_equal(preprocess(rgba, 32), preprocess(a, 32))
-    np.testing.assert_array_equal(preprocess(Image.fromarray(rgba, "RGBA"), 32), preprocess(a, 32))
+    opaque = np.concatenate([a, np.full((32, 32, 1), 255, np.uint8)], axis=2)
+    np.testing.assert_array_equal(preprocess(opaque, 32), preprocess(a, 32))
+    np.testing.assert_array_equal(preprocess(Image.fromarray(opaque, "RGBA"), 32), preprocess(a, 32))
     pal = Image.fromarray(a).convert("P")
     assert preprocess(pal, 32).shape == (3, 32, 32)
 
 
+def test_transparency_is_composited_on_white():
+    shape = np.zeros((32, 32, 4), np.uint8)  # transparent black everywhere ...
+    shape[8:24, 8:24] = (215, 35, 35, 255)  # ... but an opaque red square
+    expected = np.full((32, 32, 3), 255, np.uint8)
+    expected[8:24, 8:24] = (215, 35, 35)
+    np.testing.assert_array_equal(to_rgb_array(shape), expected)
+    np.testing.assert_array_equal(to_rgb_array(Image.fromarray(shape, "RGBA")), expected)
+    grey_alpha = to_rgb_array(Image.fromarray(shape, "RGBA").convert("LA"))
+    assert grey_alpha[0, 0].tolist() == [255, 255, 255] and grey_alpha[16, 16].tolist() != [255, 255, 255]
+    half = np.array([[[0, 0, 0, 128]]], np.uint8)
+    assert to_rgb_array(half).tolist() == [[[127, 127, 127]]]  # 255 * (1 - 128/255), rounded
+    palette = Image.fromarray(expected).convert("P")
+    palette.info["transparency"] = palette.getpixel((0, 0))  # the white background's index
+    assert to_rgb_array(palette)[0, 0].tolist() == [255, 255, 255]
+
+
+def test_transparent_png_file_is_on_white(tmp_path):
+    shape = np.zeros((20, 20, 4), np.uint8)
+    shape[5:15, 5:15] = (35, 70, 215, 255)
+    path = tmp_path / "icon.png"
+    Image.fromarray(shape, "RGBA").save(path)
+    a = to_rgb_array(str(path))
+    assert a[0, 0].tolist() == [255, 255, 255] and a[10, 10].tolist() == [35, 70, 215]
+
+
 def test_resize_only_when_needed():
     a = rgb(40, 50)
-    x = preprocess(a, 64)
+    x = preprocess(a, 64, resize="stretch")
     assert x.shape == (3, 64, 64)
     ref = np.asarray(Image.fromarray(a).resize((64, 64), Image.BILINEAR))
     np.testing.assert_allclose(x, ref.transpose(2, 0, 1) / 127.5 - 1.0, atol=1e-6)
+    square = rgb(64, 64)
+    np.testing.assert_array_equal(preprocess(square, 64, resize="pad"), preprocess(square, 64, resize="stretch"))
     with pytest.raises(ValueError):
         preprocess(a, 64, resample="cubic-ish")
+    with pytest.raises(ValueError, match="resize"):
+        preprocess(a, 64, resize="crop")
+
+
+def test_non_square_images_are_padded_with_their_border_colour():
+    wide = np.full((30, 60, 3), (200, 210, 220), np.uint8)
+    wide[10:20, 25:35] = (215, 35, 35)
+    square = pad_to_square(wide)
+    assert square.shape == (60, 60, 3)
+    np.testing.assert_array_equal(square[15:45], wide)  # centred
+    assert (square[:15] == (200, 210, 220)).all() and (square[45:] == (200, 210, 220)).all()
+    ref = np.asarray(Image.fromarray(square).resize((64, 64), Image.BILINEAR))
+    np.testing.assert_allclose(preprocess(wide, 64), ref.transpose(2, 0, 1) / 127.5 - 1.0, atol=1e-6)
+    tall = np.ascontiguousarray(wide.transpose(1, 0, 2))
+    assert pad_to_square(tall).shape == (60, 60, 3) and (pad_to_square(tall)[:, :15] == (200, 210, 220)).all()
+    assert square_frame(60, 30) == (60, 60, 0, 15)
+    assert square_frame(30, 61) == (61, 61, 15, 0)
+    assert square_frame(60, 30, "stretch") == (60, 30, 0, 0)
+    assert preprocess(np.zeros((1, 1, 3), np.uint8), 64).shape == (3, 64, 64)
 
 
 def test_batch():
@@ -93,3 +144,29 @@ def test_unreadable_file(tmp_path):
         preprocess(str(p), 64)
     with pytest.raises(ValueError, match="empty"):
         preprocess(Image.new("RGB", (0, 0)), 64)
+
+
+def test_paths_that_are_not_files_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="directory"):
+        preprocess(str(tmp_path), 64)
+    if os.path.exists("/dev/null"):
+        with pytest.raises(ValueError, match="device"):
+            preprocess("/dev/null", 64)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_named_pipe_is_refused_without_waiting(tmp_path):
+    # PIL reading a FIFO with no writer waits forever; run it in a child with a deadline.
+    fifo = tmp_path / "image.png"
+    os.mkfifo(fifo)
+    code = ("from pali_engine.image import preprocess\n"
+            "try:\n"
+            f"    preprocess({str(fifo)!r}, 64)\n"
+            "except ValueError as error:\n"
+            "    print(error)\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("reading a named pipe as an image hung")
+    assert done.returncode == 0, done.stderr
+    assert "named pipe" in done.stdout
