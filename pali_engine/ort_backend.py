@@ -28,7 +28,7 @@ def _import_onnxruntime():
     except ImportError as error:
         raise ImportError(
             f"the onnxruntime backend needs the onnxruntime package ({error}); "
-            "install it with: pip install 'pali-engine[ort]'"
+            "install it with: pip install onnxruntime", name="onnxruntime"
         ) from None
     return onnxruntime
 
