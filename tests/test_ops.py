@@ -484,26 +484,37 @@ def test_relative_bias_table(bidirectional):
 
 
 def attention_ref(q, k, v, heads, d, scale=1.0, q_col=0, k_col=0, v_col=0, mask=None, causal=False,
-                  q_offset=0, table=None, rel_offset=0, div=1, kv_len=None):
+                  q_offset=0, table=None, rel_offset=0, div=1, kv_len=None, kv_heads=0, softcap=0.0,
+                  prefix_lengths=None, sliding_window=0):
+    """float64 attention with transformers' masks: ((causal and window) or both in the prefix) and padding."""
     B, Lq, _ = q.shape
     Lk = k.shape[1] if kv_len is None else kv_len
+    group = heads // (kv_heads or heads)
     out = np.zeros((B, Lq, heads * d))
     i = np.arange(Lq)[:, None]
     j = np.arange(Lk)[None, :]
     for b in range(B):
         kb = b // div
         for h in range(heads):
+            g = h // group
             Q = q[b, :, q_col + h * d: q_col + (h + 1) * d].astype(np.float64)
-            K = k[kb, :Lk, k_col + h * d: k_col + (h + 1) * d].astype(np.float64)
-            V = v[kb, :Lk, v_col + h * d: v_col + (h + 1) * d].astype(np.float64)
+            K = k[kb, :Lk, k_col + g * d: k_col + (g + 1) * d].astype(np.float64)
+            V = v[kb, :Lk, v_col + g * d: v_col + (g + 1) * d].astype(np.float64)
             s = scale * Q @ K.T
             if table is not None:
                 s = s + table[h][j - (q_offset + i) + rel_offset]
+            if softcap:
+                s = softcap * np.tanh(s / softcap)
             allowed = np.ones((Lq, Lk), bool)
             if mask is not None:
                 allowed &= mask[kb][None, :Lk] != 0
             if causal:
-                allowed &= j <= q_offset + i
+                seen = j <= q_offset + i
+                if sliding_window:
+                    seen &= q_offset + i - j < sliding_window
+                if prefix_lengths is not None:
+                    seen |= (q_offset + i < prefix_lengths[kb]) & (j < prefix_lengths[kb])
+                allowed &= seen
             s = np.where(allowed, s, -np.inf)
             mx = s.max(-1, keepdims=True)
             ok = np.isfinite(mx)
@@ -657,7 +668,7 @@ def test_topk_ties_by_lower_index(m, v, k):
     ref_idx = np.argsort(-x, axis=-1, kind="stable")[:, :k]
     np.testing.assert_array_equal(idx, ref_idx)
     np.testing.assert_array_equal(vals, np.take_along_axis(x, ref_idx, -1))
-    assert idx.dtype == np.int32
+    assert idx.dtype == np.int64
 
 
 def test_topk_random_and_nan():
@@ -769,3 +780,48 @@ def test_linear_strided_column_slices(m, fmt, accumulate):
     np.testing.assert_allclose(out[:, 3:3 + n], ref, rtol=1e-5, atol=1e-4)
     np.testing.assert_array_equal(out[:, :3], before[:, :3])  # untouched around the slice
     np.testing.assert_array_equal(out[:, 3 + n:], before[:, 3 + n:])
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 1), (6, 2), (3, 3), (8, 4)])
+@pytest.mark.parametrize("d", [8, 19, 64])
+def test_attention_grouped_and_multi_query(heads, kv_heads, d):
+    rng = rng_for("attention gqa", heads, kv_heads, d)
+    B, L = 2, 23
+    q = rng.standard_normal((B, L, heads * d)).astype(np.float32)
+    k = rng.standard_normal((B, L, kv_heads * d)).astype(np.float32)
+    v = rng.standard_normal((B, L, kv_heads * d)).astype(np.float32)
+    got = ops.attention(q, k, v, heads, d, scale=d ** -0.5, kv_heads=kv_heads, causal=True)
+    check_attention(got, attention_ref(q, k, v, heads, d, scale=d ** -0.5, kv_heads=kv_heads, causal=True))
+
+
+@pytest.mark.parametrize("q_len,q_offset", [(29, 0), (1, 28), (3, 26), (140, 0), (1, 139)])
+@pytest.mark.parametrize("window", [0, 1, 7, 200])
+def test_attention_prefix_lm_sliding_window_and_softcap(q_len, q_offset, window):
+    # A prefix-LM decoder as PaliGemma 2 runs it: prefixes of different lengths
+    # per request (beams share theirs), padding, soft-capping, GQA, a sliding window.
+    rng = rng_for("attention prefix", q_len, q_offset, window)
+    requests, beams, heads, kv_heads, d = 2, 2, 4, 2, 16
+    kv_len = q_offset + q_len
+    q = rng.standard_normal((requests * beams, q_len, heads * d)).astype(np.float32) * 3
+    k = rng.standard_normal((requests, kv_len, kv_heads * d)).astype(np.float32)
+    v = rng.standard_normal((requests, kv_len, kv_heads * d)).astype(np.float32)
+    prefix = np.array([min(kv_len, 11), min(kv_len, 20)], np.int64)
+    mask = np.ones((requests, kv_len), np.int32)
+    mask[0, :2] = 0  # left padding of the shorter prompt
+    args = dict(scale=0.3, kv_heads=kv_heads, softcap=5.0, causal=True, q_offset=q_offset, sliding_window=window)
+    got = ops.attention(q, k, v, heads, d, key_mask=mask, prefix_lengths=prefix, kv_batch_divisor=beams, **args)
+    ref = attention_ref(q, k, v, heads, d, mask=mask, prefix_lengths=prefix, div=beams, **args)
+    check_attention(got, ref)
+
+
+def test_attention_prefix_and_window_need_causal_and_consistent_heads():
+    q = np.zeros((1, 2, 8), np.float32)
+    kv = np.zeros((1, 2, 4), np.float32)
+    with pytest.raises(ValueError, match="kv_heads"):
+        ops.attention(q, np.zeros((1, 2, 6), np.float32), np.zeros((1, 2, 6), np.float32), 4, 2, kv_heads=3)
+    with pytest.raises(ValueError, match="causal"):
+        ops.attention(q, kv, kv, 4, 2, kv_heads=2, sliding_window=4)
+    with pytest.raises(ValueError, match="causal"):
+        ops.attention(q, kv, kv, 4, 2, kv_heads=2, prefix_lengths=np.array([1]))
+    with pytest.raises(ValueError, match="softcap"):
+        ops.attention(q, kv, kv, 4, 2, kv_heads=2, softcap=-1.0)

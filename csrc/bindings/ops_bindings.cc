@@ -257,15 +257,18 @@ void bind_ops(py::module_& parent) {
   m.def("attention", [](FArray q, FArray k, FArray v, int64_t heads, int64_t head_dim, float scale,
                         int64_t q_col, int64_t k_col, int64_t v_col, std::optional<py::array> key_mask,
                         bool causal, int64_t q_offset, std::optional<FArray> rel_bias,
-                        int64_t rel_offset, int64_t kv_batch_divisor, std::optional<int64_t> kv_len) {
+                        int64_t rel_offset, int64_t kv_batch_divisor, std::optional<int64_t> kv_len,
+                        int64_t kv_heads, float softcap,
+                        std::optional<py::array_t<int64_t, py::array::c_style | py::array::forcecast>> prefix_lengths,
+                        int64_t sliding_window) {
     // q: [B, Lq, Rq], k: [Bk, Lcap, Rk], v: [Bk, Lcap, Rv]; head h of row r is
     // columns [col + h*head_dim, ...) (q, k, v may be one fused buffer).
     check_rank(q, 3, "q");
     check_rank(k, 3, "k");
     check_rank(v, 3, "v");
-    const int64_t hd = heads * head_dim;
-    PALI_CHECK_ARG(q_col >= 0 && q_col + hd <= q.shape(2) && k_col >= 0 && k_col + hd <= k.shape(2) &&
-                       v_col >= 0 && v_col + hd <= v.shape(2),
+    const int64_t hd = heads * head_dim, kv_hd = (kv_heads ? kv_heads : heads) * head_dim;
+    PALI_CHECK_ARG(q_col >= 0 && q_col + hd <= q.shape(2) && k_col >= 0 && k_col + kv_hd <= k.shape(2) &&
+                       v_col >= 0 && v_col + kv_hd <= v.shape(2),
                    "attention: column ranges outside the rows");
     PALI_CHECK_ARG(k.shape(0) == v.shape(0) && k.shape(1) == v.shape(1), "attention: k and v differ in shape");
     PALI_CHECK_ARG(k.shape(0) * kv_batch_divisor == q.shape(0), "attention: k/v batch ", k.shape(0),
@@ -316,6 +319,14 @@ void bind_ops(py::module_& parent) {
       p.rel_offset = rel_offset;
     }
     p.kv_batch_divisor = kv_batch_divisor;
+    p.kv_heads = kv_heads;
+    p.softcap = softcap;
+    p.sliding_window = sliding_window;
+    if (prefix_lengths) {
+      PALI_CHECK_ARG(prefix_lengths->ndim() == 1 && prefix_lengths->shape(0) == k.shape(0),
+                     "prefix_lengths must be [k batch]");
+      p.prefix_lengths = prefix_lengths->data();
+    }
     {
       py::gil_scoped_release release;
       attention(p);
@@ -325,7 +336,8 @@ void bind_ops(py::module_& parent) {
         py::arg("scale") = 1.0f, py::arg("q_col") = 0, py::arg("k_col") = 0, py::arg("v_col") = 0,
         py::arg("key_mask") = py::none(), py::arg("causal") = false, py::arg("q_offset") = 0,
         py::arg("rel_bias") = py::none(), py::arg("rel_offset") = 0, py::arg("kv_batch_divisor") = 1,
-        py::arg("kv_len") = py::none(),
+        py::arg("kv_len") = py::none(), py::arg("kv_heads") = 0, py::arg("softcap") = 0.0f,
+        py::arg("prefix_lengths") = py::none(), py::arg("sliding_window") = 0,
         "q: [B, Lq, Rq], k/v: [B / kv_batch_divisor, Lcap, R]; returns [B, Lq, heads*head_dim].");
 
   // ---- position buckets -----------------------------------------------------

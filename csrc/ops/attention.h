@@ -10,9 +10,17 @@
 //   K/V row j:            k + (b / kv_batch_divisor)*k_batch_stride + j*k_row_stride
 //   out row i of batch b: out + b*out_batch_stride + i*out_row_stride
 //
-// score(b,h,i,j) = scale * <q_bhi, k_bhj> + bias(h,i,j), masked to -inf where
+// score(b,h,i,j) = scale * <q_bhi, k_bgj> + bias(h,i,j), g = h / (heads / kv_heads)
+// (grouped-query attention: kv_heads K/V heads, each shared by heads / kv_heads
+// query heads; K/V rows hold kv_heads * head_dim floats), then soft-capped to
+// softcap * tanh(score / softcap) when softcap > 0, and masked to -inf where
 //   * key_mask is given and key_mask[(b / kv_batch_divisor)*mask_batch_stride + j] == 0,
-//   * causal and j > q_offset + i,
+//   * causal and j > q_offset + i, unless prefix_lengths is given and both the
+//     query (q_offset + i) and the key j lie in the K/V batch's prefix
+//     [0, prefix_lengths[b / kv_batch_divisor]) (the prefix-LM mask: the prefix
+//     attends to itself bidirectionally, what follows it causally),
+//   * sliding_window > 0 and q_offset + i - j >= sliding_window, for the keys a
+//     query sees causally (the prefix of a prefix query stays whole),
 // out_bhi = sum_j softmax_j(score) v_bhj. A row with every key masked gets zeros
 // (never NaN).
 //
@@ -43,7 +51,9 @@ struct AttentionParams {
   int64_t q_len = 1;
   int64_t kv_len = 1;
   int64_t head_dim = 64;
+  int64_t kv_heads = 0;  // 0: heads (multi-head); 1: multi-query; else grouped-query
   float scale = 1.0f;    // 1.0 for T5, 1/sqrt(head_dim) for ViT
+  float softcap = 0.0f;  // > 0: scores soft-capped (Gemma 2)
 
   const float* q = nullptr;
   int64_t q_row_stride = 0;    // 0: heads * head_dim
@@ -65,6 +75,9 @@ struct AttentionParams {
 
   bool causal = false;
   int64_t q_offset = 0;  // absolute position of query row 0 (for causal and bias)
+  // With causal: per K/V batch, the length of the bidirectional prefix.
+  const int64_t* prefix_lengths = nullptr;
+  int64_t sliding_window = 0;  // with causal: > 0 limits how far back a query sees
 
   const float* rel_bias = nullptr;  // [heads, rel_bias_stride]
   int64_t rel_bias_stride = 0;      // number of distances in the table (num_rel)
@@ -76,7 +89,7 @@ struct AttentionParams {
 };
 
 // Throws InvalidArgument on inconsistent parameters (null pointers, strides
-// smaller than heads*head_dim, a bias table that does not cover the distances...).
+// smaller than the row widths, a bias table that does not cover the distances...).
 void attention(const AttentionParams& p);
 
 }  // namespace pali

@@ -305,8 +305,8 @@ struct RowState {
 // relative to the row's running max (0 for masked keys and keys >= kv_end),
 // rescaling the row's accumulator and sum when the max grows. Returns false
 // (s all zero) when every key of the block is masked.
-inline bool softmax_block(const AttentionParams& p, float* s, int64_t nj, int64_t kb, int64_t kv_end,
-                          const float* bias_row, const void* mask_row, RowState& st, float* acc,
+inline bool softmax_block(const AttentionParams& p, float* s, int64_t nj, int64_t kb, int64_t kv_begin,
+                          int64_t kv_end, const float* bias_row, const void* mask_row, RowState& st, float* acc,
                           int64_t dpad);
 
 inline bool mask_allows(const AttentionParams& p, const void* mask_row, int64_t j) {
@@ -315,8 +315,8 @@ inline bool mask_allows(const AttentionParams& p, const void* mask_row, int64_t 
 }
 
 
-inline bool softmax_block(const AttentionParams& p, float* s, int64_t nj, int64_t kb, int64_t kv_end,
-                          const float* bias_row, const void* mask_row, RowState& st, float* acc,
+inline bool softmax_block(const AttentionParams& p, float* s, int64_t nj, int64_t kb, int64_t kv_begin,
+                          int64_t kv_end, const float* bias_row, const void* mask_row, RowState& st, float* acc,
                           int64_t dpad) {
   // Scale and bias, vectorised; masking only where a mask or the causal end applies.
   const __m256 sc = _mm256_set1_ps(p.scale);
@@ -327,6 +327,11 @@ inline bool softmax_block(const AttentionParams& p, float* s, int64_t nj, int64_
     _mm256_storeu_ps(s + j, v);
   }
   for (; j < nj; ++j) s[j] = bias_row ? s[j] * p.scale + bias_row[kb + j] : s[j] * p.scale;
+  if (p.softcap > 0.0f) {
+    const float cap = p.softcap, inv = 1.0f / p.softcap;
+    for (j = 0; j < nj; ++j) s[j] = cap * std::tanh(s[j] * inv);
+  }
+  for (j = 0; j < std::min(nj, kv_begin - kb); ++j) s[j] = kNegInf;
   if (mask_row) {
     for (j = 0; j < nj; ++j)
       if (!mask_allows(p, mask_row, kb + j)) s[j] = kNegInf;
@@ -385,19 +390,28 @@ void attention(const AttentionParams& in) {
   PALI_CHECK_ARG(p.kv_batch_divisor >= 1 && p.batch % p.kv_batch_divisor == 0,
                  "attention: kv_batch_divisor ", p.kv_batch_divisor, " does not divide batch ",
                  p.batch);
-  const int64_t hd = p.heads * p.head_dim;
+  if (p.kv_heads == 0) p.kv_heads = p.heads;
+  PALI_CHECK_ARG(p.kv_heads > 0 && p.heads % p.kv_heads == 0, "attention: kv_heads ", p.kv_heads,
+                 " does not divide heads ", p.heads);
+  PALI_CHECK_ARG(std::isfinite(p.softcap) && p.softcap >= 0, "attention: softcap must be >= 0");
+  PALI_CHECK_ARG(p.sliding_window >= 0, "attention: sliding_window must be >= 0");
+  PALI_CHECK_ARG(p.causal || (!p.prefix_lengths && p.sliding_window == 0),
+                 "attention: prefix_lengths and sliding_window apply to causal attention");
+  const int64_t hd = p.heads * p.head_dim, kv_hd = p.kv_heads * p.head_dim;
+  const int64_t group = p.heads / p.kv_heads;
   if (p.q_row_stride == 0) p.q_row_stride = hd;
-  if (p.k_row_stride == 0) p.k_row_stride = hd;
-  if (p.v_row_stride == 0) p.v_row_stride = hd;
+  if (p.k_row_stride == 0) p.k_row_stride = kv_hd;
+  if (p.v_row_stride == 0) p.v_row_stride = kv_hd;
   if (p.out_row_stride == 0) p.out_row_stride = hd;
   if (p.q_batch_stride == 0) p.q_batch_stride = p.q_len * p.q_row_stride;
   if (p.k_batch_stride == 0) p.k_batch_stride = p.kv_len * p.k_row_stride;
   if (p.v_batch_stride == 0) p.v_batch_stride = p.kv_len * p.v_row_stride;
   if (p.out_batch_stride == 0) p.out_batch_stride = p.q_len * p.out_row_stride;
   if (p.mask_batch_stride == 0) p.mask_batch_stride = p.kv_len;
-  PALI_CHECK_ARG(p.q_row_stride >= hd && p.k_row_stride >= hd && p.v_row_stride >= hd &&
-                     p.out_row_stride >= hd,
-                 "attention: row strides must be >= heads*head_dim = ", hd);
+  PALI_CHECK_ARG(p.q_row_stride >= hd && p.out_row_stride >= hd,
+                 "attention: q and out row strides must be >= heads*head_dim = ", hd);
+  PALI_CHECK_ARG(p.k_row_stride >= kv_hd && p.v_row_stride >= kv_hd,
+                 "attention: k and v row strides must be >= kv_heads*head_dim = ", kv_hd);
   PALI_CHECK_ARG(p.q && p.out, "attention: null q or out");
   PALI_CHECK_ARG(p.kv_len == 0 || (p.k && p.v), "attention: null k or v");
   PALI_CHECK_ARG(p.key_mask == nullptr || p.mask_type != MaskType::none,
@@ -451,14 +465,15 @@ void attention(const AttentionParams& in) {
       const int64_t kvb = item / (p.heads * nrb);
       const int64_t h = (item / nrb) % p.heads;
       const int64_t rb = item % nrb;
-      const float* kbase = p.k + kvb * p.k_batch_stride + h * d;
-      const float* vbase = p.v + kvb * p.v_batch_stride + h * d;
+      const float* kbase = p.k + kvb * p.k_batch_stride + (h / group) * d;
+      const float* vbase = p.v + kvb * p.v_batch_stride + (h / group) * d;
+      const int64_t prefix = p.prefix_lengths ? std::min(p.prefix_lengths[kvb], p.kv_len) : 0;
       const int64_t ks = p.k_row_stride;
       const void* mask_row = p.key_mask ? mask_rows[kvb] : nullptr;
       struct Row {
         const float* q;
         float* out;
-        int64_t kv_end;
+        int64_t kv_begin, kv_end;  // the keys outside [kv_begin, kv_end) are masked
         const float* bias;
       };
       const auto row = [&](int64_t r) {
@@ -467,7 +482,14 @@ void attention(const AttentionParams& in) {
         Row w;
         w.q = p.q + b * p.q_batch_stride + i * p.q_row_stride + h * d;
         w.out = p.out + b * p.out_batch_stride + i * p.out_row_stride + h * d;
-        w.kv_end = p.causal ? std::min(p.kv_len, pos + 1) : p.kv_len;
+        w.kv_begin = 0;
+        w.kv_end = p.kv_len;
+        if (p.causal && pos < prefix) {
+          w.kv_end = prefix;
+        } else if (p.causal) {
+          w.kv_end = std::min(p.kv_len, pos + 1);
+          if (p.sliding_window > 0) w.kv_begin = std::max<int64_t>(0, pos - p.sliding_window + 1);
+        }
         w.bias = p.rel_bias ? p.rel_bias + h * p.rel_bias_stride + p.rel_offset - pos : nullptr;
         return w;
       };
@@ -480,9 +502,11 @@ void attention(const AttentionParams& in) {
         float* ss[4] = {s0, s1, s2, s3};
         float* accs[4] = {acc0, acc1, acc2, acc3};
         const int64_t end = std::max(std::max(w[0].kv_end, w[1].kv_end), std::max(w[2].kv_end, w[3].kv_end));
+        const int64_t begin =
+            std::min(std::min(w[0].kv_begin, w[1].kv_begin), std::min(w[2].kv_begin, w[3].kv_begin));
         std::fill(acc_buf.begin(), acc_buf.end(), 0.0f);
         RowState st[4];
-        for (int64_t kb = 0; kb < end; kb += kKeyBlock) {
+        for (int64_t kb = begin; kb < end; kb += kKeyBlock) {
           const int64_t nj = std::min(kKeyBlock, end - kb);
           const float* kr = kbase + kb * ks;
           int64_t j = 0;
@@ -494,7 +518,8 @@ void attention(const AttentionParams& in) {
             for (int q = 0; q < 4; ++q) ss[q][j] = dot1(qs[q], kr + j * ks, d);
           bool any = false;
           for (int q = 0; q < 4; ++q)
-            any |= softmax_block(p, ss[q], nj, kb, w[q].kv_end, w[q].bias, mask_row, st[q], accs[q], dpad);
+            any |= softmax_block(p, ss[q], nj, kb, w[q].kv_begin, w[q].kv_end, w[q].bias, mask_row, st[q],
+                                 accs[q], dpad);
           if (any) pv4(accs, vbase + kb * p.v_row_stride, p.v_row_stride, ss, nj, d);
         }
         for (int q = 0; q < 4; ++q) finish_row(accs[q], st[q], d, w[q].out);
@@ -502,9 +527,10 @@ void attention(const AttentionParams& in) {
       for (; r + 2 <= r_end; r += 2) {
         const Row w0 = row(r), w1 = row(r + 1);
         const int64_t end = std::max(w0.kv_end, w1.kv_end);
+        const int64_t begin = std::min(w0.kv_begin, w1.kv_begin);
         std::fill(acc_buf.begin(), acc_buf.end(), 0.0f);
         RowState st0, st1;
-        for (int64_t kb = 0; kb < end; kb += kKeyBlock) {
+        for (int64_t kb = begin; kb < end; kb += kKeyBlock) {
           const int64_t nj = std::min(kKeyBlock, end - kb);
           const float* kr = kbase + kb * ks;
           int64_t j = 0;
@@ -515,8 +541,8 @@ void attention(const AttentionParams& in) {
             s0[j] = dot1(w0.q, kr + j * ks, d);
             s1[j] = dot1(w1.q, kr + j * ks, d);
           }
-          const bool u0 = softmax_block(p, s0, nj, kb, w0.kv_end, w0.bias, mask_row, st0, acc0, dpad);
-          const bool u1 = softmax_block(p, s1, nj, kb, w1.kv_end, w1.bias, mask_row, st1, acc1, dpad);
+          const bool u0 = softmax_block(p, s0, nj, kb, w0.kv_begin, w0.kv_end, w0.bias, mask_row, st0, acc0, dpad);
+          const bool u1 = softmax_block(p, s1, nj, kb, w1.kv_begin, w1.kv_end, w1.bias, mask_row, st1, acc1, dpad);
           if (u0 || u1) pv2(acc0, acc1, vbase + kb * p.v_row_stride, p.v_row_stride, s0, s1, nj, d);
         }
         finish_row(acc0, st0, d, w0.out);
@@ -526,14 +552,14 @@ void attention(const AttentionParams& in) {
         const Row w0 = row(r);
         std::fill(acc0, acc0 + dpad, 0.0f);
         RowState st;
-        for (int64_t kb = 0; kb < w0.kv_end; kb += kKeyBlock) {
+        for (int64_t kb = w0.kv_begin; kb < w0.kv_end; kb += kKeyBlock) {
           const int64_t nj = std::min(kKeyBlock, w0.kv_end - kb);
           const float* kr = kbase + kb * ks;
           int64_t j = 0;
           for (; j + 4 <= nj; j += 4)
             dot4(w0.q, kr + j * ks, kr + (j + 1) * ks, kr + (j + 2) * ks, kr + (j + 3) * ks, d, s0 + j);
           for (; j < nj; ++j) s0[j] = dot1(w0.q, kr + j * ks, d);
-          if (softmax_block(p, s0, nj, kb, w0.kv_end, w0.bias, mask_row, st, acc0, dpad))
+          if (softmax_block(p, s0, nj, kb, w0.kv_begin, w0.kv_end, w0.bias, mask_row, st, acc0, dpad))
             pv_all(acc0, vbase + kb * p.v_row_stride, p.v_row_stride, s0, nj, d);
         }
         finish_row(acc0, st, d, w0.out);
