@@ -19,6 +19,8 @@ void bind_onnx(py::module_& m);
 void bind_ops(py::module_& m);
 // The model and generation (class `PaliModel`).
 void bind_engine(py::module_& m);
+// The "paligemma" architecture (class `PaliGemmaModel`).
+void bind_paligemma(py::module_& m);
 #ifdef PALI_WITH_CUDA
 // The CUDA ops on numpy arrays (submodule `cuda_ops`, _core_cuda only).
 void bind_cuda_ops(py::module_& m);

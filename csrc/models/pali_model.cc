@@ -5,6 +5,35 @@
 
 namespace pali {
 namespace {
+// The "pali" ViT under its PyTorch names (export/model.py).
+VisionTowerSpec pali_vision_spec(const PaliConfig& c) {
+  VisionTowerSpec s;
+  s.image_size = c.image_size;
+  s.patch_size = c.patch_size;
+  s.channels = c.num_channels;
+  s.width = c.vision_width;
+  s.depth = c.vision_depth;
+  s.heads = c.vision_heads;
+  s.mlp_dim = c.vision_mlp_dim;
+  s.out_dim = c.d_model;
+  s.layer_norm_eps = c.vision_layer_norm_eps;
+  s.patch = "vision.patch_embed";
+  s.position = "vision.pos_embed";
+  s.position_has_batch_dim = true;
+  s.block_prefix = "vision.blocks.";
+  s.norm1 = "norm1";
+  s.norm2 = "norm2";
+  s.q = "attn.q";
+  s.k = "attn.k";
+  s.v = "attn.v";
+  s.out = "attn.out";
+  s.fc1 = "mlp.fc1";
+  s.fc2 = "mlp.fc2";
+  s.final_norm = "vision.norm";
+  s.projector = "projector";
+  return s;
+}
+
 double milliseconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 }
@@ -33,7 +62,7 @@ PaliModel::PaliModel(std::shared_ptr<const onnx::OnnxFile> file, const PaliConfi
   config_.validate();
   WeightStore weights(file);
   embedding_ = weights.f32("shared.weight", {config_.vocab_size, config_.d_model});
-  vision_ = std::make_unique<VisionEncoder>(config_, weights, format);
+  vision_ = std::make_unique<VisionTower>(pali_vision_spec(config_), weights, format);
   encoder_ = std::make_unique<T5Encoder>(config_, weights, format);
   decoder_ = std::make_unique<T5Decoder>(config_, weights, embedding_, format);
   weights.check_all_used();

@@ -14,7 +14,7 @@
 #include "models/pali_config.h"
 #include "models/t5_decoder.h"
 #include "models/t5_encoder.h"
-#include "models/vit.h"
+#include "models/vision_tower.h"
 #include "onnx/onnx_file.h"
 
 namespace pali {
@@ -72,7 +72,7 @@ class PaliModel {
   PaliConfig config_;
   WeightFormat format_;
   Tensor embedding_;  // shared.weight, float32 [V, d_model]
-  std::unique_ptr<VisionEncoder> vision_;
+  std::unique_ptr<VisionTower> vision_;
   std::unique_ptr<T5Encoder> encoder_;
   std::unique_ptr<T5Decoder> decoder_;
 };

@@ -1,4 +1,4 @@
-#include "models/vit.h"
+#include "models/vision_tower.h"
 
 #include <algorithm>
 #include <cmath>
@@ -12,41 +12,40 @@
 
 namespace pali {
 
-VisionEncoder::VisionEncoder(const PaliConfig& config, WeightStore& weights, WeightFormat format)
-    : config_(config), num_patches_(config.num_patches()) {
-  const int64_t w = config.vision_width, p = config.patch_size, c = config.num_channels;
-  Tensor conv = weights.raw("vision.patch_embed.weight", {w, c, p, p});
-  Tensor conv_bias = weights.raw("vision.patch_embed.bias", {w});
+VisionTower::VisionTower(const VisionTowerSpec& spec, WeightStore& weights, WeightFormat format) : spec_(spec) {
+  const int64_t w = spec.width, p = spec.patch_size, c = spec.channels, n = spec.num_patches();
+  Tensor conv = weights.raw(spec.patch + ".weight", {w, c, p, p});
+  Tensor conv_bias = weights.raw(spec.patch + ".bias", {w});
   patch_embed_ = weights.prepare(conv.reshape({w, c * p * p}), &conv_bias, format);
-  pos_embed_ = weights.f32("vision.pos_embed", {1, num_patches_, w});
-  for (int64_t i = 0; i < config.vision_depth; ++i) {
-    const std::string prefix = "vision.blocks." + std::to_string(i) + ".";
+  pos_embed_ = weights.f32(spec.position, spec.position_has_batch_dim ? Shape{1, n, w} : Shape{n, w});
+  auto norm = [&](const std::string& name, Tensor& weight, Tensor& bias) {
+    weight = weights.f32(name + ".weight", {w});
+    bias = weights.f32(name + ".bias", {w});
+  };
+  for (int64_t i = 0; i < spec.depth; ++i) {
+    const std::string prefix = spec.block_prefix + std::to_string(i) + ".";
     Block b;
-    b.norm1_weight = weights.f32(prefix + "norm1.weight", {w});
-    b.norm1_bias = weights.f32(prefix + "norm1.bias", {w});
-    b.qkv = weights.linear_concat({prefix + "attn.q.weight", prefix + "attn.k.weight", prefix + "attn.v.weight"},
-                                  {w, w, w}, w,
-                                  {prefix + "attn.q.bias", prefix + "attn.k.bias", prefix + "attn.v.bias"},
-                                  format);
-    b.out = weights.linear(prefix + "attn.out.weight", w, w, prefix + "attn.out.bias", format);
-    b.norm2_weight = weights.f32(prefix + "norm2.weight", {w});
-    b.norm2_bias = weights.f32(prefix + "norm2.bias", {w});
-    b.fc1 = weights.linear(prefix + "mlp.fc1.weight", config.vision_mlp_dim, w, prefix + "mlp.fc1.bias", format);
-    b.fc2 = weights.linear(prefix + "mlp.fc2.weight", w, config.vision_mlp_dim, prefix + "mlp.fc2.bias", format);
+    norm(prefix + spec.norm1, b.norm1_weight, b.norm1_bias);
+    b.qkv = weights.linear_concat(
+        {prefix + spec.q + ".weight", prefix + spec.k + ".weight", prefix + spec.v + ".weight"}, {w, w, w}, w,
+        {prefix + spec.q + ".bias", prefix + spec.k + ".bias", prefix + spec.v + ".bias"}, format);
+    b.out = weights.linear(prefix + spec.out + ".weight", w, w, prefix + spec.out + ".bias", format);
+    norm(prefix + spec.norm2, b.norm2_weight, b.norm2_bias);
+    b.fc1 = weights.linear(prefix + spec.fc1 + ".weight", spec.mlp_dim, w, prefix + spec.fc1 + ".bias", format);
+    b.fc2 = weights.linear(prefix + spec.fc2 + ".weight", w, spec.mlp_dim, prefix + spec.fc2 + ".bias", format);
     layer_bytes_ = std::max(layer_bytes_, b.qkv.weight_bytes() + b.out.weight_bytes() + b.fc1.weight_bytes() +
                                               b.fc2.weight_bytes());
     blocks_.push_back(std::move(b));
   }
-  norm_weight_ = weights.f32("vision.norm.weight", {w});
-  norm_bias_ = weights.f32("vision.norm.bias", {w});
-  projector_ = weights.linear("projector.weight", config.d_model, w, "projector.bias", format);
+  norm(spec.final_norm, norm_weight_, norm_bias_);
+  projector_ = weights.linear(spec.projector + ".weight", spec.out_dim, w, spec.projector + ".bias", format);
 }
 
-void VisionEncoder::forward(const float* pixels, int64_t batch, float* out) const {
-  const int64_t w = config_.vision_width, n = num_patches_, rows = batch * n;
-  const int64_t mlp_dim = config_.vision_mlp_dim, d_model = config_.d_model;
-  const int64_t heads = config_.vision_heads, head_dim = w / heads;
-  const float eps = config_.vision_layer_norm_eps;
+void VisionTower::forward(const float* pixels, int64_t batch, float* out) const {
+  const int64_t w = spec_.width, n = spec_.num_patches(), rows = batch * n;
+  const int64_t mlp_dim = spec_.mlp_dim, d_model = spec_.out_dim;
+  const int64_t heads = spec_.heads, head_dim = w / heads;
+  const float eps = spec_.layer_norm_eps;
   Buffer x_buf, h_buf, qkv_bufs[2], attn_buf, mlp_buf;
   float* x = x_buf.get(rows * w);
   float* h = h_buf.get(rows * w);
@@ -56,7 +55,7 @@ void VisionEncoder::forward(const float* pixels, int64_t batch, float* out) cons
   float* attn = attn_buf.get(rows * w);
   float* mlp = mlp_buf.get(rows * mlp_dim);
 
-  patch_embed(pixels, batch, config_.num_channels, config_.image_size, config_.patch_size, patch_embed_,
+  patch_embed(pixels, batch, spec_.channels, spec_.image_size, spec_.patch_size, patch_embed_,
               pos_embed_.data<float>(), x);
   AttentionParams whole;
   whole.batch = batch;
