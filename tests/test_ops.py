@@ -825,3 +825,28 @@ def test_attention_prefix_and_window_need_causal_and_consistent_heads():
         ops.attention(q, kv, kv, 4, 2, kv_heads=2, prefix_lengths=np.array([1]))
     with pytest.raises(ValueError, match="softcap"):
         ops.attention(q, kv, kv, 4, 2, kv_heads=2, softcap=-1.0)
+
+
+@pytest.mark.parametrize("split", [0, 1, 17, 40])
+def test_attention_over_two_key_sets_merges_to_the_whole(split):
+    # A beam's decode step: the request's shared prompt keys, then its own keys.
+    rng = rng_for("attention merge", split)
+    requests, beams, heads, kv_heads, d, prompt, own = 2, 3, 4, 2, 16, 40, 9
+    q = rng.standard_normal((requests * beams, 1, heads * d)).astype(np.float32) * 2
+    shared = rng.standard_normal((requests, prompt, 2 * kv_heads * d)).astype(np.float32)
+    mine = rng.standard_normal((requests * beams, own, 2 * kv_heads * d)).astype(np.float32)
+    mask = np.ones((requests, prompt), np.int32)
+    mask[1, :split] = 0
+    args = dict(scale=0.25, kv_heads=kv_heads, softcap=3.0, causal=True, sliding_window=30, with_lse=True)
+    kv = kv_heads * d
+    out_a, lse_a = ops.attention(q, shared, shared, heads, d, k_col=0, v_col=kv, key_mask=mask,
+                                 kv_batch_divisor=beams, q_offset=prompt + own - 1, **args)
+    out_b, lse_b = ops.attention(q, mine, mine, heads, d, k_col=0, v_col=kv, q_offset=own - 1, **args)
+    merged = ops.merge_attention(out_a, lse_a, out_b, lse_b, heads)
+    # The same keys in one set per row.
+    whole = np.concatenate([np.repeat(shared, beams, axis=0), mine], axis=1)
+    whole_mask = np.concatenate([np.repeat(mask, beams, axis=0), np.ones((requests * beams, own), np.int32)], 1)
+    del args["with_lse"]
+    ref = attention_ref(q, whole, whole, heads, d, k_col=0, v_col=kv, mask=whole_mask, q_offset=prompt + own - 1,
+                        **args)
+    check_attention(merged, ref)

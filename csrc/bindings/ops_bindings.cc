@@ -260,7 +260,7 @@ void bind_ops(py::module_& parent) {
                         int64_t rel_offset, int64_t kv_batch_divisor, std::optional<int64_t> kv_len,
                         int64_t kv_heads, float softcap,
                         std::optional<py::array_t<int64_t, py::array::c_style | py::array::forcecast>> prefix_lengths,
-                        int64_t sliding_window) {
+                        int64_t sliding_window, bool with_lse) {
     // q: [B, Lq, Rq], k: [Bk, Lcap, Rk], v: [Bk, Lcap, Rv]; head h of row r is
     // columns [col + h*head_dim, ...) (q, k, v may be one fused buffer).
     check_rank(q, 3, "q");
@@ -327,18 +327,37 @@ void bind_ops(py::module_& parent) {
                      "prefix_lengths must be [k batch]");
       p.prefix_lengths = prefix_lengths->data();
     }
+    FArray lse(std::vector<py::ssize_t>{q.shape(0), q.shape(1), heads});
+    if (with_lse) p.lse = lse.mutable_data();
     {
       py::gil_scoped_release release;
       attention(p);
     }
-    return out;
+    if (with_lse) return py::object(py::make_tuple(out, lse));
+    return py::object(out);
   }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("heads"), py::arg("head_dim"),
         py::arg("scale") = 1.0f, py::arg("q_col") = 0, py::arg("k_col") = 0, py::arg("v_col") = 0,
         py::arg("key_mask") = py::none(), py::arg("causal") = false, py::arg("q_offset") = 0,
         py::arg("rel_bias") = py::none(), py::arg("rel_offset") = 0, py::arg("kv_batch_divisor") = 1,
         py::arg("kv_len") = py::none(), py::arg("kv_heads") = 0, py::arg("softcap") = 0.0f,
-        py::arg("prefix_lengths") = py::none(), py::arg("sliding_window") = 0,
-        "q: [B, Lq, Rq], k/v: [B / kv_batch_divisor, Lcap, R]; returns [B, Lq, heads*head_dim].");
+        py::arg("prefix_lengths") = py::none(), py::arg("sliding_window") = 0, py::arg("with_lse") = false,
+        "q: [B, Lq, Rq], k/v: [B / kv_batch_divisor, Lcap, R]; returns [B, Lq, heads*head_dim] "
+        "(and the log-sum-exp [B, Lq, heads] with with_lse).");
+
+  m.def("merge_attention", [](FArray out_a, FArray lse_a, FArray out_b, FArray lse_b, int64_t heads) {
+    PALI_CHECK_ARG(out_a.ndim() == 3 && lse_a.ndim() == 3 && lse_a.shape(2) == heads &&
+                       out_a.shape(2) % heads == 0,
+                   "merge_attention: out [B, L, heads * head_dim], lse [B, L, heads]");
+    for (const FArray* a : {&out_b, &lse_b})
+      PALI_CHECK_ARG(a->ndim() == 3 && a->shape(0) == out_a.shape(0) && a->shape(1) == out_a.shape(1),
+                     "merge_attention: the two halves differ in shape");
+    FArray merged(std::vector<py::ssize_t>(out_a.shape(), out_a.shape() + 3));
+    std::memcpy(merged.mutable_data(), out_a.data(), out_a.size() * sizeof(float));
+    merge_attention(merged.mutable_data(), lse_a.data(), out_b.data(), lse_b.data(), out_a.shape(0) * out_a.shape(1),
+                    heads, out_a.shape(2) / heads);
+    return merged;
+  }, py::arg("out_a"), py::arg("lse_a"), py::arg("out_b"), py::arg("lse_b"), py::arg("heads"),
+        "Attention over two key sets from each set's output and log-sum-exp.");
 
   // ---- position buckets -----------------------------------------------------
   m.def("relative_position_bucket", [](py::array_t<int64_t, py::array::c_style | py::array::forcecast> rel,

@@ -1,10 +1,10 @@
 // The decoder interface every search strategy works over.
 //
-// A model's decoder, started for one batch of requests (whatever it computes
-// once per request, an encoder output or a prefix, is computed before and
-// shared by that request's rows, never copied per row), opens a session of
-// requests x rows_per_request rows (beams, or independent samples), each
-// extended by one token per step. Greedy search, sampling and beam search
+// A model's decoder, for one batch of requests, opens a session of requests x
+// rows_per_request rows (beams, or independent samples): whatever it computes
+// once per request (an encoder output, a prompt's keys and values) is shared by
+// that request's rows, never copied per row. The session gives the logits of
+// the first generated position, then extends every row by one token per step. Greedy search, sampling and beam search
 // (generate/search.h) see only this, so an architecture that implements it
 // gets every strategy, and a strategy written against it runs on every
 // architecture.
@@ -12,18 +12,20 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 namespace pali {
 
 struct SpecialTokens {
-  int64_t start = 0;  // the first input of every row (decoder start token, or the last prompt token)
   int64_t eos = 1;
-  int64_t pad = 0;    // fed to rows that have finished
+  int64_t pad = 0;  // fed to rows that have finished
 };
 
 class DecoderSession {
  public:
   virtual ~DecoderSession() = default;
+  // The logits of every row's first generated token, float32[rows, vocab].
+  virtual void first(float* logits) = 0;
   // Appends tokens[rows] (one per row) and writes the next-token logits float32[rows, vocab].
   virtual void step(const int64_t* tokens, float* logits) = 0;
   // Row r continues from the state row source[r] had (beam search's reordering).
@@ -36,6 +38,10 @@ class Decoder {
   virtual int64_t requests() const = 0;
   virtual int64_t vocab_size() const = 0;
   virtual SpecialTokens special_tokens() const = 0;
+  // The sequence a request's rows start from, as the logits processors see it
+  // (transformers: the decoder start token of an encoder-decoder model, the
+  // whole padded prompt of a decoder-only one); hypotheses are what follows it.
+  virtual std::vector<int64_t> initial_sequence(int64_t request) const = 0;
   // A session of requests() * rows_per_request rows (row r serves request
   // r / rows_per_request) holding up to `capacity` generated tokens per row.
   // Throws OutOfMemory when its caches would not fit in the memory left.

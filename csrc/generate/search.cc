@@ -36,17 +36,22 @@ std::vector<std::vector<Hypothesis>> sample_or_greedy(const Decoder& decoder, co
   const int64_t per_request = options.do_sample ? options.num_return_sequences : 1;
   const int64_t rows = requests * per_request;
   std::unique_ptr<DecoderSession> session = decoder.start(per_request, options.max_new_tokens);
-  std::vector<std::vector<int64_t>> sequences(rows, std::vector<int64_t>{special.start});
+  std::vector<std::vector<int64_t>> sequences(rows);
+  for (int64_t r = 0; r < rows; ++r) sequences[r] = decoder.initial_sequence(r / per_request);
   std::vector<Hypothesis> out(rows);
-  std::vector<int64_t> tokens(rows, special.start);
+  std::vector<int64_t> tokens(rows, special.pad);
   std::vector<float> logits(rows * vocab), log_probs(vocab);
   std::vector<bool> done(rows, false);
   std::mt19937_64 rng(options.seed);
   const auto start = Clock::now();
   int64_t live = rows;
   for (int64_t step = 0; step < options.max_new_tokens && live > 0; ++step) {
-    session->step(tokens.data(), logits.data());
-    if (step == 0) timings->first_token_ms = ms_between(start, Clock::now());
+    if (step == 0) {
+      session->first(logits.data());
+      timings->first_token_ms = ms_between(start, Clock::now());
+    } else {
+      session->step(tokens.data(), logits.data());
+    }
     ++timings->steps;
     for (int64_t r = 0; r < rows; ++r) {
       if (done[r]) {
@@ -148,13 +153,18 @@ std::vector<std::vector<Hypothesis>> beam_search(const Decoder& decoder, const G
   const int64_t vocab = decoder.vocab_size(), eos = special.eos, beams = options.num_beams;
   const int64_t requests = decoder.requests(), rows = requests * beams;
   std::unique_ptr<DecoderSession> session = decoder.start(beams, options.max_new_tokens);
-  std::vector<std::vector<int64_t>> sequences(rows, std::vector<int64_t>{special.start});
+  std::vector<std::vector<int64_t>> sequences(rows);
+  std::vector<size_t> prompt_length(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    sequences[r] = decoder.initial_sequence(r / beams);
+    prompt_length[r] = sequences[r].size();
+  }
   std::vector<float> beam_scores(rows, 0.0f);
   for (int64_t r = 0; r < rows; ++r)
     if (r % beams) beam_scores[r] = -1e9f;
   std::vector<Hypotheses> hypotheses(requests, Hypotheses(beams, options.length_penalty, options.early_stopping, options.max_new_tokens));
   std::vector<bool> done(requests, false);
-  std::vector<int64_t> tokens(rows, special.start);
+  std::vector<int64_t> tokens(rows, special.pad);
   std::vector<float> logits(rows * vocab), scores(beams * vocab);
   const int64_t candidates = 2 * beams;
   std::vector<float> top_values(candidates);
@@ -166,8 +176,12 @@ std::vector<std::vector<Hypothesis>> beam_search(const Decoder& decoder, const G
   const auto start = Clock::now();
   int64_t generated = 0;
   for (int64_t step = 0; step < options.max_new_tokens; ++step) {
-    session->step(tokens.data(), logits.data());
-    if (step == 0) timings->first_token_ms = ms_between(start, Clock::now());
+    if (step == 0) {
+      session->first(logits.data());
+      timings->first_token_ms = ms_between(start, Clock::now());
+    } else {
+      session->step(tokens.data(), logits.data());
+    }
     ++timings->steps;
     generated = step + 1;
     for (int64_t b = 0; b < requests; ++b) {
@@ -195,7 +209,7 @@ std::vector<std::vector<Hypothesis>> beam_search(const Decoder& decoder, const G
         const int64_t row = first + beam;
         if (token == eos) {
           if (rank >= beams) continue;
-          std::vector<int64_t> finished(sequences[row].begin() + 1, sequences[row].end());
+          std::vector<int64_t> finished(sequences[row].begin() + prompt_length[row], sequences[row].end());
           hypotheses[b].add(std::move(finished), top_values[rank], step + 1, true);
         } else {
           source[first + filled] = row;
@@ -223,7 +237,7 @@ std::vector<std::vector<Hypothesis>> beam_search(const Decoder& decoder, const G
     if (!done[b])
       for (int64_t i = 0; i < beams; ++i) {
         const int64_t row = b * beams + i;
-        std::vector<int64_t> running(sequences[row].begin() + 1, sequences[row].end());
+        std::vector<int64_t> running(sequences[row].begin() + prompt_length[row], sequences[row].end());
         hypotheses[b].add(std::move(running), beam_scores[row], generated, false);
       }
     results[b] = hypotheses[b].best(options.num_return_sequences);

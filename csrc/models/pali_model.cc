@@ -40,21 +40,28 @@ double milliseconds_since(std::chrono::steady_clock::time_point start) {
 // One generation's DecoderState behind the search's DecoderSession.
 class T5Session final : public DecoderSession {
  public:
-  T5Session(const T5Decoder& decoder, DecoderState state) : decoder_(decoder), state_(std::move(state)) {}
+  T5Session(const T5Decoder& decoder, DecoderState state, int64_t start_token)
+      : decoder_(decoder), state_(std::move(state)), start_token_(start_token) {}
+  void first(float* logits) override {
+    const std::vector<int64_t> start(state_.rows, start_token_);
+    decoder_.step(state_, start.data(), 1, logits, false);
+  }
   void step(const int64_t* tokens, float* logits) override { decoder_.step(state_, tokens, 1, logits, false); }
   void reorder(const int64_t* source) override { decoder_.reorder(state_, source); }
 
  private:
   const T5Decoder& decoder_;
   DecoderState state_;
+  int64_t start_token_;
 };
 
 }  // namespace
 
 std::unique_ptr<DecoderSession> PaliDecoder::start(int64_t rows_per_request, int64_t capacity) const {
-  return std::make_unique<T5Session>(decoder_, decoder_.start(encoded_.memory.data(), encoded_.mask.data(),
-                                                              encoded_.batch, encoded_.length, rows_per_request,
-                                                              capacity));
+  return std::make_unique<T5Session>(decoder_,
+                                     decoder_.start(encoded_.memory.data(), encoded_.mask.data(), encoded_.batch,
+                                                    encoded_.length, rows_per_request, capacity),
+                                     config_.decoder_start_token_id);
 }
 
 PaliModel::PaliModel(std::shared_ptr<const onnx::OnnxFile> file, const PaliConfig& config, WeightFormat format)

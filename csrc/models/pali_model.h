@@ -37,9 +37,8 @@ class PaliDecoder final : public Decoder {
       : decoder_(decoder), config_(config), encoded_(encoded) {}
   int64_t requests() const override { return encoded_.batch; }
   int64_t vocab_size() const override { return config_.vocab_size; }
-  SpecialTokens special_tokens() const override {
-    return {config_.decoder_start_token_id, config_.eos_token_id, config_.pad_token_id};
-  }
+  SpecialTokens special_tokens() const override { return {config_.eos_token_id, config_.pad_token_id}; }
+  std::vector<int64_t> initial_sequence(int64_t) const override { return {config_.decoder_start_token_id}; }
   std::unique_ptr<DecoderSession> start(int64_t rows_per_request, int64_t capacity) const override;
 
  private:

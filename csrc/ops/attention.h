@@ -83,6 +83,12 @@ struct AttentionParams {
   int64_t rel_bias_stride = 0;      // number of distances in the table (num_rel)
   int64_t rel_offset = 0;           // column of distance 0
 
+  // Optional: the log-sum-exp of each row's scores, lse[(b * q_len + i) * heads + h]
+  // (-inf where every key is masked), so that attention over keys split in two
+  // calls (a request's shared prefix, each beam's own tokens) can be merged:
+  // see merge_attention().
+  float* lse = nullptr;
+
   // Query batch b reads K/V (and key_mask) batch b / kv_batch_divisor (beams
   // sharing one request's cross-attention K/V). Must divide batch.
   int64_t kv_batch_divisor = 1;
@@ -91,5 +97,11 @@ struct AttentionParams {
 // Throws InvalidArgument on inconsistent parameters (null pointers, strides
 // smaller than the row widths, a bias table that does not cover the distances...).
 void attention(const AttentionParams& p);
+
+// Softmax attention over the union of two key sets, from each set's output and
+// log-sum-exp: out_a = (e^lse_a out_a + e^lse_b out_b) / (e^lse_a + e^lse_b),
+// per row and head. out_*: [rows, heads * head_dim] dense; lse_*: [rows, heads].
+void merge_attention(float* out_a, const float* lse_a, const float* out_b, const float* lse_b, int64_t rows,
+                     int64_t heads, int64_t head_dim);
 
 }  // namespace pali

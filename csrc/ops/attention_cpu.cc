@@ -370,7 +370,8 @@ inline bool softmax_block(const AttentionParams& p, float* s, int64_t nj, int64_
   return true;
 }
 
-inline void finish_row(const float* acc, const RowState& st, int64_t d, float* out) {
+inline void finish_row(const float* acc, const RowState& st, int64_t d, float* out, float* lse) {
+  if (lse) *lse = st.sum > 0.0f ? st.max + std::log(st.sum) : kNegInf;
   if (st.sum > 0.0f) {
     const float inv = 1.0f / st.sum;
     for (int64_t c = 0; c < d; ++c) out[c] = acc[c] * inv;
@@ -475,6 +476,7 @@ void attention(const AttentionParams& in) {
         float* out;
         int64_t kv_begin, kv_end;  // the keys outside [kv_begin, kv_end) are masked
         const float* bias;
+        float* lse;
       };
       const auto row = [&](int64_t r) {
         const int64_t b = kvb * div + r / p.q_len, i = r % p.q_len;
@@ -482,6 +484,7 @@ void attention(const AttentionParams& in) {
         Row w;
         w.q = p.q + b * p.q_batch_stride + i * p.q_row_stride + h * d;
         w.out = p.out + b * p.out_batch_stride + i * p.out_row_stride + h * d;
+        w.lse = p.lse ? p.lse + (b * p.q_len + i) * p.heads + h : nullptr;
         w.kv_begin = 0;
         w.kv_end = p.kv_len;
         if (p.causal && pos < prefix) {
@@ -522,7 +525,7 @@ void attention(const AttentionParams& in) {
                                  accs[q], dpad);
           if (any) pv4(accs, vbase + kb * p.v_row_stride, p.v_row_stride, ss, nj, d);
         }
-        for (int q = 0; q < 4; ++q) finish_row(accs[q], st[q], d, w[q].out);
+        for (int q = 0; q < 4; ++q) finish_row(accs[q], st[q], d, w[q].out, w[q].lse);
       }
       for (; r + 2 <= r_end; r += 2) {
         const Row w0 = row(r), w1 = row(r + 1);
@@ -545,8 +548,8 @@ void attention(const AttentionParams& in) {
           const bool u1 = softmax_block(p, s1, nj, kb, w1.kv_begin, w1.kv_end, w1.bias, mask_row, st1, acc1, dpad);
           if (u0 || u1) pv2(acc0, acc1, vbase + kb * p.v_row_stride, p.v_row_stride, s0, s1, nj, d);
         }
-        finish_row(acc0, st0, d, w0.out);
-        finish_row(acc1, st1, d, w1.out);
+        finish_row(acc0, st0, d, w0.out, w0.lse);
+        finish_row(acc1, st1, d, w1.out, w1.lse);
       }
       if (r < r_end) {
         const Row w0 = row(r);
@@ -562,10 +565,29 @@ void attention(const AttentionParams& in) {
           if (softmax_block(p, s0, nj, kb, w0.kv_begin, w0.kv_end, w0.bias, mask_row, st, acc0, dpad))
             pv_all(acc0, vbase + kb * p.v_row_stride, p.v_row_stride, s0, nj, d);
         }
-        finish_row(acc0, st, d, w0.out);
+        finish_row(acc0, st, d, w0.out, w0.lse);
       }
     }
   });
+}
+
+void merge_attention(float* out_a, const float* lse_a, const float* out_b, const float* lse_b, int64_t rows,
+                     int64_t heads, int64_t head_dim) {
+  PALI_CHECK_ARG(rows >= 0 && heads > 0 && head_dim > 0, "merge_attention: bad sizes");
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t h = 0; h < heads; ++h) {
+      const float la = lse_a[r * heads + h], lb = lse_b[r * heads + h];
+      float* a = out_a + (r * heads + h) * head_dim;
+      const float* b = out_b + (r * heads + h) * head_dim;
+      if (lb == kNegInf) continue;
+      if (la == kNegInf) {
+        for (int64_t c = 0; c < head_dim; ++c) a[c] = b[c];
+        continue;
+      }
+      const float m = std::max(la, lb);
+      const float wa = std::exp(la - m), wb = std::exp(lb - m), inv = 1.0f / (wa + wb);
+      for (int64_t c = 0; c < head_dim; ++c) a[c] = (wa * a[c] + wb * b[c]) * inv;
+    }
 }
 
 }  // namespace pali
