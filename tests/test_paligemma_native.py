@@ -4,7 +4,10 @@ Tiny random PaliGemma 1 (multi-query, head_dim 256) and PaliGemma 2 (grouped
 query, a sliding window shorter than the sequence, both soft-caps, a
 query_pre_attn_scalar other than head_dim) are built offline by transformers,
 converted, and loaded by the native PaliGemmaModel: its teacher-forced logits
-on a padded batch with suffixes must be transformers' (the real positions).
+on a padded batch with suffixes must be transformers' (the real positions),
+and its generation (greedy, processors, beam search with returned sequences)
+transformers' generate(), token for token, score for score, alone and in a
+left-padded batch.
 """
 
 from __future__ import annotations
@@ -101,3 +104,72 @@ def test_a_bad_config_names_the_field(converted):
     config["projection_dim"] = 7
     with pytest.raises((ValueError, ModelFileError), match="projection_dim"):
         core.PaliGemmaModel(core.OnnxFile(path), config, "f32", 1)
+
+
+GENERATE_OPTIONS = [
+    {},
+    {"repetition_penalty": 1.5, "no_repeat_ngram_size": 2},
+    {"num_beams": 3},
+    {"num_beams": 4, "length_penalty": 0.5, "num_return_sequences": 2},
+    {"num_beams": 2, "early_stopping": True, "min_new_tokens": 3},
+]
+
+
+def _hf_generate(model, inputs, options):
+    import warnings
+
+    names = ("pixel_values", "input_ids", "attention_mask", "token_type_ids")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = model.generate(**{k: torch.as_tensor(np.asarray(inputs[k])) for k in names}, do_sample=False,
+                             return_dict_in_generate=True, output_scores=True, output_logits=True, **options)
+    length = inputs["input_ids"].shape[1]
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    sequences = []
+    for row in out.sequences[:, length:].tolist():
+        cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+        sequences.append(row[:cut])
+    if options.get("num_beams", 1) > 1:
+        return sequences, out.sequences_scores.tolist()
+    steps = model.compute_transition_scores(out.sequences, out.logits, normalize_logits=True)
+    return sequences, [float(s[: len(q)].sum()) for s, q in zip(steps, sequences)]
+
+
+NATIVE_DEFAULTS = {"max_new_tokens": 9, "min_new_tokens": 0, "num_beams": 1, "length_penalty": 1.0,
+                   "early_stopping": False, "num_return_sequences": 1, "no_repeat_ngram_size": 0,
+                   "repetition_penalty": 1.0, "do_sample": False, "temperature": 1.0, "top_k": 0, "top_p": 1.0,
+                   "seed": 0}
+
+
+def _native_generate(native, inputs, options):
+    results, _ = native.generate(np.asarray(inputs["pixel_values"], np.float32), inputs["input_ids"],
+                                 inputs["attention_mask"], dict(NATIVE_DEFAULTS, **options))
+    eos = 1
+    return [([list(t) + ([eos] if finished else []) for t, _, finished in request], [s for _, s, _ in request])
+            for request in results]
+
+
+@pytest.mark.parametrize("options", GENERATE_OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "greedy")
+def test_native_generation_equals_transformers(converted, options):
+    # A left-padded batch of two and each request alone: tokens, order and scores
+    # are transformers' generate(**processor(...)), and the batch's are the singles'.
+    model, processor, path = converted
+    native = _native_model(path)
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    images = [Image.fromarray(rng.integers(0, 256, (30, 41, 3), dtype=np.uint8)) for _ in range(2)]
+    opts = dict(options, max_new_tokens=9)
+    batch = processor(images=images, text=PROMPTS, padding="longest", return_tensors="np")
+    assert (batch["attention_mask"] == 0).any()
+    hf_tokens, _ = _hf_generate(model, batch, opts)
+    per_row = len(hf_tokens) // 2
+    batched = _native_generate(native, batch, opts)
+    for i in range(2):
+        alone = processor(images=images[i:i + 1], text=PROMPTS[i:i + 1], return_tensors="np")
+        tokens, scores = _hf_generate(model, alone, opts)
+        assert hf_tokens[i * per_row:(i + 1) * per_row] == tokens
+        for ours, ours_scores in (_native_generate(native, alone, opts)[0], batched[i]):
+            assert ours == tokens, (i, opts)
+            np.testing.assert_allclose(ours_scores, scores, atol=2e-4)

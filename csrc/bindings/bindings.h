@@ -4,7 +4,11 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <exception>
+#include <vector>
+
 #include "core/tensor.h"
+#include "generate/generation_options.h"
 
 namespace pali::bindings {
 
@@ -25,6 +29,14 @@ void bind_paligemma(py::module_& m);
 // The CUDA ops on numpy arrays (submodule `cuda_ops`, _core_cuda only).
 void bind_cuda_ops(py::module_& m);
 #endif
+
+// Generation options from generate()'s keyword arguments (InvalidArgument names a bad one).
+GenerationOptions generation_options_from_dict(const py::dict& options);
+// A token callback that calls the Python callable with the GIL (none: an empty one);
+// an exception it raises is stored in *error and stops the search.
+TokenCallback python_token_callback(const py::object& on_token, std::exception_ptr* error);
+// ([[ (tokens, score, finished), ... ] per request], timings dict).
+py::tuple generation_results(const std::vector<std::vector<Hypothesis>>& results, const GenerationTimings& timings);
 
 // A numpy array sharing the tensor's memory (read-only; the tensor stays alive
 // as long as the array). bfloat16 has no numpy type: it comes back as uint16 bits.

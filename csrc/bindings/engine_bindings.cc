@@ -62,40 +62,6 @@ PaliConfig config_from_dict(const py::dict& d) {
   return c;
 }
 
-GenerationOptions options_from_dict(const py::dict& d) {
-  GenerationOptions o;
-  for (const auto& item : d) {
-    const std::string key = py::str(item.first);
-    const py::handle value = item.second;
-    try {
-      if (key == "max_new_tokens") o.max_new_tokens = value.cast<int64_t>();
-      else if (key == "min_new_tokens") o.min_new_tokens = value.cast<int64_t>();
-      else if (key == "num_beams") o.num_beams = value.cast<int64_t>();
-      else if (key == "length_penalty") o.length_penalty = value.cast<float>();
-      else if (key == "early_stopping") {
-        if (py::isinstance<py::str>(value)) {
-          PALI_CHECK_ARG(value.cast<std::string>() == "never", "early_stopping must be True, False or 'never'");
-          o.early_stopping = EarlyStopping::never;
-        } else {
-          o.early_stopping = value.cast<bool>() ? EarlyStopping::on : EarlyStopping::heuristic;
-        }
-      } else if (key == "num_return_sequences") o.num_return_sequences = value.cast<int64_t>();
-      else if (key == "no_repeat_ngram_size") o.no_repeat_ngram_size = value.cast<int64_t>();
-      else if (key == "repetition_penalty") o.repetition_penalty = value.cast<float>();
-      else if (key == "do_sample") o.do_sample = value.cast<bool>();
-      else if (key == "temperature") o.temperature = value.cast<float>();
-      else if (key == "top_k") o.top_k = value.cast<int64_t>();
-      else if (key == "top_p") o.top_p = value.cast<float>();
-      else if (key == "seed") o.seed = value.cast<uint64_t>();
-      else throw InvalidArgument(str_cat("unknown generation option '", key, "'"));
-    } catch (const py::cast_error&) {
-      throw InvalidArgument(str_cat("generation option '", key, "' has the wrong type or is out of range"));
-    }
-  }
-  o.validate();
-  return o;
-}
-
 template <typename T>
 py::array_t<T, py::array::c_style | py::array::forcecast> checked(const py::array& a, const char* name, int rank) {
   auto out = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(a);
@@ -134,6 +100,77 @@ Inputs check_inputs(const PaliConfig& c, const py::array& pixels, const py::arra
 }
 
 }  // namespace
+
+GenerationOptions generation_options_from_dict(const py::dict& d) {
+  GenerationOptions o;
+  for (const auto& item : d) {
+    const std::string key = py::str(item.first);
+    const py::handle value = item.second;
+    try {
+      if (key == "max_new_tokens") o.max_new_tokens = value.cast<int64_t>();
+      else if (key == "min_new_tokens") o.min_new_tokens = value.cast<int64_t>();
+      else if (key == "num_beams") o.num_beams = value.cast<int64_t>();
+      else if (key == "length_penalty") o.length_penalty = value.cast<float>();
+      else if (key == "early_stopping") {
+        if (py::isinstance<py::str>(value)) {
+          PALI_CHECK_ARG(value.cast<std::string>() == "never", "early_stopping must be True, False or 'never'");
+          o.early_stopping = EarlyStopping::never;
+        } else {
+          o.early_stopping = value.cast<bool>() ? EarlyStopping::on : EarlyStopping::heuristic;
+        }
+      } else if (key == "num_return_sequences") o.num_return_sequences = value.cast<int64_t>();
+      else if (key == "no_repeat_ngram_size") o.no_repeat_ngram_size = value.cast<int64_t>();
+      else if (key == "repetition_penalty") o.repetition_penalty = value.cast<float>();
+      else if (key == "do_sample") o.do_sample = value.cast<bool>();
+      else if (key == "temperature") o.temperature = value.cast<float>();
+      else if (key == "top_k") o.top_k = value.cast<int64_t>();
+      else if (key == "top_p") o.top_p = value.cast<float>();
+      else if (key == "seed") o.seed = value.cast<uint64_t>();
+      else throw InvalidArgument(str_cat("unknown generation option '", key, "'"));
+    } catch (const py::cast_error&) {
+      throw InvalidArgument(str_cat("generation option '", key, "' has the wrong type or is out of range"));
+    }
+  }
+  o.validate();
+  return o;
+}
+
+TokenCallback python_token_callback(const py::object& on_token, std::exception_ptr* error) {
+  if (on_token.is_none()) return {};
+  // Returning false stops the search: when the callback says so, when it
+  // raised (re-raised by the caller), and when Python is exiting.
+  return [on_token, error](int64_t request, int64_t token) {
+    bool keep_going = false;
+    try {
+      const bool called = with_gil([&] {
+        py::object answer = on_token(request, token);
+        keep_going = answer.is_none() || answer.cast<bool>();
+      });
+      return called && keep_going;
+    } catch (abi::__forced_unwind&) {
+      throw;
+    } catch (...) {
+      *error = std::current_exception();
+      return false;
+    }
+  };
+}
+
+py::tuple generation_results(const std::vector<std::vector<Hypothesis>>& results, const GenerationTimings& timings) {
+  py::list out;
+  for (const auto& request : results) {
+    py::list hyps;
+    for (const auto& h : request) hyps.append(py::make_tuple(h.tokens, h.score, h.finished));
+    out.append(hyps);
+  }
+  py::dict t;
+  t["vision_ms"] = timings.vision_ms;
+  t["encoder_ms"] = timings.encoder_ms;
+  t["first_token_ms"] = timings.first_token_ms;
+  t["decode_ms"] = timings.decode_ms;
+  t["steps"] = timings.steps;
+  return py::make_tuple(out, t);
+}
 
 void bind_engine(py::module_& m) {
   py::class_<NativeModel>(m, "PaliModel", py::module_local(), "The PaLI model on the engine's own kernels.")
@@ -177,28 +214,9 @@ void bind_engine(py::module_& m) {
              const py::array& attention_mask, const py::dict& options, const py::object& on_token) {
             const PaliConfig& c = self.model->config();
             Inputs in = check_inputs(c, pixels, input_ids, attention_mask);
-            GenerationOptions opts = options_from_dict(options);
-            TokenCallback callback;
+            GenerationOptions opts = generation_options_from_dict(options);
             std::exception_ptr callback_error;
-            if (!on_token.is_none()) {
-              // Returning false stops the search: when the callback says so, when it
-              // raised (re-raised below), and when Python is exiting.
-              callback = [&](int64_t request, int64_t token) {
-                bool keep_going = false;
-                try {
-                  const bool called = with_gil([&] {
-                    py::object answer = on_token(request, token);
-                    keep_going = answer.is_none() || answer.cast<bool>();
-                  });
-                  return called && keep_going;
-                } catch (abi::__forced_unwind&) {
-                  throw;
-                } catch (...) {
-                  callback_error = std::current_exception();
-                  return false;
-                }
-              };
-            }
+            TokenCallback callback = python_token_callback(on_token, &callback_error);
             std::vector<std::vector<Hypothesis>> results;
             GenerationTimings timings;
             without_gil([&] {
@@ -210,19 +228,7 @@ void bind_engine(py::module_& m) {
               results = generate(self.model->decoder_for(encoded), opts, callback, &timings);
             });
             if (callback_error) std::rethrow_exception(callback_error);
-            py::list out;
-            for (const auto& request : results) {
-              py::list hyps;
-              for (const auto& h : request) hyps.append(py::make_tuple(h.tokens, h.score, h.finished));
-              out.append(hyps);
-            }
-            py::dict t;
-            t["vision_ms"] = timings.vision_ms;
-            t["encoder_ms"] = timings.encoder_ms;
-            t["first_token_ms"] = timings.first_token_ms;
-            t["decode_ms"] = timings.decode_ms;
-            t["steps"] = timings.steps;
-            return py::make_tuple(out, t);
+            return generation_results(results, timings);
           },
           py::arg("pixel_values"), py::arg("input_ids"), py::arg("attention_mask"), py::arg("options"),
           py::arg("on_token") = py::none(),

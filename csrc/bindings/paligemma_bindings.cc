@@ -1,14 +1,17 @@
 // pali_engine._core.PaliGemmaModel: the "paligemma" architecture on the
-// engine's own kernels (teacher-forced logits for now).
+// engine's own kernels: teacher-forced logits and generation.
 //
 // The config is the file's `pali.config` as a dict, nested as transformers
 // writes it (`vision_config`, `text_config`); Python has filled in the
 // defaults transformers' config classes give.
 #include <pybind11/stl.h>
 
+#include <chrono>
+
 #include "bindings/bindings.h"
 #include "bindings/gil.h"
 #include "core/parallel.h"
+#include "generate/search.h"
 #include "models/paligemma_model.h"
 
 namespace pali::bindings {
@@ -69,6 +72,10 @@ PaliGemmaConfig paligemma_config_from_dict(const py::dict& d) {
   read(d, "", "projection_dim", c.projection_dim);
   read(d, "", "num_image_tokens", c.num_image_tokens);
   read(d, "", "tie_word_embeddings", c.tie_word_embeddings, false);
+  read(t, ts, "pad_token_id", c.pad_token_id, false);
+  read(t, ts, "eos_token_id", c.eos_token_id, false);
+  read(d, "", "pad_token_id", c.pad_token_id, false);
+  read(d, "", "eos_token_id", c.eos_token_id, false);
   c.validate();
   return c;
 }
@@ -119,6 +126,44 @@ void bind_paligemma(py::module_& m) {
           },
           py::arg("pixel_values"), py::arg("input_ids"), py::arg("attention_mask"), py::arg("token_type_ids"),
           py::arg("threads") = 0, "Teacher-forced logits float32[B, L, V], as the converted ONNX graph computes them.")
+      .def(
+          "generate",
+          [](const PaliGemmaModel& self, const py::array& pixel_values, const py::array& input_ids,
+             const py::array& attention_mask, const py::dict& options, const py::object& on_token, int threads) {
+            const PaliGemmaConfig& c = self.config();
+            auto pixels = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(pixel_values);
+            auto ids = I64Array::ensure(input_ids), mask = I64Array::ensure(attention_mask);
+            PALI_CHECK_ARG(pixels && ids && mask, "generate: the inputs must be numeric arrays");
+            PALI_CHECK_ARG(pixels.ndim() == 4 && pixels.shape(1) == c.vision.num_channels &&
+                               pixels.shape(2) == c.vision.image_size && pixels.shape(3) == c.vision.image_size,
+                           "pixel_values must be [batch, ", c.vision.num_channels, ", ", c.vision.image_size, ", ",
+                           c.vision.image_size, "]");
+            PALI_CHECK_ARG(ids.ndim() == 2 && ids.shape(0) == pixels.shape(0) && mask.ndim() == 2 &&
+                               mask.shape(0) == ids.shape(0) && mask.shape(1) == ids.shape(1),
+                           "input_ids and attention_mask must be [batch, length] with the batch of pixel_values");
+            GenerationOptions opts = generation_options_from_dict(options);
+            std::exception_ptr callback_error;
+            TokenCallback callback = python_token_callback(on_token, &callback_error);
+            std::vector<std::vector<Hypothesis>> results;
+            GenerationTimings timings;
+            without_gil([&] {
+              ScopedOpThreads scoped(threads);
+              const auto start = std::chrono::steady_clock::now();
+              PaliGemmaPrompts prompts = self.prepare(pixels.data(), ids.data(), mask.data(), ids.shape(0),
+                                                      ids.shape(1));
+              timings.vision_ms = prompts.vision_ms;
+              results = generate(self.decoder_for(prompts), opts, callback, &timings);
+              // The prompt pass runs inside the first step: what precedes the first token.
+              timings.encoder_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+                                       .count() - timings.vision_ms - timings.decode_ms;
+            });
+            if (callback_error) std::rethrow_exception(callback_error);
+            return generation_results(results, timings);
+          },
+          py::arg("pixel_values"), py::arg("input_ids"), py::arg("attention_mask"), py::arg("options"),
+          py::arg("on_token") = py::none(), py::arg("threads") = 0,
+          "Generates after each prompt (as PaliGemmaProcessor gives it, without a suffix): "
+          "([[ (tokens, score, finished), ... ] per request], timings).")
       .def_property_readonly("weight_format", [](const PaliGemmaModel& self) { return weight_format_name(self.format()); });
 }
 

@@ -1,8 +1,10 @@
 #include "models/gemma_decoder.h"
 
 #include <cmath>
+#include <cstring>
 
 #include "core/error.h"
+#include "core/system_memory.h"
 #include "ops/activations.h"
 #include "ops/attention.h"
 #include "ops/rms_norm.h"
@@ -54,28 +56,72 @@ GemmaDecoder::GemmaDecoder(const GemmaConfig& config, WeightStore& weights, cons
   attention_scale_ = 1.0f / std::sqrt(scalar);
 }
 
-void GemmaDecoder::forward(float* x, int64_t batch, int64_t length, const int32_t* key_mask,
-                           const int64_t* prefix_lengths, const int64_t* positions, float* logits) const {
+GemmaDecoder::Scratch GemmaDecoder::scratch(GemmaState& b, int64_t rows) const {
   const int64_t d = config_.hidden_size, hd = config_.head_dim, f = config_.intermediate_size;
   const int64_t heads = config_.num_attention_heads, kv_heads = config_.num_key_value_heads;
-  const int64_t q_width = heads * hd, qkv_width = (heads + 2 * kv_heads) * hd;
-  const int64_t rows = batch * length;
-  const float eps = config_.rms_norm_eps;
-  Buffer h_buf, qkv_buf, attn_buf, wide_buf, gated_buf, out_buf;
-  float* h = h_buf.get(rows * d);
-  float* qkv = qkv_buf.get(rows * qkv_width);
-  float* attn = attn_buf.get(rows * q_width);
-  float* wide = wide_buf.get(rows * 2 * f);
-  float* gated = gated_buf.get(rows * f);
-  float* sub = out_buf.get(rows * d);  // a sublayer's output before its post-norm (Gemma 2)
-  std::vector<int64_t> row_positions(rows);
-  for (int64_t r = 0; r < rows; ++r) row_positions[r] = positions[r % length];
+  Scratch s;
+  s.h = b.h.get(rows * d);
+  s.qkv = b.qkv.get(rows * (heads + 2 * kv_heads) * hd);
+  s.attn = b.attn.get(rows * heads * hd);
+  s.wide = b.wide.get(rows * 2 * f);
+  s.gated = b.gated.get(rows * f);
+  s.sub = b.sub.get(rows * d);
+  return s;
+}
 
-  for (const Layer& l : layers_) {
-    rms_norm(x, rows, d, l.input_norm.data<float>(), eps, h);
-    linear(h, rows, l.qkv, qkv);
+void GemmaDecoder::finish_layer(const Layer& l, float* x, int64_t rows, const Scratch& s) const {
+  const int64_t d = config_.hidden_size, f = config_.intermediate_size;
+  const float eps = config_.rms_norm_eps;
+  if (config_.gemma2()) {
+    linear(s.attn, rows, l.o, s.sub);
+    rms_norm(s.sub, rows, d, l.post_attention_norm.data<float>(), eps, s.sub);
+    for (int64_t i = 0; i < rows * d; ++i) x[i] += s.sub[i];
+    rms_norm(x, rows, d, l.pre_ffn_norm.data<float>(), eps, s.h);
+  } else {
+    linear(s.attn, rows, l.o, x, /*accumulate=*/true);
+    rms_norm(x, rows, d, l.post_attention_norm.data<float>(), eps, s.h);
+  }
+  linear(s.h, rows, l.gate_up, s.wide);
+  gated_activation(s.wide, rows, f, s.gated, Activation::gelu_tanh);
+  if (config_.gemma2()) {
+    linear(s.gated, rows, l.down, s.sub);
+    rms_norm(s.sub, rows, d, l.post_ffn_norm.data<float>(), eps, s.sub);
+    for (int64_t i = 0; i < rows * d; ++i) x[i] += s.sub[i];
+  } else {
+    linear(s.gated, rows, l.down, x, /*accumulate=*/true);
+  }
+}
+
+void GemmaDecoder::head(const float* x, int64_t rows, float* h, float* logits) const {
+  rms_norm(x, rows, config_.hidden_size, final_norm_.data<float>(), config_.rms_norm_eps, h);
+  linear(h, rows, lm_head_, logits);
+  const float cap = config_.final_logit_softcapping;
+  if (cap > 0) {
+    const int64_t n = rows * config_.vocab_size;
+    for (int64_t i = 0; i < n; ++i) logits[i] = cap * std::tanh(logits[i] / cap);
+  }
+}
+
+void GemmaDecoder::run_prompt(float* x, int64_t batch, int64_t length, const int32_t* key_mask,
+                              const int64_t* prefix_lengths, const int64_t* positions,
+                              std::vector<Buffer>* kv_out) const {
+  const int64_t d = config_.hidden_size, hd = config_.head_dim;
+  const int64_t heads = config_.num_attention_heads, kv_heads = config_.num_key_value_heads;
+  const int64_t q_width = heads * hd, kv_width = kv_heads * hd, qkv_width = q_width + 2 * kv_width;
+  const int64_t rows = batch * length;
+  GemmaState buffers;
+  const Scratch s = scratch(buffers, rows);
+  for (size_t li = 0; li < layers_.size(); ++li) {
+    const Layer& l = layers_[li];
+    rms_norm(x, rows, d, l.input_norm.data<float>(), config_.rms_norm_eps, s.h);
+    linear(s.h, rows, l.qkv, s.qkv);
     // Queries and keys turn by their positions; values do not.
-    rope_inplace(qkv, rows, qkv_width, heads + kv_heads, hd, row_positions.data(), inv_freq_.data());
+    rope_inplace(s.qkv, rows, qkv_width, heads + kv_heads, hd, positions, inv_freq_.data());
+    if (kv_out) {
+      float* kv = (*kv_out)[li].get(rows * 2 * kv_width);
+      for (int64_t r = 0; r < rows; ++r)
+        std::memcpy(kv + r * 2 * kv_width, s.qkv + r * qkv_width + q_width, 2 * kv_width * sizeof(float));
+    }
     AttentionParams p;
     p.batch = batch;
     p.heads = heads;
@@ -84,42 +130,154 @@ void GemmaDecoder::forward(float* x, int64_t batch, int64_t length, const int32_
     p.head_dim = hd;
     p.scale = attention_scale_;
     p.softcap = config_.attn_logit_softcapping;
-    p.q = qkv;
-    p.k = qkv + q_width;
-    p.v = qkv + q_width + kv_heads * hd;
+    p.q = s.qkv;
+    p.k = s.qkv + q_width;
+    p.v = s.qkv + q_width + kv_width;
     p.q_row_stride = p.k_row_stride = p.v_row_stride = qkv_width;
-    p.out = attn;
+    p.out = s.attn;
     p.key_mask = key_mask;
     p.mask_type = MaskType::i32;
     p.causal = true;
     p.prefix_lengths = prefix_lengths;
     p.sliding_window = l.sliding ? config_.sliding_window : 0;
     attention(p);
-    if (config_.gemma2()) {
-      linear(attn, rows, l.o, sub);
-      rms_norm(sub, rows, d, l.post_attention_norm.data<float>(), eps, sub);
-      for (int64_t i = 0; i < rows * d; ++i) x[i] += sub[i];
-      rms_norm(x, rows, d, l.pre_ffn_norm.data<float>(), eps, h);
-    } else {
-      linear(attn, rows, l.o, x, /*accumulate=*/true);
-      rms_norm(x, rows, d, l.post_attention_norm.data<float>(), eps, h);
-    }
-    linear(h, rows, l.gate_up, wide);
-    gated_activation(wide, rows, f, gated, Activation::gelu_tanh);
-    if (config_.gemma2()) {
-      linear(gated, rows, l.down, sub);
-      rms_norm(sub, rows, d, l.post_ffn_norm.data<float>(), eps, sub);
-      for (int64_t i = 0; i < rows * d; ++i) x[i] += sub[i];
-    } else {
-      linear(gated, rows, l.down, x, /*accumulate=*/true);
-    }
+    finish_layer(l, x, rows, s);
   }
-  rms_norm(x, rows, d, final_norm_.data<float>(), eps, h);
-  linear(h, rows, lm_head_, logits);
-  const float cap = config_.final_logit_softcapping;
-  if (cap > 0) {
-    const int64_t n = rows * config_.vocab_size;
-    for (int64_t i = 0; i < n; ++i) logits[i] = cap * std::tanh(logits[i] / cap);
+}
+
+void GemmaDecoder::forward(float* x, int64_t batch, int64_t length, const int32_t* key_mask,
+                           const int64_t* prefix_lengths, const int64_t* positions, float* logits) const {
+  run_prompt(x, batch, length, key_mask, prefix_lengths, positions, nullptr);
+  Buffer h;
+  head(x, batch * length, h.get(batch * length * config_.hidden_size), logits);
+}
+
+GemmaState GemmaDecoder::start(float* x, int64_t requests, int64_t prompt_len, const int32_t* key_mask,
+                               int64_t beams, int64_t capacity) const {
+  const int64_t d = config_.hidden_size, kv_width = config_.num_key_value_heads * config_.head_dim;
+  const int64_t layers = static_cast<int64_t>(layers_.size()), rows = requests * beams;
+  const double cache_bytes = sizeof(float) * 2.0 * kv_width * layers *
+                             (static_cast<double>(requests) * prompt_len + static_cast<double>(rows) * capacity);
+  const double available = available_memory_bytes();
+  if (available > 0 && cache_bytes > available)
+    throw OutOfMemory(str_cat("the key/value caches for ", requests, " request(s) x ", beams, " row(s) x ",
+                              capacity, " tokens (max_new_tokens) would take ", cache_bytes / (1 << 30),
+                              " GiB; this machine has ", available / (1 << 30), " GiB available"));
+  GemmaState st;
+  st.requests = requests;
+  st.beams = beams;
+  st.rows = rows;
+  st.prompt_len = prompt_len;
+  st.capacity = capacity;
+  st.prompt_mask.assign(key_mask, key_mask + requests * prompt_len);
+  st.prompt_kv.resize(layers);
+  st.own_kv.resize(layers);
+  for (auto& cache : st.own_kv) cache.get(rows * capacity * 2 * kv_width);
+  // The whole prompt is the bidirectional prefix.
+  const std::vector<int64_t> prefix(requests, prompt_len);
+  std::vector<int64_t> positions(requests * prompt_len);
+  st.next_position.resize(requests);
+  for (int64_t b = 0; b < requests; ++b) {
+    int64_t real = 0;
+    for (int64_t i = 0; i < prompt_len; ++i) {
+      const bool counted = key_mask[b * prompt_len + i] != 0;
+      real += counted;
+      positions[b * prompt_len + i] = counted ? real : 1;
+    }
+    st.next_position[b] = real + 1;
+  }
+  run_prompt(x, requests, prompt_len, key_mask, prefix.data(), positions.data(), &st.prompt_kv);
+  std::vector<float> last(requests * d);
+  for (int64_t b = 0; b < requests; ++b)
+    std::memcpy(last.data() + b * d, x + ((b + 1) * prompt_len - 1) * d, d * sizeof(float));
+  st.first_logits.resize(requests * config_.vocab_size);
+  Buffer h;
+  head(last.data(), requests, h.get(requests * d), st.first_logits.data());
+  return st;
+}
+
+void GemmaDecoder::step(GemmaState& st, const float* embeddings, float* logits) const {
+  const int64_t d = config_.hidden_size, hd = config_.head_dim;
+  const int64_t heads = config_.num_attention_heads, kv_heads = config_.num_key_value_heads;
+  const int64_t q_width = heads * hd, kv_width = kv_heads * hd, qkv_width = q_width + 2 * kv_width;
+  const int64_t rows = st.rows, t = st.generated;
+  PALI_CHECK(t < st.capacity, "generation cache full: ", t, " tokens");
+  // The new token's index in the cache (for the causal and window masks) and
+  // its rotary position (after the request's real prompt tokens).
+  const int64_t index = st.prompt_len + t;
+  std::vector<int64_t> positions(rows);
+  for (int64_t r = 0; r < rows; ++r) positions[r] = st.next_position[r / st.beams] + t;
+  float* x = st.x.get(rows * d);
+  std::memcpy(x, embeddings, rows * d * sizeof(float));
+  const Scratch s = scratch(st, rows);
+  float* own_attn = st.own_attn.get(rows * q_width);
+  float* lse = st.lse.get(rows * heads);
+  float* own_lse = st.own_lse.get(rows * heads);
+  for (size_t li = 0; li < layers_.size(); ++li) {
+    const Layer& l = layers_[li];
+    rms_norm(x, rows, d, l.input_norm.data<float>(), config_.rms_norm_eps, s.h);
+    linear(s.h, rows, l.qkv, s.qkv);
+    rope_inplace(s.qkv, rows, qkv_width, heads + kv_heads, hd, positions.data(), inv_freq_.data());
+    float* own = st.own_kv[li].data();
+    for (int64_t r = 0; r < rows; ++r)
+      std::memcpy(own + (r * st.capacity + t) * 2 * kv_width, s.qkv + r * qkv_width + q_width,
+                  2 * kv_width * sizeof(float));
+    AttentionParams p;
+    p.batch = rows;
+    p.heads = heads;
+    p.kv_heads = kv_heads;
+    p.q_len = 1;
+    p.head_dim = hd;
+    p.scale = attention_scale_;
+    p.softcap = config_.attn_logit_softcapping;
+    p.q = s.qkv;
+    p.q_row_stride = qkv_width;
+    p.causal = true;
+    p.sliding_window = l.sliding ? config_.sliding_window : 0;
+    // The request's prompt, shared by its rows...
+    AttentionParams prompt = p;
+    prompt.kv_len = st.prompt_len;
+    prompt.k = st.prompt_kv[li].data();
+    prompt.v = prompt.k + kv_width;
+    prompt.k_row_stride = prompt.v_row_stride = 2 * kv_width;
+    prompt.kv_batch_divisor = st.beams;
+    prompt.key_mask = st.prompt_mask.data();
+    prompt.mask_type = MaskType::i32;
+    prompt.q_offset = index;
+    prompt.out = s.attn;
+    prompt.lse = lse;
+    attention(prompt);
+    // ...then the row's own tokens, merged by their log-sum-exps.
+    AttentionParams mine = p;
+    mine.kv_len = t + 1;
+    mine.k = own;
+    mine.v = own + kv_width;
+    mine.k_row_stride = mine.v_row_stride = 2 * kv_width;
+    mine.k_batch_stride = mine.v_batch_stride = st.capacity * 2 * kv_width;
+    mine.q_offset = t;
+    mine.out = own_attn;
+    mine.lse = own_lse;
+    attention(mine);
+    merge_attention(s.attn, lse, own_attn, own_lse, rows, heads, hd);
+    finish_layer(l, x, rows, s);
+  }
+  st.generated = t + 1;
+  head(x, rows, s.h, logits);
+}
+
+void GemmaDecoder::reorder(GemmaState& st, const int64_t* source) const {
+  bool identity = true;
+  for (int64_t r = 0; r < st.rows; ++r) identity &= source[r] == r;
+  if (identity || st.generated == 0) return;
+  const int64_t kv_width = config_.num_key_value_heads * config_.head_dim;
+  const int64_t used = st.generated * 2 * kv_width, row_floats = st.capacity * 2 * kv_width;
+  st.reorder_scratch.resize(st.rows * used);
+  for (auto& cache : st.own_kv) {
+    float* scratch = st.reorder_scratch.data();
+    for (int64_t r = 0; r < st.rows; ++r)
+      std::memcpy(scratch + r * used, cache.data() + source[r] * row_floats, used * sizeof(float));
+    for (int64_t r = 0; r < st.rows; ++r)
+      std::memcpy(cache.data() + r * row_floats, scratch + r * used, used * sizeof(float));
   }
 }
 

@@ -22,6 +22,23 @@
 
 namespace pali {
 
+// One generation's state: the keys and values of each request's prompt (computed
+// once, read by all its rows), each row's own keys and values, and the logits
+// of the prompt's last position.
+struct GemmaState {
+  int64_t requests = 0, beams = 1, rows = 0;
+  int64_t prompt_len = 0;   // padded prompt length
+  int64_t capacity = 0;     // generated tokens the rows' caches hold
+  int64_t generated = 0;    // tokens appended so far
+  std::vector<Buffer> prompt_kv;    // per layer [requests, prompt_len, 2 * kv_width]: K | V
+  std::vector<Buffer> own_kv;       // per layer [rows, capacity, 2 * kv_width]
+  std::vector<int32_t> prompt_mask; // [requests, prompt_len]
+  std::vector<float> first_logits;  // [requests, V]
+  std::vector<int64_t> next_position;  // [requests]: the rotary position of the first generated token
+  std::vector<float> reorder_scratch;
+  Buffer x, h, qkv, attn, own_attn, lse, own_lse, wide, gated, sub;
+};
+
 class GemmaDecoder {
  public:
   // `prefix`: the weights' name prefix ("model.language_model."); `embedding`:
@@ -30,10 +47,23 @@ class GemmaDecoder {
                const Tensor& embedding, bool tie_word_embeddings, WeightFormat format);
 
   // x: [batch, length, D] input embeddings, overwritten. key_mask: int32
-  // [batch, length] (0: padding). prefix_lengths: [batch]. positions: [length]
-  // (shared by the batch: transformers counts padding). logits: [batch, length, V].
+  // [batch, length] (0: padding). prefix_lengths: [batch]. positions: the
+  // rotary position of each token, [batch, length]. logits: [batch, length, V].
   void forward(float* x, int64_t batch, int64_t length, const int32_t* key_mask, const int64_t* prefix_lengths,
                const int64_t* positions, float* logits) const;
+
+  // Runs the prompts x [requests, prompt_len, D] (the whole prompt is the
+  // prefix; rotary positions as transformers' generate() gives them: the real
+  // tokens 1, 2, ..., padding 1) and keeps their keys, values and last logits
+  // for `beams` rows per request and up to `capacity` generated tokens.
+  // Throws OutOfMemory when the caches would not fit in the memory left.
+  GemmaState start(float* x, int64_t requests, int64_t prompt_len, const int32_t* key_mask, int64_t beams,
+                   int64_t capacity) const;
+  // Appends one token per row and writes the next-token logits [rows, V].
+  void step(GemmaState& state, const float* embeddings, float* logits) const;
+  // Row r continues from row source[r] (beam search).
+  void reorder(GemmaState& state, const int64_t* source) const;
+  int64_t vocab_size() const { return config_.vocab_size; }
 
  private:
   struct Layer {
@@ -41,6 +71,19 @@ class GemmaDecoder {
     LinearWeight qkv, o, gate_up, down;
     bool sliding = false;
   };
+  struct Scratch {
+    float *h, *qkv, *attn, *wide, *gated, *sub;
+  };
+  // The layers over the prompts x [batch * length, D]; the keys and values of
+  // layer i go to kv_out[i] ([batch * length, 2 * kv_width]) when given.
+  void run_prompt(float* x, int64_t batch, int64_t length, const int32_t* key_mask, const int64_t* prefix_lengths,
+                  const int64_t* positions, std::vector<Buffer>* kv_out) const;
+  Scratch scratch(GemmaState& buffers, int64_t rows) const;
+  // The output projection, FFN and residuals after attention, for `rows` rows.
+  void finish_layer(const Layer& l, float* x, int64_t rows, const Scratch& s) const;
+  // Final norm, head and soft-cap for `rows` rows of x.
+  void head(const float* x, int64_t rows, float* h, float* logits) const;
+
   const GemmaConfig& config_;
   std::vector<Layer> layers_;
   Tensor final_norm_;

@@ -57,6 +57,8 @@ void PaliGemmaConfig::validate() const {
   PALI_CHECK_ARG(num_image_tokens == vision.num_patches(), "config: num_image_tokens (", num_image_tokens,
                  ") must be (image_size / patch_size)^2 = ", vision.num_patches());
   PALI_CHECK_ARG(image_token_index >= 0, "config: image_token_index must be >= 0");
+  for (int64_t id : {pad_token_id, eos_token_id})
+    PALI_CHECK_ARG(id >= 0 && id < text.vocab_size, "config: special token id ", id, " is outside the vocabulary");
 }
 
 }  // namespace pali

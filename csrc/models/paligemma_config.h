@@ -57,6 +57,8 @@ struct PaliGemmaConfig {
   int64_t projection_dim = 0;
   int64_t num_image_tokens = 0;
   bool tie_word_embeddings = true;
+  int64_t pad_token_id = 0;
+  int64_t eos_token_id = 1;
 
   // Throws InvalidArgument naming the first inconsistent field.
   void validate() const;

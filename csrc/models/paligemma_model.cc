@@ -1,5 +1,6 @@
 #include "models/paligemma_model.h"
 
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -54,43 +55,111 @@ PaliGemmaModel::PaliGemmaModel(std::shared_ptr<const onnx::OnnxFile> file, const
   file->check_unchanged();
 }
 
-void PaliGemmaModel::forward(const float* pixels, const int64_t* input_ids, const int64_t* attention_mask,
-                             const int64_t* token_type_ids, int64_t batch, int64_t length, float* logits) const {
+PaliGemmaPrompts PaliGemmaModel::prepare(const float* pixels, const int64_t* input_ids,
+                                         const int64_t* attention_mask, int64_t batch, int64_t length) const {
   const GemmaConfig& t = config_.text;
   const int64_t d = t.hidden_size, n = config_.num_image_tokens;
   PALI_CHECK_ARG(batch > 0 && length > 0, "empty batch or sequence");
+  PaliGemmaPrompts out;
+  out.batch = batch;
+  out.length = length;
+  const auto start = std::chrono::steady_clock::now();
   std::vector<float> features(batch * n * d);
   vision_->forward(pixels, batch, features.data());
-
-  // transformers holds sqrt(hidden_size) as a float32 number.
-  const float normalizer = static_cast<float>(std::sqrt(static_cast<double>(d)));
-  std::vector<float> x(batch * length * d);
-  std::vector<int32_t> key_mask(batch * length);
-  std::vector<int64_t> prefix_lengths(batch), positions(length);
-  const float* table = embedding_.data<float>();
+  out.vision_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  out.embeddings.resize(batch * length * d);
+  out.key_mask.resize(batch * length);
+  out.input_ids.assign(input_ids, input_ids + batch * length);
   for (int64_t b = 0; b < batch; ++b) {
     int64_t image_tokens = 0;
-    prefix_lengths[b] = length;
     for (int64_t i = 0; i < length; ++i) {
       const int64_t r = b * length + i, id = input_ids[r];
-      float* row = x.data() + r * d;
+      float* row = out.embeddings.data() + r * d;
       if (id == config_.image_token_index) {
         PALI_CHECK_ARG(image_tokens < n, "sequence ", b, " has more <image> tokens than the ", n,
                        " image features");
         std::memcpy(row, features.data() + (b * n + image_tokens) * d, d * sizeof(float));
         ++image_tokens;
       } else {
-        PALI_CHECK_ARG(id >= 0 && id < t.vocab_size, "input id ", id, " is outside the vocabulary of ",
-                       t.vocab_size);
-        const float* e = table + id * d;
-        for (int64_t c = 0; c < d; ++c) row[c] = e[c] * normalizer;
+        embed(&id, 1, row);
       }
-      key_mask[r] = attention_mask[r] != 0;
-      if (token_type_ids[r] != 0 && prefix_lengths[b] == length) prefix_lengths[b] = i;
+      out.key_mask[r] = attention_mask[r] != 0;
     }
   }
-  for (int64_t i = 0; i < length; ++i) positions[i] = i + 1;  // PaliGemma counts positions from 1
-  decoder_->forward(x.data(), batch, length, key_mask.data(), prefix_lengths.data(), positions.data(), logits);
+  return out;
+}
+
+void PaliGemmaModel::embed(const int64_t* tokens, int64_t n, float* out) const {
+  const int64_t d = config_.text.hidden_size, vocab = config_.text.vocab_size;
+  // transformers holds sqrt(hidden_size) as a float32 number.
+  const float normalizer = static_cast<float>(std::sqrt(static_cast<double>(d)));
+  const float* table = embedding_.data<float>();
+  for (int64_t i = 0; i < n; ++i) {
+    PALI_CHECK_ARG(tokens[i] >= 0 && tokens[i] < vocab, "input id ", tokens[i], " is outside the vocabulary of ",
+                   vocab);
+    const float* e = table + tokens[i] * d;
+    for (int64_t c = 0; c < d; ++c) out[i * d + c] = e[c] * normalizer;
+  }
+}
+
+void PaliGemmaModel::forward(const float* pixels, const int64_t* input_ids, const int64_t* attention_mask,
+                             const int64_t* token_type_ids, int64_t batch, int64_t length, float* logits) const {
+  PaliGemmaPrompts prompts = prepare(pixels, input_ids, attention_mask, batch, length);
+  std::vector<int64_t> prefix_lengths(batch, length), positions(batch * length);
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t i = 0; i < length; ++i)
+      if (token_type_ids[b * length + i] != 0) {
+        prefix_lengths[b] = i;
+        break;
+      }
+  // A forward without position ids, as transformers runs it: 1, 2, ... counting padding.
+  for (int64_t r = 0; r < batch * length; ++r) positions[r] = r % length + 1;
+  decoder_->forward(prompts.embeddings.data(), batch, length, prompts.key_mask.data(), prefix_lengths.data(),
+                    positions.data(), logits);
+}
+
+namespace {
+
+// One generation's GemmaState behind the search's DecoderSession.
+class GemmaSession final : public DecoderSession {
+ public:
+  GemmaSession(const PaliGemmaModel& model, GemmaState state) : model_(model), state_(std::move(state)) {}
+  void first(float* logits) override {
+    const int64_t vocab = model_.decoder().vocab_size();
+    for (int64_t r = 0; r < state_.rows; ++r)
+      std::memcpy(logits + r * vocab, state_.first_logits.data() + (r / state_.beams) * vocab, vocab * sizeof(float));
+  }
+  void step(const int64_t* tokens, float* logits) override {
+    embeddings_.resize(state_.rows * model_.config().text.hidden_size);
+    model_.embed(tokens, state_.rows, embeddings_.data());
+    model_.decoder().step(state_, embeddings_.data(), logits);
+  }
+  void reorder(const int64_t* source) override { model_.decoder().reorder(state_, source); }
+
+ private:
+  const PaliGemmaModel& model_;
+  GemmaState state_;
+  std::vector<float> embeddings_;
+};
+
+}  // namespace
+
+int64_t PaliGemmaDecoder::vocab_size() const { return model_.config().text.vocab_size; }
+
+SpecialTokens PaliGemmaDecoder::special_tokens() const {
+  return {model_.config().eos_token_id, model_.config().pad_token_id};
+}
+
+std::vector<int64_t> PaliGemmaDecoder::initial_sequence(int64_t request) const {
+  const int64_t* row = prompts_.input_ids.data() + request * prompts_.length;
+  return std::vector<int64_t>(row, row + prompts_.length);
+}
+
+std::unique_ptr<DecoderSession> PaliGemmaDecoder::start(int64_t rows_per_request, int64_t capacity) const {
+  std::vector<float> x = prompts_.embeddings;  // the prompt pass overwrites its input
+  return std::make_unique<GemmaSession>(
+      model_, model_.decoder().start(x.data(), prompts_.batch, prompts_.length, prompts_.key_mask.data(),
+                                     rows_per_request, capacity));
 }
 
 }  // namespace pali

@@ -7,13 +7,42 @@
 #pragma once
 
 #include <memory>
+#include <vector>
 
+#include "generate/decoder.h"
 #include "models/gemma_decoder.h"
 #include "models/paligemma_config.h"
 #include "models/vision_tower.h"
 #include "onnx/onnx_file.h"
 
 namespace pali {
+
+// A batch of prompts as the decoder reads them.
+struct PaliGemmaPrompts {
+  int64_t batch = 0, length = 0;
+  std::vector<float> embeddings;   // [batch, length, D]: image features and scaled token embeddings
+  std::vector<int32_t> key_mask;   // [batch, length]
+  std::vector<int64_t> input_ids;  // [batch, length]
+  double vision_ms = 0;
+};
+
+class PaliGemmaModel;
+
+// The Gemma decoder over one batch of prompts, for the search strategies: each
+// prompt's keys and values are computed once and read by all its rows.
+class PaliGemmaDecoder final : public Decoder {
+ public:
+  PaliGemmaDecoder(const PaliGemmaModel& model, const PaliGemmaPrompts& prompts) : model_(model), prompts_(prompts) {}
+  int64_t requests() const override { return prompts_.batch; }
+  int64_t vocab_size() const override;
+  SpecialTokens special_tokens() const override;
+  std::vector<int64_t> initial_sequence(int64_t request) const override;
+  std::unique_ptr<DecoderSession> start(int64_t rows_per_request, int64_t capacity) const override;
+
+ private:
+  const PaliGemmaModel& model_;
+  const PaliGemmaPrompts& prompts_;
+};
 
 class PaliGemmaModel {
  public:
@@ -28,6 +57,15 @@ class PaliGemmaModel {
   // as PaliGemmaProcessor gives them (token type 0: prefix, 1: suffix).
   void forward(const float* pixels, const int64_t* input_ids, const int64_t* attention_mask,
                const int64_t* token_type_ids, int64_t batch, int64_t length, float* logits) const;
+
+  // The prompts (<image> tokens, bos, prompt, "\n"; left-padded) for generate().
+  PaliGemmaPrompts prepare(const float* pixels, const int64_t* input_ids, const int64_t* attention_mask,
+                           int64_t batch, int64_t length) const;
+  // The decoder over `prompts` (which must outlive it).
+  PaliGemmaDecoder decoder_for(const PaliGemmaPrompts& prompts) const { return PaliGemmaDecoder(*this, prompts); }
+  // Scaled embeddings of generated tokens, [n, D].
+  void embed(const int64_t* tokens, int64_t n, float* out) const;
+  const GemmaDecoder& decoder() const { return *decoder_; }
 
  private:
   PaliGemmaConfig config_;
