@@ -173,3 +173,33 @@ def test_native_generation_equals_transformers(converted, options):
         for ours, ours_scores in (_native_generate(native, alone, opts)[0], batched[i]):
             assert ours == tokens, (i, opts)
             np.testing.assert_allclose(ours_scores, scores, atol=2e-4)
+
+
+@pytest.mark.parametrize("storage", ["bfloat16", "float16"])
+def test_half_precision_files_load_and_equal_onnxruntime(converted, storage, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    model, processor, path = converted
+    hf_dir = str(__import__("pathlib").Path(path).parent / "hf")
+    half = str(tmp_path / f"{storage}.onnx")
+    convert(hf_dir, half, dtype=storage, validate=False)
+    inputs = _batch(processor)
+    names = ("pixel_values", "input_ids", "attention_mask", "token_type_ids")
+    feeds = {n: np.asarray(inputs[n], np.float32 if n == "pixel_values" else np.int64) for n in names}
+    session = ort.InferenceSession(half, providers=["CPUExecutionProvider"])
+    theirs = session.run(["logits"], feeds)[0]
+    ours = _native_model(half).forward(*(feeds[n] for n in names))
+    real = feeds["attention_mask"].astype(bool)
+    assert np.abs(ours - theirs)[real].max() <= TOLERANCE
+
+
+def test_int8_generation_stays_close(converted):
+    # int8 weights and activations: the logits move by a few hundredths.
+    model, processor, path = converted
+    inputs = _batch(processor)
+    names = ("pixel_values", "input_ids", "attention_mask", "token_type_ids")
+    args = [np.asarray(inputs[n], np.float32 if n == "pixel_values" else np.int64) for n in names]
+    exact = _native_model(path).forward(*args)
+    int8 = _native_model(path, "i8").forward(*args)
+    real = args[2].astype(bool)
+    assert np.isfinite(int8).all()
+    assert np.abs(int8 - exact)[real].max() < 0.1 * max(1.0, np.abs(exact).max())
