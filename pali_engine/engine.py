@@ -1,7 +1,7 @@
 """The user-facing Engine: load a PaLI model file and generate text from images and prompts.
 
-    engine = Engine.load("pali.onnx")          # or Engine.load() for the bundled model
-    out = engine.generate(image, "caption en")
+    engine = Engine.load()                     # the bundled model; or Engine.load("model.onnx")
+    out = engine.generate("examples/shapes.png", "caption en")
 """
 
 from __future__ import annotations
@@ -55,6 +55,10 @@ class Engine:
         where the CPU has it; held-out scores of the bundled model within one
         point of float32). ``threads``: None for all cores.
 
+        The file's architecture picks the model: "pali" (the bundled kind) or
+        "paligemma" (PaliGemma 1 and 2 converted with ``pali-engine convert``;
+        native backend only).
+
         Raises ModelFileError when the file is missing, broken or not a pali-engine model.
         """
         if path is None:
@@ -64,7 +68,19 @@ class Engine:
             raise ModelFileError(f"{path}: no such model file")
         if backend not in ("native", "onnxruntime"):
             raise ValueError(f"backend must be 'native' or 'onnxruntime', got {backend!r}")
-        if backend == "onnxruntime":
+        from .model_file import inspect
+        from .paligemma_spec import file_architecture
+
+        if file_architecture(inspect(path)["metadata"]) == "paligemma":
+            if backend != "native":
+                raise ValueError(
+                    "the onnxruntime backend does not generate for 'paligemma' files yet; use the native "
+                    "backend, or run the file's graph with onnxruntime.InferenceSession (docs/paligemma.md)"
+                )
+            from .paligemma_backend import PaliGemmaBackend
+
+            impl = PaliGemmaBackend(path, device=device, threads=threads, dtype=dtype)
+        elif backend == "onnxruntime":
             from .ort_backend import OrtBackend
 
             impl = OrtBackend(path, device=device, threads=threads, dtype=dtype)
@@ -99,7 +115,11 @@ class Engine:
         return self._backend.stream(image, prompt, **options)
 
     def logits(self, pixel_values, input_ids, attention_mask, decoder_input_ids):
-        """The teacher-forced forward, float32[B, T, V]: the ONNX graph's output."""
+        """The teacher-forced forward, float32[B, T, V]: the ONNX graph's output.
+
+        For a "paligemma" model the fourth input is ``token_type_ids`` (0 for
+        the prefix, 1 for the suffix) and the logits cover the whole sequence.
+        """
         return self._backend.logits(pixel_values, input_ids, attention_mask, decoder_input_ids)
 
     def __repr__(self) -> str:

@@ -62,3 +62,87 @@ def expected_parameter_shapes(config: Dict[str, Any]) -> Dict[str, Shape]:
     if not config["tie_word_embeddings"]:
         shapes["lm_head.weight"] = (V, D)
     return shapes
+
+
+#: Generation length when the caller gives none (PaliGemma's configs set no default).
+DEFAULT_MAX_NEW_TOKENS = 64
+
+#: Fields the runtime reads; the native model checks their values (PaliGemmaConfig::validate).
+REQUIRED_FIELDS = ("image_token_index", "num_image_tokens", "projection_dim", "image_size", "image_mean",
+                   "image_std", "resample", "rescale_factor", "text_config", "vision_config")
+TEXT_FIELDS = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+               "num_attention_heads", "num_key_value_heads", "head_dim")
+VISION_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
+                 "patch_size")
+
+
+def file_architecture(metadata: Dict[str, str]) -> Any:
+    """The ``architecture`` a file's ``pali.config`` names, or None when it names none (or is unreadable)."""
+    import json
+
+    try:
+        config = json.loads(metadata.get("pali.config", ""))
+    except (ValueError, RecursionError):
+        return None
+    return config.get("architecture") if isinstance(config, dict) else None
+
+
+def check_paligemma_file(path: str) -> Tuple[Dict[str, Any], bytes]:
+    """Checks a "paligemma" file's metadata and every tensor; returns (config, tokenizer bytes).
+
+    Raises ModelFileError naming the file and the field or tensor.
+    """
+    import base64
+    import binascii
+    import json
+
+    from .errors import ModelFileError
+    from .model_file import inspect
+
+    info = inspect(path)
+    metadata = info["metadata"]
+    if metadata.get("pali.format") != "1":
+        raise ModelFileError(f"{path}: 'pali.format' is {metadata.get('pali.format')!r}; this pali-engine reads '1'")
+    try:
+        config = json.loads(metadata.get("pali.config", ""))
+    except (ValueError, RecursionError) as error:
+        raise ModelFileError(f"{path}: 'pali.config' is not valid JSON: {str(error)[:100]}") from None
+    if not isinstance(config, dict) or config.get("architecture") != "paligemma":
+        raise ModelFileError(f"{path}: not a 'paligemma' model file")
+    absent = [name for name in REQUIRED_FIELDS if name not in config]
+    for section, fields in (("text_config", TEXT_FIELDS), ("vision_config", VISION_FIELDS)):
+        if isinstance(config.get(section), dict):
+            absent += [f"{section}.{name}" for name in fields if name not in config[section]]
+        elif section not in absent:
+            absent.append(section)
+    if absent:
+        raise ModelFileError(f"{path}: 'pali.config' lacks the field(s) {', '.join(absent)}")
+    model_type = config["text_config"]["model_type"]
+    if model_type not in ("gemma", "gemma2"):
+        raise ModelFileError(f"{path}: 'pali.config' field text_config.model_type is {model_type!r}; "
+                             "supported: gemma (PaliGemma 1), gemma2 (PaliGemma 2)")
+    try:
+        expected = expected_parameter_shapes(config)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as error:
+        raise ModelFileError(f"{path}: 'pali.config' does not describe a model: {error!r}"[:300]) from None
+    tensors = info["tensors"]
+    for name, shape in expected.items():
+        if name not in tensors:
+            raise ModelFileError(f"{path}: tensor {name!r} is missing; the config implies {len(expected)} "
+                                 f"parameters and the file has {len(tensors)} tensors")
+        dtype, actual = tensors[name]
+        if tuple(actual) != tuple(shape):
+            raise ModelFileError(f"{path}: tensor {name!r} has shape {list(actual)} but the config implies "
+                                 f"{list(shape)}")
+        if dtype not in ("float32", "float16", "bfloat16"):
+            raise ModelFileError(f"{path}: tensor {name!r} has dtype {dtype}")
+    unused = [name for name in tensors if name not in expected]
+    if unused:
+        raise ModelFileError(f"{path}: tensor {unused[0]!r} is not a parameter of the model its config describes")
+    try:
+        tokenizer = base64.b64decode(metadata.get("pali.tokenizer", "").encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        tokenizer = b""
+    if not tokenizer:
+        raise ModelFileError(f"{path}: no valid 'pali.tokenizer' metadata; the file carries no tokenizer")
+    return config, tokenizer

@@ -203,3 +203,56 @@ def test_int8_generation_stays_close(converted):
     real = args[2].astype(bool)
     assert np.isfinite(int8).all()
     assert np.abs(int8 - exact)[real].max() < 0.1 * max(1.0, np.abs(exact).max())
+
+
+def test_engine_loads_a_paligemma_file_and_answers_as_transformers(converted):
+    from PIL import Image
+
+    from pali_engine import Engine
+
+    model, processor, path = converted
+    engine = Engine.load(path)
+    rng = np.random.default_rng(9)
+    images = [Image.fromarray(rng.integers(0, 256, (30, 41, 3), dtype=np.uint8)) for _ in range(2)]
+    results = engine.generate(images, PROMPTS, max_new_tokens=7, num_beams=2)
+    streamed = "".join(engine.stream(images[0], PROMPTS[0], max_new_tokens=7))
+    for i, result in enumerate(results):
+        alone = processor(images=images[i:i + 1], text=PROMPTS[i:i + 1], return_tensors="np")
+        tokens, scores = _hf_generate(model, alone, {"max_new_tokens": 7, "num_beams": 2})
+        assert result.tokens == tokens[0]
+        assert result.score == pytest.approx(scores[0], abs=2e-4)
+        assert result.text == processor.decode([t for t in tokens[0] if t != 1], skip_special_tokens=False)
+    greedy = engine.generate(images[0], PROMPTS[0], max_new_tokens=7)
+    assert streamed == greedy.text
+    with pytest.raises(ValueError, match="onnxruntime"):
+        Engine.load(path, backend="onnxruntime")
+
+
+def _rewrite_config(path, out, edit):
+    import onnx
+
+    model = onnx.load(path)
+    for entry in model.metadata_props:
+        if entry.key == "pali.config":
+            config = json.loads(entry.value)
+            edit(config)
+            entry.value = json.dumps(config)
+    onnx.save_model(model, out)
+    return out
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda c: c["text_config"].pop("head_dim"), "text_config.head_dim"),
+    (lambda c: c["text_config"].update(num_hidden_layers=9), "missing"),
+    (lambda c: c["text_config"].update(model_type="llama"), "text_config.model_type"),
+    (lambda c: c["vision_config"].update(hidden_act="relu"), "hidden_act"),
+    (lambda c: c.update(num_image_tokens=3), "num_image_tokens"),
+])
+def test_a_broken_paligemma_file_is_refused_naming_it(converted, tmp_path, edit, match):
+    from pali_engine import Engine
+
+    _, _, path = converted
+    bad = _rewrite_config(path, str(tmp_path / "bad.onnx"), edit)
+    with pytest.raises(ModelFileError, match=match) as caught:
+        Engine.load(bad)
+    assert bad in str(caught.value)
