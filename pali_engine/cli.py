@@ -2,6 +2,7 @@
 
     pali-engine inspect FILE           config and tensor table of a model file
     pali-engine run IMAGE PROMPT       generate text for an image
+    pali-engine convert HF_DIR -o OUT.onnx   a Hugging Face PaliGemma directory to a model file
     pali-engine train / eval / export / bench
 
 Subcommands that need optional packages import them only when they run.
@@ -25,6 +26,7 @@ INSTALL_HINTS: dict[str, str] = {
     "train": "pip install torch==2.13.0",
     "eval": "pip install torch==2.13.0",
     "export": "pip install torch==2.13.0 onnx onnxscript",
+    "convert": "pip install torch==2.13.0 onnx onnxscript onnxruntime safetensors",
     "bench": "pip install torch==2.13.0 onnx onnxscript onnxruntime transformers ctranslate2 matplotlib",
 }
 
@@ -35,6 +37,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("pali_engine.export.train", "train a PaLI model on the synthetic shapes world"),
     "eval": ("pali_engine.export.evaluate", "score a model on the held-out synthetic split"),
     "export": ("pali_engine.export.onnx_export", "export a checkpoint to ONNX"),
+    "convert": ("pali_engine.export.paligemma", "convert a Hugging Face PaliGemma directory to ONNX"),
     "bench": ("pali_engine.benchmarks.harness", "time the engine beside its peers on the same weights"),
 }
 
@@ -97,6 +100,8 @@ def _run_add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the model's limit")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--draw", metavar="OUT.png", help="draw the boxes of a detect answer on the image")
+    parser.add_argument("--vae", metavar="vae-oid.npz",
+                        help="PaliGemma: big_vision's mask decoder weights, to draw segmentation masks")
     parser.add_argument("--resize", default="pad", choices=("pad", "stretch"),
                         help="how a non-square image becomes square: pad with its border colour (default), "
                              "or stretch")
@@ -123,7 +128,22 @@ def _run_run(args: argparse.Namespace) -> int:
     else:
         print(result.text, flush=True)
     if args.draw:
+        if engine.config.get("architecture") == "paligemma":
+            return _draw_paligemma(args, result.text)
         return _draw(args, result.text)
+    return 0
+
+
+def _draw_paligemma(args: argparse.Namespace, answer: str) -> int:
+    from .segmentation import MaskDecoder, draw_objects
+
+    try:
+        decoder = MaskDecoder.load(args.vae) if args.vae else None
+        count = draw_objects(args.image, answer, args.draw, decoder)
+    except (OSError, ValueError) as error:
+        print(f"pali-engine run: --draw: {error}", file=sys.stderr)
+        return 1
+    print(f"pali-engine run: drew {count} object{'s' if count != 1 else ''} on {args.draw}", file=sys.stderr)
     return 0
 
 

@@ -172,3 +172,28 @@ def box_mask(decoder: MaskDecoder, obj: SegmentedObject, image_size: Tuple[int, 
     picture = Image.fromarray((small * 255).astype(np.uint8)).resize((x1 - x0, y1 - y0), Image.BILINEAR)
     mask[y0:y1, x0:x1] = np.asarray(picture) / 255.0 > 0.5
     return mask
+
+
+def draw_objects(image, text: str, out_path: str, decoder: Optional[MaskDecoder] = None) -> int:
+    """Draws the boxes, labels and (with a decoder) masks of a PaliGemma detection or
+    segmentation answer on the image; returns how many objects."""
+    from PIL import Image, ImageDraw
+
+    from .image import to_rgb_array
+
+    picture = Image.fromarray(to_rgb_array(image), "RGB")
+    size = picture.size
+    objects = parse_segmentation(text, size)
+    if decoder is not None:
+        overlay = np.asarray(picture).astype(np.float32)
+        for obj in objects:
+            mask = box_mask(decoder, obj, size)
+            overlay[mask] = 0.5 * overlay[mask] + 0.5 * np.array([255.0, 0.0, 255.0])
+        picture = Image.fromarray(overlay.astype(np.uint8), "RGB")
+    line_width = max(2, round(max(size) / 200))
+    draw = ImageDraw.Draw(picture)
+    for obj in objects:
+        draw.rectangle(obj.box, outline=(255, 0, 255), width=line_width)
+        draw.text((obj.box[0] + line_width, obj.box[1] + line_width), obj.label, fill=(255, 0, 255))
+    picture.save(out_path)
+    return len(objects)

@@ -256,3 +256,36 @@ def test_a_broken_paligemma_file_is_refused_naming_it(converted, tmp_path, edit,
     with pytest.raises(ModelFileError, match=match) as caught:
         Engine.load(bad)
     assert bad in str(caught.value)
+
+
+def test_command_line_converts_runs_and_draws(converted, tmp_path, capsys):
+    from pali_engine import cli
+    from test_segmentation import random_params
+
+    _, _, path = converted
+    hf_dir = str(__import__("pathlib").Path(path).parent / "hf")
+    out = str(tmp_path / "cli.onnx")
+    assert cli.main(["convert", hf_dir, "-o", out, "--dtype", "bfloat16", "--no-validate", "--quiet"]) == 0
+    image = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "examples" / "shapes.png")
+    vae = tmp_path / "vae-oid.npz"
+    np.savez(vae, **random_params())
+    drawn = tmp_path / "drawn.png"
+    assert cli.main(["run", image, "segment cat", "--model", out, "--max-new-tokens", "6", "--draw", str(drawn),
+                     "--vae", str(vae)]) == 0
+    assert drawn.is_file()
+    capsys.readouterr()
+
+
+def test_draw_objects_marks_boxes_and_masks(tmp_path):
+    from PIL import Image
+
+    from pali_engine.segmentation import MaskDecoder, draw_objects
+    from test_segmentation import random_params
+
+    seg = "".join(f"<seg{c:03d}>" for c in range(16))
+    image = np.zeros((100, 200, 3), np.uint8)
+    out = tmp_path / "objects.png"
+    assert draw_objects(image, f"<loc0256><loc0128><loc0768><loc0512>{seg} cat", str(out),
+                        MaskDecoder(random_params())) == 1
+    drawn = np.asarray(Image.open(out))
+    assert drawn.shape == (100, 200, 3) and drawn[25:75, 25:100].any() and not drawn[:, 110:].any()
