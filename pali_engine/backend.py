@@ -9,6 +9,7 @@ errors and returns the same results.
 
 from __future__ import annotations
 
+import numbers
 import os
 import queue
 import threading
@@ -18,12 +19,46 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 
 from . import generation, model_spec
-from .errors import ModelFileError
+from .errors import ModelFileError, short_repr
 from .generation import GenerationOptions, GenerationResult, Hypothesis
 from .image import preprocess
 from .tokenizer import Tokenizer
 
 OnToken = Optional[Callable[[int, int], bool]]
+
+#: The most threads a backend takes (far above any machine; the native engine holds a C int).
+MAX_THREADS = 4096
+
+
+def check_threads(threads: Any) -> Optional[int]:
+    """``threads`` as an int in [1, MAX_THREADS], or None (all cores); ValueError otherwise."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"threads must be an integer between 1 and {MAX_THREADS}, or None for all cores, "
+                         f"got {short_repr(threads)}")
+    return int(threads)
+
+
+def _array(value: Any, name: str, rank: int, kinds: str, what: str) -> np.ndarray:
+    """``value`` as an array of ``rank`` dimensions whose dtype kind is one of ``kinds``."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError, OverflowError, RecursionError) as error:  # ragged or unconvertible lists
+        reason = str(error).split(".")[0]
+        raise ValueError(f"{name} must be an array of {what}: {short_repr(reason, 120)}") from None
+    if array.dtype.kind not in kinds:
+        raise ValueError(f"{name} must be an array of {what}, got dtype {array.dtype}")
+    if array.ndim != rank:
+        raise ValueError(f"{name} must have {rank} dimensions, got shape {list(array.shape)}")
+    return array
+
+
+def _check_token_ids(ids: np.ndarray, name: str, vocab_size: int) -> None:
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= vocab_size:
+        bad = low if low < 0 else high
+        raise ValueError(f"{name} must be token ids in [0, {vocab_size}), got {bad}")
 
 
 def as_batch(image, prompt) -> Tuple[list, list, bool]:
@@ -56,8 +91,56 @@ class Backend:
                                        eos_id=self.config["eos_token_id"])
         except ValueError as error:
             raise ModelFileError(f"{self.path}: 'pali.tokenizer' is not a SentencePiece model: {error}") from None
+        # Ids past vocab_size would index past the embedding table.
+        if self.tokenizer.vocab_size > self.config["vocab_size"]:
+            raise ModelFileError(f"{self.path}: 'pali.tokenizer' has {self.tokenizer.vocab_size} pieces, more than "
+                                 f"the config's vocab_size ({self.config['vocab_size']})")
 
     # ---- inputs ----
+    def check_logits_inputs(self, pixel_values: Any, input_ids: Any, attention_mask: Any,
+                            decoder_input_ids: Any) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The four inputs of ``logits`` as contiguous float32 / int64 arrays; ValueError (one line) when
+        one is not an array of the right rank, dtype, shape or values."""
+        c = self.config
+        pixels = _array(pixel_values, "pixel_values", 4, "fiu", "numbers")
+        batch = pixels.shape[0]
+        expected = (c["num_channels"], c["image_size"], c["image_size"])
+        if batch < 1 or pixels.shape[1:] != expected:
+            raise ValueError(f"pixel_values must have shape [batch >= 1, {', '.join(map(str, expected))}], "
+                             f"got {list(pixels.shape)}")
+        with np.errstate(over="ignore"):
+            pixels = np.ascontiguousarray(pixels, np.float32)
+        non_finite = pixels.size - int(np.count_nonzero(np.isfinite(pixels)))
+        if non_finite:
+            raise ValueError(f"pixel_values has {non_finite} NaN or infinite values (in float32)")
+        ids = _array(input_ids, "input_ids", 2, "iu", "integer token ids")
+        limit = c["max_prompt_tokens"]
+        if ids.shape[0] != batch or not 1 <= ids.shape[1] <= limit:
+            raise ValueError(f"input_ids must have shape [{batch} (the batch of pixel_values), 1 to {limit} "
+                             f"(max_prompt_tokens)], got {list(ids.shape)}")
+        _check_token_ids(ids, "input_ids", c["vocab_size"])
+        mask = _array(attention_mask, "attention_mask", 2, "biuf", "0s and 1s")
+        if mask.shape != ids.shape:
+            raise ValueError(f"attention_mask must have the shape of input_ids {list(ids.shape)}, "
+                             f"got {list(mask.shape)}")
+        if not np.isin(mask, (0, 1)).all():
+            raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
+        decoder_ids = _array(decoder_input_ids, "decoder_input_ids", 2, "iu", "integer token ids")
+        if decoder_ids.shape[0] != batch or decoder_ids.shape[1] < 1:
+            raise ValueError(f"decoder_input_ids must have shape [{batch} (the batch of pixel_values), "
+                             f"length >= 1], got {list(decoder_ids.shape)}")
+        _check_token_ids(decoder_ids, "decoder_input_ids", c["vocab_size"])
+        return (pixels, np.ascontiguousarray(ids, np.int64), np.ascontiguousarray(mask, np.int64),
+                np.ascontiguousarray(decoder_ids, np.int64))
+
+    def logits(self, pixel_values: Any, input_ids: Any, attention_mask: Any, decoder_input_ids: Any) -> np.ndarray:
+        """The teacher-forced forward, float32[B, T, V], on checked inputs (see check_logits_inputs)."""
+        return self._logits(*self.check_logits_inputs(pixel_values, input_ids, attention_mask, decoder_input_ids))
+
+    def _logits(self, pixel_values: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray,
+                decoder_input_ids: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
     def encode_prompts(self, prompts: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
         """Prompts -> (input_ids int64[B, L], attention_mask int64[B, L]): eos-terminated, right-padded."""
         limit = int(self.config["max_prompt_tokens"])
@@ -65,7 +148,10 @@ class Backend:
         for i, prompt in enumerate(prompts):
             if not isinstance(prompt, str):
                 raise ValueError(f"prompt {i} must be a str, got {type(prompt).__name__}")
-            ids = self.tokenizer.encode(prompt)
+            try:
+                ids = self.tokenizer.encode(prompt)
+            except ValueError as error:
+                raise ValueError(f"prompt {i}: {error}") from None
             if len(ids) > limit:
                 raise ValueError(
                     f"prompt {i} is {len(ids)} tokens long (eos included); this model takes at most "

@@ -10,3 +10,15 @@ class ModelFileError(ValueError):
 
     The message names the file and what is wrong with it.
     """
+
+
+def short_repr(value, limit: int = 60) -> str:
+    """``repr(value)`` for an error message: at most ``limit`` characters, so that a
+    message stays one short line whatever the caller passed."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except Exception:  # a value that cannot print itself (too deep, too many digits)
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[:limit] + "..."

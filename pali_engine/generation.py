@@ -32,6 +32,8 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 import numpy as np
 
+from .errors import short_repr
+
 StepFn = Callable[[np.ndarray], np.ndarray]
 
 NEG_INF = -math.inf
@@ -80,17 +82,36 @@ class GenerationResult:
         return self.text
 
 
-def _int(name: str, value, minimum: int) -> int:
+#: Ranges of the integer options, inclusive: what the native engine holds (int64 counts,
+#: a uint64 seed) and can mean.  Counts of sequences stay below 2**31; a length up to
+#: 2**40 is left to the engine's memory check, which says how much the request needs.
+INT_OPTION_RANGES = {
+    "max_new_tokens": (1, 1 << 40),
+    "min_new_tokens": (0, 1 << 40),
+    "num_beams": (1, (1 << 31) - 1),
+    "num_return_sequences": (1, (1 << 31) - 1),
+    "no_repeat_ngram_size": (0, (1 << 31) - 1),
+    "top_k": (0, (1 << 31) - 1),
+    "seed": (0, (1 << 64) - 1),
+}
+
+#: The largest finite float32: the native engine holds float options in float32.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _int(name: str, value) -> int:
+    low, high = INT_OPTION_RANGES[name]
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise ValueError(f"{name} must be an integer, got {short_repr(value)}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, got {short_repr(value)}")
     return int(value)
 
 
 def _float(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+            or abs(value) > FLOAT32_MAX):
+        raise ValueError(f"{name} must be a finite number (float32), got {short_repr(value)}")
     return float(value)
 
 
@@ -108,15 +129,15 @@ def parse_options(options: Mapping[str, Any], config: Mapping[str, Any]) -> Gene
     if o.get("max_new_tokens") is None:
         o["max_new_tokens"] = int(config["max_new_tokens"])
     out = {
-        "max_new_tokens": _int("max_new_tokens", o["max_new_tokens"], 1),
-        "min_new_tokens": _int("min_new_tokens", o.get("min_new_tokens", 0), 0),
-        "num_beams": _int("num_beams", o.get("num_beams", 1), 1),
+        "max_new_tokens": _int("max_new_tokens", o["max_new_tokens"]),
+        "min_new_tokens": _int("min_new_tokens", o.get("min_new_tokens", 0)),
+        "num_beams": _int("num_beams", o.get("num_beams", 1)),
         "length_penalty": _float("length_penalty", o.get("length_penalty", 1.0)),
-        "num_return_sequences": _int("num_return_sequences", o.get("num_return_sequences", 1), 1),
-        "no_repeat_ngram_size": _int("no_repeat_ngram_size", o.get("no_repeat_ngram_size", 0), 0),
+        "num_return_sequences": _int("num_return_sequences", o.get("num_return_sequences", 1)),
+        "no_repeat_ngram_size": _int("no_repeat_ngram_size", o.get("no_repeat_ngram_size", 0)),
         "repetition_penalty": _float("repetition_penalty", o.get("repetition_penalty", 1.0)),
         "temperature": _float("temperature", o.get("temperature", 1.0)),
-        "top_k": _int("top_k", o.get("top_k", 50), 0),
+        "top_k": _int("top_k", o.get("top_k", 50)),
         "top_p": _float("top_p", o.get("top_p", 1.0)),
     }
     early = o.get("early_stopping", False)
@@ -129,7 +150,7 @@ def parse_options(options: Mapping[str, Any], config: Mapping[str, Any]) -> Gene
     out["do_sample"] = bool(do_sample)
     seed = o.get("seed")
     if seed is not None:
-        seed = _int("seed", seed, 0)
+        seed = _int("seed", seed)
     out["seed"] = seed
     if out["repetition_penalty"] <= 0:
         raise ValueError(f"repetition_penalty must be > 0, got {out['repetition_penalty']}")

@@ -5,6 +5,10 @@ PyTorch ``state_dict`` names, so a file whose tensors do not match what its
 ``pali.config`` implies must fail at load, naming the tensor, not at the first
 matmul.  ``expected_parameter_shapes`` is that list; ``check_model_file`` checks a
 file's metadata, config, tensors and tokenizer against it (docs/onnx_format.md).
+``CONFIG_FIELDS`` is the config's table of fields (type, default, range), and
+``check_config`` applies it with the checks between fields, so that a file whose
+config would load into garbage (a zero std, a NaN epsilon, undefined position
+buckets) is refused at load, naming the field.
 
 No torch or onnx here: the file is read with the engine's own reader.
 """
@@ -14,10 +18,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import os
-from typing import Any, Dict, Mapping, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional, Tuple
 
-from .errors import ModelFileError
+import numpy as np
+
+from .errors import ModelFileError, short_repr
+from .image import RESAMPLE_NAMES
 
 #: The ``pali.format`` versions this package reads.
 FORMAT_VERSION = "1"
@@ -27,16 +36,6 @@ SUPPORTED_FORMATS = ("1",)
 META_FORMAT = "pali.format"
 META_CONFIG = "pali.config"
 META_TOKENIZER = "pali.tokenizer"
-
-#: Config fields the "pali" architecture needs (the rest of PaliConfig is optional here).
-REQUIRED_CONFIG_FIELDS = (
-    "architecture", "image_size", "patch_size", "num_channels", "image_mean", "image_std",
-    "vision_width", "vision_depth", "vision_heads", "vision_mlp_dim", "d_model", "d_kv",
-    "num_heads", "d_ff", "encoder_layers", "decoder_layers", "feed_forward_proj",
-    "relative_attention_num_buckets", "relative_attention_max_distance", "vocab_size",
-    "tie_word_embeddings", "pad_token_id", "eos_token_id", "decoder_start_token_id",
-    "max_prompt_tokens", "max_new_tokens",
-)
 
 #: dtypes a parameter may be stored in.
 FLOAT_DTYPES = ("float32", "float16", "bfloat16")
@@ -124,6 +123,194 @@ def expected_parameter_shapes(config: Any) -> Dict[str, Shape]:
     return shapes
 
 
+#: Bounds that keep every shape the config implies far inside 64-bit arithmetic
+#: (a product of any three sizes, or of two sequence lengths and a width, fits),
+#: and far beyond any real model.
+MAX_WIDTH = 1 << 20
+MAX_HEADS = 1 << 12
+MAX_HEAD_DIM = 1 << 16
+MAX_IMAGE_SIZE = 1 << 16
+MAX_PATCHES = 1 << 20
+MAX_LAYERS = 1 << 10
+MAX_BUCKETS = 1 << 16
+MAX_TOKENS = 1 << 20
+MAX_INT32 = (1 << 31) - 1
+
+#: The largest finite float32: the native engine holds config floats in float32.
+FLOAT32_MAX = 3.4028234663852886e38
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class ConfigField:
+    """One field of ``pali.config``.
+
+    ``kind``: "int" (a JSON integer, not a bool), "float" (a finite number that
+    stays finite as float32), "floats" (a list of such numbers), "bool" or "str".
+    ``default``: REQUIRED when the file must give it.  ``low``/``high``: the
+    inclusive range of an int; ``positive``: a float (or each float) must be > 0;
+    ``choices``: the strings a str may be.
+    """
+
+    name: str
+    kind: str
+    default: Any = REQUIRED
+    low: Optional[int] = None
+    high: Optional[int] = None
+    positive: bool = False
+    choices: Tuple[str, ...] = ()
+
+
+def _size(name: str, high: int, low: int = 1) -> ConfigField:
+    return ConfigField(name, "int", low=low, high=high)
+
+
+def _token_id(name: str, default: Any = REQUIRED) -> ConfigField:
+    # The upper bound is vocab_size (a relation, checked after the fields).
+    return ConfigField(name, "int", default, low=0, high=MAX_WIDTH - 1)
+
+
+#: Every field of the "pali" architecture's config (export/config.py writes all of
+#: them; the C++ PaliConfig reads all but resample), in the exporter's order.
+CONFIG_FIELDS: Tuple[ConfigField, ...] = (
+    ConfigField("architecture", "str", choices=("pali",)),
+    _size("image_size", MAX_IMAGE_SIZE),
+    _size("patch_size", MAX_IMAGE_SIZE),
+    # Images are preprocessed to RGB.
+    _size("num_channels", 3, low=3),
+    ConfigField("image_mean", "floats"),
+    ConfigField("image_std", "floats", positive=True),
+    ConfigField("resample", "str", "bilinear", choices=RESAMPLE_NAMES),
+    _size("vision_width", MAX_WIDTH),
+    _size("vision_depth", MAX_LAYERS),
+    _size("vision_heads", MAX_HEADS),
+    _size("vision_mlp_dim", MAX_WIDTH),
+    ConfigField("vision_layer_norm_eps", "float", 1e-6, positive=True),
+    _size("d_model", MAX_WIDTH),
+    _size("d_kv", MAX_HEAD_DIM),
+    _size("num_heads", MAX_HEADS),
+    _size("d_ff", MAX_WIDTH),
+    _size("encoder_layers", MAX_LAYERS),
+    _size("decoder_layers", MAX_LAYERS),
+    ConfigField("feed_forward_proj", "str", choices=("gated-gelu", "gated-silu")),
+    ConfigField("layer_norm_epsilon", "float", 1e-6, positive=True),
+    # T5's bucketing needs max_exact = num_buckets // 4 >= 1 in the bidirectional encoder.
+    _size("relative_attention_num_buckets", MAX_BUCKETS, low=4),
+    _size("relative_attention_max_distance", MAX_INT32),
+    _size("vocab_size", MAX_WIDTH),
+    ConfigField("tie_word_embeddings", "bool"),
+    _token_id("pad_token_id"),
+    _token_id("eos_token_id"),
+    _token_id("unk_token_id", 2),
+    _token_id("decoder_start_token_id"),
+    _size("max_prompt_tokens", MAX_TOKENS),
+    _size("max_new_tokens", MAX_TOKENS),
+)
+
+TOKEN_ID_FIELDS = ("pad_token_id", "eos_token_id", "unk_token_id", "decoder_start_token_id")
+
+
+def _describe(value: Any) -> str:
+    """A JSON value, shortly, for an error message (never the whole of a long or deep value)."""
+    if isinstance(value, list):
+        return f"a list of {len(value)} values"
+    if isinstance(value, dict):
+        return f"an object of {len(value)} fields"
+    return short_repr(value)
+
+
+def _as_float32_number(value: Any, what: str, positive: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{what} must be a number, got {_describe(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    with np.errstate(over="ignore"):
+        rounded = float(np.float32(number))
+    if not math.isfinite(rounded):
+        raise ValueError(f"{what} must be a finite number (float32), got {_describe(value)}")
+    if positive and not rounded > 0:
+        raise ValueError(f"{what} must be > 0, got {_describe(value)}")
+    return number
+
+
+def _check_field(field: ConfigField, value: Any) -> Any:
+    what = f"field {field.name!r}"
+    if field.kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{what} must be an integer, got {_describe(value)}")
+        if not field.low <= value <= field.high:
+            expected = str(field.low) if field.low == field.high else f"between {field.low} and {field.high}"
+            raise ValueError(f"{what} must be {expected}, got {_describe(value)}")
+        return int(value)
+    if field.kind == "float":
+        return _as_float32_number(value, what, field.positive)
+    if field.kind == "floats":
+        if not isinstance(value, list):
+            raise ValueError(f"{what} must be a list of numbers, got {_describe(value)}")
+        return [_as_float32_number(v, f"{what}[{i}]", field.positive) for i, v in enumerate(value)]
+    if field.kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{what} must be true or false, got {_describe(value)}")
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, got {_describe(value)}")
+    if field.choices and value not in field.choices:
+        raise ValueError(f"{what} must be one of {', '.join(map(repr, field.choices))}, got {_describe(value)}")
+    return value
+
+
+def _check_relations(c: Dict[str, Any]) -> None:
+    if c["image_size"] % c["patch_size"]:
+        raise ValueError(f"field 'image_size' ({c['image_size']}) must be a multiple of "
+                         f"patch_size ({c['patch_size']})")
+    patches = (c["image_size"] // c["patch_size"]) ** 2
+    if patches > MAX_PATCHES:
+        raise ValueError(f"fields 'image_size' and 'patch_size' give {patches} patches; at most {MAX_PATCHES}")
+    if c["vision_width"] % c["vision_heads"]:
+        raise ValueError(f"field 'vision_width' ({c['vision_width']}) must be a multiple of "
+                         f"vision_heads ({c['vision_heads']})")
+    for name in ("image_mean", "image_std"):
+        if len(c[name]) != c["num_channels"]:
+            raise ValueError(f"field {name!r} must have one value per channel ({c['num_channels']}), "
+                             f"got {len(c[name])}")
+    for channel, (mean, std) in enumerate(zip(c["image_mean"], c["image_std"])):
+        # Pixels in [0, 1] become (x - mean) / std, in float32.
+        if max(abs(mean), abs(1 - mean)) / std > FLOAT32_MAX:
+            raise ValueError(f"fields 'image_mean' and 'image_std' take channel {channel}'s pixels "
+                             "beyond float32's range")
+    for name in TOKEN_ID_FIELDS:
+        if c[name] >= c["vocab_size"]:
+            raise ValueError(f"field {name!r} ({c[name]}) must be below vocab_size ({c['vocab_size']})")
+    # T5's log-spaced buckets begin at max_exact = num_buckets // 2 in the causal
+    # decoder (num_buckets // 4 in the encoder) and divide by log(max_distance / max_exact).
+    max_exact = c["relative_attention_num_buckets"] // 2
+    if c["relative_attention_max_distance"] <= max_exact:
+        raise ValueError(f"field 'relative_attention_max_distance' ({c['relative_attention_max_distance']}) "
+                         f"must exceed relative_attention_num_buckets // 2 ({max_exact})")
+
+
+def check_config(config: Any) -> Dict[str, Any]:
+    """A ``pali.config`` object checked field by field and as a whole; returns every
+    field of CONFIG_FIELDS, normalised, with defaults filled in (unknown fields dropped).
+
+    Raises ValueError naming the field and what is wrong with it.
+    """
+    if not isinstance(config, dict):
+        raise ValueError(f"is not a JSON object, got {_describe(config)}")
+    if "architecture" in config and config["architecture"] != "pali":
+        raise ValueError(f"architecture {_describe(config['architecture'])} is not supported by this version "
+                         "(it reads 'pali')")
+    absent = [f.name for f in CONFIG_FIELDS if f.default is REQUIRED and f.name not in config]
+    if absent:
+        raise ValueError(f"lacks the field(s) {', '.join(absent)}")
+    checked = {f.name: _check_field(f, config.get(f.name, f.default)) for f in CONFIG_FIELDS}
+    _check_relations(checked)
+    return checked
+
+
 def _fmt(shape) -> str:
     return "[" + ", ".join(str(int(d)) for d in shape) + "]"
 
@@ -180,17 +367,15 @@ def parse_metadata(path: str, metadata: Mapping[str, str]) -> Tuple[Dict[str, An
         raise ModelFileError(f"{path}: no '{META_CONFIG}' metadata; not a pali-engine model")
     try:
         config = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ModelFileError(f"{path}: '{META_CONFIG}' metadata is not valid JSON: {error}") from None
-    if not isinstance(config, dict):
-        raise ModelFileError(f"{path}: '{META_CONFIG}' metadata is not a JSON object")
-    absent = [name for name in REQUIRED_CONFIG_FIELDS if name not in config]
-    if absent:
-        raise ModelFileError(f"{path}: '{META_CONFIG}' lacks the field(s) {', '.join(absent)}")
-    if config["architecture"] != "pali":
-        raise ModelFileError(
-            f"{path}: architecture {config['architecture']!r} is not supported by this version (it reads 'pali')"
-        )
+    except RecursionError:
+        raise ModelFileError(f"{path}: '{META_CONFIG}' metadata is nested too deeply to be a config") from None
+    except ValueError as error:  # JSONDecodeError, or an integer of more digits than Python converts
+        reason = str(error).split(";")[0][:100]
+        raise ModelFileError(f"{path}: '{META_CONFIG}' metadata is not valid JSON: {reason}") from None
+    try:
+        config = check_config(config)
+    except ValueError as error:
+        raise ModelFileError(f"{path}: '{META_CONFIG}' {error}") from None
     encoded = metadata.get(META_TOKENIZER)
     if not encoded:
         raise ModelFileError(f"{path}: no '{META_TOKENIZER}' metadata; the file carries no tokenizer")

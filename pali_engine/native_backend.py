@@ -15,7 +15,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from . import _native
-from .backend import Backend, OnToken
+from .backend import Backend, OnToken, check_threads
+from .errors import ModelFileError
 from .generation import GenerationOptions, Hypothesis
 
 #: Engine dtype -> storage of the weights in the native kernels (with int8, the
@@ -33,8 +34,7 @@ class NativeBackend(Backend):
                  dtype: str = "float32"):
         if dtype not in WEIGHT_FORMATS:
             raise ValueError(f"dtype must be one of {', '.join(WEIGHT_FORMATS)}, got {dtype!r}")
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        threads = check_threads(threads)
         if device != "cpu":
             core = _native.core_for(device)
             raise ValueError(f"device {device!r}: the native engine runs its models on the CPU only "
@@ -44,14 +44,21 @@ class NativeBackend(Backend):
         self.dtype = dtype
         self.threads = threads or 0
         # The model copies what it needs; the file is unmapped when it goes out of scope.
-        self._model = core.PaliModel(core.OnnxFile(self.path), self.config, WEIGHT_FORMATS[dtype], self.threads)
+        try:
+            self._model = core.PaliModel(core.OnnxFile(self.path), self.config, WEIGHT_FORMATS[dtype],
+                                         self.threads)
+        except ModelFileError:
+            raise
+        except ValueError as error:  # the arguments are checked above: what is left is the file's config
+            raise ModelFileError(f"{self.path}: the native engine refuses 'pali.config': {error}") from None
 
-    def logits(self, pixel_values: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray,
-               decoder_input_ids: np.ndarray) -> np.ndarray:
+    def _logits(self, pixel_values: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray,
+                decoder_input_ids: np.ndarray) -> np.ndarray:
         """The teacher-forced forward: float32[B, T, V], as the ONNX graph computes it."""
         return self._model.forward(pixel_values, input_ids, attention_mask, decoder_input_ids)
 
     def _native_options(self, options: GenerationOptions) -> dict:
+        # Every option is passed, so the native defaults (top_k 0 among them) never apply.
         out = {name: getattr(options, name) for name in _NATIVE_OPTIONS}
         out["seed"] = options.seed if options.seed is not None else int.from_bytes(os.urandom(8), "little")
         return out

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from . import generation
-from .backend import Backend
+from .backend import Backend, check_threads
 from .errors import ModelFileError
 
 INPUTS = ("pixel_values", "input_ids", "attention_mask", "decoder_input_ids")
@@ -52,8 +52,7 @@ class OrtBackend(Backend):
             raise ValueError(
                 f"the onnxruntime backend runs the file's float32 graph; dtype must be 'float32', got {dtype!r}"
             )
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        threads = check_threads(threads)
         super().__init__(path)
         ort = _import_onnxruntime()
         options = ort.SessionOptions()
@@ -76,8 +75,8 @@ class OrtBackend(Backend):
                 f"expected inputs {list(INPUTS)} and output {OUTPUT!r}"
             )
 
-    def logits(self, pixel_values: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray,
-               decoder_input_ids: np.ndarray) -> np.ndarray:
+    def _logits(self, pixel_values: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray,
+                decoder_input_ids: np.ndarray) -> np.ndarray:
         """The teacher-forced forward: float32[B, T, V]."""
         (out,) = self.session.run([OUTPUT], {
             "pixel_values": np.ascontiguousarray(pixel_values, np.float32),
@@ -91,7 +90,7 @@ class OrtBackend(Backend):
         px, ids, mask = (np.repeat(a, rows, axis=0) for a in (px, ids, mask))
 
         def step(decoder_input_ids: np.ndarray) -> np.ndarray:
-            return self.logits(px, ids, mask, decoder_input_ids)[:, -1, :]
+            return self._logits(px, ids, mask, decoder_input_ids)[:, -1, :]
 
         return step
 

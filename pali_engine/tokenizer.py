@@ -59,6 +59,11 @@ class Tokenizer:
         """text -> token ids, with eos appended (T5 convention) unless add_eos=False."""
         if not isinstance(text, str):
             raise ValueError(f"text must be a str, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(f"text is not valid Unicode: {text[error.start]!r} at index {error.start} "
+                             "is a lone surrogate") from None
         ids = list(self.sp.encode(text))
         if add_eos:
             ids.append(self.eos_id)
