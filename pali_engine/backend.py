@@ -9,6 +9,7 @@ errors and returns the same results.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import os
 import queue
@@ -236,8 +237,9 @@ class Backend:
                 shown = text
             return True
 
-        for piece in self._search_streaming(pixels, ids, mask, opts, on_token, pending):
-            yield piece
+        with contextlib.closing(self._search_streaming(pixels, ids, mask, opts, on_token, pending)) as pieces:
+            for piece in pieces:
+                yield piece
         text = self.tokenizer.decode(tokens)
         if text != shown and text.startswith(shown):
             yield text[len(shown):]
@@ -247,12 +249,17 @@ class Backend:
         pieces: "queue.Queue" = queue.Queue()
         finished = object()
         failure: list = []
+        # Set when the consumer stops early (breaks out, or drops the iterator):
+        # the search then stops at its next token instead of running to the end.
+        cancelled = threading.Event()
 
         def forward_token(request: int, token: int) -> bool:
+            if cancelled.is_set():
+                return False
             on_token(request, token)
             while pending:
                 pieces.put(pending.pop(0))
-            return True
+            return not cancelled.is_set()
 
         def run():
             try:
@@ -264,12 +271,15 @@ class Backend:
 
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
-        while True:
-            piece = pieces.get()
-            if piece is finished:
-                break
-            yield piece
-        worker.join()
+        try:
+            while True:
+                piece = pieces.get()
+                if piece is finished:
+                    break
+                yield piece
+        finally:
+            cancelled.set()
+            worker.join()
         if failure:
             raise failure[0]
 

@@ -3,7 +3,7 @@
 Why: the onnxruntime backend generates with these, and they are the reference
 the native engine's search is checked against, so they are written for
 clarity, one row at a time where that is clearer, with the semantics of
-``transformers.generate`` (4.x ``BeamSearchScorer``; see docs/onnx_format.md):
+``transformers.generate`` (5.x; see docs/onnx_format.md):
 
 * ``step(decoder_input_ids int64[N, t]) -> float[N, V]``: the scores of the
   next token after each row (raw logits, or log-probs: log_softmax is applied
@@ -16,7 +16,9 @@ clarity, one row at a time where that is clearer, with the semantics of
 * beam search: processors on the log-probs; each step takes the top 2K of
   K x V continuations; an eos within the top K ends a hypothesis scored
   ``sum_logprobs / generated_len ** length_penalty`` (generated_len counts the
-  eos); ``early_stopping`` True / False / "never" as in transformers.  Score:
+  eos); ``early_stopping`` True / False / "never" as in transformers, the
+  bound on what a running beam can still reach taken from the best running
+  beam (transformers >= 4.50), not from the step's best candidate.  Score:
   that normalised score.
 * processors see the whole decoder sequence, start token included (as
   transformers does for encoder-decoder models).
@@ -301,22 +303,31 @@ def _trim(tokens: Sequence[int], eos_id: int) -> List[int]:
 
 def greedy(step: StepFn, batch_size: int, options: GenerationOptions, *,
            start_id: int, eos_id: int, pad_id: int, on_token=None) -> List[List[Hypothesis]]:
-    """Greedy search or sampling; ``on_token(input index, token)`` is called for each new token but eos."""
+    """Greedy search or sampling; ``on_token(input index, token)`` is called for each new token but eos.
+
+    A row whose ``on_token`` returns False stops there (its tokens so far, as the native engine does).
+    """
     R = rows_per_input(options)
     N = batch_size * R
     columns = []
     total = np.zeros(N)
     live = np.ones(N, dtype=bool)
+    stopped_at = np.full(N, -1)
+    stopped_total = np.zeros(N)
     for nxt, finished, total in iter_greedy(step, batch_size, options, start_id=start_id, eos_id=eos_id,
                                             pad_id=pad_id):
         columns.append(nxt)
         if on_token is not None:
             for r in np.flatnonzero(live & (nxt != eos_id)):
-                on_token(int(r) // R, int(nxt[r]))
-        live = ~finished
+                if on_token(int(r) // R, int(nxt[r])) is False:
+                    stopped_at[r], stopped_total[r] = len(columns), total[r]
+        live = ~finished & (stopped_at < 0)
+        if not live.any():
+            break
     seqs = np.stack(columns, axis=1) if columns else np.zeros((N, 0), np.int64)
-    return [[Hypothesis(_trim(seqs[b * R + j], eos_id), float(total[b * R + j])) for j in range(R)]
-            for b in range(batch_size)]
+    total = np.where(stopped_at >= 0, stopped_total, total)
+    return [[Hypothesis(_trim(seqs[r, : stopped_at[r]] if stopped_at[r] >= 0 else seqs[r], eos_id), float(total[r]))
+             for r in range(b * R, (b + 1) * R)] for b in range(batch_size)]
 
 
 # --------------------------------------------------------------------------
@@ -400,7 +411,8 @@ def beam_search(step: StepFn, batch_size: int, options: GenerationOptions, *,
                     n += 1
                 if n == K:
                     break
-            done[b] = hyps[b].is_done(float(top_s[b].max()), s + 1)
+            # The bound is the best running beam (transformers >= 4.50), not the best candidate.
+            done[b] = hyps[b].is_done(float(new_scores[b, 0]), s + 1)
         src = new_src.reshape(-1)
         seqs = np.concatenate([seqs[src], new_tok.reshape(-1, 1)], axis=1)
         beam_scores = new_scores.reshape(-1)
