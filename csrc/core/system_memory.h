@@ -10,6 +10,8 @@
 #include <cstdio>
 #include <cstring>
 
+#include "core/error.h"
+
 namespace pali {
 
 // Bytes of physical memory, or 0 when the system does not say.
@@ -57,6 +59,20 @@ inline double available_memory_bytes() {
     available = available < 0 ? remaining : std::min(available, remaining);
   }
   return available >= 0 ? available : physical_memory_bytes();
+}
+
+// Throws OutOfMemory (the caller's message, then how much is available) when
+// `bytes` will not fit in the memory left. Requests below a small size are let
+// through without reading /proc (a read costs about as much as a decode step of
+// a small model); an allocation that size that still fails is a bad_alloc.
+template <typename Message>
+void require_available_memory(double bytes, Message&& message) {
+  constexpr double kAlwaysAllowed = 256.0 * (1 << 20);
+  if (bytes < kAlwaysAllowed) return;
+  const double available = available_memory_bytes();
+  if (available > 0 && bytes > available)
+    throw OutOfMemory(str_cat(message(), " would take ", bytes / (1 << 30), " GiB; this machine has ",
+                              available / (1 << 30), " GiB available"));
 }
 
 }  // namespace pali

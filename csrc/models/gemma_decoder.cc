@@ -158,11 +158,10 @@ GemmaState GemmaDecoder::start(float* x, int64_t requests, int64_t prompt_len, c
   const int64_t layers = static_cast<int64_t>(layers_.size()), rows = requests * beams;
   const double cache_bytes = sizeof(float) * 2.0 * kv_width * layers *
                              (static_cast<double>(requests) * prompt_len + static_cast<double>(rows) * capacity);
-  const double available = available_memory_bytes();
-  if (available > 0 && cache_bytes > available)
-    throw OutOfMemory(str_cat("the key/value caches for ", requests, " request(s) x ", beams, " row(s) x ",
-                              capacity, " tokens (max_new_tokens) would take ", cache_bytes / (1 << 30),
-                              " GiB; this machine has ", available / (1 << 30), " GiB available"));
+  require_available_memory(cache_bytes, [&] {
+    return str_cat("the key/value caches for ", requests, " request(s) x ", beams, " row(s) x ", capacity,
+                   " tokens (max_new_tokens)");
+  });
   GemmaState st;
   st.requests = requests;
   st.beams = beams;

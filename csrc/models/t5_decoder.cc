@@ -48,12 +48,10 @@ DecoderState T5Decoder::start(const float* memory, const int32_t* mask, int64_t 
   const int64_t inner = config_.inner_dim(), heads = config_.num_heads;
   const double cache_bytes = sizeof(float) * 2.0 * static_cast<double>(inner) * static_cast<double>(layers_.size()) *
                              (static_cast<double>(requests) * beams * capacity + static_cast<double>(requests) * enc_len);
-  const double available = available_memory_bytes();
-  if (available > 0 && cache_bytes > available)
-    throw OutOfMemory(str_cat("the decoder's key/value caches for ", requests, " request(s) x ", beams,
-                              " beam(s) x ", capacity, " tokens (max_new_tokens) would take ",
-                              cache_bytes / (1 << 30), " GiB; this machine has ", available / (1 << 30),
-                              " GiB available"));
+  require_available_memory(cache_bytes, [&] {
+    return str_cat("the decoder's key/value caches for ", requests, " request(s) x ", beams, " beam(s) x ",
+                   capacity, " tokens (max_new_tokens)");
+  });
   DecoderState s;
   s.requests = requests;
   s.beams = beams;
