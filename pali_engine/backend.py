@@ -167,11 +167,14 @@ class Backend:
             mask[b, : len(s)] = 1
         return ids, mask
 
+    #: How an image that is not square becomes square ("pad" or "stretch"; Engine.load(resize=...)).
+    resize = "pad"
+
     def pixel_values(self, images: Sequence[Any]) -> np.ndarray:
         """Images -> float32[B, C, S, S], resized and normalized as the config says."""
         c = self.config
         return np.stack([preprocess(im, c["image_size"], c["image_mean"], c["image_std"],
-                                    c.get("resample", "bilinear")) for im in images])
+                                    c.get("resample", "bilinear"), self.resize) for im in images])
 
     # ---- generation ----
     def _search(self, pixel_values: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray,

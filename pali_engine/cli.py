@@ -102,9 +102,9 @@ def _run_add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--draw", metavar="OUT.png", help="draw the boxes of a detect answer on the image")
     parser.add_argument("--vae", metavar="vae-oid.npz",
                         help="PaliGemma: big_vision's mask decoder weights, to draw segmentation masks")
-    parser.add_argument("--resize", default="pad", choices=("pad", "stretch"),
-                        help="how a non-square image becomes square: pad with its border colour (default), "
-                             "or stretch")
+    parser.add_argument("--resize", default=None, choices=("pad", "stretch"),
+                        help="how a non-square image becomes square: pad with its border colour, or stretch "
+                             "(default: the model's convention, pad for the bundled model)")
 
 
 def _run_run(args: argparse.Namespace) -> int:
@@ -116,11 +116,10 @@ def _run_run(args: argparse.Namespace) -> int:
         except FileNotFoundError as error:
             print(f"pali-engine run: {error}", file=sys.stderr)
             return 2
-    engine = Engine.load(args.model, backend=args.backend, dtype=args.dtype, threads=args.threads)
-    image = args.image
-    if args.resize == "stretch":
-        image = _stretched(image, engine.config)
-    result = engine.generate(image, args.prompt, num_beams=args.beams, max_new_tokens=args.max_new_tokens)
+    engine = Engine.load(args.model, backend=args.backend, dtype=args.dtype, threads=args.threads,
+                         resize=args.resize)
+    args.resize = engine._backend.resize
+    result = engine.generate(args.image, args.prompt, num_beams=args.beams, max_new_tokens=args.max_new_tokens)
     # The answer first: a failure to draw must not lose it.
     if args.json:
         print(json.dumps({"text": result.text, "tokens": result.tokens, "score": result.score,
@@ -145,13 +144,6 @@ def _draw_paligemma(args: argparse.Namespace, answer: str) -> int:
         return 1
     print(f"pali-engine run: drew {count} object{'s' if count != 1 else ''} on {args.draw}", file=sys.stderr)
     return 0
-
-
-def _stretched(path: str, config: dict):
-    """The image at ``path`` stretched to the model's square input, as ``resize="stretch"`` does."""
-    from .image import fit_to_input
-
-    return fit_to_input(path, config["image_size"], config.get("resample", "bilinear"), resize="stretch")
 
 
 def _draw(args: argparse.Namespace, answer: str) -> int:

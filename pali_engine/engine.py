@@ -45,6 +45,7 @@ class Engine:
         device: str = "cpu",
         dtype: str = "float32",
         threads: int | None = None,
+        resize: str | None = None,
     ) -> "Engine":
         """Opens a model file (the bundled default model when ``path`` is None).
 
@@ -54,6 +55,12 @@ class Engine:
         row at run time, multiplied in integers: the fastest, with AVX-512 VNNI
         where the CPU has it; held-out scores of the bundled model within one
         point of float32). ``threads``: None for all cores.
+
+        ``resize``: how an image that is not square becomes the model's square
+        input: ``"pad"`` (centred on its border colour; the default of "pali"
+        models, whose training images are square scenes) or ``"stretch"`` (the
+        only choice, and the default, of "paligemma" models, trained on
+        stretched images as transformers' processor makes them).
 
         The file's architecture picks the model: "pali" (the bundled kind) or
         "paligemma" (PaliGemma 1 and 2 converted with ``pali-engine convert``;
@@ -71,7 +78,13 @@ class Engine:
         from .model_file import inspect
         from .paligemma_spec import file_architecture
 
+        from .image import RESIZE_MODES
+
+        if resize is not None and resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
         if file_architecture(inspect(path)["metadata"]) == "paligemma":
+            if resize not in (None, "stretch"):
+                raise ValueError("a 'paligemma' model takes stretched images (resize='stretch'), as it was trained")
             if backend != "native":
                 raise ValueError(
                     "the onnxruntime backend does not generate for 'paligemma' files yet; use the native "
@@ -88,6 +101,8 @@ class Engine:
             from .native_backend import NativeBackend
 
             impl = NativeBackend(path, device=device, threads=threads, dtype=dtype)
+        if resize is not None:
+            impl.resize = resize
         engine = cls(path, impl.config, backend, device, dtype)
         engine._backend = impl
         return engine

@@ -28,6 +28,9 @@ WEIGHT_FORMATS = {"float32": "f32", "float16": "f16", "int8": "i8"}
 class PaliGemmaBackend(Backend):
     """A "paligemma" file on the engine's own kernels (CPU)."""
 
+    #: PaliGemma's processor stretches every image to the square input.
+    resize = "stretch"
+
     def __init__(self, path: str | os.PathLike, *, device: str = "cpu", threads: Optional[int] = None,
                  dtype: str = "float32"):
         if dtype not in WEIGHT_FORMATS:

@@ -170,3 +170,15 @@ def test_a_named_pipe_is_refused_without_waiting(tmp_path):
         pytest.fail("reading a named pipe as an image hung")
     assert done.returncode == 0, done.stderr
     assert "named pipe" in done.stdout
+
+
+def test_engine_load_resize_chooses_how_a_wide_image_becomes_square():
+    from pali_engine import Engine
+
+    wide = np.zeros((30, 90, 3), np.uint8)
+    wide[:, 30:60] = 255
+    padded = Engine.load()._backend.pixel_values([wide])
+    stretched = Engine.load(resize="stretch")._backend.pixel_values([wide])
+    assert not np.array_equal(padded, stretched)
+    with pytest.raises(ValueError, match="resize"):
+        Engine.load(resize="crop")
