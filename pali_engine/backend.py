@@ -62,6 +62,22 @@ def _check_token_ids(ids: np.ndarray, name: str, vocab_size: int) -> None:
         raise ValueError(f"{name} must be token ids in [0, {vocab_size}), got {bad}")
 
 
+def image_size(image) -> Optional[Tuple[int, int]]:
+    """(width, height) of an accepted image (a path's header is read again), or None."""
+    if isinstance(image, np.ndarray) and image.ndim >= 2:
+        return int(image.shape[1]), int(image.shape[0])
+    if isinstance(image, (str, os.PathLike)):
+        from PIL import Image
+
+        try:
+            with Image.open(os.fspath(image)) as picture:
+                return picture.size
+        except OSError:
+            return None
+    size = getattr(image, "size", None)
+    return tuple(size) if isinstance(size, tuple) and len(size) == 2 else None
+
+
 def as_batch(image, prompt) -> Tuple[list, list, bool]:
     """(images, prompts, batched): a single value is broadcast against a list of the other."""
     image_list = isinstance(image, (list, tuple))
@@ -197,11 +213,21 @@ class Backend:
         timings = {"preprocess_ms": (prepared - start) * 1e3, **timings,
                    "generate_ms": (done - prepared) * 1e3, "total_ms": (done - start) * 1e3}
         results = []
-        for per_input in hypotheses:
-            rs = [GenerationResult(self.tokenizer.decode(h.tokens), list(h.tokens), float(h.score), dict(timings))
-                  for h in per_input]
+        for image_of, per_input in zip(images, hypotheses):
+            size = image_size(image_of)
+            rs = [GenerationResult(self.tokenizer.decode(h.tokens), list(h.tokens), float(h.score), dict(timings),
+                                   size, self.parse_objects) for h in per_input]
             results.append(rs if opts.num_return_sequences > 1 else rs[0])
         return results if batched else results[0]
+
+    def parse_objects(self, text: str, image_size: Tuple[int, int]) -> list:
+        """The boxes of a detection answer in the image's pixels (``GenerationResult.objects``)."""
+        from .detection import parse_detections
+        from .segmentation import SegmentedObject
+
+        width, height = image_size
+        return [SegmentedObject((x0 * width, y0 * height, x1 * width, y1 * height), label, None)
+                for (x0, y0, x1, y1), label in parse_detections(text, image_size, self.resize)]
 
     def stream(self, image, prompt, **options) -> Iterator[str]:
         """Yields pieces of text as they are generated (one image, one prompt).

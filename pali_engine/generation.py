@@ -30,7 +30,7 @@ import dataclasses
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -79,9 +79,20 @@ class GenerationResult:
     tokens: List[int]
     score: float
     timings: Dict[str, float] = field(default_factory=dict)
+    #: (width, height) of the input image, for ``objects``.
+    image_size: Optional[Tuple[int, int]] = None
+    _parse_objects: Optional[Callable] = field(default=None, repr=False, compare=False)
 
     def __str__(self) -> str:
         return self.text
+
+    @property
+    def objects(self) -> list:
+        """The boxes of a detection or segmentation answer, in the input image's pixels:
+        ``pali_engine.segmentation.SegmentedObject`` (box x0, y0, x1, y1; label; mask codes or None)."""
+        if self._parse_objects is None or self.image_size is None:
+            return []
+        return self._parse_objects(self.text, self.image_size)
 
 
 #: Ranges of the integer options, inclusive: what the native engine holds (int64 counts,

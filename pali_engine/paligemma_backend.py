@@ -84,6 +84,12 @@ class PaliGemmaBackend(Backend):
         """Images -> float32[B, 3, S, S] exactly as SiglipImageProcessor makes them."""
         return np.stack([self.processor.preprocess_image(image) for image in images])
 
+    def parse_objects(self, text: str, image_size: Tuple[int, int]) -> list:
+        """The objects of a detection or segmentation answer (boxes in the image's pixels, mask codes)."""
+        from .segmentation import parse_segmentation
+
+        return parse_segmentation(text, image_size)
+
     # ---- the model ----
     def logits(self, pixel_values, input_ids, attention_mask, token_type_ids) -> np.ndarray:
         """Teacher-forced logits float32[B, L, V]; token_type_ids: 0 for the prefix, 1 for the suffix."""

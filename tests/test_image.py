@@ -182,3 +182,18 @@ def test_engine_load_resize_chooses_how_a_wide_image_becomes_square():
     assert not np.array_equal(padded, stretched)
     with pytest.raises(ValueError, match="resize"):
         Engine.load(resize="crop")
+
+
+def test_detection_results_carry_their_boxes_in_image_pixels():
+    from pali_engine import Engine
+    from pali_engine.detection import parse_detections
+
+    engine = Engine.load()
+    shapes = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "shapes.png")
+    picture = Image.open(shapes).convert("RGB").resize((128, 128))
+    result = engine.generate(picture, "detect circle ; star")
+    expected = parse_detections(result.text, (128, 128))
+    assert [o.label for o in result.objects] == [label for _, label in expected] == ["circle", "star"]
+    for obj, ((x0, y0, x1, y1), _) in zip(result.objects, expected):
+        assert obj.box == pytest.approx((x0 * 128, y0 * 128, x1 * 128, y1 * 128))
+    assert engine.generate(picture, "caption en").objects == []

@@ -289,3 +289,17 @@ def test_draw_objects_marks_boxes_and_masks(tmp_path):
                         MaskDecoder(random_params())) == 1
     drawn = np.asarray(Image.open(out))
     assert drawn.shape == (100, 200, 3) and drawn[25:75, 25:100].any() and not drawn[:, 110:].any()
+
+
+def test_paligemma_results_parse_their_objects(converted):
+    from pali_engine.generation import GenerationResult
+    from pali_engine.paligemma_backend import PaliGemmaBackend
+
+    _, _, path = converted
+    backend = PaliGemmaBackend(path)
+    seg = "".join(f"<seg{c:03d}>" for c in range(16))
+    result = GenerationResult(f"<loc0256><loc0128><loc0768><loc0512>{seg} cat", [], 0.0, {}, (200, 100),
+                              backend.parse_objects)
+    [cat] = result.objects
+    assert cat.label == "cat" and cat.codes == list(range(16))
+    assert cat.box == pytest.approx((25.0, 25.0, 100.0, 75.0))
