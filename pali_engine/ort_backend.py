@@ -15,6 +15,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from . import generation
+from ._shutdown import native_call
 from .backend import Backend, check_threads
 from .errors import ModelFileError
 
@@ -78,12 +79,14 @@ class OrtBackend(Backend):
     def _logits(self, pixel_values: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray,
                 decoder_input_ids: np.ndarray) -> np.ndarray:
         """The teacher-forced forward: float32[B, T, V]."""
-        (out,) = self.session.run([OUTPUT], {
+        feeds = {
             "pixel_values": np.ascontiguousarray(pixel_values, np.float32),
             "input_ids": np.ascontiguousarray(input_ids, np.int64),
             "attention_mask": np.ascontiguousarray(attention_mask, np.int64),
             "decoder_input_ids": np.ascontiguousarray(decoder_input_ids, np.int64),
-        })
+        }
+        with native_call("onnxruntime"):
+            (out,) = self.session.run([OUTPUT], feeds)
         return out
 
     def _step_fn(self, px, ids, mask, rows: int):

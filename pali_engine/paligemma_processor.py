@@ -29,6 +29,8 @@ import numpy as np
 import sentencepiece as spm
 from PIL import Image
 
+from ._shutdown import native_call
+
 IMAGE_TOKEN = "<image>"
 #: The added tokens the Hugging Face tokenizer matches in text before SentencePiece runs.
 _SPECIAL_PATTERN = re.compile(r"<image>|<bos>|<eos>|<pad>|<unk>|<mask>|<loc\d{4}>|<seg\d{3}>")
@@ -124,6 +126,10 @@ class PaliGemmaProcessor:
 
     def tokenize(self, text: str) -> List[int]:
         """Text -> ids: special tokens by id, the text between them SentencePiece-encoded as is."""
+        with native_call("sentencepiece"):
+            return self._tokenize(text)
+
+    def _tokenize(self, text: str) -> List[int]:
         ids: List[int] = []
         start = 0
         for match in _SPECIAL_PATTERN.finditer(text):

@@ -13,6 +13,8 @@ from typing import Iterable, List, Sequence, Union
 
 import sentencepiece as spm
 
+from ._shutdown import native_call
+
 
 class Tokenizer:
     """Wraps a SentencePiece model given as a file path or the model bytes."""
@@ -35,6 +37,7 @@ class Tokenizer:
         self.pad_id = pad_id
         self.eos_id = eos_id
         self.unk_id = self.sp.unk_id()
+        self._pieces = self.sp.get_piece_size()
 
     @classmethod
     def from_file(cls, path) -> "Tokenizer":
@@ -64,7 +67,8 @@ class Tokenizer:
         except UnicodeEncodeError as error:
             raise ValueError(f"text is not valid Unicode: {text[error.start]!r} at index {error.start} "
                              "is a lone surrogate") from None
-        ids = list(self.sp.encode(text))
+        with native_call("sentencepiece"):
+            ids = list(self.sp.encode(text))
         if add_eos:
             ids.append(self.eos_id)
         return ids
@@ -79,7 +83,7 @@ class Tokenizer:
         beyond it) are skipped too.
         """
         out = []
-        pieces = self.sp.get_piece_size()
+        pieces = self._pieces
         for i in ids:
             i = int(i)
             if i == self.eos_id:
@@ -87,10 +91,13 @@ class Tokenizer:
             if i == self.pad_id or not 0 <= i < pieces:
                 continue
             out.append(i)
-        return self.sp.decode(out)
+        with native_call("sentencepiece"):
+            return self.sp.decode(out)
 
     def id_to_piece(self, i: int) -> str:
-        return self.sp.id_to_piece(int(i))
+        with native_call("sentencepiece"):
+            return self.sp.id_to_piece(int(i))
 
     def piece_to_id(self, piece: str) -> int:
-        return self.sp.piece_to_id(piece)
+        with native_call("sentencepiece"):
+            return self.sp.piece_to_id(piece)

@@ -50,10 +50,20 @@ def test_the_installed_copy_is_used_when_the_source_folder_shadows_it(tmp_path):
     assert str(site / "pali_engine") in done.stderr
 
 
+def _dependencies_only(folder) -> str:
+    """A folder with the runtime's dependencies (links into site-packages) and no pali_engine,
+    which site-packages itself holds after a non-editable install."""
+    os.makedirs(folder)
+    for name in os.listdir(SITE_PACKAGES):
+        if name.split(".")[0].lower() in ("numpy", "pil", "pillow", "sentencepiece") or name.endswith(".libs"):
+            os.symlink(os.path.join(SITE_PACKAGES, name), os.path.join(folder, name))
+    return str(folder)
+
+
 def test_a_source_folder_with_nothing_installed_explains_itself(tmp_path):
     checkout = tmp_path / "checkout"
     _copy_python_files(str(checkout / "pali_engine"))
-    done = _import_in_checkout(str(checkout), [SITE_PACKAGES])
+    done = _import_in_checkout(str(checkout), [_dependencies_only(tmp_path / "dependencies")])
     assert done.returncode == 1
     last_line = done.stderr.strip().splitlines()[-1]
     assert last_line.startswith("ImportError: pali_engine in ") and "has no compiled module _core" in last_line

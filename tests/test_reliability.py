@@ -84,6 +84,26 @@ EXIT_SCRIPTS = {
         threading.Thread(target=work, daemon=True).start()
         time.sleep(0.2)
     """,
+    "a daemon thread tokenizing at exit": """
+        import threading, time
+        from pali_engine import Engine
+        engine = Engine.load()
+        def work():
+            while True:
+                engine.tokenizer.decode(engine.tokenizer.encode("caption en " * 50))
+        threading.Thread(target=work, daemon=True).start()
+        time.sleep(0.2)
+    """,
+    "a daemon thread on the onnxruntime backend at exit": """
+        import threading, time
+        from pali_engine import Engine
+        engine = Engine.load(backend="onnxruntime")
+        def work():
+            while True:
+                engine.generate({image!r}, "caption en", max_new_tokens=8)
+        threading.Thread(target=work, daemon=True).start()
+        time.sleep(0.5)
+    """,
     "a daemon thread loading a model at exit": """
         import threading, time
         from pali_engine import Engine
