@@ -309,17 +309,23 @@ def validation_cases(config):
     ]
 
 
-def compare_logits(path: str, model, threads: Optional[int] = None) -> float:
-    """Max abs error of onnxruntime (running ``path``) vs ``model`` on the validation cases."""
+def check_session(path: str, threads: Optional[int] = None):
+    """An onnxruntime CPU session for an exporter's self-check: quiet, threads not spinning."""
     import onnxruntime as ort
-    import torch
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = threads
-    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+def compare_logits(path: str, model, threads: Optional[int] = None) -> float:
+    """Max abs error of onnxruntime (running ``path``) vs ``model`` on the validation cases."""
+    import torch
+
+    session = check_session(path, threads)
     worst = 0.0
     for batch, lens, dec_len, seed in validation_cases(model.config):
         px, ids, mask, dec = _dummy_inputs(model.config, batch, lens, dec_len, seed)

@@ -246,15 +246,11 @@ def _rounded(model, dtype: str):
 
 def compare_logits(path: str, model, threads: Optional[int] = None) -> float:
     """Max abs error of onnxruntime running ``path`` vs ``model`` on VALIDATION_CASES (real tokens only)."""
-    import onnxruntime as ort
     import torch
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    from ..onnx_export import check_session
+
+    session = check_session(path, threads)
     worst = 0.0
     for prompts, suffixes, seed in VALIDATION_CASES:
         inputs = sample_inputs(model.config, prompts, suffixes, seed)
