@@ -81,6 +81,14 @@ PaliGemmaConfig paligemma_config_from_dict(const py::dict& d) {
 }
 
 using I64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+void check_pixels(const PaliGemmaConfig& c, const F32Array& pixels) {
+  PALI_CHECK_ARG(pixels.ndim() == 4 && pixels.shape(1) == c.vision.num_channels &&
+                     pixels.shape(2) == c.vision.image_size && pixels.shape(3) == c.vision.image_size,
+                 "pixel_values must be [batch, ", c.vision.num_channels, ", ", c.vision.image_size, ", ",
+                 c.vision.image_size, "]");
+}
 
 }  // namespace
 
@@ -103,14 +111,11 @@ void bind_paligemma(py::module_& m) {
           [](const PaliGemmaModel& self, const py::array& pixel_values, const py::array& input_ids,
              const py::array& attention_mask, const py::array& token_type_ids, int threads) {
             const PaliGemmaConfig& c = self.config();
-            auto pixels = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(pixel_values);
+            auto pixels = F32Array::ensure(pixel_values);
             auto ids = I64Array::ensure(input_ids), mask = I64Array::ensure(attention_mask),
                  types = I64Array::ensure(token_type_ids);
             PALI_CHECK_ARG(pixels && ids && mask && types, "forward: the inputs must be numeric arrays");
-            PALI_CHECK_ARG(pixels.ndim() == 4 && pixels.shape(1) == c.vision.num_channels &&
-                               pixels.shape(2) == c.vision.image_size && pixels.shape(3) == c.vision.image_size,
-                           "pixel_values must be [batch, ", c.vision.num_channels, ", ", c.vision.image_size, ", ",
-                           c.vision.image_size, "]");
+            check_pixels(c, pixels);
             PALI_CHECK_ARG(ids.ndim() == 2 && ids.shape(0) == pixels.shape(0), "input_ids must be [batch, length]");
             for (const auto* a : {&mask, &types})
               PALI_CHECK_ARG(a->ndim() == 2 && a->shape(0) == ids.shape(0) && a->shape(1) == ids.shape(1),
@@ -131,13 +136,10 @@ void bind_paligemma(py::module_& m) {
           [](const PaliGemmaModel& self, const py::array& pixel_values, const py::array& input_ids,
              const py::array& attention_mask, const py::dict& options, const py::object& on_token, int threads) {
             const PaliGemmaConfig& c = self.config();
-            auto pixels = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(pixel_values);
+            auto pixels = F32Array::ensure(pixel_values);
             auto ids = I64Array::ensure(input_ids), mask = I64Array::ensure(attention_mask);
             PALI_CHECK_ARG(pixels && ids && mask, "generate: the inputs must be numeric arrays");
-            PALI_CHECK_ARG(pixels.ndim() == 4 && pixels.shape(1) == c.vision.num_channels &&
-                               pixels.shape(2) == c.vision.image_size && pixels.shape(3) == c.vision.image_size,
-                           "pixel_values must be [batch, ", c.vision.num_channels, ", ", c.vision.image_size, ", ",
-                           c.vision.image_size, "]");
+            check_pixels(c, pixels);
             PALI_CHECK_ARG(ids.ndim() == 2 && ids.shape(0) == pixels.shape(0) && mask.ndim() == 2 &&
                                mask.shape(0) == ids.shape(0) && mask.shape(1) == ids.shape(1),
                            "input_ids and attention_mask must be [batch, length] with the batch of pixel_values");

@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "core/system_memory.h"
+#include "models/cache_reorder.h"
 #include "ops/activations.h"
 #include "ops/attention.h"
 #include "ops/rms_norm.h"
@@ -75,8 +76,7 @@ void GemmaDecoder::finish_layer(const Layer& l, float* x, int64_t rows, const Sc
   if (config_.gemma2()) {
     linear(s.attn, rows, l.o, s.sub);
     rms_norm(s.sub, rows, d, l.post_attention_norm.data<float>(), eps, s.sub);
-    for (int64_t i = 0; i < rows * d; ++i) x[i] += s.sub[i];
-    rms_norm(x, rows, d, l.pre_ffn_norm.data<float>(), eps, s.h);
+    add_rms_norm(x, s.sub, rows, d, l.pre_ffn_norm.data<float>(), eps, s.h);
   } else {
     linear(s.attn, rows, l.o, x, /*accumulate=*/true);
     rms_norm(x, rows, d, l.post_attention_norm.data<float>(), eps, s.h);
@@ -265,19 +265,9 @@ void GemmaDecoder::step(GemmaState& st, const float* embeddings, float* logits) 
 }
 
 void GemmaDecoder::reorder(GemmaState& st, const int64_t* source) const {
-  bool identity = true;
-  for (int64_t r = 0; r < st.rows; ++r) identity &= source[r] == r;
-  if (identity || st.generated == 0) return;
-  const int64_t kv_width = config_.num_key_value_heads * config_.head_dim;
-  const int64_t used = st.generated * 2 * kv_width, row_floats = st.capacity * 2 * kv_width;
-  st.reorder_scratch.resize(st.rows * used);
-  for (auto& cache : st.own_kv) {
-    float* scratch = st.reorder_scratch.data();
-    for (int64_t r = 0; r < st.rows; ++r)
-      std::memcpy(scratch + r * used, cache.data() + source[r] * row_floats, used * sizeof(float));
-    for (int64_t r = 0; r < st.rows; ++r)
-      std::memcpy(cache.data() + r * row_floats, scratch + r * used, used * sizeof(float));
-  }
+  const int64_t row_floats = 2 * config_.num_key_value_heads * config_.head_dim;
+  reorder_cache_rows(st.own_kv, st.rows, st.capacity * row_floats, st.generated * row_floats, source,
+                     st.reorder_scratch);
 }
 
 }  // namespace pali

@@ -5,6 +5,7 @@
 
 #include "core/parallel.h"
 #include "core/system_memory.h"
+#include "models/cache_reorder.h"
 #include "ops/attention.h"
 #include "ops/position_bucket.h"
 #include "ops/rms_norm.h"
@@ -167,23 +168,8 @@ void T5Decoder::step(DecoderState& s, const int64_t* tokens, int64_t q_len, floa
 }
 
 void T5Decoder::reorder(DecoderState& s, const int64_t* source) const {
-  bool identity = true;
-  for (int64_t r = 0; r < s.rows; ++r) identity &= source[r] == r;
-  if (identity) return;
-  const int64_t inner = config_.inner_dim();
-  const int64_t row_floats = s.length * 2 * inner, batch_floats = s.capacity * 2 * inner;
-  s.reorder_scratch.resize(s.rows * row_floats);
-  for (auto& cache : s.self_kv) {
-    float* scratch = s.reorder_scratch.data();
-    parallel_for(0, s.rows, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r)
-        std::memcpy(scratch + r * row_floats, cache.data() + source[r] * batch_floats, row_floats * sizeof(float));
-    });
-    parallel_for(0, s.rows, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r)
-        std::memcpy(cache.data() + r * batch_floats, scratch + r * row_floats, row_floats * sizeof(float));
-    });
-  }
+  const int64_t row_floats = 2 * config_.inner_dim();
+  reorder_cache_rows(s.self_kv, s.rows, s.capacity * row_floats, s.length * row_floats, source, s.reorder_scratch);
 }
 
 }  // namespace pali
