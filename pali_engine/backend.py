@@ -214,9 +214,11 @@ class Backend:
                    "generate_ms": (done - prepared) * 1e3, "total_ms": (done - start) * 1e3}
         results = []
         for image_of, per_input in zip(images, hypotheses):
-            size = image_size(image_of)
+            # A path's size is read only if the result's objects are asked for (a file open per request).
+            path = os.fspath(image_of) if isinstance(image_of, (str, os.PathLike)) else None
+            size = None if path is not None else image_size(image_of)
             rs = [GenerationResult(self.tokenizer.decode(h.tokens), list(h.tokens), float(h.score), dict(timings),
-                                   size, self.parse_objects) for h in per_input]
+                                   size, self.parse_objects, path) for h in per_input]
             results.append(rs if opts.num_return_sequences > 1 else rs[0])
         return results if batched else results[0]
 

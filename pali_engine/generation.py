@@ -79,20 +79,31 @@ class GenerationResult:
     tokens: List[int]
     score: float
     timings: Dict[str, float] = field(default_factory=dict)
-    #: (width, height) of the input image, for ``objects``.
-    image_size: Optional[Tuple[int, int]] = None
+    _image_size: Optional[Tuple[int, int]] = field(default=None, repr=False)
     _parse_objects: Optional[Callable] = field(default=None, repr=False, compare=False)
+    #: An image given as a path: its size is read from the file only when asked for.
+    _image_path: Optional[str] = field(default=None, repr=False, compare=False)
 
     def __str__(self) -> str:
         return self.text
 
     @property
+    def image_size(self) -> Optional[Tuple[int, int]]:
+        """(width, height) of the input image."""
+        if self._image_size is None and self._image_path is not None:
+            from .backend import image_size
+
+            self._image_size = image_size(self._image_path)
+        return self._image_size
+
+    @property
     def objects(self) -> list:
         """The boxes of a detection or segmentation answer, in the input image's pixels:
         ``pali_engine.segmentation.SegmentedObject`` (box x0, y0, x1, y1; label; mask codes or None)."""
-        if self._parse_objects is None or self.image_size is None:
+        size = self.image_size
+        if self._parse_objects is None or size is None:
             return []
-        return self._parse_objects(self.text, self.image_size)
+        return self._parse_objects(self.text, size)
 
 
 #: Ranges of the integer options, inclusive: what the native engine holds (int64 counts,

@@ -197,3 +197,13 @@ def test_detection_results_carry_their_boxes_in_image_pixels():
     for obj, ((x0, y0, x1, y1), _) in zip(result.objects, expected):
         assert obj.box == pytest.approx((x0 * 128, y0 * 128, x1 * 128, y1 * 128))
     assert engine.generate(picture, "caption en").objects == []
+
+
+def test_a_path_image_result_reads_its_size_only_when_asked():
+    from pali_engine import Engine
+
+    shapes = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "shapes.png")
+    result = Engine.load().generate(shapes, "detect circle ; star")
+    assert result._image_size is None
+    assert result.image_size == Image.open(shapes).size
+    assert [o.label for o in result.objects] == ["circle", "star"]
