@@ -17,6 +17,8 @@ import os
 import shutil
 from typing import Dict
 
+import pytest
+
 PIECES = 1500
 VOCAB_SIZE = PIECES + 8
 TEXT = ("caption en", "answer en how many circles are there?", "detect cat ; dog", "ocr", "segment the red car",
@@ -93,3 +95,11 @@ def build_checkpoint(version: int, directory: str, tokenizer_path: str, *, shard
     processor.save_pretrained(directory)
     shutil.copy(tokenizer_path, os.path.join(directory, "tokenizer.model"))
     return model, processor
+
+
+@pytest.fixture(scope="module")
+def tokenizer_path(tmp_path_factory):
+    """The trained tokenizer.model, once per test module."""
+    path = str(tmp_path_factory.mktemp("tokenizer") / "tokenizer.model")
+    train_tokenizer(path)
+    return path

@@ -26,19 +26,12 @@ import pali_engine  # noqa: E402
 from pali_engine.export.paligemma import CheckpointError, convert, main  # noqa: E402
 from pali_engine.paligemma_processor import PaliGemmaProcessor  # noqa: E402
 
-from paligemma_fixtures import SHAPES, build_checkpoint, train_tokenizer  # noqa: E402
+from paligemma_fixtures import SHAPES, build_checkpoint, tokenizer_path  # noqa: E402,F401 (a fixture)
 from PIL import Image  # noqa: E402
 
 TOLERANCE = 1e-4
 PROMPTS = ["caption en", "answer en how many circles are there?"]
 SUFFIXES = ["a cat on the mat <loc0012><loc1023>", "two"]
-
-
-@pytest.fixture(scope="module")
-def tokenizer_path(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("tokenizer") / "tokenizer.model")
-    train_tokenizer(path)
-    return path
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["paligemma1", "paligemma2"])

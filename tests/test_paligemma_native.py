@@ -20,7 +20,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from paligemma_fixtures import build_checkpoint, train_tokenizer  # noqa: E402
+from paligemma_fixtures import build_checkpoint, tokenizer_path  # noqa: E402,F401 (a fixture)
 
 from pali_engine import ModelFileError, _native, inspect  # noqa: E402
 from pali_engine.export.paligemma import convert  # noqa: E402
@@ -28,13 +28,6 @@ from pali_engine.export.paligemma import convert  # noqa: E402
 PROMPTS = ["caption en", "answer en how many circles are there?"]
 SUFFIXES = ["a photo of a cat", "the quick brown fox jumps"]
 TOLERANCE = 1e-4
-
-
-@pytest.fixture(scope="module")
-def tokenizer_path(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("tokenizer") / "tokenizer.model")
-    train_tokenizer(path)
-    return path
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["paligemma1", "paligemma2"])
