@@ -79,10 +79,12 @@ class PaliGemmaProcessor:
             with open(os.fspath(tokenizer), "rb") as f:
                 tokenizer = f.read()
         self.sp = spm.SentencePieceProcessor()
-        try:
-            self.sp.LoadFromSerializedProto(bytes(tokenizer))
-        except Exception as error:  # sentencepiece raises RuntimeError or OSError
-            raise ValueError(f"not a SentencePiece model: {error}") from None
+        with native_call("sentencepiece"):
+            try:
+                self.sp.LoadFromSerializedProto(bytes(tokenizer))
+            except Exception as error:  # sentencepiece raises RuntimeError or OSError
+                raise ValueError(f"not a SentencePiece model: {error}") from None
+            special_ids = self.sp.bos_id(), self.sp.eos_id(), self.sp.pad_id()
         if resample not in _RESAMPLE:
             raise ValueError(f"resample must be one of {sorted(_RESAMPLE)}, got {resample!r}")
         if padding_side not in ("left", "right"):
@@ -95,7 +97,7 @@ class PaliGemmaProcessor:
         self.resample = resample
         self.rescale_factor = float(rescale_factor)
         self.padding_side = padding_side
-        self.bos_id, self.eos_id, self.pad_id = self.sp.bos_id(), self.sp.eos_id(), self.sp.pad_id()
+        self.bos_id, self.eos_id, self.pad_id = special_ids
 
     @classmethod
     def from_config(cls, config: Dict[str, Any], tokenizer: bytes, **kwargs) -> "PaliGemmaProcessor":

@@ -30,14 +30,15 @@ class Tokenizer:
                     self._proto = f.read()
             except OSError as e:
                 raise ValueError(f"cannot read tokenizer model {path!r}: {e}") from None
-        try:
-            self.sp.LoadFromSerializedProto(self._proto)
-        except Exception as e:  # sentencepiece raises RuntimeError/OSError
-            raise ValueError(f"not a SentencePiece model: {e}") from None
+        with native_call("sentencepiece"):
+            try:
+                self.sp.LoadFromSerializedProto(self._proto)
+            except Exception as e:  # sentencepiece raises RuntimeError/OSError
+                raise ValueError(f"not a SentencePiece model: {e}") from None
+            self.unk_id = self.sp.unk_id()
+            self._pieces = self.sp.get_piece_size()
         self.pad_id = pad_id
         self.eos_id = eos_id
-        self.unk_id = self.sp.unk_id()
-        self._pieces = self.sp.get_piece_size()
 
     @classmethod
     def from_file(cls, path) -> "Tokenizer":
@@ -53,7 +54,7 @@ class Tokenizer:
 
     @property
     def vocab_size(self) -> int:
-        return self.sp.get_piece_size()
+        return self._pieces
 
     def __len__(self) -> int:
         return self.vocab_size
