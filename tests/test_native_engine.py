@@ -254,11 +254,11 @@ def test_native_model_names_a_misshapen_tensor(tmp_path):
     config = json.loads(config["pali.config"])
     config["d_ff"] += 1
     with pytest.raises(pali_engine.ModelFileError, match=r"'encoder\.blocks\.0\.ffn\.wi_0\.weight' has shape"):
-        _core.PaliModel(_core.OnnxFile(str(path)), config, "f32", 1)
+        _core.load_model(_core.OnnxFile(str(path)), "f32", 1, config)
     config["d_ff"] -= 1
     config["decoder_layers"] -= 1
     with pytest.raises(pali_engine.ModelFileError, match="not used by the config"):
-        _core.PaliModel(_core.OnnxFile(str(path)), config, "f32", 1)
+        _core.load_model(_core.OnnxFile(str(path)), "f32", 1, config)
 
 
 def test_cli_run_prints_json_and_draws_boxes(exported, tmp_path):

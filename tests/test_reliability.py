@@ -212,7 +212,7 @@ def test_a_model_truncated_while_its_weights_load_is_refused(tmp_path):
         f = _native._core.OnnxFile(path)
         os.truncate(path, os.path.getsize(path) // 2)
         try:
-            _native._core.PaliModel(f, config, "f32", 1)
+            _native._core.load_model(f, "f32", 1, config)
         except ModelFileError as error:
             print("refused:", error)
     """)

@@ -21,17 +21,18 @@ void bind_core(py::module_& m);
 void bind_onnx(py::module_& m);
 // Ops exposed one by one (submodule `ops`), for tests against NumPy/PyTorch references.
 void bind_ops(py::module_& m);
-// The model and generation (class `PaliModel`).
-void bind_engine(py::module_& m);
-// The "paligemma" architecture (class `PaliGemmaModel`).
-void bind_paligemma(py::module_& m);
+// The architecture registry and class `Model` (every architecture).
+void bind_models(py::module_& m);
 #ifdef PALI_WITH_CUDA
 // The CUDA ops on numpy arrays (submodule `cuda_ops`, _core_cuda only).
 void bind_cuda_ops(py::module_& m);
 #endif
 
-// Generation options from generate()'s keyword arguments (InvalidArgument names a bad one).
-GenerationOptions generation_options_from_dict(const py::dict& options);
+// generation_options, parse_generation_options: the options' table and its check.
+void bind_generation(py::module_& m);
+// Generation options from generate()'s keyword arguments (InvalidArgument names a
+// bad one); a seed of None becomes a fresh random one.
+GenerationOptions generation_options_from_dict(const py::dict& options, int64_t default_max_new_tokens = 32);
 // A token callback that calls the Python callable with the GIL (none: an empty one);
 // an exception it raises is stored in *error and stops the search.
 TokenCallback python_token_callback(const py::object& on_token, std::exception_ptr* error);

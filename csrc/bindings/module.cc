@@ -30,8 +30,8 @@ PYBIND11_MODULE(PALI_MODULE_NAME, m) {
   pali::bindings::bind_core(m);
   pali::bindings::bind_onnx(m);
   pali::bindings::bind_ops(m);
-  pali::bindings::bind_engine(m);
-  pali::bindings::bind_paligemma(m);
+  pali::bindings::bind_generation(m);
+  pali::bindings::bind_models(m);
 #ifdef PALI_WITH_CUDA
   pali::bindings::bind_cuda_ops(m);
 #endif

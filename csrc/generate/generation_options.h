@@ -1,8 +1,16 @@
-// Options of generate(), named as in transformers' generate().
+// Options of generate(), named and meant as in transformers' generate() (5.x).
+//
+// generation_option_specs() is the one definition of the options: name, kind,
+// default, range and meaning. parse_generation_options() checks options
+// against it with the messages users see (Python's parse_options and the
+// native binding both call it), then validate() checks the relations between
+// options.
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <string>
+#include <utility>
 #include <vector>
 
 namespace pali {
@@ -20,13 +28,49 @@ struct GenerationOptions {
   float repetition_penalty = 1.0f;
   bool do_sample = false;
   float temperature = 1.0f;
-  int64_t top_k = 0;
+  int64_t top_k = 50;
   float top_p = 1.0f;
   uint64_t seed = 0;
+  bool has_seed = false;  // false: the caller draws one (a seed of None)
 
-  // Throws InvalidArgument naming the first bad value.
+  // Throws InvalidArgument naming the first bad value or pair of values.
   void validate() const;
 };
+
+enum class OptionKind : uint8_t { integer, number, boolean, early_stopping, seed };
+
+struct OptionSpec {
+  std::string name;
+  OptionKind kind;
+  // The default as Python writes it ("50", "1.0", "False", "None").
+  std::string default_value;
+  // Integers: the inclusive range (seeds: 0 .. 2^64 - 1).
+  int64_t low = 0;
+  int64_t high = 0;
+  std::string doc;
+};
+
+const std::vector<OptionSpec>& generation_option_specs();
+
+// One option's value as the caller gave it, classified by its binding.
+struct OptionValue {
+  enum class Type : uint8_t { none, boolean, integer, number, string, other } type = Type::none;
+  bool boolean = false;
+  // Integers: the value when it fits in int64, else huge (out of every range) or
+  // unsigned_value when it fits in uint64.
+  int64_t integer = 0;
+  bool fits_int64 = true;
+  bool fits_uint64 = false;
+  uint64_t unsigned_value = 0;
+  double number = 0;
+  std::string string;
+  std::string repr;  // for messages
+};
+
+// Options by name -> checked options; max_new_tokens absent or None takes
+// default_max_new_tokens (the model's). Throws InvalidArgument.
+GenerationOptions parse_generation_options(const std::vector<std::pair<std::string, OptionValue>>& options,
+                                           int64_t default_max_new_tokens);
 
 // One generated sequence: tokens after the decoder start token, without EOS or padding.
 struct Hypothesis {

@@ -18,6 +18,7 @@ namespace {
 // shared RMSNorm kernel serves it (the sum rounds to float32 as transformers' does).
 Tensor one_plus(WeightStore& weights, const std::string& name, int64_t d) {
   Tensor w = weights.f32(name, {d});
+  if (weights.listing()) return w;
   float* p = w.data<float>();
   for (int64_t i = 0; i < d; ++i) p[i] = 1.0f + p[i];
   return w;

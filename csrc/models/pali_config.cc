@@ -1,61 +1,142 @@
 #include "models/pali_config.h"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "core/error.h"
 
 namespace pali {
+namespace {
+
+// Bounds that keep every shape the config implies far inside 64-bit arithmetic
+// (a product of any three sizes, or of two sequence lengths and a width, fits),
+// and far beyond any real model.
+constexpr int64_t kMaxWidth = int64_t{1} << 20;
+constexpr int64_t kMaxHeads = int64_t{1} << 12;
+constexpr int64_t kMaxHeadDim = int64_t{1} << 16;
+constexpr int64_t kMaxImageSize = int64_t{1} << 16;
+constexpr int64_t kMaxPatches = int64_t{1} << 20;
+constexpr int64_t kMaxLayers = int64_t{1} << 10;
+constexpr int64_t kMaxBuckets = int64_t{1} << 16;
+constexpr int64_t kMaxTokens = int64_t{1} << 20;
+constexpr int64_t kMaxInt32 = std::numeric_limits<int32_t>::max();
+
+FieldRule size(int64_t high, int64_t low = 1) {
+  FieldRule r = required();
+  r.low = low;
+  r.high = high;
+  return r;
+}
+
+// The upper bound is vocab_size (a relation, checked in validate()).
+FieldRule token_id(bool is_required) {
+  FieldRule r;
+  r.required = is_required;
+  r.low = 0;
+  r.high = kMaxWidth - 1;
+  return r;
+}
+
+FieldRule positive(bool is_required) {
+  FieldRule r;
+  r.required = is_required;
+  r.positive = true;
+  return r;
+}
+
+FieldRule one_of(std::vector<std::string> choices, bool is_required = true) {
+  FieldRule r;
+  r.required = is_required;
+  r.choices = std::move(choices);
+  return r;
+}
+
+[[noreturn]] void relation(const std::string& message) { throw ConfigError(message); }
+
+}  // namespace
+
+const ConfigTable<PaliConfig>& pali_config_table() {
+  using C = PaliConfig;
+  static const ConfigTable<C> table = [] {
+    ConfigTable<C> t;
+    t.field("architecture", &C::architecture, one_of({"pali"}))
+        .field("image_size", &C::image_size, size(kMaxImageSize))
+        .field("patch_size", &C::patch_size, size(kMaxImageSize))
+        .field("num_channels", &C::num_channels, size(3, 3))  // images are preprocessed to RGB
+        .field("image_mean", &C::image_mean, required())
+        .field("image_std", &C::image_std, positive(true))
+        .field("resample", &C::resample, one_of({"bilinear", "bicubic", "nearest", "lanczos"}, false))
+        .field("vision_width", &C::vision_width, size(kMaxWidth))
+        .field("vision_depth", &C::vision_depth, size(kMaxLayers))
+        .field("vision_heads", &C::vision_heads, size(kMaxHeads))
+        .field("vision_mlp_dim", &C::vision_mlp_dim, size(kMaxWidth))
+        .field("vision_layer_norm_eps", &C::vision_layer_norm_eps, positive(false))
+        .field("d_model", &C::d_model, size(kMaxWidth))
+        .field("d_kv", &C::d_kv, size(kMaxHeadDim))
+        .field("num_heads", &C::num_heads, size(kMaxHeads))
+        .field("d_ff", &C::d_ff, size(kMaxWidth))
+        .field("encoder_layers", &C::encoder_layers, size(kMaxLayers))
+        .field("decoder_layers", &C::decoder_layers, size(kMaxLayers))
+        .field("feed_forward_proj", &C::feed_forward_proj, one_of({"gated-gelu", "gated-silu"}))
+        .field("layer_norm_epsilon", &C::layer_norm_epsilon, positive(false))
+        // T5's bucketing needs max_exact = num_buckets // 4 >= 1 in the bidirectional encoder.
+        .field("relative_attention_num_buckets", &C::relative_attention_num_buckets, size(kMaxBuckets, 4))
+        .field("relative_attention_max_distance", &C::relative_attention_max_distance, size(kMaxInt32))
+        .field("vocab_size", &C::vocab_size, size(kMaxWidth))
+        .field("tie_word_embeddings", &C::tie_word_embeddings, required())
+        .field("pad_token_id", &C::pad_token_id, token_id(true))
+        .field("eos_token_id", &C::eos_token_id, token_id(true))
+        .field("unk_token_id", &C::unk_token_id, token_id(false))
+        .field("decoder_start_token_id", &C::decoder_start_token_id, token_id(true))
+        .field("max_prompt_tokens", &C::max_prompt_tokens, size(kMaxTokens))
+        .field("max_new_tokens", &C::max_new_tokens, size(kMaxTokens));
+    return t;
+  }();
+  return table;
+}
+
+PaliConfig PaliConfig::from_json(const Json& config) {
+  PaliConfig c = pali_config_table().parse(config);
+  c.validate();
+  return c;
+}
+
+Json PaliConfig::to_json() const { return pali_config_table().to_json(*this); }
 
 void PaliConfig::validate() const {
-  PALI_CHECK_ARG(architecture == "pali", "config: architecture must be 'pali', got '", architecture, "'");
-  auto positive = [](int64_t value, const char* name) {
-    PALI_CHECK_ARG(value > 0, "config: ", name, " must be positive, got ", value);
-  };
-  positive(image_size, "image_size");
-  positive(patch_size, "patch_size");
-  positive(num_channels, "num_channels");
-  positive(vision_width, "vision_width");
-  positive(vision_depth, "vision_depth");
-  positive(vision_heads, "vision_heads");
-  positive(vision_mlp_dim, "vision_mlp_dim");
-  positive(d_model, "d_model");
-  positive(d_kv, "d_kv");
-  positive(num_heads, "num_heads");
-  positive(d_ff, "d_ff");
-  positive(encoder_layers, "encoder_layers");
-  positive(decoder_layers, "decoder_layers");
-  positive(relative_attention_num_buckets, "relative_attention_num_buckets");
-  positive(relative_attention_max_distance, "relative_attention_max_distance");
-  positive(vocab_size, "vocab_size");
-  positive(max_prompt_tokens, "max_prompt_tokens");
-  positive(max_new_tokens, "max_new_tokens");
-  PALI_CHECK_ARG(image_size % patch_size == 0, "config: image_size ", image_size,
-                 " is not a multiple of patch_size ", patch_size);
-  PALI_CHECK_ARG(vision_width % vision_heads == 0, "config: vision_width ", vision_width,
-                 " is not a multiple of vision_heads ", vision_heads);
-  PALI_CHECK_ARG(feed_forward_proj == "gated-gelu" || feed_forward_proj == "gated-silu",
-                 "config: feed_forward_proj must be 'gated-gelu' or 'gated-silu', got '",
-                 feed_forward_proj, "'");
-  PALI_CHECK_ARG(static_cast<int64_t>(image_mean.size()) == num_channels &&
-                     static_cast<int64_t>(image_std.size()) == num_channels,
-                 "config: image_mean and image_std need one value per channel");
-  // T5's buckets: half of them exact distances (a quarter per direction in the
-  // bidirectional encoder), the rest logarithmic up to max_distance, which must
-  // lie past the exact ones or the logarithm's scale is zero or negative.
-  PALI_CHECK_ARG(relative_attention_num_buckets >= 4, "config: relative_attention_num_buckets must be at least 4, got ",
-                 relative_attention_num_buckets);
-  PALI_CHECK_ARG(relative_attention_max_distance > relative_attention_num_buckets / 2,
-                 "config: relative_attention_max_distance (", relative_attention_max_distance,
-                 ") must exceed relative_attention_num_buckets / 2 (", relative_attention_num_buckets / 2, ")");
-  for (float eps : {layer_norm_epsilon, vision_layer_norm_eps})
-    PALI_CHECK_ARG(std::isfinite(eps) && eps > 0, "config: layer_norm_epsilon and vision_layer_norm_eps must be "
-                   "finite and positive, got ", eps);
-  for (float mean : image_mean) PALI_CHECK_ARG(std::isfinite(mean), "config: image_mean must be finite");
-  for (float std : image_std)
-    PALI_CHECK_ARG(std::isfinite(std) && std > 0, "config: image_std must be finite and positive, got ", std);
-  for (int64_t id : {pad_token_id, eos_token_id, unk_token_id, decoder_start_token_id})
-    PALI_CHECK_ARG(id >= 0 && id < vocab_size, "config: special token id ", id,
-                   " is outside the vocabulary of ", vocab_size);
+  // Field by field first (a config built in C++ skips the table's parse).
+  pali_config_table().parse(to_json());
+  if (image_size % patch_size)
+    relation(str_cat("field 'image_size' (", image_size, ") must be a multiple of patch_size (", patch_size, ")"));
+  const int64_t patches = (image_size / patch_size) * (image_size / patch_size);
+  if (patches > kMaxPatches)
+    relation(str_cat("fields 'image_size' and 'patch_size' give ", patches, " patches; at most ", kMaxPatches));
+  if (vision_width % vision_heads)
+    relation(str_cat("field 'vision_width' (", vision_width, ") must be a multiple of vision_heads (", vision_heads,
+                     ")"));
+  for (const auto& [name, values] : {std::pair{"image_mean", &image_mean}, std::pair{"image_std", &image_std}})
+    if (static_cast<int64_t>(values->size()) != num_channels)
+      relation(str_cat("field '", name, "' must have one value per channel (", num_channels, "), got ",
+                       values->size()));
+  for (int64_t channel = 0; channel < num_channels; ++channel) {
+    // Pixels in [0, 1] become (x - mean) / std, in float32.
+    const double mean = image_mean[channel], std = image_std[channel];
+    if (std::max(std::fabs(mean), std::fabs(1 - mean)) / std > std::numeric_limits<float>::max())
+      relation(str_cat("fields 'image_mean' and 'image_std' take channel ", channel,
+                       "'s pixels beyond float32's range"));
+  }
+  for (const auto& [name, id] : {std::pair{"pad_token_id", pad_token_id}, std::pair{"eos_token_id", eos_token_id},
+                                 std::pair{"unk_token_id", unk_token_id},
+                                 std::pair{"decoder_start_token_id", decoder_start_token_id}})
+    if (id >= vocab_size)
+      relation(str_cat("field '", name, "' (", id, ") must be below vocab_size (", vocab_size, ")"));
+  // T5's log-spaced buckets begin at max_exact = num_buckets / 2 in the causal
+  // decoder (num_buckets / 4 in the encoder) and divide by log(max_distance / max_exact).
+  const int64_t max_exact = relative_attention_num_buckets / 2;
+  if (relative_attention_max_distance <= max_exact)
+    relation(str_cat("field 'relative_attention_max_distance' (", relative_attention_max_distance,
+                     ") must exceed relative_attention_num_buckets // 2 (", max_exact, ")"));
 }
 
 }  // namespace pali

@@ -1,10 +1,15 @@
 // Hyper-parameters of the "pali" architecture, spelled as in the ONNX metadata
-// `pali.config` and export/config.py.
+// `pali.config` and export/config.py. Its field table (pali_config.cc) is the
+// one definition of what a file may hold there; Python reads it through the
+// bindings (`_core.check_config`, `_core.config_fields`).
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include "core/config_table.h"
+#include "core/json.h"
 
 namespace pali {
 
@@ -15,6 +20,7 @@ struct PaliConfig {
   int64_t num_channels = 3;
   std::vector<float> image_mean;
   std::vector<float> image_std;
+  std::string resample = "bilinear";  // the image resampling filter (Python's preprocessing)
   int64_t vision_width = 0;
   int64_t vision_depth = 0;
   int64_t vision_heads = 0;
@@ -44,8 +50,13 @@ struct PaliConfig {
     return side * side;
   }
   int64_t inner_dim() const { return num_heads * d_kv; }
-  // Throws InvalidArgument naming the first inconsistent field.
+  // Throws ConfigError naming the first inconsistent field (relations between fields).
   void validate() const;
+  // The table's parse and validate(): a config as the file holds it.
+  static PaliConfig from_json(const Json& config);
+  Json to_json() const;
 };
+
+const ConfigTable<PaliConfig>& pali_config_table();
 
 }  // namespace pali

@@ -68,14 +68,26 @@ PaliModel::PaliModel(std::shared_ptr<const onnx::OnnxFile> file, const PaliConfi
     : config_(config), format_(format) {
   config_.validate();
   WeightStore weights(file);
-  embedding_ = weights.f32("shared.weight", {config_.vocab_size, config_.d_model});
-  vision_ = std::make_unique<VisionTower>(pali_vision_spec(config_), weights, format);
-  encoder_ = std::make_unique<T5Encoder>(config_, weights, format);
-  decoder_ = std::make_unique<T5Decoder>(config_, weights, embedding_, format);
+  build(weights);
   weights.check_all_used();
   // Every weight has been copied out of the mappings: only now can a rewrite
   // of the file during loading be told from a good load.
   file->check_unchanged();
+}
+
+void PaliModel::build(WeightStore& weights) {
+  embedding_ = weights.f32("shared.weight", {config_.vocab_size, config_.d_model});
+  vision_ = std::make_unique<VisionTower>(pali_vision_spec(config_), weights, format_);
+  encoder_ = std::make_unique<T5Encoder>(config_, weights, format_);
+  decoder_ = std::make_unique<T5Decoder>(config_, weights, embedding_, format_);
+}
+
+std::vector<TensorSpec> PaliModel::expected_tensors(const PaliConfig& config) {
+  config.validate();
+  WeightStore listing;
+  PaliModel model(config);
+  model.build(listing);
+  return listing.listed();
 }
 
 EncoderOutput PaliModel::encode(const float* pixels, const int64_t* input_ids, const int64_t* attention_mask,
@@ -121,6 +133,47 @@ void PaliModel::forward(const float* pixels, const int64_t* input_ids, const int
   EncoderOutput enc = encode(pixels, input_ids, attention_mask, batch, prompt_len);
   DecoderState state = decoder_->start(enc.memory.data(), enc.mask.data(), batch, enc.length, 1, target_len);
   decoder_->step(state, decoder_input_ids, target_len, logits, /*all_positions=*/true);
+}
+
+namespace {
+
+// A batch's encoder output and the T5 decoder over it.
+class PreparedPali final : public PreparedDecoder {
+ public:
+  PreparedPali(const PaliModel& model, EncoderOutput encoded)
+      : encoded_(std::move(encoded)), decoder_(model.decoder(), model.config(), encoded_) {
+    vision_ms = encoded_.vision_ms;
+  }
+  int64_t requests() const override { return decoder_.requests(); }
+  int64_t vocab_size() const override { return decoder_.vocab_size(); }
+  SpecialTokens special_tokens() const override { return decoder_.special_tokens(); }
+  std::vector<int64_t> initial_sequence(int64_t request) const override { return decoder_.initial_sequence(request); }
+  std::unique_ptr<DecoderSession> start(int64_t rows_per_request, int64_t capacity) const override {
+    return decoder_.start(rows_per_request, capacity);
+  }
+
+ private:
+  EncoderOutput encoded_;
+  PaliDecoder decoder_;
+};
+
+}  // namespace
+
+int64_t PaliModel::logits_length(const std::vector<int64_t>& lengths) const {
+  PALI_CHECK_ARG(lengths.size() == 3 && lengths[0] == lengths[1],
+                 "input_ids and attention_mask must be [batch, prompt_len]");
+  return lengths[2];
+}
+
+void PaliModel::forward(const float* pixels, int64_t batch, const std::vector<const int64_t*>& inputs,
+                        const std::vector<int64_t>& lengths, float* logits) const {
+  logits_length(lengths);
+  forward(pixels, inputs[0], inputs[1], batch, lengths[0], inputs[2], lengths[2], logits);
+}
+
+std::unique_ptr<PreparedDecoder> PaliModel::prepare(const PromptBatch& prompts) const {
+  return std::make_unique<PreparedPali>(
+      *this, encode(prompts.pixels, prompts.input_ids, prompts.attention_mask, prompts.batch, prompts.length));
 }
 
 }  // namespace pali

@@ -11,10 +11,12 @@
 #include <vector>
 
 #include "generate/decoder.h"
+#include "models/model.h"
 #include "models/pali_config.h"
 #include "models/t5_decoder.h"
 #include "models/t5_encoder.h"
 #include "models/vision_tower.h"
+#include "models/weights.h"
 #include "onnx/onnx_file.h"
 
 namespace pali {
@@ -47,16 +49,34 @@ class PaliDecoder final : public Decoder {
   const EncoderOutput& encoded_;
 };
 
-class PaliModel {
+class PaliModel final : public Model {
  public:
   // Throws ModelFileError naming the file and the tensor when the weights do
   // not match the config. The model keeps its own copies of the weights (packed
   // or float32), not the file: once the caller drops it, it is unmapped.
   PaliModel(std::shared_ptr<const onnx::OnnxFile> file, const PaliConfig& config, WeightFormat format);
 
+  // The tensors a file of this config must hold (names and shapes), in the order the model reads them.
+  static std::vector<TensorSpec> expected_tensors(const PaliConfig& config);
+
   const PaliConfig& config() const { return config_; }
   const T5Decoder& decoder() const { return *decoder_; }
-  WeightFormat format() const { return format_; }
+
+  // Model
+  const std::string& architecture() const override { return config_.architecture; }
+  Json config_json() const override { return config_.to_json(); }
+  WeightFormat format() const override { return format_; }
+  int64_t vocab_size() const override { return config_.vocab_size; }
+  int64_t image_size() const override { return config_.image_size; }
+  int64_t num_channels() const override { return config_.num_channels; }
+  // input_ids, attention_mask: the prompt; decoder_input_ids: the target.
+  std::vector<std::string> forward_inputs() const override {
+    return {"input_ids", "attention_mask", "decoder_input_ids"};
+  }
+  int64_t logits_length(const std::vector<int64_t>& lengths) const override;
+  void forward(const float* pixels, int64_t batch, const std::vector<const int64_t*>& inputs,
+               const std::vector<int64_t>& lengths, float* logits) const override;
+  std::unique_ptr<PreparedDecoder> prepare(const PromptBatch& prompts) const override;
 
   // pixels: float32[batch, C, S, S] (normalized); input_ids, attention_mask: int64[batch, prompt_len].
   EncoderOutput encode(const float* pixels, const int64_t* input_ids, const int64_t* attention_mask,
@@ -68,6 +88,9 @@ class PaliModel {
                int64_t prompt_len, const int64_t* decoder_input_ids, int64_t target_len, float* logits) const;
 
  private:
+  explicit PaliModel(const PaliConfig& config) : config_(config), format_(WeightFormat::f32) {}
+  void build(WeightStore& weights);
+
   PaliConfig config_;
   WeightFormat format_;
   Tensor embedding_;  // shared.weight, float32 [V, d_model]

@@ -46,13 +46,25 @@ PaliGemmaModel::PaliGemmaModel(std::shared_ptr<const onnx::OnnxFile> file, const
     : config_(config), format_(format) {
   config_.validate();
   WeightStore weights(file);
-  const GemmaConfig& t = config_.text;
-  embedding_ = weights.f32("model.language_model.embed_tokens.weight", {t.vocab_size, t.hidden_size});
-  vision_ = std::make_unique<VisionTower>(siglip_spec(config_), weights, format);
-  decoder_ = std::make_unique<GemmaDecoder>(config_.text, weights, "model.language_model.", embedding_,
-                                            config_.tie_word_embeddings, format);
+  build(weights);
   weights.check_all_used();
   file->check_unchanged();
+}
+
+void PaliGemmaModel::build(WeightStore& weights) {
+  const GemmaConfig& t = config_.text;
+  embedding_ = weights.f32("model.language_model.embed_tokens.weight", {t.vocab_size, t.hidden_size});
+  vision_ = std::make_unique<VisionTower>(siglip_spec(config_), weights, format_);
+  decoder_ = std::make_unique<GemmaDecoder>(config_.text, weights, "model.language_model.", embedding_,
+                                            config_.tie_word_embeddings, format_);
+}
+
+std::vector<TensorSpec> PaliGemmaModel::expected_tensors(const PaliGemmaConfig& config) {
+  config.validate();
+  WeightStore listing;
+  PaliGemmaModel model(config);
+  model.build(listing);
+  return listing.listed();
 }
 
 PaliGemmaPrompts PaliGemmaModel::prepare(const float* pixels, const int64_t* input_ids,
@@ -160,6 +172,47 @@ std::unique_ptr<DecoderSession> PaliGemmaDecoder::start(int64_t rows_per_request
   return std::make_unique<GemmaSession>(
       model_, model_.decoder().start(x.data(), prompts_.batch, prompts_.length, prompts_.key_mask.data(),
                                      rows_per_request, capacity));
+}
+
+namespace {
+
+// A batch's prompts and the Gemma decoder over them.
+class PreparedPaliGemma final : public PreparedDecoder {
+ public:
+  PreparedPaliGemma(const PaliGemmaModel& model, PaliGemmaPrompts prompts)
+      : prompts_(std::move(prompts)), decoder_(model, prompts_) {
+    vision_ms = prompts_.vision_ms;
+  }
+  int64_t requests() const override { return decoder_.requests(); }
+  int64_t vocab_size() const override { return decoder_.vocab_size(); }
+  SpecialTokens special_tokens() const override { return decoder_.special_tokens(); }
+  std::vector<int64_t> initial_sequence(int64_t request) const override { return decoder_.initial_sequence(request); }
+  std::unique_ptr<DecoderSession> start(int64_t rows_per_request, int64_t capacity) const override {
+    return decoder_.start(rows_per_request, capacity);
+  }
+
+ private:
+  PaliGemmaPrompts prompts_;
+  PaliGemmaDecoder decoder_;
+};
+
+}  // namespace
+
+int64_t PaliGemmaModel::logits_length(const std::vector<int64_t>& lengths) const {
+  PALI_CHECK_ARG(lengths.size() == 3 && lengths[0] == lengths[1] && lengths[1] == lengths[2],
+                 "input_ids, attention_mask and token_type_ids must have one shape [batch, length]");
+  return lengths[0];
+}
+
+void PaliGemmaModel::forward(const float* pixels, int64_t batch, const std::vector<const int64_t*>& inputs,
+                             const std::vector<int64_t>& lengths, float* logits) const {
+  logits_length(lengths);
+  forward(pixels, inputs[0], inputs[1], inputs[2], batch, lengths[0], logits);
+}
+
+std::unique_ptr<PreparedDecoder> PaliGemmaModel::prepare(const PromptBatch& prompts) const {
+  return std::make_unique<PreparedPaliGemma>(
+      *this, prepare(prompts.pixels, prompts.input_ids, prompts.attention_mask, prompts.batch, prompts.length));
 }
 
 }  // namespace pali

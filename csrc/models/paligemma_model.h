@@ -11,8 +11,10 @@
 
 #include "generate/decoder.h"
 #include "models/gemma_decoder.h"
+#include "models/model.h"
 #include "models/paligemma_config.h"
 #include "models/vision_tower.h"
+#include "models/weights.h"
 #include "onnx/onnx_file.h"
 
 namespace pali {
@@ -44,13 +46,31 @@ class PaliGemmaDecoder final : public Decoder {
   const PaliGemmaPrompts& prompts_;
 };
 
-class PaliGemmaModel {
+class PaliGemmaModel final : public Model {
  public:
   // Throws ModelFileError naming the file and the tensor when the weights do not match the config.
   PaliGemmaModel(std::shared_ptr<const onnx::OnnxFile> file, const PaliGemmaConfig& config, WeightFormat format);
 
+  // The tensors a file of this config must hold (names and shapes), in the order the model reads them.
+  static std::vector<TensorSpec> expected_tensors(const PaliGemmaConfig& config);
+
   const PaliGemmaConfig& config() const { return config_; }
-  WeightFormat format() const { return format_; }
+
+  // Model
+  const std::string& architecture() const override { return config_.architecture; }
+  Json config_json() const override { return config_.to_json(); }
+  WeightFormat format() const override { return format_; }
+  int64_t vocab_size() const override { return config_.text.vocab_size; }
+  int64_t image_size() const override { return config_.vision.image_size; }
+  int64_t num_channels() const override { return config_.vision.num_channels; }
+  // As PaliGemmaProcessor gives them; token_type_ids: 0 for the prefix, 1 for the suffix.
+  std::vector<std::string> forward_inputs() const override {
+    return {"input_ids", "attention_mask", "token_type_ids"};
+  }
+  int64_t logits_length(const std::vector<int64_t>& lengths) const override;
+  void forward(const float* pixels, int64_t batch, const std::vector<const int64_t*>& inputs,
+               const std::vector<int64_t>& lengths, float* logits) const override;
+  std::unique_ptr<PreparedDecoder> prepare(const PromptBatch& prompts) const override;
 
   // Teacher-forced logits float32[batch, length, V]. pixels: float32[batch, C, S, S]
   // (normalized); input_ids, attention_mask, token_type_ids: int64[batch, length]
@@ -68,6 +88,9 @@ class PaliGemmaModel {
   const GemmaDecoder& decoder() const { return *decoder_; }
 
  private:
+  explicit PaliGemmaModel(const PaliGemmaConfig& config) : config_(config), format_(WeightFormat::f32) {}
+  void build(WeightStore& weights);
+
   PaliGemmaConfig config_;
   WeightFormat format_;
   Tensor embedding_;  // embed_tokens, float32 [V, D]

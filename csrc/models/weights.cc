@@ -29,6 +29,10 @@ int64_t first_non_finite(const Tensor& t) {
 }  // namespace
 
 Tensor WeightStore::raw(const std::string& name, const Shape& shape) {
+  if (listing()) {
+    if (used_.insert(name).second) listed_.push_back({name, shape});
+    return Tensor::view(nullptr, DType::f32, shape, nullptr);
+  }
   if (!file_->has_tensor(name))
     throw ModelFileError(str_cat(path(), ": missing tensor '", name, "' (expected shape ",
                                  shape_str(shape), ")"));
@@ -53,6 +57,7 @@ Tensor WeightStore::raw(const std::string& name, const Shape& shape) {
 
 Tensor WeightStore::f32(const std::string& name, const Shape& shape) {
   Tensor t = raw(name, shape);
+  if (listing()) return t;
   // Always a copy the model owns, so that the model does not keep the file mapped.
   Tensor out = Tensor::empty(DType::f32, shape);
   float* dst = out.data<float>();
@@ -79,6 +84,7 @@ LinearWeight WeightStore::linear_concat(const std::vector<std::string>& weights,
   std::vector<Tensor> ws, bs;
   for (size_t i = 0; i < weights.size(); ++i) ws.push_back(raw(weights[i], {outs[i], in}));
   for (size_t i = 0; i < biases.size(); ++i) bs.push_back(raw(biases[i], {outs[i]}));
+  if (listing()) return {};
   std::vector<const Tensor*> wp, bp;
   for (const auto& t : ws) wp.push_back(&t);
   for (const auto& t : bs) bp.push_back(&t);
@@ -89,10 +95,12 @@ LinearWeight WeightStore::linear_concat(const std::vector<std::string>& weights,
 }
 
 LinearWeight WeightStore::prepare(const Tensor& weight, const Tensor* bias, WeightFormat format) {
+  if (listing()) return {};
   return prepare_linear(weight, bias, format, &arena_, format == WeightFormat::i8);
 }
 
 void WeightStore::check_all_used() const {
+  if (listing()) return;
   std::string unused;
   int count = 0;
   for (const auto& info : file_->initializers()) {

@@ -3,11 +3,18 @@
 // Every lookup states the shape it expects; at the end of loading,
 // check_all_used() fails on any tensor the model did not take, so a file that
 // does not match its config is refused instead of silently misread.
+//
+// A listing store (no file) answers every lookup with a tensor of the shape
+// asked for and no data, and records the lookups: building a model on it
+// gives the list of tensors its file must hold, from the model code itself
+// (Python's file checks use that list). Blocks that compute on a weight while
+// loading skip it when `listing()`.
 #pragma once
 
 #include <memory>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
 #include "onnx/onnx_file.h"
@@ -15,9 +22,20 @@
 
 namespace pali {
 
+struct TensorSpec {
+  std::string name;
+  Shape shape;
+};
+
 class WeightStore {
  public:
   explicit WeightStore(std::shared_ptr<const onnx::OnnxFile> file) : file_(std::move(file)) {}
+  // A listing store.
+  WeightStore() = default;
+
+  bool listing() const { return file_ == nullptr; }
+  // The lookups of a listing store, in order, each name once.
+  const std::vector<TensorSpec>& listed() const { return listed_; }
 
   // The tensor as stored (any float dtype), checked against `shape`.
   Tensor raw(const std::string& name, const Shape& shape);
@@ -43,6 +61,7 @@ class WeightStore {
   std::shared_ptr<const onnx::OnnxFile> file_;
   PackedArena arena_;
   std::set<std::string> used_;
+  std::vector<TensorSpec> listed_;
 };
 
 }  // namespace pali

@@ -1,0 +1,245 @@
+// pali_engine._core.Model and the architecture registry, for every architecture.
+//
+// `load_model(file)` reads the file's `pali.config`, and the registry picks the
+// architecture's model class; Python never names one. The config functions
+// (`check_config`, `expected_tensors`, `config_fields`, `architectures`) are
+// the registry's, so that Python's file checks use the C++ tables.
+// Python does the preprocessing (image -> normalised pixels, prompt -> ids);
+// this layer checks array shapes, releases the GIL for the whole computation,
+// and converts results.
+#include <pybind11/stl.h>
+
+#include <cmath>
+
+#include "bindings/bindings.h"
+#include "bindings/gil.h"
+#include "core/parallel.h"
+#include "core/config_table.h"
+#include "models/architectures.h"
+
+namespace pali::bindings {
+namespace {
+
+Json json_from_python(const py::handle& value, int depth = 0) {
+  if (depth > kMaxJsonDepth)
+    throw ConfigError(str_cat("is nested too deeply (more than ", kMaxJsonDepth, " levels of lists and objects)"));
+  if (value.is_none()) return Json();
+  if (py::isinstance<py::bool_>(value)) return Json::boolean(value.cast<bool>());
+  if (py::isinstance<py::int_>(value)) {
+    try {
+      return Json::integer(value.cast<int64_t>());
+    } catch (const py::cast_error&) {
+      // Beyond int64: kept so that a range check can name it (as the JSON reader does).
+      return Json::parse(py::str(value).cast<std::string>());
+    }
+  }
+  if (py::isinstance<py::float_>(value)) return Json::number(value.cast<double>());
+  if (py::isinstance<py::str>(value)) return Json::string(value.cast<std::string>());
+  if (py::isinstance<py::list>(value) || py::isinstance<py::tuple>(value)) {
+    Json list = Json::array();
+    for (const auto& item : value) list.push(json_from_python(item, depth + 1));
+    return list;
+  }
+  if (py::isinstance<py::dict>(value)) {
+    Json object = Json::object();
+    for (const auto& [key, item] : value.cast<py::dict>()) {
+      if (!py::isinstance<py::str>(key)) throw ConfigError("has a key that is not a string");
+      object.set(key.cast<std::string>(), json_from_python(item, depth + 1));
+    }
+    return object;
+  }
+  throw ConfigError(str_cat("holds a ", py::str(py::type::handle_of(value).attr("__name__")).cast<std::string>(),
+                            ", which JSON has not"));
+}
+
+py::object json_to_python(const Json& value) {
+  switch (value.type()) {
+    case Json::Type::null: return py::none();
+    case Json::Type::boolean: return py::bool_(value.as_bool());
+    case Json::Type::integer: return py::int_(value.as_int());
+    case Json::Type::number: return py::float_(value.as_double());
+    case Json::Type::string: return py::str(value.as_string());
+    case Json::Type::array: {
+      py::list out;
+      for (const auto& item : value.items()) out.append(json_to_python(item));
+      return out;
+    }
+    case Json::Type::object: {
+      py::dict out;
+      for (const auto& [key, item] : value.members()) out[py::str(key)] = json_to_python(item);
+      return out;
+    }
+  }
+  return py::none();
+}
+
+// A config given as JSON text (as the file holds it) or as a dict.
+Json config_argument(const py::object& config) {
+  if (py::isinstance<py::str>(config)) return Json::parse(config.cast<std::string>());
+  return json_from_python(config);
+}
+
+using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using I64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+
+// The model and the thread count its calls use.
+struct LoadedModel {
+  std::shared_ptr<const Model> model;
+  int threads = 0;
+};
+
+F32Array checked_pixels(const Model& model, const py::array& pixel_values) {
+  auto pixels = F32Array::ensure(pixel_values);
+  if (!pixels) throw InvalidArgument("pixel_values must be a numeric array");
+  const int64_t s = model.image_size(), c = model.num_channels();
+  PALI_CHECK_ARG(pixels.ndim() == 4 && pixels.shape(0) > 0 && pixels.shape(1) == c && pixels.shape(2) == s &&
+                     pixels.shape(3) == s,
+                 "pixel_values must be [batch, ", c, ", ", s, ", ", s, "]");
+  return pixels;
+}
+
+I64Array checked_ids(const py::array& array, const std::string& name, int64_t batch) {
+  auto ids = I64Array::ensure(array);
+  if (!ids) throw InvalidArgument(str_cat(name, " must be a numeric array"));
+  PALI_CHECK_ARG(ids.ndim() == 2 && ids.shape(0) == batch, name, " must be [batch, length] with the batch (", batch,
+                 ") of pixel_values");
+  return ids;
+}
+
+}  // namespace
+
+void bind_models(py::module_& m) {
+  m.def(
+      "architectures",
+      [] {
+        py::list out;
+        for (const auto& a : architectures()) out.append(py::make_tuple(a.name, a.description));
+        return out;
+      },
+      "The architectures this build reads: [(name, description)].");
+  m.def(
+      "check_config",
+      [](const py::object& config) {
+        const Json json = config_argument(config);
+        return json_to_python(architecture_of(json).check_config(json));
+      },
+      py::arg("config"),
+      "A `pali.config` (JSON text or dict) checked by its architecture's field table: every field, defaults "
+      "filled in, unknown fields dropped. ValueError says what is wrong, naming the field.");
+  m.def(
+      "expected_tensors",
+      [](const py::object& config) {
+        const Json json = config_argument(config);
+        py::list out;
+        for (const auto& t : architecture_of(json).expected_tensors(json))
+          out.append(py::make_tuple(t.name, py::tuple(py::cast(t.shape))));
+        return out;
+      },
+      py::arg("config"),
+      "The tensors a file of this config must hold: [(name, shape)], in the order the model reads them "
+      "(each in float32, float16 or bfloat16).");
+  m.def(
+      "config_fields",
+      [](const std::string& architecture) {
+        for (const auto& a : architectures())
+          if (a.name == architecture) return json_to_python(a.config_fields());
+        throw InvalidArgument(str_cat("unknown architecture '", architecture, "'"));
+      },
+      py::arg("architecture"),
+      "The architecture's config table: [{name, kind, required, default, low, high, positive, choices, "
+      "fields (a section's)}].");
+
+  py::class_<LoadedModel>(m, "Model", py::module_local(), "A model of any architecture on the engine's own kernels.")
+      .def_property_readonly("architecture", [](const LoadedModel& self) { return self.model->architecture(); })
+      .def_property_readonly("config", [](const LoadedModel& self) { return json_to_python(self.model->config_json()); })
+      .def_property_readonly("weight_format",
+                             [](const LoadedModel& self) { return weight_format_name(self.model->format()); })
+      .def_property_readonly("vocab_size", [](const LoadedModel& self) { return self.model->vocab_size(); })
+      .def_property_readonly("forward_inputs", [](const LoadedModel& self) { return self.model->forward_inputs(); })
+      .def(
+          "forward",
+          [](const LoadedModel& self, const py::array& pixel_values, const py::args& arrays) {
+            const Model& model = *self.model;
+            const std::vector<std::string> names = model.forward_inputs();
+            PALI_CHECK_ARG(arrays.size() == names.size(), "forward takes pixel_values and ", names.size(),
+                           " integer arrays, got ", arrays.size());
+            F32Array pixels = checked_pixels(model, pixel_values);
+            const int64_t batch = pixels.shape(0);
+            std::vector<I64Array> inputs;
+            std::vector<const int64_t*> data;
+            std::vector<int64_t> lengths;
+            for (size_t i = 0; i < names.size(); ++i) {
+              inputs.push_back(checked_ids(arrays[i].cast<py::array>(), names[i], batch));
+              data.push_back(inputs.back().data());
+              lengths.push_back(inputs.back().shape(1));
+            }
+            const int64_t length = model.logits_length(lengths);
+            py::array_t<float> logits({batch, length, model.vocab_size()});
+            float* out = logits.mutable_data();
+            without_gil([&] {
+              ScopedOpThreads scoped(self.threads);
+              model.forward(pixels.data(), batch, data, lengths, out);
+            });
+            return logits;
+          },
+          py::arg("pixel_values"),
+          "Teacher-forced logits float32[B, T, V], as the ONNX graph computes them; the integer inputs are "
+          "`forward_inputs`, in order.")
+      .def(
+          "generate",
+          [](const LoadedModel& self, const py::array& pixel_values, const py::array& input_ids,
+             const py::array& attention_mask, const py::dict& options, const py::object& on_token) {
+            const Model& model = *self.model;
+            F32Array pixels = checked_pixels(model, pixel_values);
+            const int64_t batch = pixels.shape(0);
+            I64Array ids = checked_ids(input_ids, "input_ids", batch);
+            I64Array mask = checked_ids(attention_mask, "attention_mask", batch);
+            PALI_CHECK_ARG(mask.shape(1) == ids.shape(1), "attention_mask must have the shape of input_ids");
+            GenerationOptions opts = generation_options_from_dict(options);
+            std::exception_ptr callback_error;
+            TokenCallback callback = python_token_callback(on_token, &callback_error);
+            std::vector<std::vector<Hypothesis>> results;
+            GenerationTimings timings;
+            PromptBatch prompts{pixels.data(), ids.data(), mask.data(), batch, ids.shape(1)};
+            without_gil([&] {
+              ScopedOpThreads scoped(self.threads);
+              results = model.generate(prompts, opts, callback, &timings);
+            });
+            if (callback_error) std::rethrow_exception(callback_error);
+            return generation_results(results, timings);
+          },
+          py::arg("pixel_values"), py::arg("input_ids"), py::arg("attention_mask"), py::arg("options"),
+          py::arg("on_token") = py::none(),
+          "Generates for a batch of prompts: ([[ (tokens, score, finished), ... ] per request], timings).");
+
+  m.def(
+      "load_model",
+      [](const std::shared_ptr<onnx::OnnxFile>& file, const std::string& weight_format, int threads,
+         const py::object& config) {
+        WeightFormat format = weight_format_from_name(weight_format);
+        PALI_CHECK_ARG(threads >= 0, "threads must be >= 0 (0: all cores), got ", threads);
+        LoadedModel loaded;
+        loaded.threads = threads;
+        // The config argument is converted with the GIL; the weights are prepared without it.
+        Json json;
+        const bool from_file = config.is_none();
+        if (!from_file) json = config_argument(config);
+        loaded.model = without_gil([&] {
+          ScopedOpThreads scoped(threads);
+          if (from_file) return load_model(file, format);
+          try {
+            return architecture_of(json).load(file, json, format);
+          } catch (const ModelFileError&) {
+            throw;
+          } catch (const InvalidArgument& error) {
+            throw ModelFileError(str_cat(file->path(), ": 'pali.config' ", error.what()));
+          }
+        });
+        return loaded;
+      },
+      py::arg("file"), py::arg("weight_format") = "f32", py::arg("threads") = 0, py::arg("config") = py::none(),
+      "The file's model, its architecture picked by its `pali.config` (or by `config`, a dict or JSON text, "
+      "when given). ModelFileError names the file and the field or tensor.");
+}
+
+}  // namespace pali::bindings
