@@ -2,6 +2,7 @@
 
     pali-engine bench --quick                       # under a minute: default model, b1 greedy, 3 peers
     pali-engine bench --sizes default,small,base    # the full run (docs/benchmarks.md)
+    pali-engine bench --quick --baseline 1592b7c    # beside another build of the engine (baseline.py)
 
 For each size the harness writes (or reuses) the weights and every peer's files,
 measures each peer's peak memory in a fresh subprocess, loads all peers in this
@@ -35,6 +36,7 @@ from typing import Dict, List, Optional
 from . import caption_latency
 from . import floors as floors_mod
 from . import models
+from .baseline import BaselineError, round_order
 from .peers import Case, all_peers
 
 METRICS = ("vision_ms", "encoder_ms", "ttft_ms", "step_ms", "total_ms", "tokens_per_s")
@@ -98,6 +100,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-caption", action="store_true",
                         help="skip the end-to-end caption latency of the default model (engine vs PyTorch)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
+    parser.add_argument("--baseline", default=None, metavar="REF_OR_DIR",
+                        help="another build of the engine as a peer, rows engine-baseline <dtype>, paired round "
+                             "by round with the engine at the same dtype: a git ref of this repository (built "
+                             "once into the work dir's cache) or a folder holding a built pali_engine package")
     parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)
 
 
@@ -180,6 +186,13 @@ def select_peers(args) -> list:
                 raise ValueError(f"unknown peer {p!r}; choose from {', '.join(sorted(set(PEER_KEYS.values())))}")
             wanted.add(PEER_KEYS[p.lower()])
         peers = [p for p in peers if p.name.split()[0] in wanted]
+    resolved = getattr(args, "baseline_build", None)
+    if resolved is not None:  # each baseline row right after the engine row it is paired with
+        from .baseline import baseline_peers
+
+        for b in baseline_peers(resolved, dtypes):
+            names = [p.name for p in peers]
+            peers.insert(names.index(b.pairs_with) + 1 if b.pairs_with in names else len(peers), b)
     return peers
 
 
@@ -381,6 +394,39 @@ def agreement(tokens, scores, ref_tokens, ref_scores) -> Dict:
             "max_score_diff_equal_rows": (max(diffs) if diffs else None)}
 
 
+#: The metrics of the current build over the baseline's, round by round.
+VERSUS_BASELINE_METRICS = ("total_ms", "step_ms", "ttft_ms", "vision_ms")
+
+
+def same_tokens(runs: List[Dict], ref_runs: List[Dict]) -> Dict:
+    """Whether every timed run of two rows gave the same tokens, and the largest score difference."""
+    rows = equal = 0
+    diffs = []
+    for a, b in zip(runs, ref_runs):
+        for ta, tb in zip(a["tokens"], b["tokens"]):
+            rows += 1
+            equal += list(ta) == list(tb)
+        diffs += [abs(x - y) for x, y in zip(a.get("scores") or [], b.get("scores") or [])]
+    return {"identical": rows > 0 and equal == rows, "rows_equal": equal, "rows": rows,
+            "max_score_diff": max(diffs) if diffs else None}
+
+
+def against_baseline(current: str, baseline: str, runs: Dict[str, List[Dict]],
+                     interleaved: Dict[str, List[Dict]]) -> Dict:
+    """The current engine row over its baseline row at the same dtype, round by round: per metric
+    the median ratio current / baseline with its 95% interval (< 1: the current build is faster)
+    and the rounds where the current build was faster; and the tokens of every timed run compared."""
+    ratios = {}
+    for metric in VERSUS_BASELINE_METRICS:
+        pairs = list(zip(interleaved[current], interleaved[baseline]))
+        values = [a.get(metric) / b.get(metric) for a, b in pairs if a.get(metric) is not None and b.get(metric)]
+        if values and len(values) == len(pairs):
+            ratios[metric] = {**(median_interval(values) or {"median": statistics.median(values), "n": len(values)}),
+                              "current_faster": sum(v < 1 for v in values)}
+    return {"current": current, "baseline": baseline, "ratios": ratios,
+            "tokens": same_tokens(runs[current], runs[baseline])}
+
+
 def bench_size(size: str, args, cases: List[Case], machine: Dict, threads: int, log) -> Dict:
     import torch
 
@@ -414,6 +460,9 @@ def bench_size(size: str, args, cases: List[Case], machine: Dict, threads: int, 
         big = max(cases, key=lambda c: (c.batch * c.beams, c.batch))
         out["memory"]["case"] = big.name
         for p in peers:
+            if getattr(p, "pairs_with", None):
+                out["memory"]["peers"][p.name] = {"error": "not measured: a baseline runs in a worker process"}
+                continue
             log(f"[{size}] peak memory of {p.name} ({big.name}) ...")
             out["memory"]["peers"][p.name] = run_probe(art, p, big, args, threads)
 
@@ -436,89 +485,97 @@ def bench_size(size: str, args, cases: List[Case], machine: Dict, threads: int, 
     peers = [p for p in peers if not p.isolated]
 
     loaded = []
-    for p in peers:
-        t0 = time.perf_counter()
-        try:
-            p.load(art, shared, threads)
-            loaded.append(p)
-            out.setdefault("load_s", {})[p.name] = round(time.perf_counter() - t0, 2)
-            chk = p.check(art, shared, models.make_inputs(art, 1, args.seed))
-            if chk:
-                out.setdefault("checks", {})[p.name] = chk
-                log(f"[{size}] check {p.name}: {chk}")
-        except Exception as error:
-            out["skipped"][p.name] = f"load failed: {type(error).__name__}: {error}"
-            log(traceback.format_exc())
-    peers = loaded
-    model = shared["torch_model"](None)
-    out["repeats"], out["warmup"] = repeats, args.warmup
-    out["isolated_peers"] = [p.name for p in isolated]
+    try:
+        for p in peers:
+            t0 = time.perf_counter()
+            try:
+                p.load(art, shared, threads)
+                loaded.append(p)
+                out.setdefault("load_s", {})[p.name] = round(time.perf_counter() - t0, 2)
+                if getattr(p, "load_info", None):
+                    out.setdefault("baseline_load", {})[p.name] = p.load_info
+                chk = p.check(art, shared, models.make_inputs(art, 1, args.seed))
+                if chk:
+                    out.setdefault("checks", {})[p.name] = chk
+                    log(f"[{size}] check {p.name}: {chk}")
+            except Exception as error:
+                out["skipped"][p.name] = f"load failed: {type(error).__name__}: {error}"
+                log(traceback.format_exc())
+        peers = loaded
+        model = shared["torch_model"](None)
+        out["repeats"], out["warmup"] = repeats, args.warmup
+        out["isolated_peers"] = [p.name for p in isolated]
 
-    for case in cases:
-        inputs = models.make_inputs(art, case.batch, args.seed)
-        out["encoder_tokens"] = inputs["image_tokens"] + inputs["prompt_tokens"]
-        out["image_tokens"], out["prompt_tokens"] = inputs["image_tokens"], inputs["prompt_tokens"]
-        log(f"[{size}] {case.name}: reference tokens (PyTorch) ...")
-        with torch.no_grad():
-            ref_t, ref_s = model.generate(torch.from_numpy(inputs["pixel_values"]),
-                                          torch.from_numpy(inputs["input_ids"]),
-                                          torch.from_numpy(inputs["attention_mask"]),
-                                          max_new_tokens=case.new_tokens, num_beams=case.beams,
-                                          min_new_tokens=case.new_tokens)
-        ref = (ref_t.tolist(), ref_s.tolist())
-        text_ref = None
-        if any(p.name.startswith("ctranslate2") for p in peers + isolated):
-            from .peers import text_reference
+        for case in cases:
+            inputs = models.make_inputs(art, case.batch, args.seed)
+            out["encoder_tokens"] = inputs["image_tokens"] + inputs["prompt_tokens"]
+            out["image_tokens"], out["prompt_tokens"] = inputs["image_tokens"], inputs["prompt_tokens"]
+            log(f"[{size}] {case.name}: reference tokens (PyTorch) ...")
+            with torch.no_grad():
+                ref_t, ref_s = model.generate(torch.from_numpy(inputs["pixel_values"]),
+                                              torch.from_numpy(inputs["input_ids"]),
+                                              torch.from_numpy(inputs["attention_mask"]),
+                                              max_new_tokens=case.new_tokens, num_beams=case.beams,
+                                              min_new_tokens=case.new_tokens)
+            ref = (ref_t.tolist(), ref_s.tolist())
+            text_ref = None
+            if any(p.name.startswith("ctranslate2") for p in peers + isolated):
+                from .peers import text_reference
 
-            text_ref = text_reference(model, inputs["source_ids"], case)
-        runs: Dict[str, List[Dict]] = {p.name: [] for p in peers}
-        failed: Dict[str, str] = {}
-        active = list(peers)
-        for r in range(args.warmup + repeats):
-            for p in list(active):
-                try:
-                    res = p.run(inputs, case)
-                except Exception as error:
-                    failed[p.name] = f"{type(error).__name__}: {error}"
-                    log(traceback.format_exc())
-                    active.remove(p)
+                text_ref = text_reference(model, inputs["source_ids"], case)
+            runs: Dict[str, List[Dict]] = {p.name: [] for p in peers}
+            failed: Dict[str, str] = {}
+            active = list(peers)
+            for r in range(args.warmup + repeats):
+                for p in round_order(active, r):
+                    try:
+                        res = p.run(inputs, case)
+                    except Exception as error:
+                        failed[p.name] = f"{type(error).__name__}: {error}"
+                        log(traceback.format_exc())
+                        active.remove(p)
+                        continue
+                    if r >= args.warmup:
+                        runs[p.name].append(res)
+                    time.sleep(PAUSE_S)  # let the last peer's spinning worker threads go idle
+                log(f"[{size}] {case.name}: round {r + 1}/{args.warmup + repeats} done")
+            for p in isolated:
+                runs[p.name] = isolated_runs[p.name]["runs"].get(case.name, [])
+                if case.name in isolated_runs[p.name]["failed"]:
+                    failed[p.name] = isolated_runs[p.name]["failed"][case.name]
+            vision_offset = None
+            if runs.get("pytorch"):
+                vision_offset = statistics.median(x["vision_ms"] for x in runs["pytorch"])
+            rows = {}
+            for p in peers + isolated:
+                if p.name in failed or not runs.get(p.name):
                     continue
-                if r >= args.warmup:
-                    runs[p.name].append(res)
-                time.sleep(PAUSE_S)  # let the last peer's spinning worker threads go idle
-            log(f"[{size}] {case.name}: round {r + 1}/{args.warmup + repeats} done")
-        for p in isolated:
-            runs[p.name] = isolated_runs[p.name]["runs"].get(case.name, [])
-            if case.name in isolated_runs[p.name]["failed"]:
-                failed[p.name] = isolated_runs[p.name]["failed"][case.name]
-        vision_offset = None
-        if runs.get("pytorch"):
-            vision_offset = statistics.median(x["vision_ms"] for x in runs["pytorch"])
-        rows = {}
-        for p in peers + isolated:
-            if p.name in failed or not runs.get(p.name):
-                continue
-            derived = [derive(x, case, vision_offset) for x in runs[p.name]]
-            last = runs[p.name][-1]
-            reference = text_ref if p.name.startswith("ctranslate2") else ref
-            rows[p.name] = {
-                "precision": p.precision, "text_only": p.text_only,
-                **{m: _stats([d[m] for d in derived]) for m in METRICS},
-                "steps": last["steps"],
-                "agreement": agreement(last["tokens"], last["scores"], *reference),
-                "reference": "PyTorch text model on the same token ids" if p.name.startswith("ctranslate2")
-                else "PyTorch eager generate on the same inputs",
-                "raw": [{k: v for k, v in x.items() if k not in ("tokens", "scores")} for x in runs[p.name]],
-            }
-        interleaved = {p.name: [derive(x, case, None) for x in runs[p.name]] for p in peers
-                       if p.name not in failed and runs.get(p.name)}
-        out["cases"][case.name] = {"batch": case.batch, "beams": case.beams, "new_tokens": case.new_tokens,
-                                   "peers": rows, "failed": failed,
-                                   "paired": {m: paired(interleaved, "engine f32", m)
-                                              for m in ("vision_ms", "step_ms")}}
-    out["prefill_flops_per_image"] = models.prefill_flops(cfg, out.get("prompt_tokens", 0))
-    for p in peers:
-        p.close()
+                derived = [derive(x, case, vision_offset) for x in runs[p.name]]
+                last = runs[p.name][-1]
+                reference = text_ref if p.name.startswith("ctranslate2") else ref
+                rows[p.name] = {
+                    "precision": p.precision, "text_only": p.text_only,
+                    **{m: _stats([d[m] for d in derived]) for m in METRICS},
+                    "steps": last["steps"],
+                    "agreement": agreement(last["tokens"], last["scores"], *reference),
+                    "reference": "PyTorch text model on the same token ids" if p.name.startswith("ctranslate2")
+                    else "PyTorch eager generate on the same inputs",
+                    "raw": [{k: v for k, v in x.items() if k not in ("tokens", "scores")} for x in runs[p.name]],
+                }
+            interleaved = {p.name: [derive(x, case, None) for x in runs[p.name]] for p in peers
+                           if p.name not in failed and runs.get(p.name)}
+            out["cases"][case.name] = {"batch": case.batch, "beams": case.beams, "new_tokens": case.new_tokens,
+                                       "peers": rows, "failed": failed,
+                                       "paired": {m: paired(interleaved, "engine f32", m)
+                                                  for m in ("vision_ms", "step_ms")}}
+            versus = {p.name: against_baseline(p.pairs_with, p.name, runs, interleaved) for p in peers
+                      if getattr(p, "pairs_with", None) and p.name in interleaved and p.pairs_with in interleaved}
+            if versus:
+                out["cases"][case.name]["versus_baseline"] = versus
+        out["prefill_flops_per_image"] = models.prefill_flops(cfg, out.get("prompt_tokens", 0))
+    finally:  # a baseline's worker process ends here too, on an error or a Ctrl-C
+        for p in loaded:
+            p.close()
     del shared
     return out
 
@@ -576,9 +633,57 @@ def table(result: Dict) -> str:
                 if cells:
                     lines.append(f"\n{label}, round by round, peer / engine f32 (median [95% interval]): "
                                  + "; ".join(cells))
+            for v in c.get("versus_baseline", {}).values():
+                lines.append(f"\n{v['current']} / {v['baseline']}, round by round (median [95% interval], "
+                             f"< 1: the current build is faster): {_versus_cells(v)}")
         for name, why in sz["skipped"].items():
             lines.append(f"\nskipped on {sz['size']}: {name}: {why}")
     return "\n".join(lines)
+
+
+_METRIC_LABELS = {"total_ms": "total", "step_ms": "ms/step", "ttft_ms": "TTFT", "vision_ms": "vision"}
+
+
+def _ratio(q: Optional[Dict]) -> str:
+    if not q:
+        return "-"
+    return f"{q['median']:.3f}" + (f" [{q['low']:.3f}, {q['high']:.3f}]" if "low" in q else "")
+
+
+def _tokens_cell(t: Dict) -> str:
+    diff = "-" if t["max_score_diff"] is None else f"{t['max_score_diff']:.2g}"
+    return (f"{'identical' if t['identical'] else 'DIFFERENT'} ({t['rows_equal']}/{t['rows']} rows over the "
+            f"timed runs), max score diff {diff}")
+
+
+def _versus_cells(v: Dict) -> str:
+    cells = [f"{_METRIC_LABELS[m]} {_ratio(q)}, current faster in {q['current_faster']}/{q['n']}"
+             for m, q in v["ratios"].items()]
+    return "; ".join(cells) + f"; tokens {_tokens_cell(v['tokens'])}"
+
+
+def versus_baseline_summary(result: Dict) -> str:
+    """One line per size, case and dtype: the current build over the baseline, round by round."""
+    rows = []
+    for sz in result["sizes"]:
+        for cname, c in sz["cases"].items():
+            for v in c.get("versus_baseline", {}).values():
+                r, t = v["ratios"], v["tokens"]
+                total = r.get("total_ms")
+                faster = f"{total['current_faster']}/{total['n']}" if total else "-"
+                diff = "-" if t["max_score_diff"] is None else f"{t['max_score_diff']:.2g}"
+                rows.append(f"| {sz['size']} | {cname} | {v['current'].split()[-1]} | {_ratio(total)} | "
+                            f"{_ratio(r.get('step_ms'))} | {_ratio(r.get('ttft_ms'))} | {faster} | "
+                            f"{'yes' if t['identical'] else 'NO'} ({t['rows_equal']}/{t['rows']}) | {diff} |")
+    if not rows:
+        return ""
+    b = result.get("baseline", {})
+    name = (b.get("commit") or "")[:10] or b.get("given", "?")
+    return (f"\ncurrent build ({(result.get('engine_build', {}).get('commit') or '?')[:10]}) / baseline ({name}), "
+            "round by round, the same inputs: median ratio [95% interval] (< 1: the current "
+            "build is faster)\n\n"
+            "| size | case | dtype | total | ms/step | TTFT | current faster (total) | same tokens | max score diff |\n"
+            "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
 
 
 def summary(result: Dict) -> str:
@@ -629,7 +734,21 @@ def header(result: Dict) -> str:
             "tokens/s: batch x tokens / total. step vs engine: this row's ms/step over the engine's at the "
             "same weight precision (> 1: the engine is faster). * vision by PyTorch (text-side peers). "
             "same tokens: rows equal to PyTorch's output (CTranslate2: to PyTorch's text model on the same "
-            "token ids). floor: FLOPs / sgemm rate (vision, encoder), weight bytes read per step / bandwidth.")
+            "token ids). floor: FLOPs / sgemm rate (vision, encoder), weight bytes read per step / bandwidth."
+            + baseline_header(result))
+
+
+def baseline_header(result: Dict) -> str:
+    b = result.get("baseline")
+    if not b:
+        return ""
+    current = result.get("engine_build", {})
+    what = (f"commit {b['commit'][:10]} ({b.get('subject', '')[:80]}), {'cached build' if b.get('cached') else 'built'}"
+            if b.get("commit") else f"the package folder {b.get('given')}")
+    return (f"\nengine-baseline rows: the engine of {what}, in a worker process, interleaved round by round with "
+            f"the current build ({(current.get('commit') or '?')[:10]}"
+            f"{', tracked files modified' if current.get('tracked_files_modified') else ''}) at the same dtype; "
+            "each round alternates which of the two runs first.")
 
 
 def plot(result: Dict, path: str) -> Optional[str]:
@@ -758,6 +877,15 @@ def run(args: argparse.Namespace) -> int:
     args.work_dir = args.work_dir or os.path.join(os.path.expanduser("~"), ".cache", "pali-engine", "bench")
     os.makedirs(args.work_dir, exist_ok=True)
     out_dir = args.out_dir if args.out_dir else (None if args.quick else _default_out_dir())
+    args.baseline_build = None
+    if args.baseline:
+        from .baseline import resolve
+
+        try:
+            args.baseline_build = resolve(args.baseline, args.work_dir, log)
+        except BaselineError as error:
+            print(f"error: --baseline {args.baseline}: {error}", file=sys.stderr)
+            return 2
 
     import torch
 
@@ -771,6 +899,11 @@ def run(args: argparse.Namespace) -> int:
                   sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])),
               "machine": machine_info(), "packages": package_versions(), "threads": threads,
               "floors_measured_start": machine_floor, "floors_measured": machine_floor, "sizes": []}
+    from .baseline import head_commit
+
+    result["engine_build"] = head_commit()
+    if args.baseline_build is not None:
+        result["baseline"] = args.baseline_build.describe()
     stem = "cpu-" + _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M")
     for s in sizes:
         t0 = time.time()
@@ -802,6 +935,8 @@ def run(args: argparse.Namespace) -> int:
     elif result.get("caption"):
         text += f"\n\ncaption end to end: skipped ({result['caption']['skipped']})"
     text += "\n\n**Summary**\n" + summary(result)
+    if result.get("baseline"):
+        text += "\n" + versus_baseline_summary(result)
     result["table_markdown"] = text
     print(text)
     if out_dir:

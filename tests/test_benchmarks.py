@@ -247,3 +247,283 @@ def test_build_hf_t5_rejects_misshapen_weights():
     sd["decoder.blocks.0.ffn.wo.weight"] = torch.zeros(3, 3)
     with pytest.raises(RuntimeError, match="wo"):
         hf_t5.build_hf_t5(model.config, sd)
+
+
+# --------------------------------------------------------------------------
+# another build as a peer (--baseline): the worker protocol on a stub package, then a real run
+
+STUB_FILES = {
+    "__init__.py": '__version__ = "stub"\nfrom .engine import Engine\n',
+    "_core.py": "",
+    "generation.py": (
+        "import types\n\n\n"
+        "def parse_options(options, config):\n"
+        "    return types.SimpleNamespace(**options)\n"),
+    "native_backend.py": (
+        "import os\n"
+        "import types\n\n\n"
+        "class NativeBackend:\n"
+        "    def __init__(self, path, *, dtype='float32', threads=None):\n"
+        "        if dtype == 'broken':\n"
+        "            raise ValueError('the stub refuses this dtype')\n"
+        "        self.config = {'eos_token_id': 1}\n\n"
+        "    def _search(self, pixel_values, input_ids, attention_mask, options, on_token):\n"
+        "        print('noise on stdout that must not reach the pipe')\n"
+        "        hyps = [[types.SimpleNamespace(tokens=list(row) + [options.num_beams], score=float(px.sum()))]\n"
+        "                for row, px in zip(input_ids.tolist(), pixel_values)]\n"
+        "        return hyps, {'vision_ms': 1.0, 'encoder_ms': 2.0, 'first_token_ms': 3.0, 'decode_ms': 10.0,\n"
+        "                      'steps': options.max_new_tokens}\n"),
+    "engine.py": (
+        "import types\n\n\n"
+        "class Engine:\n"
+        "    @classmethod\n"
+        "    def load(cls, path, dtype='float32', threads=None):\n"
+        "        return cls()\n\n"
+        "    def generate(self, images, prompts, **options):\n"
+        "        t = {'vision_ms': 1.0, 'encoder_ms': 2.0, 'first_token_ms': 3.0, 'decode_ms': 10.0,\n"
+        "             'steps': options['max_new_tokens'], 'generate_ms': 20.0}\n"
+        "        return [types.SimpleNamespace(tokens=[len(p)], score=-1.0, timings=t) for p in prompts]\n"),
+}
+
+
+def _stub_package(folder, with_search: bool = True):
+    package = folder / "pali_engine"
+    package.mkdir(parents=True)
+    for name, text in STUB_FILES.items():
+        if name == "native_backend.py" and not with_search:
+            text = text.replace("def _search(", "def _other_search(")
+        (package / name).write_text(text)
+    return folder
+
+
+def _stub_inputs(batch: int):
+    return {"pixel_values": np.ones((batch, 3, 4, 4), np.float32), "input_ids": np.arange(2 * batch).reshape(batch, 2),
+            "attention_mask": np.ones((batch, 2), np.int64), "images": [None] * batch,
+            "prompts": ["abc"] * batch}
+
+
+def _artifacts(model_path):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(onnx_path=str(model_path))
+
+
+def test_baseline_worker_runs_the_stub_package(tmp_path):
+    from pali_engine.benchmarks.baseline import Baseline, BaselineError, BaselinePeer
+    from pali_engine.benchmarks.peers import Case
+
+    folder = _stub_package(tmp_path / "stub")
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"")
+    peer = BaselinePeer(Baseline(str(folder), str(folder)), "int8")
+    assert peer.name == "engine-baseline int8" and peer.pairs_with == "engine int8" and peer.missing() is None
+    peer.load(_artifacts(model), {}, 2)
+    try:
+        assert peer.load_info == {"call": "NativeBackend._search on prepared arrays", "version": "stub"}
+        for _ in range(2):  # one worker, several calls
+            r = peer.run(_stub_inputs(2), Case(2, 4, 8))
+            assert r == {"vision_ms": 1.0, "encoder_ms": 2.0, "ttft_ms": pytest.approx(r["total_ms"] - 7.0),
+                         "total_ms": r["total_ms"], "steps": 8, "tokens": [[0, 1, 4], [2, 3, 4]],
+                         "scores": [48.0, 48.0]}
+        pid = peer.worker.proc.pid
+        with pytest.raises(BaselineError, match="the stub refuses this dtype"):  # errors come back, the worker stays
+            peer.worker.call({"op": "load", "model": str(model), "dtype": "broken", "threads": 1})
+        assert peer.worker.call({"op": "unload", "handle": 99}) == {"ok": True}
+        worker = peer.worker
+    finally:
+        peer.close()
+    assert worker.proc.returncode == 0 and peer.worker is None and pid > 0
+
+
+def test_baseline_worker_falls_back_to_engine_generate(tmp_path):
+    from pali_engine.benchmarks.baseline import Baseline, BaselinePeer
+    from pali_engine.benchmarks.peers import Case
+
+    folder = _stub_package(tmp_path / "stub", with_search=False)
+    peer = BaselinePeer(Baseline(str(folder), str(folder)), "float32")
+    peer.load(_artifacts(tmp_path / "model.onnx"), {}, 1)
+    try:
+        assert peer.load_info["call"] == "Engine.generate on images and prompts"
+        r = peer.run(_stub_inputs(1), Case(1, 1, 5))
+        assert r["tokens"] == [[3]] and r["total_ms"] == 20.0 and r["ttft_ms"] == 13.0 and r["steps"] == 5
+    finally:
+        peer.close()
+
+
+def test_baseline_package_folder_and_refs(tmp_path):
+    from pali_engine.benchmarks import baseline
+
+    folder = _stub_package(tmp_path / "stub")
+    assert baseline.package_folder(str(folder)) == str(folder)
+    assert baseline.package_folder(str(folder / "pali_engine")) == str(folder)
+    (folder / "pali_engine" / "_core.py").unlink()  # a source folder: no native module
+    assert baseline.package_folder(str(folder)) is None
+    with pytest.raises(baseline.BaselineError, match="no built pali_engine"):
+        baseline.resolve(str(folder), str(tmp_path / "work"), print)
+    with pytest.raises(baseline.BaselineError, match="neither a folder"):
+        baseline.resolve("no-such-ref-anywhere", str(tmp_path / "work"), print)
+
+
+def test_baseline_ref_reuses_the_cache_of_its_full_commit(tmp_path):
+    import subprocess
+
+    from pali_engine.benchmarks import baseline
+
+    try:
+        _, commit = baseline.resolve_commit("HEAD")
+    except baseline.BaselineError:
+        pytest.skip("not in a git checkout")
+    cached = tmp_path / "work" / "baselines" / commit
+    _stub_package(cached / "site")
+    (cached / "build.json").write_text(json.dumps({"build_s": 1.5}))
+    short = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                           cwd=os.path.dirname(baseline.__file__)).stdout.strip()
+    logs = []
+    found = baseline.resolve(short, str(tmp_path / "work"), logs.append)
+    assert found.package_dir == str(cached / "site") and found.commit == commit
+    assert found.describe()["cached"] is True and found.describe()["given"] == short
+    assert "cached" in logs[0]
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(line.split()[1] for line in f if line.startswith("State:"))
+    except (FileNotFoundError, ProcessLookupError):
+        return "gone"
+
+
+def _ends_soon(pid: int, seconds: float = 10.0) -> bool:
+    import time
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if _state(pid) in ("gone", "Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("how", ["exception", "ctrl-c", "killed"])
+def test_baseline_worker_ends_with_the_harness(tmp_path, how):
+    import signal
+    import subprocess
+    import sys
+
+    if not os.path.isdir("/proc"):
+        pytest.skip("needs /proc")
+    folder = _stub_package(tmp_path / "stub")
+    script = (
+        "import sys, time\n"
+        "from pali_engine.benchmarks.baseline import BaselineWorker\n"
+        f"worker = BaselineWorker({str(folder)!r})\n"
+        "print(worker.proc.pid, flush=True)\n"
+        f"if {how!r} == 'exception':\n"
+        "    raise RuntimeError('the harness fails')\n"
+        "time.sleep(60)\n")
+    harness = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        worker_pid = int(harness.stdout.readline())
+        if how == "ctrl-c":
+            harness.send_signal(signal.SIGINT)
+        elif how == "killed":
+            harness.kill()
+        harness.wait(30)
+        assert _ends_soon(worker_pid), f"the worker outlived the harness ({how})"
+    finally:
+        if harness.poll() is None:
+            harness.kill()
+            harness.wait()
+
+
+def test_round_order_alternates_each_pair():
+    from types import SimpleNamespace
+
+    from pali_engine.benchmarks.baseline import round_order
+
+    peers = [SimpleNamespace(name="engine f32"), SimpleNamespace(name="engine-baseline f32", pairs_with="engine f32"),
+             SimpleNamespace(name="pytorch")]
+    assert [p.name for p in round_order(peers, 0)] == ["engine f32", "engine-baseline f32", "pytorch"]
+    assert [p.name for p in round_order(peers, 1)] == ["engine-baseline f32", "engine f32", "pytorch"]
+
+
+def test_against_baseline_ratios_and_tokens():
+    from pali_engine.benchmarks.harness import against_baseline
+
+    runs = {"engine f32": [{"tokens": [[1, 2]], "scores": [-1.0]}] * 6,
+            "engine-baseline f32": [{"tokens": [[1, 2]], "scores": [-1.25]}] * 5 + [{"tokens": [[1, 3]], "scores": [0.0]}]}
+    interleaved = {"engine f32": [{"total_ms": 9.0, "step_ms": 1.0, "ttft_ms": 2.0, "vision_ms": None}] * 6,
+                   "engine-baseline f32": [{"total_ms": 10.0, "step_ms": 1.0, "ttft_ms": 1.0, "vision_ms": None}] * 6}
+    v = against_baseline("engine f32", "engine-baseline f32", runs, interleaved)
+    assert v["ratios"]["total_ms"]["median"] == pytest.approx(0.9) and v["ratios"]["total_ms"]["current_faster"] == 6
+    assert v["ratios"]["ttft_ms"]["median"] == 2.0 and v["ratios"]["ttft_ms"]["current_faster"] == 0
+    assert "low" in v["ratios"]["step_ms"] and "vision_ms" not in v["ratios"]
+    assert v["tokens"] == {"identical": False, "rows_equal": 5, "rows": 6, "max_score_diff": 1.0}
+
+
+def _current_build_folder(tmp_path):
+    """A package folder of the build under test: its Python files and its native module, copied
+    (the editable install keeps them in two folders)."""
+    import shutil
+
+    import pali_engine
+    from pali_engine import _native
+
+    package = tmp_path / "current" / "pali_engine"
+    package.mkdir(parents=True)
+    for name in os.listdir(os.path.dirname(pali_engine.__file__)):
+        if name.endswith(".py"):
+            shutil.copy(os.path.join(os.path.dirname(pali_engine.__file__), name), package / name)
+    shutil.copy(_native._core.__file__, package / os.path.basename(_native._core.__file__))
+    return package.parent
+
+
+def _workers_of_this_process():
+    mine = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and b"baseline_worker.py" in cmd and _state(int(pid)) not in ("Z", "X"):
+            mine.append(pid)
+    return mine
+
+
+def test_quick_run_with_the_current_build_as_baseline(tmp_path, capsys):
+    if not _native_engine_available():
+        pytest.skip("the native engine is not built")
+    from pali_engine.benchmarks import harness
+
+    folder = _current_build_folder(tmp_path)
+    out_dir = tmp_path / "out"
+    rc = harness.main(["--quick", "--sizes", "tiny", "--new-tokens", "4", "--repeats", "2", "--peers", "engine",
+                       "--engine-dtypes", "float32", "--no-plot", "--baseline", str(folder),
+                       "--work-dir", str(tmp_path / "work"), "--out-dir", str(out_dir)])
+    text = capsys.readouterr().out
+    assert rc == 0
+    result = json.load(open(glob.glob(str(out_dir / "cpu-*.json"))[0]))
+    assert result["baseline"]["given"] == "current" and result["baseline"]["commit"] is None
+    size = result["sizes"][0]
+    assert size["baseline_load"]["engine-baseline f32"]["call"] == "NativeBackend._search on prepared arrays"
+    case = size["cases"]["b1-greedy"]
+    assert list(case["peers"]) == ["engine f32", "engine-baseline f32"], (case["peers"].keys(), case["failed"])
+    versus = case["versus_baseline"]["engine-baseline f32"]
+    assert versus["tokens"] == {"identical": True, "rows_equal": 2, "rows": 2, "max_score_diff": 0.0}
+    assert versus["ratios"]["total_ms"]["n"] == 2 and versus["ratios"]["total_ms"]["median"] > 0
+    assert case["peers"]["engine-baseline f32"]["agreement"]["rows_equal"] == 1  # PyTorch's tokens too
+    assert "engine f32 / engine-baseline f32, round by round" in text
+    assert "| tiny | b1-greedy | f32 |" in text
+    assert _workers_of_this_process() == []
+
+
+def test_bad_baseline_fails_cleanly(tmp_path, capsys):
+    from pali_engine.benchmarks import harness
+
+    assert harness.main(["--quick", "--sizes", "tiny", "--baseline", "no-such-ref-anywhere",
+                         "--work-dir", str(tmp_path)]) == 2
+    assert "--baseline no-such-ref-anywhere" in capsys.readouterr().err
