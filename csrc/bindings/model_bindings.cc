@@ -110,6 +110,10 @@ I64Array checked_ids(const py::array& array, const std::string& name, int64_t ba
 
 void bind_models(py::module_& m) {
   m.def(
+      "parse_json", [](const std::string& text) { return json_to_python(Json::parse(text)); }, py::arg("text"),
+      "Reads JSON text with the engine's strict reader (the one that reads `pali.config`); ValueError says "
+      "what is wrong and where.");
+  m.def(
       "architectures",
       [] {
         py::list out;
