@@ -34,6 +34,23 @@ VisionTowerSpec pali_vision_spec(const PaliConfig& c) {
   return s;
 }
 
+// The T5 encoder's or decoder's block spec from the "pali" config.
+T5Spec t5_spec(const PaliConfig& c, int64_t layers) {
+  T5Spec s;
+  s.d_model = c.d_model;
+  s.d_kv = c.d_kv;
+  s.num_heads = c.num_heads;
+  s.d_ff = c.d_ff;
+  s.layers = layers;
+  s.activation = c.feed_forward_proj == "gated-silu" ? Activation::silu : Activation::gelu_tanh;
+  s.layer_norm_epsilon = c.layer_norm_epsilon;
+  s.relative_attention_num_buckets = c.relative_attention_num_buckets;
+  s.relative_attention_max_distance = c.relative_attention_max_distance;
+  s.vocab_size = c.vocab_size;
+  s.tie_word_embeddings = c.tie_word_embeddings;
+  return s;
+}
+
 double milliseconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 }
@@ -78,8 +95,8 @@ PaliModel::PaliModel(std::shared_ptr<const onnx::OnnxFile> file, const PaliConfi
 void PaliModel::build(WeightStore& weights) {
   embedding_ = weights.f32("shared.weight", {config_.vocab_size, config_.d_model});
   vision_ = std::make_unique<VisionTower>(pali_vision_spec(config_), weights, format_);
-  encoder_ = std::make_unique<T5Encoder>(config_, weights, format_);
-  decoder_ = std::make_unique<T5Decoder>(config_, weights, embedding_, format_);
+  encoder_ = std::make_unique<T5Encoder>(t5_spec(config_, config_.encoder_layers), weights, format_);
+  decoder_ = std::make_unique<T5Decoder>(t5_spec(config_, config_.decoder_layers), weights, embedding_, format_);
 }
 
 std::vector<TensorSpec> PaliModel::expected_tensors(const PaliConfig& config) {

@@ -12,13 +12,13 @@
 
 namespace pali {
 
-T5Decoder::T5Decoder(const PaliConfig& config, WeightStore& weights, const Tensor& embedding,
+T5Decoder::T5Decoder(const T5Spec& config, WeightStore& weights, const Tensor& embedding,
                      WeightFormat format)
     : config_(config), embedding_(embedding) {
   const int64_t d = config.d_model, inner = config.inner_dim();
   relative_attention_bias_ = weights.f32("decoder.relative_attention_bias.weight",
                                          {config.relative_attention_num_buckets, config.num_heads});
-  for (int64_t i = 0; i < config.decoder_layers; ++i) {
+  for (int64_t i = 0; i < config.layers; ++i) {
     const std::string prefix = "decoder.blocks." + std::to_string(i) + ".";
     Layer l;
     l.self_attn_norm = weights.f32(prefix + "self_attn_norm.weight", {d});

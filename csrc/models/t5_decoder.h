@@ -13,7 +13,6 @@
 
 #include <vector>
 
-#include "models/pali_config.h"
 #include "models/t5_layers.h"
 #include "models/weights.h"
 
@@ -36,7 +35,7 @@ struct DecoderState {
 
 class T5Decoder {
  public:
-  T5Decoder(const PaliConfig& config, WeightStore& weights, const Tensor& embedding, WeightFormat format);
+  T5Decoder(const T5Spec& config, WeightStore& weights, const Tensor& embedding, WeightFormat format);
 
   // memory: [requests, enc_len, d_model]; mask: [requests, enc_len].
   DecoderState start(const float* memory, const int32_t* mask, int64_t requests, int64_t enc_len,
@@ -54,7 +53,7 @@ class T5Decoder {
     LinearWeight self_qkv, self_o, cross_q, cross_kv, cross_o;
     T5FeedForward ffn;
   };
-  const PaliConfig& config_;
+  T5Spec config_;
   const Tensor& embedding_;  // [V, d_model] float32, shared with the encoder input
   Tensor relative_attention_bias_;
   std::vector<Layer> layers_;

@@ -10,11 +10,11 @@
 
 namespace pali {
 
-T5Encoder::T5Encoder(const PaliConfig& config, WeightStore& weights, WeightFormat format) : config_(config) {
+T5Encoder::T5Encoder(const T5Spec& config, WeightStore& weights, WeightFormat format) : config_(config) {
   const int64_t d = config.d_model, inner = config.inner_dim();
   relative_attention_bias_ = weights.f32("encoder.relative_attention_bias.weight",
                                          {config.relative_attention_num_buckets, config.num_heads});
-  for (int64_t i = 0; i < config.encoder_layers; ++i) {
+  for (int64_t i = 0; i < config.layers; ++i) {
     const std::string prefix = "encoder.blocks." + std::to_string(i) + ".";
     Layer l;
     l.attn_norm = weights.f32(prefix + "attn_norm.weight", {d});

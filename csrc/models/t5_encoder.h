@@ -8,7 +8,6 @@
 
 #include <vector>
 
-#include "models/pali_config.h"
 #include "models/t5_layers.h"
 #include "models/weights.h"
 
@@ -16,7 +15,7 @@ namespace pali {
 
 class T5Encoder {
  public:
-  T5Encoder(const PaliConfig& config, WeightStore& weights, WeightFormat format);
+  T5Encoder(const T5Spec& config, WeightStore& weights, WeightFormat format);
   void forward(float* x, int64_t batch, int64_t seq, const int32_t* mask) const;
 
  private:
@@ -25,7 +24,7 @@ class T5Encoder {
     LinearWeight qkv, o;
     T5FeedForward ffn;
   };
-  const PaliConfig& config_;
+  T5Spec config_;
   Tensor relative_attention_bias_;  // [num_buckets, num_heads]
   std::vector<Layer> layers_;
   Tensor final_norm_;

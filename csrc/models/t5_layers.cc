@@ -2,9 +2,9 @@
 
 namespace pali {
 
-T5FeedForward::T5FeedForward(const PaliConfig& config, WeightStore& weights, const std::string& prefix,
+T5FeedForward::T5FeedForward(const T5Spec& config, WeightStore& weights, const std::string& prefix,
                              WeightFormat format)
-    : activation(t5_activation(config)), d_ff(config.d_ff) {
+    : activation(config.activation), d_ff(config.d_ff) {
   wi = weights.linear_concat({prefix + "wi_0.weight", prefix + "wi_1.weight"}, {config.d_ff, config.d_ff},
                              config.d_model, {}, format);
   wo = weights.linear(prefix + "wo.weight", config.d_model, config.d_ff, "", format);
