@@ -22,7 +22,7 @@ import numpy as np
 from . import generation, model_spec
 from .errors import ModelFileError, short_repr
 from .generation import GenerationOptions, GenerationResult, Hypothesis
-from .image import preprocess
+from .image import RESIZE_MODES, preprocess
 from .tokenizer import Tokenizer
 
 OnToken = Optional[Callable[[int, int], bool]]
@@ -100,9 +100,10 @@ def as_batch(image, prompt) -> Tuple[list, list, bool]:
 class Backend:
     """A checked model file with its tokenizer; subclasses run the model."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, info: Optional[Dict[str, Any]] = None):
+        """``info``: the file as ``pali_engine.inspect`` describes it, when the caller has read it."""
         self.path = os.fspath(path)
-        self.config, tokenizer_bytes = model_spec.check_model_file(self.path)
+        self.config, tokenizer_bytes = model_spec.check_model_file(self.path, info)
         try:
             self.tokenizer = Tokenizer(tokenizer_bytes, pad_id=self.config["pad_token_id"],
                                        eos_id=self.config["eos_token_id"])
@@ -185,6 +186,8 @@ class Backend:
 
     #: How an image that is not square becomes square ("pad" or "stretch"; Engine.load(resize=...)).
     resize = "pad"
+    #: The resize modes the architecture's models take.
+    resize_modes = RESIZE_MODES
 
     def pixel_values(self, images: Sequence[Any]) -> np.ndarray:
         """Images -> float32[B, C, S, S], resized and normalized as the config says."""

@@ -92,7 +92,9 @@ def _run_add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", help='a task prompt: "caption en", "answer en how many circles?", "ocr", '
                         '"detect circle ; square"')
     parser.add_argument("--model", help="an ONNX model file (default: the bundled model)")
-    parser.add_argument("--backend", default="native", choices=("native", "onnxruntime"))
+    from .backends import backend_names
+
+    parser.add_argument("--backend", default="native", choices=backend_names())
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "int8"),
                         help="weight storage of the native engine")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")

@@ -62,45 +62,34 @@ class Engine:
         only choice, and the default, of "paligemma" models, trained on
         stretched images as transformers' processor makes them).
 
-        The file's architecture picks the model: "pali" (the bundled kind) or
-        "paligemma" (PaliGemma 1 and 2 converted with ``pali-engine convert``;
-        native backend only).
+        The file's architecture and ``backend`` pick the backend class
+        (``pali_engine.backends``): "pali" (the bundled kind) or "paligemma"
+        (PaliGemma 1 and 2 converted with ``pali-engine convert``), each with
+        "native" (the engine's own kernels) or "onnxruntime" (the file's graph:
+        the reference, float32, slow).
 
         Raises ModelFileError when the file is missing, broken or not a pali-engine model.
         """
+        from . import backends
+        from .image import RESIZE_MODES
+        from .model_file import inspect
+
         if path is None:
             path = default_model_path()
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise ModelFileError(f"{path}: no such model file")
-        if backend not in ("native", "onnxruntime"):
-            raise ValueError(f"backend must be 'native' or 'onnxruntime', got {backend!r}")
-        from .model_file import inspect
-        from .paligemma_spec import file_architecture
-
-        from .image import RESIZE_MODES
-
         if resize is not None and resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
-        if file_architecture(inspect(path)["metadata"]) == "paligemma":
-            if resize not in (None, "stretch"):
-                raise ValueError("a 'paligemma' model takes stretched images (resize='stretch'), as it was trained")
-            if backend != "native":
-                raise ValueError(
-                    "the onnxruntime backend does not generate for 'paligemma' files yet; use the native "
-                    "backend, or run the file's graph with onnxruntime.InferenceSession (docs/paligemma.md)"
-                )
-            from .paligemma_backend import PaliGemmaBackend
-
-            impl = PaliGemmaBackend(path, device=device, threads=threads, dtype=dtype)
-        elif backend == "onnxruntime":
-            from .ort_backend import OrtBackend
-
-            impl = OrtBackend(path, device=device, threads=threads, dtype=dtype)
-        else:
-            from .native_backend import NativeBackend
-
-            impl = NativeBackend(path, device=device, threads=threads, dtype=dtype)
+        # Read once: the architecture is picked from it and the backend checks it.
+        info = inspect(path)
+        architecture = backends.file_architecture(path, info["metadata"])
+        backend_class = backends.backend_class(architecture, backend)
+        if resize is not None and resize not in backend_class.resize_modes:
+            raise ValueError(f"a {architecture!r} model takes resize="
+                             f"{' or '.join(map(repr, backend_class.resize_modes))}, as it was trained; "
+                             f"got {resize!r}")
+        impl = backend_class(path, device=device, threads=threads, dtype=dtype, info=info)
         if resize is not None:
             impl.resize = resize
         engine = cls(path, impl.config, backend, device, dtype)

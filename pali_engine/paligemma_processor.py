@@ -189,6 +189,16 @@ class PaliGemmaProcessor:
             suffixes = [suffixes] if isinstance(suffixes, str) else list(suffixes)
             if len(suffixes) != len(prompts):
                 raise ValueError(f"{len(suffixes)} suffixes for {len(prompts)} prompts")
+        text = self.encode_batch(prompts, suffixes)
+        text["pixel_values"] = np.stack([self.preprocess_image(image) for image in images])
+        return text
+
+    def encode_batch(self, prompts: Sequence[str],
+                     suffixes: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
+        """Prompts (and suffixes) -> {"input_ids", "attention_mask", "token_type_ids": int64 [B, L]},
+        padded with ``<pad>`` on ``padding_side`` to the longest row."""
+        if not prompts:
+            raise ValueError("no prompts")
         rows = [self.encode(p, None if suffixes is None else suffixes[i]) for i, p in enumerate(prompts)]
         length = max(len(ids) for ids, _ in rows)
         input_ids = np.full((len(rows), length), self.pad_id, dtype=np.int64)
@@ -199,6 +209,4 @@ class PaliGemmaProcessor:
             input_ids[b, span] = ids
             attention_mask[b, span] = 1
             token_type_ids[b, span] = types
-        pixel_values = np.stack([self.preprocess_image(image) for image in images])
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
-                "pixel_values": pixel_values}
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
