@@ -3,6 +3,7 @@
     pali-engine inspect FILE           config and tensor table of a model file
     pali-engine run IMAGE PROMPT       generate text for an image
     pali-engine convert HF_DIR -o OUT.onnx   a Hugging Face PaliGemma directory to a model file
+    pali-engine serve                  an HTTP server: OpenAI-compatible chat API, playground page
     pali-engine train / eval / export / bench
 
 Subcommands that need optional packages import them only when they run.
@@ -39,6 +40,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("pali_engine.export.onnx_export", "export a checkpoint to ONNX"),
     "convert": ("pali_engine.export.paligemma", "convert a Hugging Face PaliGemma directory to ONNX"),
     "bench": ("pali_engine.benchmarks.harness", "time the engine beside its peers on the same weights"),
+    "serve": ("pali_engine.server.cli", "serve a model over HTTP (OpenAI-compatible API, playground page)"),
 }
 
 

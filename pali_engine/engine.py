@@ -118,6 +118,20 @@ class Engine:
         """Yields the generated text piece by piece (one image, one prompt)."""
         return self._backend.stream(image, prompt, **options)
 
+    async def agenerate(self, image, prompt, *, executor=None, **options):
+        """``generate`` awaited from asyncio: it runs in ``executor`` (default: the loop's), off
+        the event loop (``pali_engine.aio``)."""
+        from .aio import agenerate
+
+        return await agenerate(self, image, prompt, executor=executor, **options)
+
+    def astream(self, image, prompt, *, executor=None, **options):
+        """``stream`` as an async iterator of pieces (``pali_engine.aio.AsyncTextStream``); leaving
+        it early stops the generation."""
+        from .aio import astream
+
+        return astream(self, image, prompt, executor=executor, **options)
+
     def logits(self, pixel_values, input_ids, attention_mask, decoder_input_ids):
         """The teacher-forced forward, float32[B, T, V]: the ONNX graph's output.
 
