@@ -728,7 +728,10 @@ def _browser():
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                      "--window-size=1200,1100"):
         options.add_argument(argument)
-    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+    # The browser is not part of what is tested: a sanitizer runtime preloaded into
+    # the test process (.ci/sanitized-tests) stays out of it.
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver, env=env))
 
 
 #: A pixel of the canvas as [r, g, b, a], read in the page.
