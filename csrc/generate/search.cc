@@ -1,3 +1,6 @@
+// The search strategies over a Decoder: greedy search, sampling and beam
+// search, with transformers' semantics; each applies the options' logits
+// processors (logits_processors.h) to every row's scores.
 #include "generate/search.h"
 
 #include <algorithm>
@@ -43,6 +46,7 @@ std::vector<std::vector<Hypothesis>> sample_or_greedy(const Decoder& decoder, co
   std::vector<float> logits(rows * vocab), log_probs(vocab);
   std::vector<bool> done(rows, false);
   std::mt19937_64 rng(options.seed);
+  LogitsProcessorList processors = logits_processors(options, eos);
   const auto start = Clock::now();
   int64_t live = rows;
   for (int64_t step = 0; step < options.max_new_tokens && live > 0; ++step) {
@@ -61,10 +65,9 @@ std::vector<std::vector<Hypothesis>> sample_or_greedy(const Decoder& decoder, co
       float* row = logits.data() + r * vocab;
       require_finite_logits(row, vocab, step);
       log_softmax(row, 1, vocab, log_probs.data());
-      process_scores(options, eos, sequences[r], step, row, vocab);
+      processors.process(sequences[r], step, row, vocab);
       int64_t token = 0;
       if (options.do_sample) {
-        warp_for_sampling(options, row, vocab);
         const float top = *std::max_element(row, row + vocab);
         PALI_CHECK_ARG(std::isfinite(top), "temperature ", options.temperature,
                        " divides the scores past the float range (the largest becomes ", top,
@@ -172,6 +175,7 @@ std::vector<std::vector<Hypothesis>> beam_search(const Decoder& decoder, const G
   std::vector<std::vector<int64_t>> next_sequences(rows);
   std::vector<float> next_scores(rows);
   std::vector<int64_t> next_tokens(rows);
+  LogitsProcessorList processors = logits_processors(options, eos);
 
   const auto start = Clock::now();
   int64_t generated = 0;
@@ -199,7 +203,7 @@ std::vector<std::vector<Hypothesis>> beam_search(const Decoder& decoder, const G
         float* row = scores.data() + i * vocab;
         require_finite_logits(logits.data() + (first + i) * vocab, vocab, step);
         log_softmax(logits.data() + (first + i) * vocab, 1, vocab, row);
-        process_scores(options, eos, sequences[first + i], step, row, vocab);
+        processors.process(sequences[first + i], step, row, vocab);
         for (int64_t v = 0; v < vocab; ++v) row[v] += beam_scores[first + i];
       }
       topk(scores.data(), 1, beams * vocab, candidates, top_values.data(), top_indices.data());
