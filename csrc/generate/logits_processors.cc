@@ -15,7 +15,7 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 bool in_vocabulary(int64_t token, int64_t vocab) { return token >= 0 && token < vocab; }
 }  // namespace
 
-void RepetitionPenalty::process(const std::vector<int64_t>& sequence, int64_t, float* scores, int64_t vocab) {
+void RepetitionPenalty::process(int64_t, const std::vector<int64_t>& sequence, int64_t, float* scores, int64_t vocab) {
   // Each distinct token once, however often it occurs.
   seen_.resize(vocab, 0);
   for (int64_t token : sequence) {
@@ -28,7 +28,7 @@ void RepetitionPenalty::process(const std::vector<int64_t>& sequence, int64_t, f
     if (in_vocabulary(token, vocab)) seen_[token] = 0;
 }
 
-void NoRepeatNGram::process(const std::vector<int64_t>& sequence, int64_t, float* scores, int64_t vocab) {
+void NoRepeatNGram::process(int64_t, const std::vector<int64_t>& sequence, int64_t, float* scores, int64_t vocab) {
   const int64_t len = static_cast<int64_t>(sequence.size());
   if (len + 1 < n_) return;
   // Match the last n-1 tokens against every earlier n-gram's first n-1.
@@ -43,15 +43,15 @@ void NoRepeatNGram::process(const std::vector<int64_t>& sequence, int64_t, float
   }
 }
 
-void MinNewTokens::process(const std::vector<int64_t>&, int64_t generated, float* scores, int64_t vocab) {
+void MinNewTokens::process(int64_t, const std::vector<int64_t>&, int64_t generated, float* scores, int64_t vocab) {
   if (generated < min_new_tokens_ && in_vocabulary(eos_, vocab)) scores[eos_] = kNegInf;
 }
 
-void Temperature::process(const std::vector<int64_t>&, int64_t, float* scores, int64_t vocab) {
+void Temperature::process(int64_t, const std::vector<int64_t>&, int64_t, float* scores, int64_t vocab) {
   for (int64_t i = 0; i < vocab; ++i) scores[i] /= temperature_;
 }
 
-void TopK::process(const std::vector<int64_t>&, int64_t, float* scores, int64_t vocab) {
+void TopK::process(int64_t, const std::vector<int64_t>&, int64_t, float* scores, int64_t vocab) {
   if (k_ >= vocab) return;
   sorted_.assign(scores, scores + vocab);
   std::nth_element(sorted_.begin(), sorted_.begin() + (k_ - 1), sorted_.end(), std::greater<float>());
@@ -60,7 +60,7 @@ void TopK::process(const std::vector<int64_t>&, int64_t, float* scores, int64_t 
     if (scores[i] < threshold) scores[i] = kNegInf;
 }
 
-void TopP::process(const std::vector<int64_t>&, int64_t, float* scores, int64_t vocab) {
+void TopP::process(int64_t, const std::vector<int64_t>&, int64_t, float* scores, int64_t vocab) {
   order_.resize(vocab);
   std::iota(order_.begin(), order_.end(), 0);
   std::stable_sort(order_.begin(), order_.end(), [&](int64_t a, int64_t b) { return scores[a] > scores[b]; });

@@ -18,11 +18,13 @@ namespace pali {
 class LogitsProcessor {
  public:
   virtual ~LogitsProcessor() = default;
-  // scores[vocab] of one row whose sequence so far (the decoder's initial
-  // sequence, then the tokens generated) is `sequence`, after `generated`
-  // tokens. A processor lives for one generate() call, so it may keep state
-  // (scratch buffers) from call to call; it must not depend on which row it sees.
-  virtual void process(const std::vector<int64_t>& sequence, int64_t generated, float* scores, int64_t vocab) = 0;
+  // scores[vocab] of one row of `request` (its index in the batch) whose
+  // sequence so far (the decoder's initial sequence, then the tokens
+  // generated) is `sequence`, after `generated` tokens. A processor lives for
+  // one generate() call, so it may keep state from call to call, per request
+  // where it needs it (a row's place in the session changes as rows finish).
+  virtual void process(int64_t request, const std::vector<int64_t>& sequence, int64_t generated, float* scores,
+                       int64_t vocab) = 0;
 };
 
 class LogitsProcessorList {
@@ -31,8 +33,9 @@ class LogitsProcessorList {
   bool empty() const { return processors_.empty(); }
   size_t size() const { return processors_.size(); }
   // Every processor in turn, in the order they were added.
-  void process(const std::vector<int64_t>& sequence, int64_t generated, float* scores, int64_t vocab) {
-    for (const auto& processor : processors_) processor->process(sequence, generated, scores, vocab);
+  void process(int64_t request, const std::vector<int64_t>& sequence, int64_t generated, float* scores,
+               int64_t vocab) {
+    for (const auto& processor : processors_) processor->process(request, sequence, generated, scores, vocab);
   }
 
  private:
@@ -44,7 +47,8 @@ class LogitsProcessorList {
 class RepetitionPenalty final : public LogitsProcessor {
  public:
   explicit RepetitionPenalty(float penalty) : penalty_(penalty) {}
-  void process(const std::vector<int64_t>& sequence, int64_t generated, float* scores, int64_t vocab) override;
+  void process(int64_t request, const std::vector<int64_t>& sequence, int64_t generated, float* scores,
+               int64_t vocab) override;
 
  private:
   float penalty_;
@@ -55,7 +59,8 @@ class RepetitionPenalty final : public LogitsProcessor {
 class NoRepeatNGram final : public LogitsProcessor {
  public:
   explicit NoRepeatNGram(int64_t n) : n_(n) {}
-  void process(const std::vector<int64_t>& sequence, int64_t generated, float* scores, int64_t vocab) override;
+  void process(int64_t request, const std::vector<int64_t>& sequence, int64_t generated, float* scores,
+               int64_t vocab) override;
 
  private:
   int64_t n_;
@@ -65,7 +70,8 @@ class NoRepeatNGram final : public LogitsProcessor {
 class MinNewTokens final : public LogitsProcessor {
  public:
   MinNewTokens(int64_t min_new_tokens, int64_t eos_token_id) : min_new_tokens_(min_new_tokens), eos_(eos_token_id) {}
-  void process(const std::vector<int64_t>& sequence, int64_t generated, float* scores, int64_t vocab) override;
+  void process(int64_t request, const std::vector<int64_t>& sequence, int64_t generated, float* scores,
+               int64_t vocab) override;
 
  private:
   int64_t min_new_tokens_, eos_;
@@ -74,7 +80,8 @@ class MinNewTokens final : public LogitsProcessor {
 class Temperature final : public LogitsProcessor {
  public:
   explicit Temperature(float temperature) : temperature_(temperature) {}
-  void process(const std::vector<int64_t>& sequence, int64_t generated, float* scores, int64_t vocab) override;
+  void process(int64_t request, const std::vector<int64_t>& sequence, int64_t generated, float* scores,
+               int64_t vocab) override;
 
  private:
   float temperature_;
@@ -84,7 +91,8 @@ class Temperature final : public LogitsProcessor {
 class TopK final : public LogitsProcessor {
  public:
   explicit TopK(int64_t k) : k_(k) {}
-  void process(const std::vector<int64_t>& sequence, int64_t generated, float* scores, int64_t vocab) override;
+  void process(int64_t request, const std::vector<int64_t>& sequence, int64_t generated, float* scores,
+               int64_t vocab) override;
 
  private:
   int64_t k_;
@@ -95,7 +103,8 @@ class TopK final : public LogitsProcessor {
 class TopP final : public LogitsProcessor {
  public:
   explicit TopP(float top_p) : top_p_(top_p) {}
-  void process(const std::vector<int64_t>& sequence, int64_t generated, float* scores, int64_t vocab) override;
+  void process(int64_t request, const std::vector<int64_t>& sequence, int64_t generated, float* scores,
+               int64_t vocab) override;
 
  private:
   float top_p_;

@@ -64,7 +64,7 @@ std::vector<std::vector<Hypothesis>> sample_or_greedy(const Decoder& decoder, co
       float* row = logits.data() + i * vocab;
       require_finite_logits(row, vocab, step);
       log_softmax(row, 1, vocab, log_probs.data());
-      processors.process(sequences[r], step, row, vocab);
+      processors.process(r / per_request, sequences[r], step, row, vocab);
       int64_t token = 0;
       if (options.do_sample) {
         const float top = *std::max_element(row, row + vocab);
@@ -205,7 +205,7 @@ std::vector<std::vector<Hypothesis>> beam_search(const Decoder& decoder, const G
         const float* row_logits = logits.data() + (session_first + beam) * vocab;
         require_finite_logits(row_logits, vocab, step);
         log_softmax(row_logits, 1, vocab, row);
-        processors.process(sequences[first + beam], step, row, vocab);
+        processors.process(b, sequences[first + beam], step, row, vocab);
         for (int64_t v = 0; v < vocab; ++v) row[v] += beam_scores[first + beam];
       }
       topk(scores.data(), 1, beams * vocab, candidates, top_values.data(), top_indices.data());
