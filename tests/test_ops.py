@@ -485,8 +485,10 @@ def test_relative_bias_table(bidirectional):
 
 def attention_ref(q, k, v, heads, d, scale=1.0, q_col=0, k_col=0, v_col=0, mask=None, causal=False,
                   q_offset=0, table=None, rel_offset=0, div=1, kv_len=None, kv_heads=0, softcap=0.0,
-                  prefix_lengths=None, sliding_window=0):
-    """float64 attention with transformers' masks: ((causal and window) or both in the prefix) and padding."""
+                  prefix_lengths=None, sliding_window=0, kv_index=None):
+    """float64 attention with transformers' masks: ((causal and window) or both in the prefix) and padding.
+
+    Query batch b reads K/V batch kv_index[b] when given, else b // div."""
     B, Lq, _ = q.shape
     Lk = k.shape[1] if kv_len is None else kv_len
     group = heads // (kv_heads or heads)
@@ -494,7 +496,7 @@ def attention_ref(q, k, v, heads, d, scale=1.0, q_col=0, k_col=0, v_col=0, mask=
     i = np.arange(Lq)[:, None]
     j = np.arange(Lk)[None, :]
     for b in range(B):
-        kb = b // div
+        kb = b // div if kv_index is None else kv_index[b]
         for h in range(heads):
             g = h // group
             Q = q[b, :, q_col + h * d: q_col + (h + 1) * d].astype(np.float64)
@@ -850,3 +852,90 @@ def test_attention_over_two_key_sets_merges_to_the_whole(split):
     ref = attention_ref(q, whole, whole, heads, d, k_col=0, v_col=kv, mask=whole_mask, q_offset=prompt + own - 1,
                         **args)
     check_attention(merged, ref)
+
+
+# ---------------------------------------------------------------------------
+# attention with a K/V batch per query batch (kv_batch_index)
+
+
+def test_attention_kv_batch_index_rows_of_uneven_requests():
+    # Cross-attention after a search dropped finished rows: requests keep 0..5
+    # rows, not in request order, one request has none left.
+    rng = rng_for("attn kv index cross")
+    requests, H, d, Lk = 4, 3, 19, 141
+    index = np.array([3, 0, 0, 3, 3, 1, 3, 3, 0], np.int64)
+    for q_len in (1, 3):
+        q = randn(rng, len(index), q_len, H * d)
+        k, v = randn(rng, requests, Lk, H * d), randn(rng, requests, Lk, H * d)
+        mask = np.ones((requests, Lk), np.int32)
+        mask[0, 100:] = 0
+        mask[3, :7] = 0
+        got = ops.attention(q, k, v, H, d, 1.0, key_mask=mask, kv_batch_index=index)
+        check_attention(got, attention_ref(q, k, v, H, d, 1.0, mask=mask, kv_index=index))
+
+
+@pytest.mark.parametrize("q_offset,window", [(33, 0), (33, 7), (5, 4)])
+def test_attention_kv_batch_index_prefix_lm_grouped_softcap_and_lse(q_offset, window):
+    # A Gemma decode step over each row's request prompt: prefix lengths and the
+    # padding mask follow the row's K/V batch; the log-sum-exp stays per row.
+    rng = rng_for("attn kv index prefix", q_offset, window)
+    requests, heads, kv_heads, d, q_len = 3, 4, 2, 13, 1
+    kv_len = q_offset + q_len
+    index = np.array([2, 2, 0, 1, 1, 1, 2], np.int64)
+    q = randn(rng, len(index), q_len, heads * d, scale=3.0)
+    k, v = randn(rng, requests, kv_len, kv_heads * d), randn(rng, requests, kv_len, kv_heads * d)
+    prefix = np.array([min(kv_len, 9), kv_len, min(kv_len, 3)], np.int64)
+    mask = np.ones((requests, kv_len), np.int32)
+    mask[2, :2] = 0
+    args = dict(scale=0.3, kv_heads=kv_heads, softcap=4.0, causal=True, q_offset=q_offset, sliding_window=window)
+    got, lse = ops.attention(q, k, v, heads, d, key_mask=mask, prefix_lengths=prefix, kv_batch_index=index,
+                             with_lse=True, **args)
+    check_attention(got, attention_ref(q, k, v, heads, d, mask=mask, prefix_lengths=prefix, kv_index=index, **args))
+    # Each row's log-sum-exp is the one it has alone against its K/V batch.
+    for b, kb in enumerate(index):
+        _, alone = ops.attention(q[b:b + 1], k[kb:kb + 1], v[kb:kb + 1], heads, d, key_mask=mask[kb:kb + 1],
+                                 prefix_lengths=prefix[kb:kb + 1], with_lse=True, **args)
+        np.testing.assert_allclose(lse[b], alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_attention_kv_batch_index_equals_the_divisor_and_any_thread_count():
+    # index b // beams is kv_batch_divisor = beams, bit for bit; a request with
+    # many rows (several blocks of query rows) next to requests with one row
+    # gives the same result on any number of threads.
+    rng = rng_for("attn kv index threads")
+    R, beams, H, d, Lk = 3, 5, 2, 24, 77
+    q = randn(rng, R * beams, 2, H * d)
+    k, v = randn(rng, R, Lk, H * d), randn(rng, R, Lk, H * d)
+    by_divisor = ops.attention(q, k, v, H, d, 0.5, kv_batch_divisor=beams)
+    by_index = ops.attention(q, k, v, H, d, 0.5, kv_batch_index=np.arange(R * beams) // beams)
+    np.testing.assert_array_equal(by_index, by_divisor)
+
+    index = np.array([1] * 37 + [0, 2, 2], np.int64)
+    q = randn(rng, len(index), 1, H * d)
+    ref = attention_ref(q, k, v, H, d, 0.5, kv_index=index)
+    old = ops.get_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3, 5):
+            ops.set_threads(threads)
+            results.append(ops.attention(q, k, v, H, d, 0.5, kv_batch_index=index))
+    finally:
+        ops.set_threads(old)
+    check_attention(results[0], ref)
+    for got in results[1:]:
+        np.testing.assert_array_equal(got, results[0])
+
+
+def test_attention_kv_batch_index_errors():
+    q = np.zeros((3, 1, 8), np.float32)
+    kv = np.zeros((2, 4, 8), np.float32)
+    with pytest.raises(ValueError, match="outside the 2 K/V batches"):
+        ops.attention(q, kv, kv, 2, 4, kv_batch_index=np.array([0, 2, 1]))
+    with pytest.raises(ValueError, match="outside the 2 K/V batches"):
+        ops.attention(q, kv, kv, 2, 4, kv_batch_index=np.array([0, -1, 1]))
+    with pytest.raises(ValueError, match="one or the other"):
+        ops.attention(q, kv, kv, 2, 4, kv_batch_index=np.array([0, 1, 1]), kv_batch_divisor=3)
+    with pytest.raises(ValueError, match="kv_batches > 0"):
+        ops.attention(q, kv[:0], kv[:0], 2, 4, kv_batch_index=np.array([0, 0, 0]))
+    with pytest.raises(ValueError, match=r"kv_batch_index must be \[q batch\]"):
+        ops.attention(q, kv, kv, 2, 4, kv_batch_index=np.array([0, 1]))

@@ -260,7 +260,8 @@ void bind_ops(py::module_& parent) {
                         int64_t rel_offset, int64_t kv_batch_divisor, std::optional<int64_t> kv_len,
                         int64_t kv_heads, float softcap,
                         std::optional<py::array_t<int64_t, py::array::c_style | py::array::forcecast>> prefix_lengths,
-                        int64_t sliding_window, bool with_lse) {
+                        int64_t sliding_window, bool with_lse,
+                        std::optional<py::array_t<int64_t, py::array::c_style | py::array::forcecast>> kv_batch_index) {
     // q: [B, Lq, Rq], k: [Bk, Lcap, Rk], v: [Bk, Lcap, Rv]; head h of row r is
     // columns [col + h*head_dim, ...) (q, k, v may be one fused buffer).
     check_rank(q, 3, "q");
@@ -271,8 +272,13 @@ void bind_ops(py::module_& parent) {
                        v_col >= 0 && v_col + kv_hd <= v.shape(2),
                    "attention: column ranges outside the rows");
     PALI_CHECK_ARG(k.shape(0) == v.shape(0) && k.shape(1) == v.shape(1), "attention: k and v differ in shape");
-    PALI_CHECK_ARG(k.shape(0) * kv_batch_divisor == q.shape(0), "attention: k/v batch ", k.shape(0),
-                   " times kv_batch_divisor ", kv_batch_divisor, " != q batch ", q.shape(0));
+    if (kv_batch_index) {
+      PALI_CHECK_ARG(kv_batch_index->ndim() == 1 && kv_batch_index->shape(0) == q.shape(0),
+                     "kv_batch_index must be [q batch]");
+    } else {
+      PALI_CHECK_ARG(k.shape(0) * kv_batch_divisor == q.shape(0), "attention: k/v batch ", k.shape(0),
+                     " times kv_batch_divisor ", kv_batch_divisor, " != q batch ", q.shape(0));
+    }
     AttentionParams p;
     p.batch = q.shape(0);
     p.heads = heads;
@@ -319,6 +325,10 @@ void bind_ops(py::module_& parent) {
       p.rel_offset = rel_offset;
     }
     p.kv_batch_divisor = kv_batch_divisor;
+    if (kv_batch_index) {
+      p.kv_batch_index = kv_batch_index->data();
+      p.kv_batches = k.shape(0);
+    }
     p.kv_heads = kv_heads;
     p.softcap = softcap;
     p.sliding_window = sliding_window;
@@ -341,8 +351,9 @@ void bind_ops(py::module_& parent) {
         py::arg("rel_bias") = py::none(), py::arg("rel_offset") = 0, py::arg("kv_batch_divisor") = 1,
         py::arg("kv_len") = py::none(), py::arg("kv_heads") = 0, py::arg("softcap") = 0.0f,
         py::arg("prefix_lengths") = py::none(), py::arg("sliding_window") = 0, py::arg("with_lse") = false,
-        "q: [B, Lq, Rq], k/v: [B / kv_batch_divisor, Lcap, R]; returns [B, Lq, heads*head_dim] "
-        "(and the log-sum-exp [B, Lq, heads] with with_lse).");
+        py::arg("kv_batch_index") = py::none(),
+        "q: [B, Lq, Rq], k/v: [B / kv_batch_divisor, Lcap, R] (or [Bk, Lcap, R], query batch b reading "
+        "kv_batch_index[b]); returns [B, Lq, heads*head_dim] (and the log-sum-exp [B, Lq, heads] with with_lse).");
 
   m.def("merge_attention", [](FArray out_a, FArray lse_a, FArray out_b, FArray lse_b, int64_t heads) {
     PALI_CHECK_ARG(out_a.ndim() == 3 && lse_a.ndim() == 3 && lse_a.shape(2) == heads &&

@@ -4,10 +4,12 @@
 // rows_per_request rows (beams, or independent samples): whatever it computes
 // once per request (an encoder output, a prompt's keys and values) is shared by
 // that request's rows, never copied per row. The session gives the logits of
-// the first generated position, then extends every row by one token per step. Greedy search, sampling and beam search
-// (generate/search.h) see only this, so an architecture that implements it
-// gets every strategy, and a strategy written against it runs on every
-// architecture.
+// the first generated position, then extends every row by one token per step;
+// between steps the strategy may reorder the rows and drop those that
+// finished, so that a step computes only the rows still generating. Greedy
+// search, sampling and beam search (generate/search.h) see only this, so an
+// architecture that implements it gets every strategy, and a strategy written
+// against it runs on every architecture.
 #pragma once
 
 #include <cstdint>
@@ -18,7 +20,7 @@ namespace pali {
 
 struct SpecialTokens {
   int64_t eos = 1;
-  int64_t pad = 0;  // fed to rows that have finished
+  int64_t pad = 0;
 };
 
 class DecoderSession {
@@ -28,8 +30,11 @@ class DecoderSession {
   virtual void first(float* logits) = 0;
   // Appends tokens[rows] (one per row) and writes the next-token logits float32[rows, vocab].
   virtual void step(const int64_t* tokens, float* logits) = 0;
-  // Row r continues from the state row source[r] had (beam search's reordering).
-  virtual void reorder(const int64_t* source) = 0;
+  // The session goes on with `rows` rows, at most as many as it has: row r
+  // continues from the state row source[r] had, and serves that row's request
+  // (beam search's reordering; rows that finished are left out, so later steps
+  // no longer compute them). Sources may repeat; each must be a current row.
+  virtual void reorder(const int64_t* source, int64_t rows) = 0;
 };
 
 class Decoder {
@@ -43,7 +48,8 @@ class Decoder {
   // whole padded prompt of a decoder-only one); hypotheses are what follows it.
   virtual std::vector<int64_t> initial_sequence(int64_t request) const = 0;
   // A session of requests() * rows_per_request rows (row r serves request
-  // r / rows_per_request) holding up to `capacity` generated tokens per row.
+  // r / rows_per_request until a reorder) holding up to `capacity` generated
+  // tokens per row.
   // Throws OutOfMemory when its caches would not fit in the memory left.
   virtual std::unique_ptr<DecoderSession> start(int64_t rows_per_request, int64_t capacity) const = 0;
 };

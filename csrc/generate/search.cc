@@ -1,9 +1,13 @@
+// The search strategies over a Decoder: greedy search, sampling and beam
+// search, with transformers' semantics; each applies the options' logits
+// processors (logits_processors.h) to every row's scores.
 #include "generate/search.h"
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <numeric>
 #include <random>
 
 #include "core/error.h"
@@ -28,7 +32,8 @@ double ms_between(Clock::time_point a, Clock::time_point b) {
 }
 
 // Greedy search and sampling: one row per request (num_return_sequences rows
-// per request when sampling).
+// per request when sampling). The session holds only the rows still
+// generating: session row i is row live[i].
 std::vector<std::vector<Hypothesis>> sample_or_greedy(const Decoder& decoder, const GenerationOptions& options,
                                                       const TokenCallback& on_token, GenerationTimings* timings) {
   const SpecialTokens special = decoder.special_tokens();
@@ -39,13 +44,13 @@ std::vector<std::vector<Hypothesis>> sample_or_greedy(const Decoder& decoder, co
   std::vector<std::vector<int64_t>> sequences(rows);
   for (int64_t r = 0; r < rows; ++r) sequences[r] = decoder.initial_sequence(r / per_request);
   std::vector<Hypothesis> out(rows);
-  std::vector<int64_t> tokens(rows, special.pad);
+  std::vector<int64_t> live(rows), tokens(rows), kept;
+  std::iota(live.begin(), live.end(), 0);
   std::vector<float> logits(rows * vocab), log_probs(vocab);
-  std::vector<bool> done(rows, false);
   std::mt19937_64 rng(options.seed);
+  LogitsProcessorList processors = logits_processors(options, eos);
   const auto start = Clock::now();
-  int64_t live = rows;
-  for (int64_t step = 0; step < options.max_new_tokens && live > 0; ++step) {
+  for (int64_t step = 0; step < options.max_new_tokens && !live.empty(); ++step) {
     if (step == 0) {
       session->first(logits.data());
       timings->first_token_ms = ms_between(start, Clock::now());
@@ -53,43 +58,46 @@ std::vector<std::vector<Hypothesis>> sample_or_greedy(const Decoder& decoder, co
       session->step(tokens.data(), logits.data());
     }
     ++timings->steps;
-    for (int64_t r = 0; r < rows; ++r) {
-      if (done[r]) {
-        tokens[r] = special.pad;
-        continue;
-      }
-      float* row = logits.data() + r * vocab;
+    kept.clear();
+    for (int64_t i = 0; i < static_cast<int64_t>(live.size()); ++i) {
+      const int64_t r = live[i];
+      float* row = logits.data() + i * vocab;
       require_finite_logits(row, vocab, step);
       log_softmax(row, 1, vocab, log_probs.data());
-      process_scores(options, eos, sequences[r], step, row, vocab);
+      processors.process(r / per_request, sequences[r], step, row, vocab);
       int64_t token = 0;
       if (options.do_sample) {
-        warp_for_sampling(options, row, vocab);
         const float top = *std::max_element(row, row + vocab);
         PALI_CHECK_ARG(std::isfinite(top), "temperature ", options.temperature,
                        " divides the scores past the float range (the largest becomes ", top,
                        "); use a larger temperature, or do_sample=False for greedy search");
         std::vector<double> weights(vocab);
-        for (int64_t i = 0; i < vocab; ++i) weights[i] = std::exp(static_cast<double>(row[i] - top));
+        for (int64_t v = 0; v < vocab; ++v) weights[v] = std::exp(static_cast<double>(row[v] - top));
         token = std::discrete_distribution<int64_t>(weights.begin(), weights.end())(rng);
       } else {
         token = std::max_element(row, row + vocab) - row;
       }
       out[r].score += log_probs[token];
       sequences[r].push_back(token);
-      tokens[r] = token;
+      tokens[i] = token;
       if (token == eos) {
         out[r].finished = true;
-        done[r] = true;
-        --live;
         continue;
       }
       out[r].tokens.push_back(token);
-      if (on_token && !on_token(r / per_request, token)) {
-        done[r] = true;
-        --live;
-      }
+      if (on_token && !on_token(r / per_request, token)) continue;
+      kept.push_back(i);
     }
+    if (kept.size() == live.size()) continue;
+    // kept[j] >= j: compacting in place reads no entry already overwritten.
+    for (size_t j = 0; j < kept.size(); ++j) {
+      live[j] = live[kept[j]];
+      tokens[j] = tokens[kept[j]];
+    }
+    live.resize(kept.size());
+    // The finished rows stop costing compute from the next step on.
+    if (!live.empty() && step + 1 < options.max_new_tokens)
+      session->reorder(kept.data(), static_cast<int64_t>(kept.size()));
   }
   timings->decode_ms = ms_between(start, Clock::now());
   std::vector<std::vector<Hypothesis>> results(requests);
@@ -147,6 +155,9 @@ class Hypotheses {
   float worst_score_ = 1e9f;
 };
 
+// Beam search. Rows are indexed request * beams + beam; the session holds only
+// the beams of the requests still searching: session rows
+// [i * beams, (i + 1) * beams) are request searching[i]'s.
 std::vector<std::vector<Hypothesis>> beam_search(const Decoder& decoder, const GenerationOptions& options,
                                                  GenerationTimings* timings) {
   const SpecialTokens special = decoder.special_tokens();
@@ -164,14 +175,17 @@ std::vector<std::vector<Hypothesis>> beam_search(const Decoder& decoder, const G
     if (r % beams) beam_scores[r] = -1e9f;
   std::vector<Hypotheses> hypotheses(requests, Hypotheses(beams, options.length_penalty, options.early_stopping, options.max_new_tokens));
   std::vector<bool> done(requests, false);
-  std::vector<int64_t> tokens(rows, special.pad);
+  std::vector<int64_t> searching(requests), still_searching;
+  std::iota(searching.begin(), searching.end(), 0);
+  std::vector<int64_t> tokens(rows), source(rows);  // session rows
   std::vector<float> logits(rows * vocab), scores(beams * vocab);
   const int64_t candidates = 2 * beams;
   std::vector<float> top_values(candidates);
-  std::vector<int64_t> top_indices(candidates), source(rows);
+  std::vector<int64_t> top_indices(candidates);
   std::vector<std::vector<int64_t>> next_sequences(rows);
   std::vector<float> next_scores(rows);
-  std::vector<int64_t> next_tokens(rows);
+  std::vector<int64_t> next_tokens(rows), next_source(rows);  // by row; next_source: a session row
+  LogitsProcessorList processors = logits_processors(options, eos);
 
   const auto start = Clock::now();
   int64_t generated = 0;
@@ -184,23 +198,15 @@ std::vector<std::vector<Hypothesis>> beam_search(const Decoder& decoder, const G
     }
     ++timings->steps;
     generated = step + 1;
-    for (int64_t b = 0; b < requests; ++b) {
-      const int64_t first = b * beams;
-      if (done[b]) {
-        for (int64_t i = 0; i < beams; ++i) {
-          source[first + i] = first + i;
-          next_tokens[first + i] = special.pad;
-          next_scores[first + i] = 0;
-          next_sequences[first + i] = sequences[first + i];
-        }
-        continue;
-      }
-      for (int64_t i = 0; i < beams; ++i) {
-        float* row = scores.data() + i * vocab;
-        require_finite_logits(logits.data() + (first + i) * vocab, vocab, step);
-        log_softmax(logits.data() + (first + i) * vocab, 1, vocab, row);
-        process_scores(options, eos, sequences[first + i], step, row, vocab);
-        for (int64_t v = 0; v < vocab; ++v) row[v] += beam_scores[first + i];
+    for (int64_t i = 0; i < static_cast<int64_t>(searching.size()); ++i) {
+      const int64_t b = searching[i], first = b * beams, session_first = i * beams;
+      for (int64_t beam = 0; beam < beams; ++beam) {
+        float* row = scores.data() + beam * vocab;
+        const float* row_logits = logits.data() + (session_first + beam) * vocab;
+        require_finite_logits(row_logits, vocab, step);
+        log_softmax(row_logits, 1, vocab, row);
+        processors.process(b, sequences[first + beam], step, row, vocab);
+        for (int64_t v = 0; v < vocab; ++v) row[v] += beam_scores[first + beam];
       }
       topk(scores.data(), 1, beams * vocab, candidates, top_values.data(), top_indices.data());
       int64_t filled = 0;
@@ -212,7 +218,7 @@ std::vector<std::vector<Hypothesis>> beam_search(const Decoder& decoder, const G
           std::vector<int64_t> finished(sequences[row].begin() + prompt_length[row], sequences[row].end());
           hypotheses[b].add(std::move(finished), top_values[rank], step + 1, true);
         } else {
-          source[first + filled] = row;
+          next_source[first + filled] = session_first + beam;
           next_tokens[first + filled] = token;
           next_scores[first + filled] = top_values[rank];
           next_sequences[first + filled] = sequences[row];
@@ -224,11 +230,23 @@ std::vector<std::vector<Hypothesis>> beam_search(const Decoder& decoder, const G
       // may have just finished.
       done[b] = hypotheses[b].is_done(next_scores[first], step + 1);
     }
+    // Only the searching requests' rows of next_* were written: the others are finished.
     sequences.swap(next_sequences);
-    beam_scores = next_scores;
-    tokens = next_tokens;
-    if (std::all_of(done.begin(), done.end(), [](bool d) { return d; })) break;
-    session->reorder(source.data());
+    beam_scores.swap(next_scores);
+    still_searching.clear();
+    int64_t session_rows = 0;
+    for (int64_t b : searching) {
+      if (done[b]) continue;
+      still_searching.push_back(b);
+      for (int64_t beam = 0; beam < beams; ++beam) {
+        source[session_rows] = next_source[b * beams + beam];
+        tokens[session_rows] = next_tokens[b * beams + beam];
+        ++session_rows;
+      }
+    }
+    searching.swap(still_searching);
+    if (searching.empty()) break;
+    if (step + 1 < options.max_new_tokens) session->reorder(source.data(), session_rows);
   }
   timings->decode_ms = ms_between(start, Clock::now());
 

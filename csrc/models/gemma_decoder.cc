@@ -1,3 +1,5 @@
+// The Gemma decoder stack of gemma_decoder.h: the prompt pass, the decode step
+// over each request's shared prompt keys and values and the row's own, the head.
 #include "models/gemma_decoder.h"
 
 #include <cmath>
@@ -165,8 +167,9 @@ GemmaState GemmaDecoder::start(float* x, int64_t requests, int64_t prompt_len, c
   });
   GemmaState st;
   st.requests = requests;
-  st.beams = beams;
   st.rows = rows;
+  st.row_request.resize(rows);
+  for (int64_t r = 0; r < rows; ++r) st.row_request[r] = r / beams;
   st.prompt_len = prompt_len;
   st.capacity = capacity;
   st.prompt_mask.assign(key_mask, key_mask + requests * prompt_len);
@@ -206,7 +209,7 @@ void GemmaDecoder::step(GemmaState& st, const float* embeddings, float* logits) 
   // its rotary position (after the request's real prompt tokens).
   const int64_t index = st.prompt_len + t;
   std::vector<int64_t> positions(rows);
-  for (int64_t r = 0; r < rows; ++r) positions[r] = st.next_position[r / st.beams] + t;
+  for (int64_t r = 0; r < rows; ++r) positions[r] = st.next_position[st.row_request[r]] + t;
   float* x = st.x.get(rows * d);
   std::memcpy(x, embeddings, rows * d * sizeof(float));
   const Scratch s = scratch(st, rows);
@@ -240,7 +243,8 @@ void GemmaDecoder::step(GemmaState& st, const float* embeddings, float* logits) 
     prompt.k = st.prompt_kv[li].data();
     prompt.v = prompt.k + kv_width;
     prompt.k_row_stride = prompt.v_row_stride = 2 * kv_width;
-    prompt.kv_batch_divisor = st.beams;
+    prompt.kv_batch_index = st.row_request.data();
+    prompt.kv_batches = st.requests;
     prompt.key_mask = st.prompt_mask.data();
     prompt.mask_type = MaskType::i32;
     prompt.q_offset = index;
@@ -265,10 +269,13 @@ void GemmaDecoder::step(GemmaState& st, const float* embeddings, float* logits) 
   head(x, rows, s.h, logits);
 }
 
-void GemmaDecoder::reorder(GemmaState& st, const int64_t* source) const {
+void GemmaDecoder::reorder(GemmaState& st, const int64_t* source, int64_t rows) const {
+  check_row_sources(source, rows, st.rows);
   const int64_t row_floats = 2 * config_.num_key_value_heads * config_.head_dim;
-  reorder_cache_rows(st.own_kv, st.rows, st.capacity * row_floats, st.generated * row_floats, source,
+  reorder_cache_rows(st.own_kv, rows, st.capacity * row_floats, st.generated * row_floats, source,
                      st.reorder_scratch);
+  reorder_row_requests(st.row_request, source, rows);
+  st.rows = rows;
 }
 
 }  // namespace pali

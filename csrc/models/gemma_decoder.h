@@ -26,12 +26,14 @@ namespace pali {
 // once, read by all its rows), each row's own keys and values, and the logits
 // of the prompt's last position.
 struct GemmaState {
-  int64_t requests = 0, beams = 1, rows = 0;
+  int64_t requests = 0;
+  int64_t rows = 0;         // rows stepped: requests * beams, until finished ones are dropped
   int64_t prompt_len = 0;   // padded prompt length
   int64_t capacity = 0;     // generated tokens the rows' caches hold
   int64_t generated = 0;    // tokens appended so far
   std::vector<Buffer> prompt_kv;    // per layer [requests, prompt_len, 2 * kv_width]: K | V
-  std::vector<Buffer> own_kv;       // per layer [rows, capacity, 2 * kv_width]
+  std::vector<Buffer> own_kv;       // per layer [requests * beams, capacity, 2 * kv_width]
+  std::vector<int64_t> row_request; // [rows]: the request (prompt K/V) of each row
   std::vector<int32_t> prompt_mask; // [requests, prompt_len]
   std::vector<float> first_logits;  // [requests, V]
   std::vector<int64_t> next_position;  // [requests]: the rotary position of the first generated token
@@ -61,8 +63,10 @@ class GemmaDecoder {
                    int64_t capacity) const;
   // Appends one token per row and writes the next-token logits [rows, V].
   void step(GemmaState& state, const float* embeddings, float* logits) const;
-  // Row r continues from row source[r] (beam search).
-  void reorder(GemmaState& state, const int64_t* source) const;
+  // The state continues with `rows` rows (at most as many as before), row r
+  // from the own keys and values and the request of row source[r]: beam
+  // search's reordering, and the dropping of finished rows.
+  void reorder(GemmaState& state, const int64_t* source, int64_t rows) const;
   int64_t vocab_size() const { return config_.vocab_size; }
 
  private:

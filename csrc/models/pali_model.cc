@@ -64,7 +64,7 @@ class T5Session final : public DecoderSession {
     decoder_.step(state_, start.data(), 1, logits, false);
   }
   void step(const int64_t* tokens, float* logits) override { decoder_.step(state_, tokens, 1, logits, false); }
-  void reorder(const int64_t* source) override { decoder_.reorder(state_, source); }
+  void reorder(const int64_t* source, int64_t rows) override { decoder_.reorder(state_, source, rows); }
 
  private:
   const T5Decoder& decoder_;

@@ -32,7 +32,8 @@ struct EncoderOutput {
 
 // The T5 decoder over one batch's encoder output, for the search strategies:
 // every row of a request (beam or sample) attends to that request's one copy
-// of the encoder output's cross-attention keys and values.
+// of the encoder output's cross-attention keys and values, also after the
+// session has dropped finished rows.
 class PaliDecoder final : public Decoder {
  public:
   PaliDecoder(const T5Decoder& decoder, const PaliConfig& config, const EncoderOutput& encoded)

@@ -139,14 +139,15 @@ class GemmaSession final : public DecoderSession {
   void first(float* logits) override {
     const int64_t vocab = model_.decoder().vocab_size();
     for (int64_t r = 0; r < state_.rows; ++r)
-      std::memcpy(logits + r * vocab, state_.first_logits.data() + (r / state_.beams) * vocab, vocab * sizeof(float));
+      std::memcpy(logits + r * vocab, state_.first_logits.data() + state_.row_request[r] * vocab,
+                  vocab * sizeof(float));
   }
   void step(const int64_t* tokens, float* logits) override {
     embeddings_.resize(state_.rows * model_.config().text.hidden_size);
     model_.embed(tokens, state_.rows, embeddings_.data());
     model_.decoder().step(state_, embeddings_.data(), logits);
   }
-  void reorder(const int64_t* source) override { model_.decoder().reorder(state_, source); }
+  void reorder(const int64_t* source, int64_t rows) override { model_.decoder().reorder(state_, source, rows); }
 
  private:
   const PaliGemmaModel& model_;

@@ -1,3 +1,5 @@
+// The T5 decoder stack of t5_decoder.h: cached self-attention, cross-attention
+// to each request's encoder output, the feed-forward blocks and the head.
 #include "models/t5_decoder.h"
 
 #include <cmath>
@@ -55,8 +57,9 @@ DecoderState T5Decoder::start(const float* memory, const int32_t* mask, int64_t 
   });
   DecoderState s;
   s.requests = requests;
-  s.beams = beams;
   s.rows = requests * beams;
+  s.row_request.resize(s.rows);
+  for (int64_t r = 0; r < s.rows; ++r) s.row_request[r] = r / beams;
   s.capacity = capacity;
   s.enc_len = enc_len;
   s.enc_mask.assign(mask, mask + requests * enc_len);
@@ -147,7 +150,8 @@ void T5Decoder::step(DecoderState& s, const int64_t* tokens, int64_t q_len, floa
     c.out = attn;
     c.key_mask = s.enc_mask.data();
     c.mask_type = MaskType::i32;
-    c.kv_batch_divisor = s.beams;
+    c.kv_batch_index = s.row_request.data();
+    c.kv_batches = s.requests;
     attention(c);
     linear(attn, rows, l.cross_o, x, /*accumulate=*/true);
 
@@ -167,9 +171,12 @@ void T5Decoder::step(DecoderState& s, const int64_t* tokens, int64_t q_len, floa
   linear(h, out_rows, lm_head_, logits);
 }
 
-void T5Decoder::reorder(DecoderState& s, const int64_t* source) const {
+void T5Decoder::reorder(DecoderState& s, const int64_t* source, int64_t rows) const {
+  check_row_sources(source, rows, s.rows);
   const int64_t row_floats = 2 * config_.inner_dim();
-  reorder_cache_rows(s.self_kv, s.rows, s.capacity * row_floats, s.length * row_floats, source, s.reorder_scratch);
+  reorder_cache_rows(s.self_kv, rows, s.capacity * row_floats, s.length * row_floats, source, s.reorder_scratch);
+  reorder_row_requests(s.row_request, source, rows);
+  s.rows = rows;
 }
 
 }  // namespace pali

@@ -3,12 +3,13 @@
 // A DecoderState holds everything one generation needs and is allocated once:
 // the self-attention cache of every layer for `capacity` positions, the
 // cross-attention K/V computed once from the encoder output (one copy per
-// request, shared by all its beams through attention's kv_batch_divisor), and
-// the unidirectional relative position bias table for all positions (each step
-// reads its one row of distances from it).
+// request, shared by all its rows: each row reads its request's through
+// attention's kv_batch_index), and the unidirectional relative position bias
+// table for all positions (each step reads its one row of distances from it).
 //
 //   step(tokens int64[rows, q_len]) -> logits float32[rows, V] of the last position
-//   (or [rows, q_len, V] for teacher forcing), rows = requests * beams
+//   (or [rows, q_len, V] for teacher forcing); rows = requests * beams at the
+//   start, fewer once reorder() has dropped finished rows
 #pragma once
 
 #include <vector>
@@ -20,13 +21,13 @@ namespace pali {
 
 struct DecoderState {
   int64_t requests = 0;
-  int64_t beams = 1;
-  int64_t rows = 0;      // requests * beams
+  int64_t rows = 0;      // rows stepped: requests * beams, until finished ones are dropped
   int64_t capacity = 0;  // positions the cache holds
   int64_t length = 0;    // positions filled
   int64_t enc_len = 0;
+  std::vector<int64_t> row_request;              // [rows]: the request (cross-attention K/V) of each row
   std::vector<int32_t> enc_mask;                 // [requests, enc_len]
-  std::vector<Buffer> self_kv;                   // per layer [rows, capacity, 2 * inner]: K then V
+  std::vector<Buffer> self_kv;                   // per layer [requests * beams, capacity, 2 * inner]: K then V
   std::vector<Buffer> cross_kv;                  // per layer [requests, enc_len, 2 * inner]
   std::vector<float> bias_table;                 // [heads, 2 * capacity - 1]: distance c - (capacity - 1)
   std::vector<float> reorder_scratch;
@@ -44,8 +45,10 @@ class T5Decoder {
   // logits of the last position [rows, V], or of all positions [rows, q_len, V].
   void step(DecoderState& state, const int64_t* tokens, int64_t q_len, float* logits,
             bool all_positions) const;
-  // Row r of the cache takes the contents of row source[r] (beam reordering).
-  void reorder(DecoderState& state, const int64_t* source) const;
+  // The state continues with `rows` rows (at most as many as before), row r
+  // from the cache and request of row source[r]: beam reordering, and the
+  // dropping of finished rows.
+  void reorder(DecoderState& state, const int64_t* source, int64_t rows) const;
 
  private:
   struct Layer {

@@ -7,17 +7,19 @@
 // projection output (row stride 3*heads*head_dim) or of a preallocated KV cache
 // (batch stride = capacity * row stride) are passed without copies.
 //   Q row i of batch b:   q + b*q_batch_stride + i*q_row_stride
-//   K/V row j:            k + (b / kv_batch_divisor)*k_batch_stride + j*k_row_stride
+//   K/V row j:            k + kvb(b)*k_batch_stride + j*k_row_stride
 //   out row i of batch b: out + b*out_batch_stride + i*out_row_stride
+// where kvb(b), the K/V batch that query batch b reads, is kv_batch_index[b]
+// when given, else b / kv_batch_divisor.
 //
 // score(b,h,i,j) = scale * <q_bhi, k_bgj> + bias(h,i,j), g = h / (heads / kv_heads)
 // (grouped-query attention: kv_heads K/V heads, each shared by heads / kv_heads
 // query heads; K/V rows hold kv_heads * head_dim floats), then soft-capped to
 // softcap * tanh(score / softcap) when softcap > 0, and masked to -inf where
-//   * key_mask is given and key_mask[(b / kv_batch_divisor)*mask_batch_stride + j] == 0,
+//   * key_mask is given and key_mask[kvb(b)*mask_batch_stride + j] == 0,
 //   * causal and j > q_offset + i, unless prefix_lengths is given and both the
 //     query (q_offset + i) and the key j lie in the K/V batch's prefix
-//     [0, prefix_lengths[b / kv_batch_divisor]) (the prefix-LM mask: the prefix
+//     [0, prefix_lengths[kvb(b)]) (the prefix-LM mask: the prefix
 //     attends to itself bidirectionally, what follows it causally),
 //   * sliding_window > 0 and q_offset + i - j >= sliding_window, for the keys a
 //     query sees causally (the prefix of a prefix query stays whole),
@@ -33,10 +35,12 @@
 // relative_bias_table() in ops/position_bucket.h, which builds such a table).
 //
 // Threads: over (K/V batch, head, block of 16 query rows), where the query rows
-// of a K/V batch are those of all kv_batch_divisor query batches sharing it; rows
-// are processed four (then two, then one) at a time, positions or beams alike,
-// so that each K/V load feeds several rows. Decode (q_len = 1) is thus parallel
-// over requests * heads.
+// of a K/V batch are those of all the query batches reading it (in the order of
+// b); rows are processed four (then two, then one) at a time, positions or
+// beams alike, so that each K/V load feeds several rows. Decode (q_len = 1) is
+// thus parallel over requests * heads. Each thread takes a contiguous run of
+// work items holding about the same number of query rows, also when the K/V
+// batches have different numbers of query batches (kv_batch_index).
 #pragma once
 
 #include <cstdint>
@@ -89,9 +93,14 @@ struct AttentionParams {
   // see merge_attention().
   float* lse = nullptr;
 
-  // Query batch b reads K/V (and key_mask) batch b / kv_batch_divisor (beams
-  // sharing one request's cross-attention K/V). Must divide batch.
+  // Query batch b reads K/V (and key_mask, prefix_lengths) batch b / kv_batch_divisor
+  // (beams sharing one request's cross-attention K/V). Must divide batch.
   int64_t kv_batch_divisor = 1;
+  // Or, when given, K/V batch kv_batch_index[b] ([batch], each in [0, kv_batches);
+  // kv_batch_divisor must then be 1): the rows of a search whose finished rows
+  // were dropped, so that a request's rows are no longer a fixed-size run.
+  const int64_t* kv_batch_index = nullptr;
+  int64_t kv_batches = 0;
 };
 
 // Throws InvalidArgument on inconsistent parameters (null pointers, strides

@@ -380,6 +380,42 @@ inline void finish_row(const float* acc, const RowState& st, int64_t d, float* o
   }
 }
 
+// The query batches grouped by the K/V batch they read, each group in the order
+// of b: group g reads K/V batch kv[g] and holds the query batches
+// members[begin[g], begin[g + 1]). K/V batches no query batch reads have no group.
+struct KvGroups {
+  std::vector<int64_t> kv, begin, members;
+  int64_t size() const { return static_cast<int64_t>(kv.size()); }
+  int64_t members_of(int64_t g) const { return begin[g + 1] - begin[g]; }
+};
+
+KvGroups group_by_kv_batch(const AttentionParams& p) {
+  KvGroups groups;
+  groups.members.resize(p.batch);
+  if (!p.kv_batch_index) {
+    const int64_t div = p.kv_batch_divisor, kv_batches = p.batch / div;
+    for (int64_t b = 0; b < p.batch; ++b) groups.members[b] = b;
+    for (int64_t kvb = 0; kvb <= kv_batches; ++kvb) {
+      if (kvb < kv_batches) groups.kv.push_back(kvb);
+      groups.begin.push_back(kvb * div);
+    }
+    return groups;
+  }
+  // A counting sort by K/V batch, stable in b.
+  std::vector<int64_t> count(p.kv_batches + 1, 0);
+  for (int64_t b = 0; b < p.batch; ++b) ++count[p.kv_batch_index[b] + 1];
+  for (int64_t kvb = 0; kvb < p.kv_batches; ++kvb) {
+    if (count[kvb + 1] > 0) {
+      groups.kv.push_back(kvb);
+      groups.begin.push_back(count[kvb]);
+    }
+    count[kvb + 1] += count[kvb];
+  }
+  groups.begin.push_back(p.batch);
+  for (int64_t b = 0; b < p.batch; ++b) groups.members[count[p.kv_batch_index[b]]++] = b;
+  return groups;
+}
+
 }  // namespace
 
 void attention(const AttentionParams& in) {
@@ -391,6 +427,14 @@ void attention(const AttentionParams& in) {
   PALI_CHECK_ARG(p.kv_batch_divisor >= 1 && p.batch % p.kv_batch_divisor == 0,
                  "attention: kv_batch_divisor ", p.kv_batch_divisor, " does not divide batch ",
                  p.batch);
+  if (p.kv_batch_index) {
+    PALI_CHECK_ARG(p.kv_batch_divisor == 1, "attention: kv_batch_index is given with kv_batch_divisor ",
+                   p.kv_batch_divisor, " (one or the other)");
+    PALI_CHECK_ARG(p.kv_batches > 0, "attention: kv_batch_index needs kv_batches > 0, got ", p.kv_batches);
+    for (int64_t b = 0; b < p.batch; ++b)
+      PALI_CHECK_ARG(p.kv_batch_index[b] >= 0 && p.kv_batch_index[b] < p.kv_batches, "attention: kv_batch_index[",
+                     b, "] = ", p.kv_batch_index[b], " is outside the ", p.kv_batches, " K/V batches");
+  }
   if (p.kv_heads == 0) p.kv_heads = p.heads;
   PALI_CHECK_ARG(p.kv_heads > 0 && p.heads % p.kv_heads == 0, "attention: kv_heads ", p.kv_heads,
                  " does not divide heads ", p.heads);
@@ -431,27 +475,47 @@ void attention(const AttentionParams& in) {
 
   const int64_t d = p.head_dim;
   // Work items: (K/V batch, head, block of query rows). The query rows of one
-  // K/V batch are those of its kv_batch_divisor query batches (beams sharing a
-  // request's K/V), numbered r = beam * q_len + i; rows go through the keys four
-  // (then two, then one) at a time, so each K/V load feeds several rows.
-  const int64_t div = p.kv_batch_divisor;
-  const int64_t kv_batches = p.batch / div;
-  const int64_t rows_per_kv = div * p.q_len;
-  const int64_t nrb = (rows_per_kv + kQueryBlock - 1) / kQueryBlock;
-  const int64_t items = kv_batches * p.heads * nrb;
-  // Each K/V batch's mask row, or null where it hides no key: those skip the
-  // per-key mask test (a decode step would otherwise test every key once per head).
-  std::vector<const void*> mask_rows(p.key_mask ? kv_batches : 0, nullptr);
-  for (int64_t b = 0; b < static_cast<int64_t>(mask_rows.size()); ++b) {
-    const size_t es = p.mask_type == MaskType::i32 ? 4 : 1;
-    const void* row = static_cast<const char*>(p.key_mask) + b * p.mask_batch_stride * es;
-    for (int64_t j = 0; j < p.kv_len && !mask_rows[b]; ++j)
-      if (!mask_allows(p, row, j)) mask_rows[b] = row;
+  // K/V batch are those of the query batches reading it (beams sharing a
+  // request's K/V), numbered r = member * q_len + i; rows go through the keys
+  // four (then two, then one) at a time, so each K/V load feeds several rows.
+  const KvGroups groups = group_by_kv_batch(p);
+  const int64_t num_groups = groups.size();
+  // Per group: its first work item and its first query row (both cumulative), and its blocks of rows.
+  std::vector<int64_t> item_begin(num_groups + 1, 0), row_begin(num_groups + 1, 0), blocks(num_groups);
+  for (int64_t g = 0; g < num_groups; ++g) {
+    const int64_t rows = groups.members_of(g) * p.q_len;
+    blocks[g] = (rows + kQueryBlock - 1) / kQueryBlock;
+    item_begin[g + 1] = item_begin[g] + p.heads * blocks[g];
+    row_begin[g + 1] = row_begin[g] + rows;
   }
+  const int64_t items = item_begin[num_groups];
+  // Each group's mask row, or null where it hides no key: those skip the
+  // per-key mask test (a decode step would otherwise test every key once per head).
+  std::vector<const void*> mask_rows(p.key_mask ? num_groups : 0, nullptr);
+  for (int64_t g = 0; g < static_cast<int64_t>(mask_rows.size()); ++g) {
+    const size_t es = p.mask_type == MaskType::i32 ? 4 : 1;
+    const void* row = static_cast<const char*>(p.key_mask) + groups.kv[g] * p.mask_batch_stride * es;
+    for (int64_t j = 0; j < p.kv_len && !mask_rows[g]; ++j)
+      if (!mask_allows(p, row, j)) mask_rows[g] = row;
+  }
+  // The first work item whose rows start at or after `target` of the rows of all
+  // heads, counted item by item: chunks cut there hold about equal numbers of
+  // rows, also when groups differ in size.
+  const int64_t all_rows = row_begin[num_groups] * p.heads;
+  const auto first_item_from = [&](int64_t target) -> int64_t {
+    if (target >= all_rows) return items;
+    int64_t g = 0;
+    while (g + 1 < num_groups && row_begin[g + 1] * p.heads <= target) ++g;
+    const int64_t rows = row_begin[g + 1] - row_begin[g], local = target - row_begin[g] * p.heads;
+    const int64_t h = local / rows, block = (local % rows + kQueryBlock - 1) / kQueryBlock;
+    return item_begin[g] + h * blocks[g] + block;
+  };
   // Chunks of at least kMinChunkWork multiply-adds: a decode step's few query
   // rows run on the calling thread.
-  const int64_t work_per_item = std::max<int64_t>(1, std::min(rows_per_kv, kQueryBlock) * p.kv_len * d);
-  parallel_for(0, items, std::max<int64_t>(1, kMinChunkWork / work_per_item), [&](int64_t ib, int64_t ie) {
+  const int64_t work = std::max<int64_t>(1, all_rows * std::max<int64_t>(p.kv_len, 1) * d);
+  const int64_t chunks = std::min(items, (work + kMinChunkWork - 1) / kMinChunkWork);
+  parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
+    const int64_t ib = first_item_from(all_rows * cb / chunks), ie = first_item_from(all_rows * ce / chunks);
     const int64_t dpad = (d + 7) / 8 * 8;
     std::vector<float> acc_buf(static_cast<size_t>(4 * dpad));
     float* acc0 = acc_buf.data();
@@ -462,15 +526,19 @@ void attention(const AttentionParams& in) {
     alignas(32) float s1[kKeyBlock];
     alignas(32) float s2[kKeyBlock];
     alignas(32) float s3[kKeyBlock];
+    int64_t g = 0;
     for (int64_t item = ib; item < ie; ++item) {
-      const int64_t kvb = item / (p.heads * nrb);
-      const int64_t h = (item / nrb) % p.heads;
-      const int64_t rb = item % nrb;
+      while (item >= item_begin[g + 1]) ++g;
+      const int64_t kvb = groups.kv[g];
+      const int64_t h = (item - item_begin[g]) / blocks[g];
+      const int64_t rb = (item - item_begin[g]) % blocks[g];
+      const int64_t* members = groups.members.data() + groups.begin[g];
+      const int64_t rows_per_kv = groups.members_of(g) * p.q_len;
       const float* kbase = p.k + kvb * p.k_batch_stride + (h / group) * d;
       const float* vbase = p.v + kvb * p.v_batch_stride + (h / group) * d;
       const int64_t prefix = p.prefix_lengths ? std::min(p.prefix_lengths[kvb], p.kv_len) : 0;
       const int64_t ks = p.k_row_stride;
-      const void* mask_row = p.key_mask ? mask_rows[kvb] : nullptr;
+      const void* mask_row = p.key_mask ? mask_rows[g] : nullptr;
       struct Row {
         const float* q;
         float* out;
@@ -479,7 +547,7 @@ void attention(const AttentionParams& in) {
         float* lse;
       };
       const auto row = [&](int64_t r) {
-        const int64_t b = kvb * div + r / p.q_len, i = r % p.q_len;
+        const int64_t b = members[r / p.q_len], i = r % p.q_len;
         const int64_t pos = p.q_offset + i;
         Row w;
         w.q = p.q + b * p.q_batch_stride + i * p.q_row_stride + h * d;
