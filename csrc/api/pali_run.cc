@@ -1,7 +1,7 @@
 // pali-run: `pali-engine run` without Python.
 //
 //   pali-run MODEL IMAGE PROMPT [--max-new-tokens N] [--num-beams K] [--dtype D] [--threads T]
-//            [--resize pad|stretch] [--json] [--stream] [--objects] [every generation option]
+//            [--resize pad|stretch] [--json] [--stream] [--objects] [--verbose] [every generation option]
 //
 // It prints what `pali-engine run --model MODEL IMAGE PROMPT` prints: the
 // text, or with --json the same JSON object (text, tokens, score, timings).
@@ -10,6 +10,7 @@
 // Python's messages. Errors print "pali-run: error: MESSAGE" and exit 1;
 // usage errors exit 2, as argparse does.
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -23,7 +24,8 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: pali-run [-h] [--dtype {float32,float16,int8}] [--threads THREADS] [--resize {pad,stretch}]\n"
-    "                [--json | --stream] [--objects] [--beams K] [GENERATION OPTIONS] model image prompt\n";
+    "                [--json | --stream] [--objects] [--verbose] [--beams K] [GENERATION OPTIONS]\n"
+    "                model image prompt\n";
 
 [[noreturn]] void usage_error(const std::string& message) {
   std::cerr << kUsage << "pali-run: error: " << message << "\n";
@@ -56,6 +58,7 @@ void print_help() {
                "  --stream              print the text as it is generated\n"
                "  --objects             then print the boxes of a detection or segmentation answer,\n"
                "                        one per line: x0 y0 x1 y1 label (the image's pixels)\n"
+               "  --verbose             print the load and generation times to stderr\n"
                "  --beams K             the same as --num-beams K\n\n"
                "generation options (the engine's; default in brackets):\n";
   for (const auto& spec : pali_engine::generation_option_specs()) {
@@ -101,7 +104,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> positional;
   pali_engine::LoadOptions load;
   pali_engine::GenerateOptions options;
-  bool json = false, stream = false, objects = false;
+  bool json = false, stream = false, objects = false, verbose = false;
   const auto specs = pali_engine::generation_option_specs();
   try {
     for (int i = 1; i < argc; ++i) {
@@ -120,6 +123,8 @@ int main(int argc, char** argv) {
         stream = true;
       } else if (arg == "--objects") {
         objects = true;
+      } else if (arg == "--verbose") {
+        verbose = true;
       } else if (arg == "--dtype") {
         load.dtype = pali_engine::dtype_from_name(value());
       } else if (arg == "--resize") {
@@ -157,8 +162,18 @@ int main(int argc, char** argv) {
     if (positional.size() > 3) usage_error("unrecognized arguments: " + positional[3]);
     if (json && stream) usage_error("argument --stream: not allowed with argument --json");
 
+    using Clock = std::chrono::steady_clock;
+    const auto ms_since = [](Clock::time_point start) {
+      return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+    };
+    auto start = Clock::now();
     const pali_engine::Engine engine = pali_engine::Engine::load(positional[0], load);
+    if (verbose)
+      std::fprintf(stderr, "pali-run: loaded %s (%s) in %.1f ms\n", positional[0].c_str(),
+                   engine.architecture().c_str(), ms_since(start));
+    start = Clock::now();
     const pali_engine::Image image = pali_engine::Image::from_file(positional[1]);
+    if (verbose) std::fprintf(stderr, "pali-run: read %s in %.1f ms\n", positional[1].c_str(), ms_since(start));
     std::vector<pali_engine::Result> results;
     if (stream) {
       results.push_back(engine.stream(image, positional[2], options, [](std::string_view piece) {
@@ -172,6 +187,15 @@ int main(int argc, char** argv) {
       for (const auto& result : results) std::cout << (json ? result.to_json() : result.text) << "\n";
     }
     std::cout.flush();
+    if (verbose)
+      for (const auto& result : results) {
+        const auto& t = result.timings;
+        std::fprintf(stderr,
+                     "pali-run: preprocess %.1f ms, vision %.1f ms, encoder %.1f ms, first token %.1f ms, "
+                     "%lld decoding steps %.1f ms, total %.1f ms\n",
+                     t.preprocess_ms, t.vision_ms, t.encoder_ms, t.first_token_ms, static_cast<long long>(t.steps),
+                     t.decode_ms, t.total_ms);
+      }
     if (objects)
       for (const auto& result : results)
         for (const auto& o : result.objects) {
