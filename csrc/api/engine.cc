@@ -242,7 +242,6 @@ struct Engine::Impl {
   Dtype dtype = Dtype::float32;
   int threads = 0;
   Resize resize = Resize::pad;
-  std::shared_ptr<const pali::onnx::OnnxFile> file;
   std::shared_ptr<const pali::Model> model;
   pali::Json config;
   std::unique_ptr<pali::api::Tokenizer> tokenizer;
@@ -355,8 +354,9 @@ Engine Engine::load(const std::string& path, const LoadOptions& options) {
     struct stat info {};
     if (::stat(path.c_str(), &info) != 0 || !S_ISREG(info.st_mode))
       throw pali::ModelFileError(str_cat(path, ": no such model file"));
-    impl->file = pali::onnx::OnnxFile::open(path);
-    impl->architecture = file_architecture(path, *impl->file);
+    // Open for the load only: the model keeps what it needs of the file.
+    const std::shared_ptr<const pali::onnx::OnnxFile> file = pali::onnx::OnnxFile::open(path);
+    impl->architecture = file_architecture(path, *file);
     const bool paligemma = impl->paligemma();
     if (paligemma && options.resize == Resize::pad)
       throw pali::InvalidArgument(str_cat("a 'paligemma' model takes resize='stretch', as it was trained; got 'pad'"));
@@ -368,7 +368,7 @@ Engine Engine::load(const std::string& path, const LoadOptions& options) {
                                           ", or None for all cores, got ", options.threads));
     impl->threads = options.threads;
 
-    auto [config, tokenizer_bytes] = parse_metadata(path, *impl->file);
+    auto [config, tokenizer_bytes] = parse_metadata(path, *file);
     const pali::Architecture& architecture = pali::architecture_of(config);
     std::vector<pali::TensorSpec> expected;
     try {
@@ -376,7 +376,7 @@ Engine Engine::load(const std::string& path, const LoadOptions& options) {
     } catch (const pali::InvalidArgument& error) {
       throw pali::ModelFileError(str_cat(path, ": 'pali.config' ", error.what()));
     }
-    check_tensors(path, *impl->file, expected);
+    check_tensors(path, *file, expected);
     impl->config = config;
 
     impl->image_size = static_cast<int>(member(config, "image_size").as_int());
@@ -414,7 +414,7 @@ Engine Engine::load(const std::string& path, const LoadOptions& options) {
 
     pali::ScopedOpThreads scoped(impl->threads);
     try {
-      impl->model = architecture.load(impl->file, config, weight_format(options.dtype));
+      impl->model = architecture.load(file, config, weight_format(options.dtype));
     } catch (const pali::ModelFileError&) {
       throw;
     } catch (const pali::InvalidArgument& error) {
