@@ -9,6 +9,7 @@
 namespace pali::api {
 namespace {
 
+// SentencePiece is given UTF-8, as every Python str encodes to.
 void check_utf8(const std::string& prompt, size_t index, const char* what) {
   const size_t bad = utf8_error_offset(prompt);
   if (bad != std::string_view::npos) throw InvalidArgument(str_cat("prompt ", index, what, bad, ")"));

@@ -342,6 +342,9 @@ void check_cpp_api(const std::string& model) {
         "generate_sequences gives num_return_sequences sequences");
   check(error_of([] { Image::from_rgb(4, 4, std::vector<uint8_t>(10)); }).rfind("invalid_argument: ", 0) == 0, "errors",
         "an RGB buffer of the wrong size");
+  check(error_of([&] { engine.encode_prompts({"caption en", "ab\xff"}); }) ==
+            "invalid_argument: prompt 1: text is not valid UTF-8 (at byte 2)",
+        "errors", "a prompt that is not UTF-8");
   check(error_of([] { pali_engine::dtype_from_name("float64"); }) ==
             "invalid_argument: dtype must be one of float32, float16, int8, got 'float64'",
         "errors", "dtype_from_name");
