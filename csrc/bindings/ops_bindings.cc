@@ -11,6 +11,7 @@
 
 #include "bindings/bindings.h"
 #include "core/parallel.h"
+#include "generate/logits_processors.h"
 #include "ops/activations.h"
 #include "ops/attention.h"
 #include "ops/layer_norm.h"
@@ -81,6 +82,23 @@ void bind_ops(py::module_& parent) {
                                                          "Shared huge-page blocks for packed weights.")
       .def(py::init<>());
 
+  m.def(
+      "process_logits",
+      [](const py::array& scores, const std::vector<std::vector<int64_t>>& sequences, int64_t generated,
+         const py::dict& options, int64_t eos_token_id) {
+        auto in = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(scores);
+        PALI_CHECK_ARG(in && in.ndim() == 2 && static_cast<size_t>(in.shape(0)) == sequences.size(),
+                       "scores must be float32[rows, vocab] with one sequence per row");
+        const int64_t rows = in.shape(0), vocab = in.shape(1);
+        py::array_t<float> out({rows, vocab});
+        std::memcpy(out.mutable_data(), in.data(), rows * vocab * sizeof(float));
+        LogitsProcessorList list = logits_processors(generation_options_from_dict(options), eos_token_id);
+        for (int64_t r = 0; r < rows; ++r) list.process(r, sequences[r], generated, out.mutable_data() + r * vocab, vocab);
+        return out;
+      },
+      py::arg("scores"), py::arg("sequences"), py::arg("generated"), py::arg("options"), py::arg("eos_token_id"),
+      "The options' logits processors (logits_processors()) applied to each row of scores, row r being "
+      "request r whose sequence so far is sequences[r], after `generated` new tokens.");
   m.def("int8_kernels_available", &int8_kernels_available,
         "The integer kernels of int8_activations this CPU runs ('avx2', 'avx512_vnni').");
   m.def("int8_kernel", &int8_kernel, "The integer kernel in use.");
