@@ -1,8 +1,10 @@
 """What every backend shares: the model file's checks, prompts and images to
 arrays, batching, options, and results.
 
-A backend subclass supplies ``_search(pixel_values, input_ids, attention_mask,
-options, on_token) -> (hypotheses per input, timings)``; ``generate`` and
+The prompts, images and answers are the architecture's processor's
+(``processors.processor_for``). A backend subclass supplies ``_logits`` and
+``_search(pixel_values, input_ids, attention_mask, options, on_token) ->
+(hypotheses per input, timings)``; ``generate`` and
 ``stream`` are built on it, so every backend takes the same inputs, options and
 errors and returns the same results.
 """
@@ -22,8 +24,8 @@ import numpy as np
 from . import generation, model_spec
 from .errors import ModelFileError, short_repr
 from .generation import GenerationOptions, GenerationResult, Hypothesis
-from .image import RESIZE_MODES, preprocess
-from .tokenizer import Tokenizer
+from .image import RESIZE_MODES
+from .processors import processor_for
 
 OnToken = Optional[Callable[[int, int], bool]]
 
@@ -39,27 +41,6 @@ def check_threads(threads: Any) -> Optional[int]:
         raise ValueError(f"threads must be an integer between 1 and {MAX_THREADS}, or None for all cores, "
                          f"got {short_repr(threads)}")
     return int(threads)
-
-
-def _array(value: Any, name: str, rank: int, kinds: str, what: str) -> np.ndarray:
-    """``value`` as an array of ``rank`` dimensions whose dtype kind is one of ``kinds``."""
-    try:
-        array = np.asarray(value)
-    except (ValueError, TypeError, OverflowError, RecursionError) as error:  # ragged or unconvertible lists
-        reason = str(error).split(".")[0]
-        raise ValueError(f"{name} must be an array of {what}: {short_repr(reason, 120)}") from None
-    if array.dtype.kind not in kinds:
-        raise ValueError(f"{name} must be an array of {what}, got dtype {array.dtype}")
-    if array.ndim != rank:
-        raise ValueError(f"{name} must have {rank} dimensions, got shape {list(array.shape)}")
-    return array
-
-
-def _check_token_ids(ids: np.ndarray, name: str, vocab_size: int) -> None:
-    low, high = int(ids.min()), int(ids.max())
-    if low < 0 or high >= vocab_size:
-        bad = low if low < 0 else high
-        raise ValueError(f"{name} must be token ids in [0, {vocab_size}), got {bad}")
 
 
 def image_size(image) -> Optional[Tuple[int, int]]:
@@ -98,102 +79,56 @@ def as_batch(image, prompt) -> Tuple[list, list, bool]:
 
 
 class Backend:
-    """A checked model file with its tokenizer; subclasses run the model."""
+    """A checked model file with its architecture's processor; subclasses run the model."""
+
+    #: The resize modes the architecture's models take (Engine.load checks ``resize`` against them).
+    resize_modes = RESIZE_MODES
 
     def __init__(self, path: str | os.PathLike, info: Optional[Dict[str, Any]] = None):
         """``info``: the file as ``pali_engine.inspect`` describes it, when the caller has read it."""
         self.path = os.fspath(path)
         self.config, tokenizer_bytes = model_spec.check_model_file(self.path, info)
         try:
-            self.tokenizer = Tokenizer(tokenizer_bytes, pad_id=self.config["pad_token_id"],
-                                       eos_id=self.config["eos_token_id"])
+            self.processor = processor_for(self.config, tokenizer_bytes)
         except ValueError as error:
-            raise ModelFileError(f"{self.path}: 'pali.tokenizer' is not a SentencePiece model: {error}") from None
-        # Ids past vocab_size would index past the embedding table.
-        if self.tokenizer.vocab_size > self.config["vocab_size"]:
-            raise ModelFileError(f"{self.path}: 'pali.tokenizer' has {self.tokenizer.vocab_size} pieces, more than "
-                                 f"the config's vocab_size ({self.config['vocab_size']})")
+            raise ModelFileError(f"{self.path}: {error}") from None
+        self.tokenizer = self.processor.tokenizer
 
-    # ---- inputs ----
-    def check_logits_inputs(self, pixel_values: Any, input_ids: Any, attention_mask: Any,
-                            decoder_input_ids: Any) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The four inputs of ``logits`` as contiguous float32 / int64 arrays; ValueError (one line) when
+    @property
+    def resize(self) -> str:
+        """How an image that is not square becomes square ("pad" or "stretch"; Engine.load(resize=...))."""
+        return self.processor.resize
+
+    @resize.setter
+    def resize(self, mode: str) -> None:
+        self.processor.resize = mode
+
+    # ---- inputs (the processor's) ----
+    def check_logits_inputs(self, *inputs: Any) -> Tuple[np.ndarray, ...]:
+        """The inputs of ``logits`` as contiguous float32 / int64 arrays; ValueError (one line) when
         one is not an array of the right rank, dtype, shape or values."""
-        c = self.config
-        pixels = _array(pixel_values, "pixel_values", 4, "fiu", "numbers")
-        batch = pixels.shape[0]
-        expected = (c["num_channels"], c["image_size"], c["image_size"])
-        if batch < 1 or pixels.shape[1:] != expected:
-            raise ValueError(f"pixel_values must have shape [batch >= 1, {', '.join(map(str, expected))}], "
-                             f"got {list(pixels.shape)}")
-        with np.errstate(over="ignore"):
-            pixels = np.ascontiguousarray(pixels, np.float32)
-        non_finite = pixels.size - int(np.count_nonzero(np.isfinite(pixels)))
-        if non_finite:
-            raise ValueError(f"pixel_values has {non_finite} NaN or infinite values (in float32)")
-        ids = _array(input_ids, "input_ids", 2, "iu", "integer token ids")
-        limit = c["max_prompt_tokens"]
-        if ids.shape[0] != batch or not 1 <= ids.shape[1] <= limit:
-            raise ValueError(f"input_ids must have shape [{batch} (the batch of pixel_values), 1 to {limit} "
-                             f"(max_prompt_tokens)], got {list(ids.shape)}")
-        _check_token_ids(ids, "input_ids", c["vocab_size"])
-        mask = _array(attention_mask, "attention_mask", 2, "biuf", "0s and 1s")
-        if mask.shape != ids.shape:
-            raise ValueError(f"attention_mask must have the shape of input_ids {list(ids.shape)}, "
-                             f"got {list(mask.shape)}")
-        if not np.isin(mask, (0, 1)).all():
-            raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
-        decoder_ids = _array(decoder_input_ids, "decoder_input_ids", 2, "iu", "integer token ids")
-        if decoder_ids.shape[0] != batch or decoder_ids.shape[1] < 1:
-            raise ValueError(f"decoder_input_ids must have shape [{batch} (the batch of pixel_values), "
-                             f"length >= 1], got {list(decoder_ids.shape)}")
-        _check_token_ids(decoder_ids, "decoder_input_ids", c["vocab_size"])
-        return (pixels, np.ascontiguousarray(ids, np.int64), np.ascontiguousarray(mask, np.int64),
-                np.ascontiguousarray(decoder_ids, np.int64))
+        return self.processor.check_logits_inputs(*inputs)
 
-    def logits(self, pixel_values: Any, input_ids: Any, attention_mask: Any, decoder_input_ids: Any) -> np.ndarray:
-        """The teacher-forced forward, float32[B, T, V], on checked inputs (see check_logits_inputs)."""
-        return self._logits(*self.check_logits_inputs(pixel_values, input_ids, attention_mask, decoder_input_ids))
+    def logits(self, pixel_values: Any, input_ids: Any, attention_mask: Any, fourth: Any) -> np.ndarray:
+        """The teacher-forced forward, float32[B, T, V], on checked inputs: the fourth is
+        decoder_input_ids ("pali") or token_type_ids ("paligemma")."""
+        return self._logits(*self.check_logits_inputs(pixel_values, input_ids, attention_mask, fourth))
 
     def _logits(self, pixel_values: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray,
-                decoder_input_ids: np.ndarray) -> np.ndarray:
+                fourth: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
     def encode_prompts(self, prompts: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
-        """Prompts -> (input_ids int64[B, L], attention_mask int64[B, L]): eos-terminated, right-padded."""
-        limit = int(self.config["max_prompt_tokens"])
-        sequences = []
-        for i, prompt in enumerate(prompts):
-            if not isinstance(prompt, str):
-                raise ValueError(f"prompt {i} must be a str, got {type(prompt).__name__}")
-            try:
-                ids = self.tokenizer.encode(prompt)
-            except ValueError as error:
-                raise ValueError(f"prompt {i}: {error}") from None
-            if len(ids) > limit:
-                raise ValueError(
-                    f"prompt {i} is {len(ids)} tokens long (eos included); this model takes at most "
-                    f"{limit} (max_prompt_tokens)"
-                )
-            sequences.append(ids)
-        length = max(len(s) for s in sequences)
-        ids = np.full((len(sequences), length), self.config["pad_token_id"], np.int64)
-        mask = np.zeros((len(sequences), length), np.int64)
-        for b, s in enumerate(sequences):
-            ids[b, : len(s)] = s
-            mask[b, : len(s)] = 1
-        return ids, mask
-
-    #: How an image that is not square becomes square ("pad" or "stretch"; Engine.load(resize=...)).
-    resize = "pad"
-    #: The resize modes the architecture's models take.
-    resize_modes = RESIZE_MODES
+        """Prompts -> (input_ids int64[B, L], attention_mask int64[B, L]) as the architecture lays them out."""
+        return self.processor.encode_prompts(prompts)
 
     def pixel_values(self, images: Sequence[Any]) -> np.ndarray:
-        """Images -> float32[B, C, S, S], resized and normalized as the config says."""
-        c = self.config
-        return np.stack([preprocess(im, c["image_size"], c["image_mean"], c["image_std"],
-                                    c.get("resample", "bilinear"), self.resize) for im in images])
+        """Images -> float32[B, C, S, S] as the architecture's preprocessing makes them."""
+        return self.processor.pixel_values(images)
+
+    def parse_objects(self, text: str, image_size: Tuple[int, int]) -> list:
+        """The objects of a detection or segmentation answer, in the image's pixels."""
+        return self.processor.parse_objects(text, image_size)
 
     # ---- generation ----
     def _search(self, pixel_values: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray,
@@ -224,15 +159,6 @@ class Backend:
                                    size, self.parse_objects, path) for h in per_input]
             results.append(rs if opts.num_return_sequences > 1 else rs[0])
         return results if batched else results[0]
-
-    def parse_objects(self, text: str, image_size: Tuple[int, int]) -> list:
-        """The boxes of a detection answer in the image's pixels (``GenerationResult.objects``)."""
-        from .detection import parse_detections
-        from .segmentation import SegmentedObject
-
-        width, height = image_size
-        return [SegmentedObject((x0 * width, y0 * height, x1 * width, y1 * height), label, None)
-                for (x0, y0, x1, y1), label in parse_detections(text, image_size, self.resize)]
 
     def stream(self, image, prompt, **options) -> Iterator[str]:
         """Yields pieces of text as they are generated (one image, one prompt).

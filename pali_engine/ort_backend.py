@@ -21,7 +21,6 @@ from . import generation
 from ._shutdown import native_call
 from .backend import Backend, check_threads
 from .errors import ModelFileError
-from .paligemma_backend import PaliGemmaInputs
 
 INPUTS = ("pixel_values", "input_ids", "attention_mask", "decoder_input_ids")
 PALIGEMMA_INPUTS = ("pixel_values", "input_ids", "attention_mask", "token_type_ids")
@@ -138,7 +137,7 @@ class OrtBackend(Backend):
         return hypotheses, {"steps": step.calls}
 
 
-class PaliGemmaOrtBackend(PaliGemmaInputs):
+class PaliGemmaOrtBackend(Backend):
     """A "paligemma" model file run by onnxruntime, checked completely at load.
 
     Decoder-only, as transformers' generate() runs it: no start token; each
@@ -150,6 +149,8 @@ class PaliGemmaOrtBackend(PaliGemmaInputs):
     included, where generate() skips the left padding: a shift of a whole row,
     which rotary attention does not see.
     """
+
+    resize_modes = ("stretch",)
 
     def __init__(self, path: str | os.PathLike, *, device: str = "cpu", threads: Optional[int] = None,
                  dtype: str = "float32", info: Optional[Dict[str, Any]] = None):

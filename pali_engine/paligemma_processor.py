@@ -15,6 +15,11 @@ way:
 * pixels: SiglipImageProcessor's PIL path: RGB (transparency composited on
   white), PIL resize to S x S with the config's filter, ``x * rescale_factor``
   in float64 then float32, ``(x - mean) / std`` in float32, channels first.
+
+It is also the architecture's processor inside the engine
+(``processors.processor_for``): ``for_engine`` makes one from a checked file
+config, and ``encode_prompts``, ``pixel_values``, ``parse_objects`` and
+``check_logits_inputs`` are what every "paligemma" backend feeds and reads.
 """
 
 from __future__ import annotations
@@ -210,3 +215,94 @@ class PaliGemmaProcessor:
             attention_mask[b, span] = 1
             token_type_ids[b, span] = types
         return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+
+    # ---------------------------------------------------------------- the engine's side
+
+    #: PaliGemma's processor stretches every image to the square input, as the models were trained.
+    resize_modes = ("stretch",)
+    resize = "stretch"
+
+    @classmethod
+    def for_engine(cls, config: Dict[str, Any], tokenizer: bytes) -> "PaliGemmaProcessor":
+        """The processor of a checked "paligemma" file config: left padding, since generation
+        continues every row after its last column. ValueError when the tokenizer is unusable."""
+        from .tokenizer import Tokenizer
+
+        try:
+            processor = cls.from_config(config, tokenizer, padding_side="left")
+            processor.tokenizer = Tokenizer(tokenizer, pad_id=processor.pad_id, eos_id=processor.eos_id)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"the tokenizer or image settings are unusable: {error}") from None
+        processor.config = config
+        return processor
+
+    def encode_prompts(self, prompts: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+        """Prompts -> (input_ids, attention_mask) int64[B, L], left-padded, without a suffix."""
+        for i, prompt in enumerate(prompts):
+            if not isinstance(prompt, str):
+                raise ValueError(f"prompt {i} must be a str, got {type(prompt).__name__}")
+            try:
+                prompt.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise ValueError(f"prompt {i} is not valid Unicode (a lone surrogate at index {error.start})") from None
+        batch = self.encode_batch(prompts)
+        return batch["input_ids"], batch["attention_mask"]
+
+    def pixel_values(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """Images -> float32[B, 3, S, S] exactly as SiglipImageProcessor makes them."""
+        return np.stack([self.preprocess_image(image) for image in images])
+
+    def parse_objects(self, text: str, image_size: Tuple[int, int]) -> list:
+        """The objects of a detection or segmentation answer (boxes in the image's pixels, mask codes)."""
+        from .segmentation import parse_segmentation
+
+        return parse_segmentation(text, image_size)
+
+    def check_logits_inputs(self, pixel_values: Any, input_ids: Any, attention_mask: Any,
+                            token_type_ids: Any) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The four inputs of ``logits`` as contiguous float32 / int64 arrays; ValueError (one line) when
+        one is not an array of the right rank, dtype, shape or values."""
+        from .validation import as_array, check_token_ids
+
+        c, v = self.config, self.config["vision_config"]
+        pixels = as_array(pixel_values, "pixel_values", 4, "fiu", "numbers")
+        batch = pixels.shape[0]
+        expected = (v["num_channels"], v["image_size"], v["image_size"])
+        if batch < 1 or pixels.shape[1:] != expected:
+            raise ValueError(f"pixel_values must have shape [batch >= 1, {', '.join(map(str, expected))}], "
+                             f"got {list(pixels.shape)}")
+        with np.errstate(over="ignore"):
+            pixels = np.ascontiguousarray(pixels, np.float32)
+        non_finite = pixels.size - int(np.count_nonzero(np.isfinite(pixels)))
+        if non_finite:
+            raise ValueError(f"pixel_values has {non_finite} NaN or infinite values (in float32)")
+        ids = as_array(input_ids, "input_ids", 2, "iu", "integer token ids")
+        if ids.shape[0] != batch or ids.shape[1] < 1:
+            raise ValueError(f"input_ids must have shape [{batch} (the batch of pixel_values), length >= 1], "
+                             f"got {list(ids.shape)}")
+        image = ids == c["image_token_index"]
+        # The image token may lie past the text vocabulary (the graph and the native model map it).
+        check_token_ids(np.where(image, 0, ids), "input_ids", c["text_config"]["vocab_size"])
+        images_per_row = image.sum(axis=1)
+        if images_per_row.max() > c["num_image_tokens"]:
+            row = int(np.argmax(images_per_row))
+            raise ValueError(f"input_ids row {row} has {int(images_per_row[row])} <image> tokens, more than the "
+                             f"{c['num_image_tokens']} image features")
+        masks = []
+        for name, value, meaning in (("attention_mask", attention_mask, "0 (padding) and 1 (token)"),
+                                     ("token_type_ids", token_type_ids, "0 (prefix) and 1 (suffix)")):
+            array = as_array(value, name, 2, "biuf", "0s and 1s")
+            if array.shape != ids.shape:
+                raise ValueError(f"{name} must have the shape of input_ids {list(ids.shape)}, got {list(array.shape)}")
+            if not np.isin(array, (0, 1)).all():
+                raise ValueError(f"{name} must hold only {meaning}")
+            masks.append(np.ascontiguousarray(array, np.int64))
+        mask, types = masks
+        # The graph takes every 0 for the prefix, the native model what precedes a row's first 1:
+        # the same only when no token of type 0 follows a 1.
+        for row in range(batch):
+            ones = np.flatnonzero(types[row])
+            if ones.size and ((mask[row, ones[0]:] == 1) & (types[row, ones[0]:] == 0)).any():
+                raise ValueError(f"token_type_ids row {row} has a prefix token (0) after a suffix one (1); "
+                                 "a row is its prefix, then its suffix")
+        return pixels, np.ascontiguousarray(ids, np.int64), mask, types
