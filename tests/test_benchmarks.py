@@ -370,14 +370,15 @@ def test_baseline_ref_reuses_the_cache_of_its_full_commit(tmp_path):
     from pali_engine.benchmarks import baseline
 
     try:
-        _, commit = baseline.resolve_commit("HEAD")
+        repo, commit = baseline.resolve_commit("HEAD")
     except baseline.BaselineError:
         pytest.skip("not in a git checkout")
     cached = tmp_path / "work" / "baselines" / commit
     _stub_package(cached / "site")
     (cached / "build.json").write_text(json.dumps({"build_s": 1.5}))
+    # The repository the harness found (an installed package lies outside it).
     short = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                           cwd=os.path.dirname(baseline.__file__)).stdout.strip()
+                           cwd=repo).stdout.strip()
     logs = []
     found = baseline.resolve(short, str(tmp_path / "work"), logs.append)
     assert found.package_dir == str(cached / "site") and found.commit == commit
