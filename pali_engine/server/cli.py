@@ -2,6 +2,7 @@
 
     pali-engine serve                              # the bundled model on http://127.0.0.1:8000/
     pali-engine serve --model m.onnx --dtype int8 --port 9000 --parallel 2 --max-queue 32
+    pali-engine serve --ray --replicas 2 --threads 1   # N replicas on Ray Serve (pali_engine/serving.py)
 
 Why a subcommand module of its own: fastapi and uvicorn are the ``serve``
 extra, imported only when the server runs, so the rest of the command line
@@ -17,6 +18,7 @@ import sys
 from .images import ImageLimits
 
 SERVE_INSTALL_HINT = "pip install fastapi uvicorn"
+RAY_INSTALL_HINT = 'pip install "ray[serve]"'
 
 
 def _count(low: int):
@@ -71,9 +73,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "images come as data: URLs")
     limits.add_argument("--image-url-timeout", type=float, default=defaults.url_timeout_s,
                         help="seconds a URL fetch may take in all (default: 10)")
+    ray_group = parser.add_argument_group("Ray Serve (the limits above are each replica's)")
+    ray_group.add_argument("--ray", action="store_true",
+                           help="serve through Ray Serve: replicas of one engine each")
+    ray_group.add_argument("--replicas", type=_count(1), default=1, help="replicas (default: 1)")
+    ray_group.add_argument("--ray-address", default=None,
+                           help="the cluster to join, host:port of its head (default: RAY_ADDRESS, else the "
+                                "cluster `ray start` began on this node, else a new local one)")
+    ray_group.add_argument("--replica-cpus", type=float, default=1, help="CPUs Ray reserves per replica (default: 1)")
+    ray_group.add_argument("--replica-gpus", type=float, default=0, help="GPUs Ray reserves per replica (default: 0)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.ray:
+        return _run_on_ray(args)
     try:
         import uvicorn
 
@@ -106,3 +119,15 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # uvicorn stops gracefully on Ctrl-C, then raises it again
         pass
     return 0
+
+
+def _run_on_ray(args: argparse.Namespace) -> int:
+    try:
+        import fastapi  # noqa: F401 (each replica runs the same FastAPI application)
+
+        from ..serving import run_from_args
+    except ImportError as error:
+        print(f"pali-engine serve --ray: the package {error.name!r} is not installed; install what it needs with: "
+              f"{RAY_INSTALL_HINT}", file=sys.stderr)
+        return 1
+    return run_from_args(args)
