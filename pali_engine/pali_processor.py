@@ -18,7 +18,7 @@ import numpy as np
 
 from .image import RESIZE_MODES, preprocess
 from .tokenizer import Tokenizer
-from .validation import as_array, check_token_ids
+from .validation import as_array, check_pixel_values, check_token_ids
 
 
 class PaliProcessor:
@@ -85,17 +85,8 @@ class PaliProcessor:
         """The four inputs of ``logits`` as contiguous float32 / int64 arrays; ValueError (one line) when
         one is not an array of the right rank, dtype, shape or values."""
         c = self.config
-        pixels = as_array(pixel_values, "pixel_values", 4, "fiu", "numbers")
+        pixels = check_pixel_values(pixel_values, c["num_channels"], c["image_size"])
         batch = pixels.shape[0]
-        expected = (c["num_channels"], c["image_size"], c["image_size"])
-        if batch < 1 or pixels.shape[1:] != expected:
-            raise ValueError(f"pixel_values must have shape [batch >= 1, {', '.join(map(str, expected))}], "
-                             f"got {list(pixels.shape)}")
-        with np.errstate(over="ignore"):
-            pixels = np.ascontiguousarray(pixels, np.float32)
-        non_finite = pixels.size - int(np.count_nonzero(np.isfinite(pixels)))
-        if non_finite:
-            raise ValueError(f"pixel_values has {non_finite} NaN or infinite values (in float32)")
         ids = as_array(input_ids, "input_ids", 2, "iu", "integer token ids")
         limit = c["max_prompt_tokens"]
         if ids.shape[0] != batch or not 1 <= ids.shape[1] <= limit:

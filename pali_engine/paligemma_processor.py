@@ -262,20 +262,11 @@ class PaliGemmaProcessor:
                             token_type_ids: Any) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The four inputs of ``logits`` as contiguous float32 / int64 arrays; ValueError (one line) when
         one is not an array of the right rank, dtype, shape or values."""
-        from .validation import as_array, check_token_ids
+        from .validation import as_array, check_pixel_values, check_token_ids
 
         c, v = self.config, self.config["vision_config"]
-        pixels = as_array(pixel_values, "pixel_values", 4, "fiu", "numbers")
+        pixels = check_pixel_values(pixel_values, v["num_channels"], v["image_size"])
         batch = pixels.shape[0]
-        expected = (v["num_channels"], v["image_size"], v["image_size"])
-        if batch < 1 or pixels.shape[1:] != expected:
-            raise ValueError(f"pixel_values must have shape [batch >= 1, {', '.join(map(str, expected))}], "
-                             f"got {list(pixels.shape)}")
-        with np.errstate(over="ignore"):
-            pixels = np.ascontiguousarray(pixels, np.float32)
-        non_finite = pixels.size - int(np.count_nonzero(np.isfinite(pixels)))
-        if non_finite:
-            raise ValueError(f"pixel_values has {non_finite} NaN or infinite values (in float32)")
         ids = as_array(input_ids, "input_ids", 2, "iu", "integer token ids")
         if ids.shape[0] != batch or ids.shape[1] < 1:
             raise ValueError(f"input_ids must have shape [{batch} (the batch of pixel_values), length >= 1], "

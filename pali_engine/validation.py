@@ -34,3 +34,18 @@ def check_token_ids(ids: np.ndarray, name: str, vocab_size: int) -> None:
     if low < 0 or high >= vocab_size:
         bad = low if low < 0 else high
         raise ValueError(f"{name} must be token ids in [0, {vocab_size}), got {bad}")
+
+
+def check_pixel_values(pixel_values: Any, channels: int, size: int) -> np.ndarray:
+    """``pixel_values`` as contiguous float32 [batch >= 1, channels, size, size] without NaN or infinity."""
+    pixels = as_array(pixel_values, "pixel_values", 4, "fiu", "numbers")
+    expected = (channels, size, size)
+    if pixels.shape[0] < 1 or pixels.shape[1:] != expected:
+        raise ValueError(f"pixel_values must have shape [batch >= 1, {', '.join(map(str, expected))}], "
+                         f"got {list(pixels.shape)}")
+    with np.errstate(over="ignore"):
+        pixels = np.ascontiguousarray(pixels, np.float32)
+    non_finite = pixels.size - int(np.count_nonzero(np.isfinite(pixels)))
+    if non_finite:
+        raise ValueError(f"pixel_values has {non_finite} NaN or infinite values (in float32)")
+    return pixels

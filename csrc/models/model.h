@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/json.h"
@@ -27,6 +28,29 @@ struct PromptBatch {
 class PreparedDecoder : public Decoder {
  public:
   double vision_ms = 0;
+};
+
+// A PreparedDecoder from an architecture's state (its encoder output, its
+// prompts: State, with a vision_ms field) and its decoder over that state
+// (Inner, built from the model and a reference to the state it keeps).
+template <typename State, typename Inner>
+class OwningDecoder final : public PreparedDecoder {
+ public:
+  template <typename MakeInner>
+  OwningDecoder(State state, MakeInner&& make_inner) : state_(std::move(state)), decoder_(make_inner(state_)) {
+    vision_ms = state_.vision_ms;
+  }
+  int64_t requests() const override { return decoder_.requests(); }
+  int64_t vocab_size() const override { return decoder_.vocab_size(); }
+  SpecialTokens special_tokens() const override { return decoder_.special_tokens(); }
+  std::vector<int64_t> initial_sequence(int64_t request) const override { return decoder_.initial_sequence(request); }
+  std::unique_ptr<DecoderSession> start(int64_t rows_per_request, int64_t capacity) const override {
+    return decoder_.start(rows_per_request, capacity);
+  }
+
+ private:
+  State state_;  // before decoder_: it refers to it
+  Inner decoder_;
 };
 
 class Model {

@@ -152,30 +152,6 @@ void PaliModel::forward(const float* pixels, const int64_t* input_ids, const int
   decoder_->step(state, decoder_input_ids, target_len, logits, /*all_positions=*/true);
 }
 
-namespace {
-
-// A batch's encoder output and the T5 decoder over it.
-class PreparedPali final : public PreparedDecoder {
- public:
-  PreparedPali(const PaliModel& model, EncoderOutput encoded)
-      : encoded_(std::move(encoded)), decoder_(model.decoder(), model.config(), encoded_) {
-    vision_ms = encoded_.vision_ms;
-  }
-  int64_t requests() const override { return decoder_.requests(); }
-  int64_t vocab_size() const override { return decoder_.vocab_size(); }
-  SpecialTokens special_tokens() const override { return decoder_.special_tokens(); }
-  std::vector<int64_t> initial_sequence(int64_t request) const override { return decoder_.initial_sequence(request); }
-  std::unique_ptr<DecoderSession> start(int64_t rows_per_request, int64_t capacity) const override {
-    return decoder_.start(rows_per_request, capacity);
-  }
-
- private:
-  EncoderOutput encoded_;
-  PaliDecoder decoder_;
-};
-
-}  // namespace
-
 int64_t PaliModel::logits_length(const std::vector<int64_t>& lengths) const {
   PALI_CHECK_ARG(lengths.size() == 3 && lengths[0] == lengths[1],
                  "input_ids and attention_mask must be [batch, prompt_len]");
@@ -189,8 +165,9 @@ void PaliModel::forward(const float* pixels, int64_t batch, const std::vector<co
 }
 
 std::unique_ptr<PreparedDecoder> PaliModel::prepare(const PromptBatch& prompts) const {
-  return std::make_unique<PreparedPali>(
-      *this, encode(prompts.pixels, prompts.input_ids, prompts.attention_mask, prompts.batch, prompts.length));
+  return std::make_unique<OwningDecoder<EncoderOutput, PaliDecoder>>(
+      encode(prompts.pixels, prompts.input_ids, prompts.attention_mask, prompts.batch, prompts.length),
+      [this](const EncoderOutput& encoded) { return PaliDecoder(*decoder_, config_, encoded); });
 }
 
 }  // namespace pali

@@ -175,30 +175,6 @@ std::unique_ptr<DecoderSession> PaliGemmaDecoder::start(int64_t rows_per_request
                                      rows_per_request, capacity));
 }
 
-namespace {
-
-// A batch's prompts and the Gemma decoder over them.
-class PreparedPaliGemma final : public PreparedDecoder {
- public:
-  PreparedPaliGemma(const PaliGemmaModel& model, PaliGemmaPrompts prompts)
-      : prompts_(std::move(prompts)), decoder_(model, prompts_) {
-    vision_ms = prompts_.vision_ms;
-  }
-  int64_t requests() const override { return decoder_.requests(); }
-  int64_t vocab_size() const override { return decoder_.vocab_size(); }
-  SpecialTokens special_tokens() const override { return decoder_.special_tokens(); }
-  std::vector<int64_t> initial_sequence(int64_t request) const override { return decoder_.initial_sequence(request); }
-  std::unique_ptr<DecoderSession> start(int64_t rows_per_request, int64_t capacity) const override {
-    return decoder_.start(rows_per_request, capacity);
-  }
-
- private:
-  PaliGemmaPrompts prompts_;
-  PaliGemmaDecoder decoder_;
-};
-
-}  // namespace
-
 int64_t PaliGemmaModel::logits_length(const std::vector<int64_t>& lengths) const {
   PALI_CHECK_ARG(lengths.size() == 3 && lengths[0] == lengths[1] && lengths[1] == lengths[2],
                  "input_ids, attention_mask and token_type_ids must have one shape [batch, length]");
@@ -212,8 +188,9 @@ void PaliGemmaModel::forward(const float* pixels, int64_t batch, const std::vect
 }
 
 std::unique_ptr<PreparedDecoder> PaliGemmaModel::prepare(const PromptBatch& prompts) const {
-  return std::make_unique<PreparedPaliGemma>(
-      *this, prepare(prompts.pixels, prompts.input_ids, prompts.attention_mask, prompts.batch, prompts.length));
+  return std::make_unique<OwningDecoder<PaliGemmaPrompts, PaliGemmaDecoder>>(
+      prepare(prompts.pixels, prompts.input_ids, prompts.attention_mask, prompts.batch, prompts.length),
+      [this](const PaliGemmaPrompts& state) { return PaliGemmaDecoder(*this, state); });
 }
 
 }  // namespace pali
