@@ -1,6 +1,7 @@
-// The search strategies over a Decoder: greedy search, sampling and beam
-// search, with transformers' semantics; each applies the options' logits
-// processors (logits_processors.h) to every row's scores.
+// The search strategies over a Decoder as GroupSearch step functions: greedy
+// search, sampling and beam search, with transformers' semantics; each applies
+// the options' logits processors (logits_processors.h) to every row's scores.
+// generate() drives one group over a session of its own.
 #include "generate/search.h"
 
 #include <algorithm>
@@ -32,78 +33,90 @@ double ms_between(Clock::time_point a, Clock::time_point b) {
 }
 
 // Greedy search and sampling: one row per request (num_return_sequences rows
-// per request when sampling). The session holds only the rows still
-// generating: session row i is row live[i].
-std::vector<std::vector<Hypothesis>> sample_or_greedy(const Decoder& decoder, const GenerationOptions& options,
-                                                      const TokenCallback& on_token, GenerationTimings* timings) {
-  const SpecialTokens special = decoder.special_tokens();
-  const int64_t vocab = decoder.vocab_size(), eos = special.eos, requests = decoder.requests();
-  const int64_t per_request = options.do_sample ? options.num_return_sequences : 1;
-  const int64_t rows = requests * per_request;
-  std::unique_ptr<DecoderSession> session = decoder.start(per_request, options.max_new_tokens);
-  std::vector<std::vector<int64_t>> sequences(rows);
-  for (int64_t r = 0; r < rows; ++r) sequences[r] = decoder.initial_sequence(r / per_request);
-  std::vector<Hypothesis> out(rows);
-  std::vector<int64_t> live(rows), tokens(rows), kept;
-  std::iota(live.begin(), live.end(), 0);
-  std::vector<float> logits(rows * vocab), log_probs(vocab);
-  std::mt19937_64 rng(options.seed);
-  LogitsProcessorList processors = logits_processors(options, eos);
-  const auto start = Clock::now();
-  for (int64_t step = 0; step < options.max_new_tokens && !live.empty(); ++step) {
-    if (step == 0) {
-      session->first(logits.data());
-      timings->first_token_ms = ms_between(start, Clock::now());
-    } else {
-      session->step(tokens.data(), logits.data());
-    }
-    ++timings->steps;
-    kept.clear();
-    for (int64_t i = 0; i < static_cast<int64_t>(live.size()); ++i) {
-      const int64_t r = live[i];
-      float* row = logits.data() + i * vocab;
-      require_finite_logits(row, vocab, step);
-      log_softmax(row, 1, vocab, log_probs.data());
-      processors.process(r / per_request, sequences[r], step, row, vocab);
-      int64_t token = 0;
-      if (options.do_sample) {
-        const float top = *std::max_element(row, row + vocab);
-        PALI_CHECK_ARG(std::isfinite(top), "temperature ", options.temperature,
-                       " divides the scores past the float range (the largest becomes ", top,
-                       "); use a larger temperature, or do_sample=False for greedy search");
-        std::vector<double> weights(vocab);
-        for (int64_t v = 0; v < vocab; ++v) weights[v] = std::exp(static_cast<double>(row[v] - top));
-        token = std::discrete_distribution<int64_t>(weights.begin(), weights.end())(rng);
-      } else {
-        token = std::max_element(row, row + vocab) - row;
-      }
-      out[r].score += log_probs[token];
-      sequences[r].push_back(token);
-      tokens[i] = token;
-      if (token == eos) {
-        out[r].finished = true;
+// per request when sampling). The group holds only the rows still generating:
+// its row i is row live_[i].
+class SampleOrGreedySearch final : public GroupSearch {
+ public:
+  SampleOrGreedySearch(const Decoder& decoder, const GenerationOptions& options, TokenCallback on_token)
+      : options_(options),
+        on_token_(std::move(on_token)),
+        vocab_(decoder.vocab_size()),
+        eos_(decoder.special_tokens().eos),
+        per_request_(options.do_sample ? options.num_return_sequences : 1),
+        rng_(options.seed),
+        processors_(logits_processors(options, eos_)) {
+    const int64_t rows = decoder.requests() * per_request_;
+    sequences_.resize(rows);
+    for (int64_t r = 0; r < rows; ++r) sequences_[r] = decoder.initial_sequence(r / per_request_);
+    out_.resize(rows);
+    live_.resize(rows);
+    std::iota(live_.begin(), live_.end(), 0);
+    log_probs_.resize(vocab_);
+  }
+
+  int64_t rows_per_request() const override { return per_request_; }
+  int64_t rows() const override { return static_cast<int64_t>(live_.size()); }
+  bool done() const override { return live_.empty(); }
+
+  void advance(float* logits, std::vector<int64_t>& sources, std::vector<int64_t>& tokens) override {
+    kept_.clear();
+    chosen_.resize(live_.size());
+    for (int64_t i = 0; i < static_cast<int64_t>(live_.size()); ++i) {
+      const int64_t r = live_[i];
+      float* row = logits + i * vocab_;
+      require_finite_logits(row, vocab_, step_);
+      log_softmax(row, 1, vocab_, log_probs_.data());
+      processors_.process(r / per_request_, sequences_[r], step_, row, vocab_);
+      const int64_t token = options_.do_sample ? sample(row) : std::max_element(row, row + vocab_) - row;
+      out_[r].score += log_probs_[token];
+      sequences_[r].push_back(token);
+      chosen_[i] = token;
+      if (token == eos_) {
+        out_[r].finished = true;
         continue;
       }
-      out[r].tokens.push_back(token);
-      if (on_token && !on_token(r / per_request, token)) continue;
-      kept.push_back(i);
+      out_[r].tokens.push_back(token);
+      if (on_token_ && !on_token_(r / per_request_, token)) continue;
+      kept_.push_back(i);
     }
-    if (kept.size() == live.size()) continue;
-    // kept[j] >= j: compacting in place reads no entry already overwritten.
-    for (size_t j = 0; j < kept.size(); ++j) {
-      live[j] = live[kept[j]];
-      tokens[j] = tokens[kept[j]];
+    if (++step_ >= options_.max_new_tokens) kept_.clear();
+    // kept_[j] >= j: compacting in place reads no entry already overwritten.
+    for (size_t j = 0; j < kept_.size(); ++j) {
+      live_[j] = live_[kept_[j]];
+      sources.push_back(kept_[j]);
+      tokens.push_back(chosen_[kept_[j]]);
     }
-    live.resize(kept.size());
-    // The finished rows stop costing compute from the next step on.
-    if (!live.empty() && step + 1 < options.max_new_tokens)
-      session->reorder(kept.data(), static_cast<int64_t>(kept.size()));
+    live_.resize(kept_.size());
   }
-  timings->decode_ms = ms_between(start, Clock::now());
-  std::vector<std::vector<Hypothesis>> results(requests);
-  for (int64_t r = 0; r < rows; ++r) results[r / per_request].push_back(std::move(out[r]));
-  return results;
-}
+
+  std::vector<std::vector<Hypothesis>> results() override {
+    std::vector<std::vector<Hypothesis>> results(out_.size() / per_request_);
+    for (size_t r = 0; r < out_.size(); ++r) results[r / per_request_].push_back(std::move(out_[r]));
+    return results;
+  }
+
+ private:
+  int64_t sample(const float* row) {
+    const float top = *std::max_element(row, row + vocab_);
+    PALI_CHECK_ARG(std::isfinite(top), "temperature ", options_.temperature,
+                   " divides the scores past the float range (the largest becomes ", top,
+                   "); use a larger temperature, or do_sample=False for greedy search");
+    weights_.resize(vocab_);
+    for (int64_t v = 0; v < vocab_; ++v) weights_[v] = std::exp(static_cast<double>(row[v] - top));
+    return std::discrete_distribution<int64_t>(weights_.begin(), weights_.end())(rng_);
+  }
+
+  GenerationOptions options_;
+  TokenCallback on_token_;
+  int64_t vocab_, eos_, per_request_, step_ = 0;
+  std::mt19937_64 rng_;
+  LogitsProcessorList processors_;
+  std::vector<std::vector<int64_t>> sequences_;
+  std::vector<Hypothesis> out_;
+  std::vector<int64_t> live_, kept_, chosen_;
+  std::vector<float> log_probs_;
+  std::vector<double> weights_;
+};
 
 // Finished hypotheses of one request, as transformers' BeamHypotheses.
 class Hypotheses {
@@ -155,121 +168,163 @@ class Hypotheses {
   float worst_score_ = 1e9f;
 };
 
-// Beam search. Rows are indexed request * beams + beam; the session holds only
-// the beams of the requests still searching: session rows
-// [i * beams, (i + 1) * beams) are request searching[i]'s.
-std::vector<std::vector<Hypothesis>> beam_search(const Decoder& decoder, const GenerationOptions& options,
-                                                 GenerationTimings* timings) {
-  const SpecialTokens special = decoder.special_tokens();
-  const int64_t vocab = decoder.vocab_size(), eos = special.eos, beams = options.num_beams;
-  const int64_t requests = decoder.requests(), rows = requests * beams;
-  std::unique_ptr<DecoderSession> session = decoder.start(beams, options.max_new_tokens);
-  std::vector<std::vector<int64_t>> sequences(rows);
-  std::vector<size_t> prompt_length(rows);
-  for (int64_t r = 0; r < rows; ++r) {
-    sequences[r] = decoder.initial_sequence(r / beams);
-    prompt_length[r] = sequences[r].size();
-  }
-  std::vector<float> beam_scores(rows, 0.0f);
-  for (int64_t r = 0; r < rows; ++r)
-    if (r % beams) beam_scores[r] = -1e9f;
-  std::vector<Hypotheses> hypotheses(requests, Hypotheses(beams, options.length_penalty, options.early_stopping, options.max_new_tokens));
-  std::vector<bool> done(requests, false);
-  std::vector<int64_t> searching(requests), still_searching;
-  std::iota(searching.begin(), searching.end(), 0);
-  std::vector<int64_t> tokens(rows), source(rows);  // session rows
-  std::vector<float> logits(rows * vocab), scores(beams * vocab);
-  const int64_t candidates = 2 * beams;
-  std::vector<float> top_values(candidates);
-  std::vector<int64_t> top_indices(candidates);
-  std::vector<std::vector<int64_t>> next_sequences(rows);
-  std::vector<float> next_scores(rows);
-  std::vector<int64_t> next_tokens(rows), next_source(rows);  // by row; next_source: a session row
-  LogitsProcessorList processors = logits_processors(options, eos);
-
-  const auto start = Clock::now();
-  int64_t generated = 0;
-  for (int64_t step = 0; step < options.max_new_tokens; ++step) {
-    if (step == 0) {
-      session->first(logits.data());
-      timings->first_token_ms = ms_between(start, Clock::now());
-    } else {
-      session->step(tokens.data(), logits.data());
+// Beam search. Rows are indexed request * beams + beam; the group holds only
+// the beams of the requests still searching: group rows
+// [i * beams, (i + 1) * beams) are request searching_[i]'s.
+class BeamSearch final : public GroupSearch {
+ public:
+  BeamSearch(const Decoder& decoder, const GenerationOptions& options)
+      : options_(options),
+        vocab_(decoder.vocab_size()),
+        eos_(decoder.special_tokens().eos),
+        beams_(options.num_beams),
+        requests_(decoder.requests()),
+        processors_(logits_processors(options, eos_)) {
+    const int64_t rows = requests_ * beams_;
+    sequences_.resize(rows);
+    prompt_length_.resize(rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      sequences_[r] = decoder.initial_sequence(r / beams_);
+      prompt_length_[r] = sequences_[r].size();
     }
-    ++timings->steps;
-    generated = step + 1;
-    for (int64_t i = 0; i < static_cast<int64_t>(searching.size()); ++i) {
-      const int64_t b = searching[i], first = b * beams, session_first = i * beams;
-      for (int64_t beam = 0; beam < beams; ++beam) {
-        float* row = scores.data() + beam * vocab;
-        const float* row_logits = logits.data() + (session_first + beam) * vocab;
-        require_finite_logits(row_logits, vocab, step);
-        log_softmax(row_logits, 1, vocab, row);
-        processors.process(b, sequences[first + beam], step, row, vocab);
-        for (int64_t v = 0; v < vocab; ++v) row[v] += beam_scores[first + beam];
+    beam_scores_.assign(rows, 0.0f);
+    for (int64_t r = 0; r < rows; ++r)
+      if (r % beams_) beam_scores_[r] = -1e9f;
+    hypotheses_.assign(requests_, Hypotheses(beams_, options.length_penalty, options.early_stopping,
+                                             options.max_new_tokens));
+    done_.assign(requests_, false);
+    searching_.resize(requests_);
+    std::iota(searching_.begin(), searching_.end(), 0);
+    scores_.resize(beams_ * vocab_);
+    top_values_.resize(2 * beams_);
+    top_indices_.resize(2 * beams_);
+    next_sequences_.resize(rows);
+    next_scores_.resize(rows);
+    next_tokens_.resize(rows);
+    next_source_.resize(rows);
+  }
+
+  int64_t rows_per_request() const override { return beams_; }
+  int64_t rows() const override { return static_cast<int64_t>(searching_.size()) * beams_; }
+  bool done() const override { return searching_.empty(); }
+
+  void advance(float* logits, std::vector<int64_t>& sources, std::vector<int64_t>& tokens) override {
+    const int64_t candidates = 2 * beams_, step = step_;
+    for (int64_t i = 0; i < static_cast<int64_t>(searching_.size()); ++i) {
+      const int64_t b = searching_[i], first = b * beams_, group_first = i * beams_;
+      for (int64_t beam = 0; beam < beams_; ++beam) {
+        float* row = scores_.data() + beam * vocab_;
+        const float* row_logits = logits + (group_first + beam) * vocab_;
+        require_finite_logits(row_logits, vocab_, step);
+        log_softmax(row_logits, 1, vocab_, row);
+        processors_.process(b, sequences_[first + beam], step, row, vocab_);
+        for (int64_t v = 0; v < vocab_; ++v) row[v] += beam_scores_[first + beam];
       }
-      topk(scores.data(), 1, beams * vocab, candidates, top_values.data(), top_indices.data());
+      topk(scores_.data(), 1, beams_ * vocab_, candidates, top_values_.data(), top_indices_.data());
       int64_t filled = 0;
-      for (int64_t rank = 0; rank < candidates && filled < beams; ++rank) {
-        const int64_t beam = top_indices[rank] / vocab, token = top_indices[rank] % vocab;
+      for (int64_t rank = 0; rank < candidates && filled < beams_; ++rank) {
+        const int64_t beam = top_indices_[rank] / vocab_, token = top_indices_[rank] % vocab_;
         const int64_t row = first + beam;
-        if (token == eos) {
-          if (rank >= beams) continue;
-          std::vector<int64_t> finished(sequences[row].begin() + prompt_length[row], sequences[row].end());
-          hypotheses[b].add(std::move(finished), top_values[rank], step + 1, true);
+        if (token == eos_) {
+          if (rank >= beams_) continue;
+          std::vector<int64_t> finished(sequences_[row].begin() + prompt_length_[row], sequences_[row].end());
+          hypotheses_[b].add(std::move(finished), top_values_[rank], step + 1, true);
         } else {
-          next_source[first + filled] = session_first + beam;
-          next_tokens[first + filled] = token;
-          next_scores[first + filled] = top_values[rank];
-          next_sequences[first + filled] = sequences[row];
-          next_sequences[first + filled].push_back(token);
+          next_source_[first + filled] = group_first + beam;
+          next_tokens_[first + filled] = token;
+          next_scores_[first + filled] = top_values_[rank];
+          next_sequences_[first + filled] = sequences_[row];
+          next_sequences_[first + filled].push_back(token);
           ++filled;
         }
       }
       // The bound is the best running beam (transformers >= 4.50), not the step's best candidate, which
       // may have just finished.
-      done[b] = hypotheses[b].is_done(next_scores[first], step + 1);
+      done_[b] = hypotheses_[b].is_done(next_scores_[first], step + 1);
     }
     // Only the searching requests' rows of next_* were written: the others are finished.
-    sequences.swap(next_sequences);
-    beam_scores.swap(next_scores);
-    still_searching.clear();
-    int64_t session_rows = 0;
-    for (int64_t b : searching) {
-      if (done[b]) continue;
-      still_searching.push_back(b);
-      for (int64_t beam = 0; beam < beams; ++beam) {
-        source[session_rows] = next_source[b * beams + beam];
-        tokens[session_rows] = next_tokens[b * beams + beam];
-        ++session_rows;
+    sequences_.swap(next_sequences_);
+    beam_scores_.swap(next_scores_);
+    generated_ = ++step_;
+    still_searching_.clear();
+    if (step_ < options_.max_new_tokens)
+      for (int64_t b : searching_) {
+        if (done_[b]) continue;
+        still_searching_.push_back(b);
+        for (int64_t beam = 0; beam < beams_; ++beam) {
+          sources.push_back(next_source_[b * beams_ + beam]);
+          tokens.push_back(next_tokens_[b * beams_ + beam]);
+        }
       }
-    }
-    searching.swap(still_searching);
-    if (searching.empty()) break;
-    if (step + 1 < options.max_new_tokens) session->reorder(source.data(), session_rows);
+    searching_.swap(still_searching_);
   }
-  timings->decode_ms = ms_between(start, Clock::now());
 
-  std::vector<std::vector<Hypothesis>> results(requests);
-  for (int64_t b = 0; b < requests; ++b) {
-    if (!done[b])
-      for (int64_t i = 0; i < beams; ++i) {
-        const int64_t row = b * beams + i;
-        std::vector<int64_t> running(sequences[row].begin() + prompt_length[row], sequences[row].end());
-        hypotheses[b].add(std::move(running), beam_scores[row], generated, false);
-      }
-    results[b] = hypotheses[b].best(options.num_return_sequences);
+  std::vector<std::vector<Hypothesis>> results() override {
+    std::vector<std::vector<Hypothesis>> results(requests_);
+    for (int64_t b = 0; b < requests_; ++b) {
+      if (!done_[b])
+        for (int64_t i = 0; i < beams_; ++i) {
+          const int64_t row = b * beams_ + i;
+          std::vector<int64_t> running(sequences_[row].begin() + prompt_length_[row], sequences_[row].end());
+          hypotheses_[b].add(std::move(running), beam_scores_[row], generated_, false);
+        }
+      results[b] = hypotheses_[b].best(options_.num_return_sequences);
+    }
+    return results;
   }
-  return results;
+
+ private:
+  GenerationOptions options_;
+  int64_t vocab_, eos_, beams_, requests_, step_ = 0, generated_ = 0;
+  LogitsProcessorList processors_;
+  std::vector<std::vector<int64_t>> sequences_, next_sequences_;
+  std::vector<size_t> prompt_length_;
+  std::vector<float> beam_scores_, next_scores_, scores_, top_values_;
+  std::vector<Hypotheses> hypotheses_;
+  std::vector<bool> done_;
+  std::vector<int64_t> searching_, still_searching_, top_indices_, next_tokens_, next_source_;
+};
+
+}  // namespace
+
+std::unique_ptr<GroupSearch> make_group_search(const Decoder& decoder, const GenerationOptions& options,
+                                               TokenCallback on_token) {
+  options.validate();
+  if (options.num_beams > 1) return std::make_unique<BeamSearch>(decoder, options);
+  return std::make_unique<SampleOrGreedySearch>(decoder, options, std::move(on_token));
 }
 
+namespace {
+bool is_identity(const std::vector<int64_t>& sources, int64_t rows) {
+  if (static_cast<int64_t>(sources.size()) != rows) return false;
+  for (int64_t r = 0; r < rows; ++r)
+    if (sources[r] != r) return false;
+  return true;
+}
 }  // namespace
 
 std::vector<std::vector<Hypothesis>> generate(const Decoder& decoder, const GenerationOptions& options,
                                               const TokenCallback& on_token, GenerationTimings* timings) {
-  options.validate();
-  if (options.num_beams > 1) return beam_search(decoder, options, timings);
-  return sample_or_greedy(decoder, options, on_token, timings);
+  std::unique_ptr<GroupSearch> search = make_group_search(decoder, options, on_token);
+  std::unique_ptr<DecoderSession> session = decoder.start(search->rows_per_request(), options.max_new_tokens);
+  std::vector<float> logits(search->rows() * decoder.vocab_size());
+  std::vector<int64_t> sources, tokens;
+  const auto start = Clock::now();
+  session->first(logits.data());
+  timings->first_token_ms = ms_between(start, Clock::now());
+  for (;;) {
+    ++timings->steps;
+    const int64_t rows = search->rows();
+    sources.clear();
+    tokens.clear();
+    search->advance(logits.data(), sources, tokens);
+    if (search->done()) break;
+    // The finished rows stop costing compute from the next step on.
+    if (!is_identity(sources, rows)) session->reorder(sources.data(), static_cast<int64_t>(sources.size()));
+    session->step(tokens.data(), logits.data());
+  }
+  timings->decode_ms = ms_between(start, Clock::now());
+  return search->results();
 }
 
 }  // namespace pali
