@@ -43,6 +43,28 @@ def check_threads(threads: Any) -> Optional[int]:
     return int(threads)
 
 
+#: The native scheduler's limits when Engine.load does not set them: rows stepped together, requests waiting.
+DEFAULT_MAX_BATCH = 64
+DEFAULT_MAX_QUEUE = 1024
+
+
+def check_scheduling(max_batch: Any, max_queue: Any) -> Dict[str, int]:
+    """The native scheduler's limits as load_model takes them; ValueError for a bad one.
+
+    ``max_batch``: the rows (prompts times beams or samples) stepped together, >= 1;
+    ``max_queue``: the requests that may wait for a place, >= 0. None: the default.
+    """
+    limits = {}
+    for name, value, low, default in (("max_batch", max_batch, 1, DEFAULT_MAX_BATCH),
+                                      ("max_queue", max_queue, 0, DEFAULT_MAX_QUEUE)):
+        if value is None:
+            value = default
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= 1 << 30:
+            raise ValueError(f"{name} must be an integer between {low} and {1 << 30}, got {short_repr(value)}")
+        limits[name] = int(value)
+    return limits
+
+
 def image_size(image) -> Optional[Tuple[int, int]]:
     """(width, height) of an accepted image (a path's header is read again), or None."""
     if isinstance(image, np.ndarray) and image.ndim >= 2:
@@ -129,6 +151,10 @@ class Backend:
     def parse_objects(self, text: str, image_size: Tuple[int, int]) -> list:
         """The objects of a detection or segmentation answer, in the image's pixels."""
         return self.processor.parse_objects(text, image_size)
+
+    def scheduler_stats(self) -> Optional[Dict[str, int]]:
+        """The native scheduler's state (requests running and waiting, rows, steps, limits); None without one."""
+        return None
 
     # ---- generation ----
     def _search(self, pixel_values: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray,

@@ -46,6 +46,8 @@ class Engine:
         dtype: str = "float32",
         threads: int | None = None,
         resize: str | None = None,
+        max_batch: int | None = None,
+        max_queue: int | None = None,
     ) -> "Engine":
         """Opens a model file (the bundled default model when ``path`` is None).
 
@@ -55,6 +57,14 @@ class Engine:
         row at run time, multiplied in integers: the fastest, with AVX-512 VNNI
         where the CPU has it; held-out scores of the bundled model within one
         point of float32). ``threads``: None for all cores.
+
+        The native backend runs every call on the model's scheduler: calls from
+        any number of threads (or asyncio tasks, or the HTTP server) are batched
+        together, a new call joining between two decode steps of those already
+        running. ``max_batch`` (default 64): the rows (prompts times beams or
+        samples) stepped together; ``max_queue`` (default 1024): the calls that
+        may wait for a place, past which a call raises
+        ``pali_engine.errors.EngineBusy`` at once.
 
         ``resize``: how an image that is not square becomes the model's square
         input: ``"pad"`` (centred on its border colour; the default of "pali"
@@ -89,7 +99,12 @@ class Engine:
             raise ValueError(f"a {architecture!r} model takes resize="
                              f"{' or '.join(map(repr, backend_class.resize_modes))}, as it was trained; "
                              f"got {resize!r}")
-        impl = backend_class(path, device=device, threads=threads, dtype=dtype, info=info)
+        scheduling = {name: value for name, value in (("max_batch", max_batch), ("max_queue", max_queue))
+                      if value is not None}
+        if scheduling and backend != "native":
+            raise ValueError(f"max_batch and max_queue set the native backend's scheduler; "
+                             f"backend {backend!r} has none")
+        impl = backend_class(path, device=device, threads=threads, dtype=dtype, info=info, **scheduling)
         if resize is not None:
             impl.resize = resize
         engine = cls(path, impl.config, backend, device, dtype)
@@ -131,6 +146,12 @@ class Engine:
         from .aio import astream
 
         return astream(self, image, prompt, executor=executor, **options)
+
+    def scheduler_stats(self):
+        """The native scheduler now: ``active_requests``, ``queued_requests``, ``active_rows`` (rows
+        stepped together), ``steps`` (decode steps so far), ``max_batch``, ``max_queue``; None for
+        the onnxruntime backend."""
+        return self._backend.scheduler_stats()
 
     def logits(self, pixel_values, input_ids, attention_mask, decoder_input_ids):
         """The teacher-forced forward, float32[B, T, V]: the ONNX graph's output.

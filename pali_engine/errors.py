@@ -12,6 +12,13 @@ class ModelFileError(ValueError):
     """
 
 
+class EngineBusy(RuntimeError):
+    """The engine already has as many requests waiting as it accepts (``max_queue``): retry later.
+
+    The HTTP server answers it with 429.
+    """
+
+
 def short_repr(value, limit: int = 60) -> str:
     """``repr(value)`` for an error message: at most ``limit`` characters, so that a
     message stays one short line whatever the caller passed."""

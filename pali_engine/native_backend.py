@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from . import _native
-from .backend import Backend, OnToken, check_threads
+from .backend import Backend, OnToken, check_scheduling, check_threads
 from .errors import ModelFileError
 from .generation import GenerationOptions, Hypothesis
 
@@ -27,10 +27,12 @@ WEIGHT_FORMATS = {"float32": "f32", "float16": "f16", "int8": "i8"}
 
 class NativeBackend(Backend):
     def __init__(self, path: str | os.PathLike, *, device: str = "cpu", threads: Optional[int] = None,
-                 dtype: str = "float32", info: Optional[Dict[str, Any]] = None):
+                 dtype: str = "float32", info: Optional[Dict[str, Any]] = None,
+                 max_batch: Optional[int] = None, max_queue: Optional[int] = None):
         if dtype not in WEIGHT_FORMATS:
             raise ValueError(f"dtype must be one of {', '.join(WEIGHT_FORMATS)}, got {dtype!r}")
         threads = check_threads(threads)
+        limits = check_scheduling(max_batch, max_queue)
         if device != "cpu":
             core = _native.core_for(device)
             raise ValueError(f"device {device!r}: the native engine runs its models on the CPU only "
@@ -42,11 +44,14 @@ class NativeBackend(Backend):
         # The model copies what it needs; the file is unmapped when it goes out of scope.
         try:
             self._model = core.load_model(core.OnnxFile(self.path), WEIGHT_FORMATS[dtype], self.threads,
-                                          self.config)
+                                          self.config, **limits)
         except ModelFileError:
             raise
         except ValueError as error:  # the arguments are checked above: what is left is the file's config
             raise ModelFileError(f"{self.path}: the native engine refuses 'pali.config': {error}") from None
+
+    def scheduler_stats(self) -> Dict[str, int]:
+        return dict(self._model.scheduler_stats())
 
     def _logits(self, pixel_values: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray,
                 decoder_input_ids: np.ndarray) -> np.ndarray:

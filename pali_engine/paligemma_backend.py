@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _native
-from .backend import Backend, OnToken, check_threads
+from .backend import Backend, OnToken, check_scheduling, check_threads
 from .errors import ModelFileError
 from .generation import OPTION_NAMES, GenerationOptions, Hypothesis
 
@@ -31,10 +31,12 @@ class PaliGemmaBackend(Backend):
     resize_modes = ("stretch",)
 
     def __init__(self, path: str | os.PathLike, *, device: str = "cpu", threads: Optional[int] = None,
-                 dtype: str = "float32", info: Optional[Dict[str, Any]] = None):
+                 dtype: str = "float32", info: Optional[Dict[str, Any]] = None,
+                 max_batch: Optional[int] = None, max_queue: Optional[int] = None):
         if dtype not in WEIGHT_FORMATS:
             raise ValueError(f"dtype must be one of {', '.join(WEIGHT_FORMATS)}, got {dtype!r}")
         threads = check_threads(threads)
+        limits = check_scheduling(max_batch, max_queue)
         if device != "cpu":
             raise ValueError(f"device {device!r}: the native engine runs its models on the CPU only")
         super().__init__(path, info)
@@ -43,11 +45,14 @@ class PaliGemmaBackend(Backend):
         core = _native.core_for(device)
         try:
             self._model = core.load_model(core.OnnxFile(self.path), WEIGHT_FORMATS[dtype], self.threads,
-                                          self.config)
+                                          self.config, **limits)
         except ModelFileError:
             raise
         except ValueError as error:
             raise ModelFileError(f"{self.path}: {error}") from None
+
+    def scheduler_stats(self) -> Dict[str, int]:
+        return dict(self._model.scheduler_stats())
 
     def _logits(self, pixel_values, input_ids, attention_mask, token_type_ids) -> np.ndarray:
         return self._model.forward(pixel_values, input_ids, attention_mask, token_type_ids)

@@ -18,62 +18,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from export_fixtures import export_tiny, tiny_model  # noqa: E402
-from paligemma_fixtures import build_checkpoint, tokenizer_path  # noqa: E402,F401 (a fixture)
+from batching_fixtures import case, images, search, tokenizer_path  # noqa: E402,F401 (fixtures)
 
-from pali_engine import Engine, generation  # noqa: E402
-
-PALI_PROMPTS = ["caption en", "ocr", "le cercle", "two", "a b c d", "x", "the fox", "one two"]
-PALIGEMMA_PROMPTS = ["caption en", "answer en how many circles are there?", "ocr", "detect cat ; dog", "caption es",
-                     "segment the red car"]
 OPTIONS = [
     {},
     {"repetition_penalty": 1.3, "no_repeat_ngram_size": 2},
     {"num_beams": 3, "num_return_sequences": 2},
     {"num_beams": 2, "early_stopping": True},
 ]
-#: How much the eos row of each PaliGemma's head is scaled (PaliGemma 2 soft-caps its logits at 3).
-EOS_SCALE = {1: 4.0, 2: 40.0}
-
-
-@pytest.fixture(scope="module", params=["pali", "paligemma1", "paligemma2"])
-def case(request, tmp_path_factory, tokenizer_path):
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp(request.param)
-    if request.param == "pali":
-        path = str(root / "tiny.onnx")
-        export_tiny(path, tiny_model(seed=3))
-        return Engine.load(path, threads=2), PALI_PROMPTS, 14
-    from pali_engine.export.paligemma import convert
-
-    version = int(request.param[-1])
-    model, _ = build_checkpoint(version, str(root / "hf"), tokenizer_path)
-    eos = model.config.text_config.eos_token_id
-    with torch.no_grad():
-        model.lm_head.weight[eos] *= EOS_SCALE[version]
-    model.save_pretrained(str(root / "hf"))
-    convert(str(root / "hf"), str(root / "paligemma.onnx"))
-    return Engine.load(str(root / "paligemma.onnx"), threads=2), PALIGEMMA_PROMPTS, 12
-
-
-def images(n):
-    rng = np.random.default_rng(0)
-    return [rng.integers(0, 256, (30, 41, 3), dtype=np.uint8) for _ in range(n)]
-
-
-def search(engine, pictures, prompts, options, stop_after=None):
-    """(hypotheses per request, [(request, token) as streamed]); stop_after: {request: tokens} to stop at."""
-    backend = engine._backend
-    ids, mask = backend.encode_prompts(prompts)
-    streamed = []
-
-    def on_token(request, token):
-        streamed.append((request, token))
-        return sum(r == request for r, _ in streamed) < (stop_after or {}).get(request, 1 << 30)
-
-    hypotheses, _ = backend._search(backend.pixel_values(pictures), ids, mask,
-                                    generation.parse_options(options, backend.config), on_token)
-    return hypotheses, streamed
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "greedy")

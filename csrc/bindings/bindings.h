@@ -33,9 +33,6 @@ void bind_generation(py::module_& m);
 // Generation options from generate()'s keyword arguments (InvalidArgument names a
 // bad one); a seed of None becomes a fresh random one.
 GenerationOptions generation_options_from_dict(const py::dict& options, int64_t default_max_new_tokens = 32);
-// A token callback that calls the Python callable with the GIL (none: an empty one);
-// an exception it raises is stored in *error and stops the search.
-TokenCallback python_token_callback(const py::object& on_token, std::exception_ptr* error);
 // ([[ (tokens, score, finished), ... ] per request], timings dict).
 py::tuple generation_results(const std::vector<std::vector<Hypothesis>>& results, const GenerationTimings& timings);
 

@@ -128,27 +128,6 @@ void bind_generation(py::module_& m) {
       "ValueError names an unknown option or a bad value.");
 }
 
-TokenCallback python_token_callback(const py::object& on_token, std::exception_ptr* error) {
-  if (on_token.is_none()) return {};
-  // Returning false stops the search: when the callback says so, when it
-  // raised (re-raised by the caller), and when Python is exiting.
-  return [on_token, error](int64_t request, int64_t token) {
-    bool keep_going = false;
-    try {
-      const bool called = with_gil([&] {
-        py::object answer = on_token(request, token);
-        keep_going = answer.is_none() || answer.cast<bool>();
-      });
-      return called && keep_going;
-    } catch (abi::__forced_unwind&) {
-      throw;
-    } catch (...) {
-      *error = std::current_exception();
-      return false;
-    }
-  };
-}
-
 py::tuple generation_results(const std::vector<std::vector<Hypothesis>>& results, const GenerationTimings& timings) {
   py::list out;
   for (const auto& request : results) {
@@ -157,6 +136,7 @@ py::tuple generation_results(const std::vector<std::vector<Hypothesis>>& results
     out.append(hyps);
   }
   py::dict t;
+  t["queue_ms"] = timings.queue_ms;
   t["vision_ms"] = timings.vision_ms;
   t["encoder_ms"] = timings.encoder_ms;
   t["first_token_ms"] = timings.first_token_ms;

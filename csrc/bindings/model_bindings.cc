@@ -6,15 +6,20 @@
 // the registry's, so that Python's file checks use the C++ tables.
 // Python does the preprocessing (image -> normalised pixels, prompt -> ids);
 // this layer checks array shapes, releases the GIL for the whole computation,
-// and converts results.
+// and converts results. generate() goes through the model's scheduler
+// (generate/scheduler.h), started at the first call: concurrent calls from
+// any number of threads are batched together, and the calling thread only
+// waits (without the GIL) and runs its own token callback.
 #include <pybind11/stl.h>
 
 #include <cmath>
+#include <mutex>
 
 #include "bindings/bindings.h"
 #include "bindings/gil.h"
 #include "core/parallel.h"
 #include "core/config_table.h"
+#include "generate/scheduler.h"
 #include "models/architectures.h"
 
 namespace pali::bindings {
@@ -83,10 +88,29 @@ using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using I64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 
 // The model and the thread count its calls use.
+// The model's scheduler, started by the first generate().
+struct SchedulerSlot {
+  std::mutex mutex;
+  std::unique_ptr<Scheduler> scheduler;
+};
+
 struct LoadedModel {
   std::shared_ptr<const Model> model;
   int threads = 0;
+  SchedulerLimits limits;
+  std::shared_ptr<SchedulerSlot> slot = std::make_shared<SchedulerSlot>();  // after model: stopped before it goes
+
+  Scheduler& scheduler() const {
+    std::lock_guard<std::mutex> lock(slot->mutex);
+    if (!slot->scheduler) slot->scheduler = std::make_unique<Scheduler>(*model, threads, limits);
+    return *slot->scheduler;
+  }
 };
+
+template <typename T>
+std::vector<T> copied(const T* data, int64_t n) {
+  return std::vector<T>(data, data + n);
+}
 
 F32Array checked_pixels(const Model& model, const py::array& pixel_values) {
   auto pixels = F32Array::ensure(pixel_values);
@@ -200,30 +224,82 @@ void bind_models(py::module_& m) {
             I64Array mask = checked_ids(attention_mask, "attention_mask", batch);
             PALI_CHECK_ARG(mask.shape(1) == ids.shape(1), "attention_mask must have the shape of input_ids");
             GenerationOptions opts = generation_options_from_dict(options);
-            std::exception_ptr callback_error;
-            TokenCallback callback = python_token_callback(on_token, &callback_error);
-            std::vector<std::vector<Hypothesis>> results;
+            OwnedPrompts prompts;
+            prompts.batch = batch;
+            prompts.length = ids.shape(1);
+            prompts.pixels = copied(pixels.data(), pixels.size());
+            prompts.input_ids = copied(ids.data(), ids.size());
+            prompts.attention_mask = copied(mask.data(), mask.size());
+            Scheduler& scheduler = self.scheduler();
+            std::shared_ptr<ScheduledRequest> request =
+                scheduler.submit(std::move(prompts), opts, /*stream=*/!on_token.is_none());
+            if (!on_token.is_none()) {
+              // Returning false stops that prompt's rows; an exception stops the request and is re-raised.
+              std::vector<std::pair<int64_t, int64_t>> chosen;
+              std::vector<int64_t> delivered(batch, 0);
+              bool more = true;
+              while (more) {
+                chosen.clear();
+                more = without_gil([&] { return request->take_tokens(&chosen); });
+                for (const auto& [prompt, token] : chosen) {
+                  if (request->cancelled() || request->stopped(prompt)) continue;
+                  try {
+                    py::object answer = on_token(prompt, token);
+                    ++delivered[prompt];
+                    if (!(answer.is_none() || answer.cast<bool>())) request->stop(prompt, delivered[prompt]);
+                  } catch (...) {
+                    request->cancel();
+                    without_gil([&] {
+                      try {
+                        request->wait(nullptr);
+                      } catch (...) {
+                      }
+                    });
+                    throw;
+                  }
+                }
+              }
+            }
             GenerationTimings timings;
-            PromptBatch prompts{pixels.data(), ids.data(), mask.data(), batch, ids.shape(1)};
-            without_gil([&] {
-              ScopedOpThreads scoped(self.threads);
-              results = model.generate(prompts, opts, callback, &timings);
-            });
-            if (callback_error) std::rethrow_exception(callback_error);
+            std::vector<std::vector<Hypothesis>> results = without_gil([&] { return request->wait(&timings); });
             return generation_results(results, timings);
           },
           py::arg("pixel_values"), py::arg("input_ids"), py::arg("attention_mask"), py::arg("options"),
           py::arg("on_token") = py::none(),
-          "Generates for a batch of prompts: ([[ (tokens, score, finished), ... ] per request], timings).");
+          "Generates for a batch of prompts: ([[ (tokens, score, finished), ... ] per request], timings). "
+          "Concurrent calls run batched together on the model's scheduler; on_token(prompt, token) is called "
+          "in the calling thread as tokens are chosen (returning False stops that prompt). RuntimeError "
+          "(pali_engine.errors.EngineBusy) when max_queue requests are already waiting.")
+      .def(
+          "scheduler_stats",
+          [](const LoadedModel& self) {
+            py::dict out;
+            SchedulerStats stats;
+            if (self.slot->scheduler) stats = self.scheduler().stats();
+            out["active_requests"] = stats.active_requests;
+            out["queued_requests"] = stats.queued_requests;
+            out["active_rows"] = stats.active_rows;
+            out["steps"] = stats.steps;
+            out["joined_requests"] = stats.joined_requests;
+            out["max_batch"] = self.limits.max_batch_rows;
+            out["max_queue"] = self.limits.max_queued;
+            return out;
+          },
+          "The scheduler's requests running and waiting, rows stepped together, steps so far, requests that "
+          "joined others already generating, and its limits.");
 
   m.def(
       "load_model",
       [](const std::shared_ptr<onnx::OnnxFile>& file, const std::string& weight_format, int threads,
-         const py::object& config) {
+         const py::object& config, int64_t max_batch, int64_t max_queue) {
         WeightFormat format = weight_format_from_name(weight_format);
         PALI_CHECK_ARG(threads >= 0, "threads must be >= 0 (0: all cores), got ", threads);
+        PALI_CHECK_ARG(max_batch >= 1, "max_batch must be >= 1, got ", max_batch);
+        PALI_CHECK_ARG(max_queue >= 0, "max_queue must be >= 0, got ", max_queue);
         LoadedModel loaded;
         loaded.threads = threads;
+        loaded.limits.max_batch_rows = max_batch;
+        loaded.limits.max_queued = max_queue;
         // The config argument is converted with the GIL; the weights are prepared without it.
         Json json;
         const bool from_file = config.is_none();
@@ -242,8 +318,10 @@ void bind_models(py::module_& m) {
         return loaded;
       },
       py::arg("file"), py::arg("weight_format") = "f32", py::arg("threads") = 0, py::arg("config") = py::none(),
+      py::arg("max_batch") = SchedulerLimits().max_batch_rows, py::arg("max_queue") = SchedulerLimits().max_queued,
       "The file's model, its architecture picked by its `pali.config` (or by `config`, a dict or JSON text, "
-      "when given). ModelFileError names the file and the field or tensor.");
+      "when given). ModelFileError names the file and the field or tensor. max_batch: the rows (prompts x "
+      "beams or samples) its scheduler steps together; max_queue: the requests that may wait.");
 }
 
 }  // namespace pali::bindings

@@ -1,7 +1,8 @@
 // The Python module pali_engine._core (CPU) or pali_engine._core_cuda (CPU + CUDA).
 //
 // C++ exceptions become Python exceptions here: InvalidArgument -> ValueError,
-// ModelFileError -> pali_engine.errors.ModelFileError (a ValueError),
+// ModelFileError -> pali_engine.errors.ModelFileError (a ValueError), EngineBusy
+// -> pali_engine.errors.EngineBusy (a RuntimeError),
 // OutOfMemory and std::bad_alloc -> MemoryError, anything else -> RuntimeError.
 // Nothing in the engine aborts the process.
 #include <exception>
@@ -18,6 +19,9 @@ PYBIND11_MODULE(PALI_MODULE_NAME, m) {
       if (error) std::rethrow_exception(error);
     } catch (const pali::ModelFileError& e) {
       py::object cls = py::module_::import("pali_engine.errors").attr("ModelFileError");
+      PyErr_SetString(cls.ptr(), e.what());
+    } catch (const pali::EngineBusy& e) {
+      py::object cls = py::module_::import("pali_engine.errors").attr("EngineBusy");
       PyErr_SetString(cls.ptr(), e.what());
     } catch (const pali::InvalidArgument& e) {
       PyErr_SetString(PyExc_ValueError, e.what());

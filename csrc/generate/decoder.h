@@ -6,7 +6,9 @@
 // that request's rows, never copied per row. The session gives the logits of
 // the first generated position, then extends every row by one token per step;
 // between steps the strategy may reorder the rows and drop those that
-// finished, so that a step computes only the rows still generating. Greedy
+// finished, so that a step computes only the rows still generating, and a
+// session of other requests may join (continuous batching: the scheduler,
+// generate/scheduler.h, steps every running request together). Greedy
 // search, sampling and beam search (generate/search.h) see only this, so an
 // architecture that implements it gets every strategy, and a strategy written
 // against it runs on every architecture.
@@ -35,6 +37,13 @@ class DecoderSession {
   // (beam search's reordering; rows that finished are left out, so later steps
   // no longer compute them). Sources may repeat; each must be a current row.
   virtual void reorder(const int64_t* source, int64_t rows) = 0;
+  // Adds the rows of `other` after this session's rows, for the steps to come:
+  // `other` comes from the same model, has given its first logits and been
+  // reordered for its next step, and is left empty. Every row goes on as it
+  // would alone (its own history, positions and prompt). Throws
+  // InvalidArgument for a session of another model, OutOfMemory when the
+  // joined caches would not fit.
+  virtual void append(DecoderSession& other) = 0;
 };
 
 class Decoder {

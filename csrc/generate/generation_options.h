@@ -77,10 +77,13 @@ struct Hypothesis {
   std::vector<int64_t> tokens;
   float score = 0;      // beam search: length-normalized sum of log-probs; else the sum of log-probs
   bool finished = false;  // ended with EOS (false: stopped at max_new_tokens)
+  // Greedy search and sampling: the log-prob of each token chosen (EOS
+  // included), summed in order into score.
+  std::vector<float> token_scores;
 };
 
 struct GenerationTimings {
-  double vision_ms = 0, encoder_ms = 0, first_token_ms = 0, decode_ms = 0;
+  double queue_ms = 0, vision_ms = 0, encoder_ms = 0, first_token_ms = 0, decode_ms = 0;
   int64_t steps = 0;
 };
 

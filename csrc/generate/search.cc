@@ -69,6 +69,7 @@ class SampleOrGreedySearch final : public GroupSearch {
       processors_.process(r / per_request_, sequences_[r], step_, row, vocab_);
       const int64_t token = options_.do_sample ? sample(row) : std::max_element(row, row + vocab_) - row;
       out_[r].score += log_probs_[token];
+      out_[r].token_scores.push_back(log_probs_[token]);
       sequences_[r].push_back(token);
       chosen_[i] = token;
       if (token == eos_) {

@@ -56,11 +56,4 @@ inline void reorder_cache_rows(std::vector<Buffer>& caches, int64_t rows, int64_
   }
 }
 
-// The request each continuing row serves: its source's.
-inline void reorder_row_requests(std::vector<int64_t>& row_request, const int64_t* source, int64_t rows) {
-  std::vector<int64_t> next(rows);
-  for (int64_t r = 0; r < rows; ++r) next[r] = row_request[source[r]];
-  row_request.swap(next);
-}
-
 }  // namespace pali

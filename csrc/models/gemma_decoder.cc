@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/system_memory.h"
 #include "models/cache_reorder.h"
+#include "models/joined_rows.h"
 #include "ops/activations.h"
 #include "ops/attention.h"
 #include "ops/rms_norm.h"
@@ -170,6 +171,9 @@ GemmaState GemmaDecoder::start(float* x, int64_t requests, int64_t prompt_len, c
   st.rows = rows;
   st.row_request.resize(rows);
   for (int64_t r = 0; r < rows; ++r) st.row_request[r] = r / beams;
+  st.row_start.assign(rows, 0);
+  st.row_limit.assign(rows, capacity);
+  st.prompt_index.assign(requests, prompt_len);
   st.prompt_len = prompt_len;
   st.capacity = capacity;
   st.prompt_mask.assign(key_mask, key_mask + requests * prompt_len);
@@ -205,11 +209,19 @@ void GemmaDecoder::step(GemmaState& st, const float* embeddings, float* logits) 
   const int64_t q_width = heads * hd, kv_width = kv_heads * hd, qkv_width = q_width + 2 * kv_width;
   const int64_t rows = st.rows, t = st.generated;
   PALI_CHECK(t < st.capacity, "generation cache full: ", t, " tokens");
-  // The new token's index in the cache (for the causal and window masks) and
-  // its rotary position (after the request's real prompt tokens).
-  const int64_t index = st.prompt_len + t;
-  std::vector<int64_t> positions(rows);
-  for (int64_t r = 0; r < rows; ++r) positions[r] = st.next_position[st.row_request[r]] + t;
+  // Each row's new token: its index after its own (padded) prompt, for the
+  // sliding window over the prompt, and its rotary position (after the
+  // request's real prompt tokens); both count only the row's own tokens.
+  std::vector<int64_t> positions(rows), index(rows);
+  int64_t last_index = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t own = t - st.row_start[r], request = st.row_request[r];
+    positions[r] = st.next_position[request] + own;
+    index[r] = st.prompt_index[request] + own;
+    last_index = std::max(last_index, index[r]);
+  }
+  const bool joined = has_joined_rows(st.row_start, rows);
+  if (joined) joined_rows_mask(st.row_start, rows, t + 1, st.slot_mask);
   float* x = st.x.get(rows * d);
   std::memcpy(x, embeddings, rows * d * sizeof(float));
   const Scratch s = scratch(st, rows);
@@ -247,10 +259,26 @@ void GemmaDecoder::step(GemmaState& st, const float* embeddings, float* logits) 
     prompt.kv_batches = st.requests;
     prompt.key_mask = st.prompt_mask.data();
     prompt.mask_type = MaskType::i32;
-    prompt.q_offset = index;
     prompt.out = s.attn;
     prompt.lse = lse;
-    attention(prompt);
+    // Causal masking hides no prompt key from any row; only a window that may
+    // reach back into the prompt needs each row's own index.
+    if (p.sliding_window <= 0 || last_index < p.sliding_window) {
+      prompt.q_offset = last_index;
+      attention(prompt);
+    } else {
+      for (int64_t begin = 0, end = 0; begin < rows; begin = end) {
+        for (end = begin + 1; end < rows && index[end] == index[begin];) ++end;
+        AttentionParams run = prompt;
+        run.batch = end - begin;
+        run.q = s.qkv + begin * qkv_width;
+        run.out = s.attn + begin * q_width;
+        run.lse = lse + begin * heads;
+        run.kv_batch_index = st.row_request.data() + begin;
+        run.q_offset = index[begin];
+        attention(run);
+      }
+    }
     // ...then the row's own tokens, merged by their log-sum-exps.
     AttentionParams mine = p;
     mine.kv_len = t + 1;
@@ -261,6 +289,10 @@ void GemmaDecoder::step(GemmaState& st, const float* embeddings, float* logits) 
     mine.q_offset = t;
     mine.out = own_attn;
     mine.lse = own_lse;
+    if (joined) {
+      mine.key_mask = st.slot_mask.data();
+      mine.mask_type = MaskType::u8;
+    }
     attention(mine);
     merge_attention(s.attn, lse, own_attn, own_lse, rows, heads, hd);
     finish_layer(l, x, rows, s);
@@ -274,8 +306,63 @@ void GemmaDecoder::reorder(GemmaState& st, const int64_t* source, int64_t rows) 
   const int64_t row_floats = 2 * config_.num_key_value_heads * config_.head_dim;
   reorder_cache_rows(st.own_kv, rows, st.capacity * row_floats, st.generated * row_floats, source,
                      st.reorder_scratch);
-  reorder_row_requests(st.row_request, source, rows);
+  gather_rows(st.row_request, source, rows);
+  gather_rows(st.row_start, source, rows);
+  gather_rows(st.row_limit, source, rows);
   st.rows = rows;
+}
+
+void GemmaDecoder::append(GemmaState& st, GemmaState& o) const {
+  const int64_t row_floats = 2 * config_.num_key_value_heads * config_.head_dim;
+  const JoinedLayout layout = joined_layout(st.row_start, st.row_limit, st.rows, st.generated, o.row_start,
+                                            o.row_limit, o.rows, o.generated);
+  const int64_t rows = st.rows + o.rows, requests = st.requests + o.requests;
+  const int64_t prompt_len = std::max(st.prompt_len, o.prompt_len);
+  const double cache_bytes = sizeof(float) * static_cast<double>(row_floats) * static_cast<double>(layers_.size()) *
+                             (static_cast<double>(rows) * layout.capacity + static_cast<double>(requests) * prompt_len);
+  require_available_memory(cache_bytes, [&] {
+    return str_cat("the key/value caches for ", rows, " rows x ", layout.capacity, " tokens");
+  });
+  for (size_t li = 0; li < layers_.size(); ++li) {
+    Buffer own;
+    float* to = own.get(rows * layout.capacity * row_floats);
+    // Zeros before each row's start: masked keys, but their values still meet a zero weight.
+    std::memset(to, 0, rows * layout.capacity * row_floats * sizeof(float));
+    move_histories(st.own_kv[li].data(), st.rows, st.capacity, st.row_start, st.generated, row_floats, to, 0,
+                   layout.capacity, layout.shift_first);
+    move_histories(o.own_kv[li].data(), o.rows, o.capacity, o.row_start, o.generated, row_floats, to, st.rows,
+                   layout.capacity, layout.shift_second);
+    st.own_kv[li] = std::move(own);
+    // Each request's prompt where it was, padded at the end to the longer prompt (the mask hides the padding).
+    Buffer prompt;
+    float* c = prompt.get(requests * prompt_len * row_floats);
+    std::memset(c, 0, requests * prompt_len * row_floats * sizeof(float));
+    for (int64_t b = 0; b < st.requests; ++b)
+      std::memcpy(c + b * prompt_len * row_floats, st.prompt_kv[li].data() + b * st.prompt_len * row_floats,
+                  st.prompt_len * row_floats * sizeof(float));
+    for (int64_t b = 0; b < o.requests; ++b)
+      std::memcpy(c + (st.requests + b) * prompt_len * row_floats,
+                  o.prompt_kv[li].data() + b * o.prompt_len * row_floats, o.prompt_len * row_floats * sizeof(float));
+    st.prompt_kv[li] = std::move(prompt);
+  }
+  std::vector<int32_t> mask(requests * prompt_len, 0);
+  for (int64_t b = 0; b < st.requests; ++b)
+    std::copy_n(st.prompt_mask.data() + b * st.prompt_len, st.prompt_len, mask.data() + b * prompt_len);
+  for (int64_t b = 0; b < o.requests; ++b)
+    std::copy_n(o.prompt_mask.data() + b * o.prompt_len, o.prompt_len, mask.data() + (st.requests + b) * prompt_len);
+  st.prompt_mask.swap(mask);
+  st.row_request.resize(st.rows);
+  for (int64_t r = 0; r < o.rows; ++r) st.row_request.push_back(o.row_request[r] + st.requests);
+  join_row_slots(st.row_start, st.row_limit, st.rows, o.row_start, o.row_limit, o.rows, layout);
+  st.next_position.insert(st.next_position.end(), o.next_position.begin(), o.next_position.end());
+  st.prompt_index.insert(st.prompt_index.end(), o.prompt_index.begin(), o.prompt_index.end());
+  st.first_logits.clear();
+  st.rows = rows;
+  st.requests = requests;
+  st.prompt_len = prompt_len;
+  st.generated = layout.length;
+  st.capacity = layout.capacity;
+  o = GemmaState();
 }
 
 }  // namespace pali

@@ -34,9 +34,12 @@ struct GemmaState {
   std::vector<Buffer> prompt_kv;    // per layer [requests, prompt_len, 2 * kv_width]: K | V
   std::vector<Buffer> own_kv;       // per layer [requests * beams, capacity, 2 * kv_width]
   std::vector<int64_t> row_request; // [rows]: the request (prompt K/V) of each row
+  std::vector<int64_t> row_start, row_limit;  // [rows]: each row's first own slot and the slot it may reach
   std::vector<int32_t> prompt_mask; // [requests, prompt_len]
   std::vector<float> first_logits;  // [requests, V]
   std::vector<int64_t> next_position;  // [requests]: the rotary position of the first generated token
+  std::vector<int64_t> prompt_index;   // [requests]: the first generated token's index after its own prompt
+  std::vector<uint8_t> slot_mask;      // [rows, generated + 1] when rows joined late
   std::vector<float> reorder_scratch;
   Buffer x, h, qkv, attn, own_attn, lse, own_lse, wide, gated, sub;
 };
@@ -67,6 +70,10 @@ class GemmaDecoder {
   // from the own keys and values and the request of row source[r]: beam
   // search's reordering, and the dropping of finished rows.
   void reorder(GemmaState& state, const int64_t* source, int64_t rows) const;
+  // Adds the rows and requests of `other` (of this decoder, past its first
+  // step) after those of `state` (models/joined_rows.h); other is left empty.
+  // Throws OutOfMemory when the joined caches would not fit in the memory left.
+  void append(GemmaState& state, GemmaState& other) const;
   int64_t vocab_size() const { return config_.vocab_size; }
 
  private:

@@ -65,6 +65,11 @@ class T5Session final : public DecoderSession {
   }
   void step(const int64_t* tokens, float* logits) override { decoder_.step(state_, tokens, 1, logits, false); }
   void reorder(const int64_t* source, int64_t rows) override { decoder_.reorder(state_, source, rows); }
+  void append(DecoderSession& other) override {
+    auto* joining = dynamic_cast<T5Session*>(&other);
+    PALI_CHECK_ARG(joining && &joining->decoder_ == &decoder_, "a session of another model cannot join this one");
+    decoder_.append(state_, joining->state_);
+  }
 
  private:
   const T5Decoder& decoder_;

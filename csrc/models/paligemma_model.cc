@@ -148,6 +148,11 @@ class GemmaSession final : public DecoderSession {
     model_.decoder().step(state_, embeddings_.data(), logits);
   }
   void reorder(const int64_t* source, int64_t rows) override { model_.decoder().reorder(state_, source, rows); }
+  void append(DecoderSession& other) override {
+    auto* joining = dynamic_cast<GemmaSession*>(&other);
+    PALI_CHECK_ARG(joining && &joining->model_ == &model_, "a session of another model cannot join this one");
+    model_.decoder().append(state_, joining->state_);
+  }
 
  private:
   const PaliGemmaModel& model_;

@@ -8,6 +8,7 @@
 #include "core/parallel.h"
 #include "core/system_memory.h"
 #include "models/cache_reorder.h"
+#include "models/joined_rows.h"
 #include "ops/attention.h"
 #include "ops/position_bucket.h"
 #include "ops/rms_norm.h"
@@ -60,6 +61,8 @@ DecoderState T5Decoder::start(const float* memory, const int32_t* mask, int64_t 
   s.rows = requests * beams;
   s.row_request.resize(s.rows);
   for (int64_t r = 0; r < s.rows; ++r) s.row_request[r] = r / beams;
+  s.row_start.assign(s.rows, 0);
+  s.row_limit.assign(s.rows, capacity);
   s.capacity = capacity;
   s.enc_len = enc_len;
   s.enc_mask.assign(mask, mask + requests * enc_len);
@@ -69,13 +72,18 @@ DecoderState T5Decoder::start(const float* memory, const int32_t* mask, int64_t 
     s.self_kv[i].get(s.rows * capacity * 2 * inner);
     linear(memory, requests * enc_len, layers_[i].cross_kv, s.cross_kv[i].get(requests * enc_len * 2 * inner));
   }
+  build_bias_table(s);
+  return s;
+}
+
+void T5Decoder::build_bias_table(DecoderState& s) const {
   // Distances -(capacity - 1) .. capacity - 1: causal masking hides the positive
   // ones, but a teacher-forced block of several queries still indexes them.
+  const int64_t heads = config_.num_heads, capacity = s.capacity;
   s.bias_table.resize(heads * (2 * capacity - 1));
   relative_bias_table(relative_attention_bias_.data<float>(), config_.relative_attention_num_buckets, heads,
                       /*bidirectional=*/false, config_.relative_attention_max_distance,
                       /*rel_offset=*/capacity - 1, /*num_rel=*/2 * capacity - 1, s.bias_table.data());
-  return s;
 }
 
 void T5Decoder::step(DecoderState& s, const int64_t* tokens, int64_t q_len, float* logits,
@@ -100,6 +108,8 @@ void T5Decoder::step(DecoderState& s, const int64_t* tokens, int64_t q_len, floa
   }
 
   const int64_t position = s.length;
+  const bool joined = has_joined_rows(s.row_start, s.rows);
+  if (joined) joined_rows_mask(s.row_start, s.rows, position + q_len, s.slot_mask);
   for (size_t li = 0; li < layers_.size(); ++li) {
     const Layer& l = layers_[li];
     float* cache = s.self_kv[li].data();
@@ -131,6 +141,10 @@ void T5Decoder::step(DecoderState& s, const int64_t* tokens, int64_t q_len, floa
     p.rel_bias = s.bias_table.data();
     p.rel_bias_stride = 2 * s.capacity - 1;
     p.rel_offset = s.capacity - 1;
+    if (joined) {
+      p.key_mask = s.slot_mask.data();
+      p.mask_type = MaskType::u8;
+    }
     attention(p);
     linear(attn, rows, l.self_o, x, /*accumulate=*/true);
 
@@ -175,8 +189,63 @@ void T5Decoder::reorder(DecoderState& s, const int64_t* source, int64_t rows) co
   check_row_sources(source, rows, s.rows);
   const int64_t row_floats = 2 * config_.inner_dim();
   reorder_cache_rows(s.self_kv, rows, s.capacity * row_floats, s.length * row_floats, source, s.reorder_scratch);
-  reorder_row_requests(s.row_request, source, rows);
+  gather_rows(s.row_request, source, rows);
+  gather_rows(s.row_start, source, rows);
+  gather_rows(s.row_limit, source, rows);
   s.rows = rows;
+}
+
+void T5Decoder::append(DecoderState& s, DecoderState& o) const {
+  const int64_t row_floats = 2 * config_.inner_dim();
+  const JoinedLayout layout =
+      joined_layout(s.row_start, s.row_limit, s.rows, s.length, o.row_start, o.row_limit, o.rows, o.length);
+  const int64_t rows = s.rows + o.rows, requests = s.requests + o.requests;
+  const int64_t enc_len = std::max(s.enc_len, o.enc_len);
+  const double cache_bytes = sizeof(float) * static_cast<double>(row_floats) * static_cast<double>(layers_.size()) *
+                             (static_cast<double>(rows) * layout.capacity + static_cast<double>(requests) * enc_len);
+  require_available_memory(cache_bytes, [&] {
+    return str_cat("the decoder's key/value caches for ", rows, " rows x ", layout.capacity, " tokens");
+  });
+  for (size_t li = 0; li < layers_.size(); ++li) {
+    Buffer self;
+    float* to = self.get(rows * layout.capacity * row_floats);
+    // Zeros before each row's start: masked keys, but their values still meet a zero weight.
+    std::memset(to, 0, rows * layout.capacity * row_floats * sizeof(float));
+    move_histories(s.self_kv[li].data(), s.rows, s.capacity, s.row_start, s.length, row_floats, to, 0,
+                   layout.capacity, layout.shift_first);
+    move_histories(o.self_kv[li].data(), o.rows, o.capacity, o.row_start, o.length, row_floats, to, s.rows,
+                   layout.capacity, layout.shift_second);
+    s.self_kv[li] = std::move(self);
+    // Each request's encoder rows, padded to the longer encoder length (the mask hides the padding).
+    Buffer cross;
+    float* c = cross.get(requests * enc_len * row_floats);
+    std::memset(c, 0, requests * enc_len * row_floats * sizeof(float));
+    for (int64_t b = 0; b < s.requests; ++b)
+      std::memcpy(c + b * enc_len * row_floats, s.cross_kv[li].data() + b * s.enc_len * row_floats,
+                  s.enc_len * row_floats * sizeof(float));
+    for (int64_t b = 0; b < o.requests; ++b)
+      std::memcpy(c + (s.requests + b) * enc_len * row_floats, o.cross_kv[li].data() + b * o.enc_len * row_floats,
+                  o.enc_len * row_floats * sizeof(float));
+    s.cross_kv[li] = std::move(cross);
+  }
+  std::vector<int32_t> mask(requests * enc_len, 0);
+  for (int64_t b = 0; b < s.requests; ++b)
+    std::copy_n(s.enc_mask.data() + b * s.enc_len, s.enc_len, mask.data() + b * enc_len);
+  for (int64_t b = 0; b < o.requests; ++b)
+    std::copy_n(o.enc_mask.data() + b * o.enc_len, o.enc_len, mask.data() + (s.requests + b) * enc_len);
+  s.enc_mask.swap(mask);
+  s.row_request.resize(s.rows);
+  for (int64_t r = 0; r < o.rows; ++r) s.row_request.push_back(o.row_request[r] + s.requests);
+  join_row_slots(s.row_start, s.row_limit, s.rows, o.row_start, o.row_limit, o.rows, layout);
+  s.rows = rows;
+  s.requests = requests;
+  s.enc_len = enc_len;
+  s.length = layout.length;
+  if (layout.capacity != s.capacity) {
+    s.capacity = layout.capacity;
+    build_bias_table(s);
+  }
+  o = DecoderState();
 }
 
 }  // namespace pali

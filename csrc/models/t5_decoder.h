@@ -9,7 +9,8 @@
 //
 //   step(tokens int64[rows, q_len]) -> logits float32[rows, V] of the last position
 //   (or [rows, q_len, V] for teacher forcing); rows = requests * beams at the
-//   start, fewer once reorder() has dropped finished rows
+//   start, fewer once reorder() has dropped finished rows, more once append()
+//   has joined another state's rows (models/joined_rows.h)
 #pragma once
 
 #include <vector>
@@ -26,11 +27,13 @@ struct DecoderState {
   int64_t length = 0;    // positions filled
   int64_t enc_len = 0;
   std::vector<int64_t> row_request;              // [rows]: the request (cross-attention K/V) of each row
+  std::vector<int64_t> row_start, row_limit;     // [rows]: each row's first slot and the slot it may reach
   std::vector<int32_t> enc_mask;                 // [requests, enc_len]
   std::vector<Buffer> self_kv;                   // per layer [requests * beams, capacity, 2 * inner]: K then V
   std::vector<Buffer> cross_kv;                  // per layer [requests, enc_len, 2 * inner]
   std::vector<float> bias_table;                 // [heads, 2 * capacity - 1]: distance c - (capacity - 1)
   std::vector<float> reorder_scratch;
+  std::vector<uint8_t> slot_mask;                // [rows, kv_len] when rows joined late
   Buffer x, h, qkv, attn, q, wide, gated;
 };
 
@@ -49,6 +52,10 @@ class T5Decoder {
   // from the cache and request of row source[r]: beam reordering, and the
   // dropping of finished rows.
   void reorder(DecoderState& state, const int64_t* source, int64_t rows) const;
+  // Adds the rows and requests of `other` (of this decoder, past its first
+  // step) after those of `state`; other is left empty. Throws OutOfMemory
+  // when the joined caches would not fit in the memory left.
+  void append(DecoderState& state, DecoderState& other) const;
 
  private:
   struct Layer {
@@ -56,6 +63,9 @@ class T5Decoder {
     LinearWeight self_qkv, self_o, cross_q, cross_kv, cross_o;
     T5FeedForward ffn;
   };
+  // The relative position bias of every distance the state's capacity allows.
+  void build_bias_table(DecoderState& state) const;
+
   T5Spec config_;
   const Tensor& embedding_;  // [V, d_model] float32, shared with the encoder input
   Tensor relative_attention_bias_;

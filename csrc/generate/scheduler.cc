@@ -1,0 +1,309 @@
+// The scheduler of scheduler.h: one thread that admits queued requests
+// between decode steps and steps every active request together.
+#include "generate/scheduler.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+#include "core/parallel.h"
+#include "generate/search.h"
+
+namespace pali {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double ms_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+bool is_identity(const std::vector<int64_t>& sources, int64_t rows) {
+  if (static_cast<int64_t>(sources.size()) != rows) return false;
+  for (int64_t r = 0; r < rows; ++r)
+    if (sources[r] != r) return false;
+  return true;
+}
+
+}  // namespace
+
+std::vector<std::vector<Hypothesis>> ScheduledRequest::wait(GenerationTimings* timings) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  changed_.wait(lock, [&] { return ended_; });
+  if (error_) std::rethrow_exception(error_);
+  if (timings) *timings = timings_;
+  for (size_t prompt = 0; prompt < kept_.size() && prompt < results_.size(); ++prompt) {
+    if (kept_[prompt] < 0 || results_[prompt].size() != 1) continue;
+    Hypothesis& h = results_[prompt][0];
+    const size_t kept = static_cast<size_t>(kept_[prompt]);
+    // A stop after the last token still drops the EOS chosen after it.
+    if (kept > h.tokens.size() || kept > h.token_scores.size() || (kept == h.tokens.size() && !h.finished)) continue;
+    h.tokens.resize(kept);
+    h.token_scores.resize(kept);
+    h.score = 0;
+    for (float s : h.token_scores) h.score += s;
+    h.finished = false;
+  }
+  return results_;
+}
+
+bool ScheduledRequest::take_tokens(std::vector<std::pair<int64_t, int64_t>>* tokens) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  changed_.wait(lock, [&] { return ended_ || !pending_.empty(); });
+  tokens->insert(tokens->end(), pending_.begin(), pending_.end());
+  const bool any = !pending_.empty();
+  pending_.clear();
+  return any || !ended_;
+}
+
+void ScheduledRequest::stop(int64_t prompt, int64_t kept) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (kept_.empty()) kept_.assign(prompts_.batch, -1);
+  if (prompt >= 0 && prompt < prompts_.batch && kept_[prompt] < 0) kept_[prompt] = kept;
+}
+
+bool ScheduledRequest::stopped(int64_t prompt) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return !kept_.empty() && prompt >= 0 && prompt < prompts_.batch && kept_[prompt] >= 0;
+}
+
+void ScheduledRequest::push_token(int64_t prompt, int64_t token) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    pending_.emplace_back(prompt, token);
+  }
+  changed_.notify_all();
+}
+
+void ScheduledRequest::finish(std::vector<std::vector<Hypothesis>> results, const GenerationTimings& timings) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    results_ = std::move(results);
+    timings_ = timings;
+    ended_ = true;
+  }
+  changed_.notify_all();
+}
+
+void ScheduledRequest::fail(std::exception_ptr error) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    error_ = std::move(error);
+    ended_ = true;
+  }
+  changed_.notify_all();
+}
+
+// A request being generated: its search over its rows of the shared session.
+struct Scheduler::Active {
+  std::shared_ptr<ScheduledRequest> request;
+  std::unique_ptr<GroupSearch> search;
+  GenerationTimings timings;
+  Clock::time_point first_token;
+};
+
+Scheduler::Scheduler(const Model& model, int threads, SchedulerLimits limits)
+    : model_(model), threads_(threads), limits_(limits) {
+  PALI_CHECK_ARG(limits.max_batch_rows >= 1, "max_batch must be >= 1, got ", limits.max_batch_rows);
+  PALI_CHECK_ARG(limits.max_queued >= 0, "max_queue must be >= 0, got ", limits.max_queued);
+  thread_ = std::thread([this] { run(); });
+}
+
+Scheduler::~Scheduler() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  work_.notify_all();
+  thread_.join();
+}
+
+std::shared_ptr<ScheduledRequest> Scheduler::submit(OwnedPrompts prompts, const GenerationOptions& options,
+                                                    bool stream) {
+  options.validate();
+  PALI_CHECK_ARG(prompts.batch > 0 && prompts.length >= 0, "a request needs at least one prompt");
+  const int64_t per_request =
+      options.num_beams > 1 ? options.num_beams : (options.do_sample ? options.num_return_sequences : 1);
+  std::shared_ptr<ScheduledRequest> request(
+      new ScheduledRequest(std::move(prompts), options, stream, 0));
+  request->rows_ = request->prompts_.batch * per_request;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stopping_) throw RuntimeFailure("the engine was closed");
+    if (static_cast<int64_t>(queue_.size()) >= limits_.max_queued)
+      throw EngineBusy(str_cat("the engine is full: ", queue_.size(), " requests are waiting (max_queue=",
+                               limits_.max_queued, "); retry later"));
+    queue_.push_back(request);
+    stats_.queued_requests = static_cast<int64_t>(queue_.size());
+  }
+  work_.notify_one();
+  return request;
+}
+
+SchedulerStats Scheduler::stats() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return stats_;
+}
+
+bool Scheduler::admit(const std::shared_ptr<ScheduledRequest>& request, std::unique_ptr<DecoderSession>& session,
+                      std::vector<Active>& active, std::vector<int64_t>& tokens) {
+  if (request->cancelled()) {
+    request->finish({}, {});
+    return false;
+  }
+  Active a;
+  a.request = request;
+  const Clock::time_point start = Clock::now();
+  a.timings.queue_ms = ms_between(request->submitted_, start);
+  std::unique_ptr<PreparedDecoder> decoder = model_.prepare(request->prompts_.view());
+  ScheduledRequest* target = request.get();
+  TokenCallback on_token;
+  if (request->stream_)
+    on_token = [target](int64_t prompt, int64_t token) {
+      target->push_token(prompt, token);
+      return !target->cancelled() && !target->stopped(prompt);
+    };
+  a.search = make_group_search(*decoder, request->options_, std::move(on_token));
+  std::unique_ptr<DecoderSession> joining =
+      decoder->start(a.search->rows_per_request(), request->options_.max_new_tokens);
+  a.timings.vision_ms = decoder->vision_ms;
+  const Clock::time_point prepared = Clock::now();
+  a.timings.encoder_ms = std::max(0.0, ms_between(start, prepared) - decoder->vision_ms);
+  const int64_t rows = a.search->rows();
+  std::vector<float> logits(rows * decoder->vocab_size());
+  joining->first(logits.data());
+  a.first_token = Clock::now();
+  a.timings.first_token_ms = ms_between(prepared, a.first_token);
+  a.timings.steps = 1;
+  std::vector<int64_t> sources, next;
+  a.search->advance(logits.data(), sources, next);
+  if (a.search->done() || request->cancelled()) {
+    a.timings.decode_ms = ms_between(prepared, Clock::now());
+    request->finish(a.search->results(), a.timings);
+    return false;
+  }
+  if (!is_identity(sources, rows)) joining->reorder(sources.data(), static_cast<int64_t>(sources.size()));
+  if (session) {
+    session->append(*joining);
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++stats_.joined_requests;
+  } else {
+    session = std::move(joining);
+  }
+  tokens.insert(tokens.end(), next.begin(), next.end());
+  active.push_back(std::move(a));
+  return true;
+}
+
+void Scheduler::run() {
+  ScopedOpThreads scoped(threads_);
+  std::unique_ptr<DecoderSession> session;  // every active request's rows, in the order of `active`
+  std::vector<Active> active, still_active;
+  std::vector<int64_t> tokens, next_tokens, sources, group_sources, group_tokens;
+  std::vector<float> logits;
+  const int64_t vocab = model_.vocab_size();
+  for (;;) {
+    std::vector<std::shared_ptr<ScheduledRequest>> admitted;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      stats_.active_requests = static_cast<int64_t>(active.size());
+      stats_.active_rows = static_cast<int64_t>(tokens.size());
+      if (active.empty()) work_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (stopping_) break;
+      // Requests join in the order they came while their rows fit; the first
+      // always runs when nothing else does, however many rows it has.
+      int64_t rows = static_cast<int64_t>(tokens.size());
+      while (!queue_.empty() && (rows == 0 || rows + queue_.front()->rows_ <= limits_.max_batch_rows)) {
+        rows += queue_.front()->rows_;
+        admitted.push_back(std::move(queue_.front()));
+        queue_.pop_front();
+      }
+      stats_.queued_requests = static_cast<int64_t>(queue_.size());
+    }
+    for (const auto& request : admitted) {
+      try {
+        admit(request, session, active, tokens);
+      } catch (...) {
+        request->fail(std::current_exception());
+      }
+    }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stats_.active_requests = static_cast<int64_t>(active.size());
+      stats_.active_rows = static_cast<int64_t>(tokens.size());
+    }
+    if (active.empty()) {
+      session.reset();
+      tokens.clear();
+      continue;
+    }
+
+    const int64_t rows = static_cast<int64_t>(tokens.size());
+    logits.resize(rows * vocab);
+    try {
+      session->step(tokens.data(), logits.data());
+    } catch (...) {
+      // A step of the whole batch failed (no memory for a scratch buffer): so do its requests.
+      for (Active& a : active) a.request->fail(std::current_exception());
+      active.clear();
+      session.reset();
+      tokens.clear();
+      continue;
+    }
+    sources.clear();
+    next_tokens.clear();
+    still_active.clear();
+    int64_t offset = 0;
+    const Clock::time_point now = Clock::now();
+    for (Active& a : active) {
+      const int64_t group_rows = a.search->rows();
+      group_sources.clear();
+      group_tokens.clear();
+      bool failed = false;
+      if (!a.request->cancelled()) {
+        try {
+          ++a.timings.steps;
+          a.search->advance(logits.data() + offset * vocab, group_sources, group_tokens);
+        } catch (...) {
+          a.request->fail(std::current_exception());
+          failed = true;
+        }
+      }
+      if (!failed && (a.request->cancelled() || a.search->done())) {
+        a.timings.decode_ms = ms_between(a.first_token, now) + a.timings.first_token_ms;
+        a.request->finish(a.search->results(), a.timings);
+        failed = true;
+      }
+      if (!failed) {
+        for (int64_t s : group_sources) sources.push_back(offset + s);
+        next_tokens.insert(next_tokens.end(), group_tokens.begin(), group_tokens.end());
+        still_active.push_back(std::move(a));
+      }
+      offset += group_rows;
+    }
+    active.swap(still_active);
+    tokens.swap(next_tokens);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      ++stats_.steps;
+    }
+    if (active.empty()) {
+      session.reset();
+      tokens.clear();
+    } else if (!is_identity(sources, rows)) {
+      try {
+        session->reorder(sources.data(), static_cast<int64_t>(sources.size()));
+      } catch (...) {
+        for (Active& a : active) a.request->fail(std::current_exception());
+        active.clear();
+        session.reset();
+        tokens.clear();
+      }
+    }
+  }
+  const auto closed = std::make_exception_ptr(RuntimeFailure("the engine was closed"));
+  for (Active& a : active) a.request->fail(closed);
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (auto& request : queue_) request->fail(closed);
+  queue_.clear();
+}
+
+}  // namespace pali

@@ -1,0 +1,183 @@
+"""The native scheduler: concurrent calls on one engine, batched continuously.
+
+Every call of the native backend goes through its model's scheduler, which
+steps the rows of all running calls together and lets a new call's rows join
+between two steps of the others (each row keeping its own history, positions
+and prompt). So a call must get exactly what it gets alone, whatever runs
+beside it and whenever it joins: checked here on "pali" and on PaliGemma 1
+and 2 (PaliGemma 2's sliding window shorter than the sequences, so rows that
+joined late read their prompt at their own distance), for greedy search,
+logits processors, beam search and seeded sampling, with a long call that the
+others join while it generates. Also: a dropped stream frees its rows, a full
+queue refuses at once with EngineBusy, a bad call fails alone, and the limits
+are checked.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from batching_fixtures import case, images, search, tokenizer_path  # noqa: E402,F401 (fixtures)
+
+from pali_engine import Engine  # noqa: E402
+from pali_engine.errors import EngineBusy  # noqa: E402
+
+OPTIONS = [
+    {},
+    {"repetition_penalty": 1.3, "no_repeat_ngram_size": 2},
+    {"num_beams": 3, "num_return_sequences": 2},
+    {"do_sample": True, "seed": 7, "top_k": 20},
+    {"num_beams": 2, "early_stopping": True},
+    {"do_sample": True, "seed": 3, "num_return_sequences": 2, "top_p": 0.9},
+]
+
+
+def alone(engine, picture, prompt, options):
+    hypotheses, _ = search(engine, [picture], [prompt], options)
+    return hypotheses[0]
+
+
+def wait_until(condition, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.002)
+    return False
+
+
+def test_concurrent_calls_get_what_they_get_alone(case):
+    engine, prompts, max_new_tokens = case
+    pictures = images(len(prompts))
+    jobs = []
+    for i, prompt in enumerate(prompts):
+        opts = dict(OPTIONS[i % len(OPTIONS)], max_new_tokens=max_new_tokens - i % 3)
+        jobs.append((pictures[i], prompt, opts))
+    # A long call that the others join while it generates: forced past every eos.
+    long_opts = {"max_new_tokens": 300, "min_new_tokens": 300}
+    expected = [alone(engine, p, q, o) for p, q, o in jobs]
+    expected_long = alone(engine, pictures[0], prompts[-1], long_opts)
+
+    before = engine.scheduler_stats()
+    got = [None] * len(jobs)
+    errors = []
+    started = threading.Event()
+
+    def run(i):
+        try:
+            started.wait(30)
+            got[i] = alone(engine, *jobs[i])
+        except BaseException as error:  # re-raised below
+            errors.append(error)
+
+    def run_long():
+        def on_token(request, token):
+            started.set()
+            return True
+
+        backend = engine._backend
+        ids, mask = backend.encode_prompts([prompts[-1]])
+        from pali_engine import generation
+
+        hypotheses, _ = backend._search(backend.pixel_values([pictures[0]]), ids, mask,
+                                        generation.parse_options(long_opts, backend.config), on_token)
+        got_long.append(hypotheses[0])
+
+    got_long = []
+    threads = [threading.Thread(target=run_long)] + [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    # A call returns as soon as its own rows finish; the scheduler publishes its state after the step.
+    assert wait_until(lambda: engine.scheduler_stats()["active_requests"] == 0)
+    after = engine.scheduler_stats()
+    for i, (want, have) in enumerate(zip(expected + [expected_long], got + got_long)):
+        assert [h.tokens for h in have] == [h.tokens for h in want], (i, jobs[i][2] if i < len(jobs) else long_opts)
+        np.testing.assert_allclose([h.score for h in have], [h.score for h in want], atol=1e-4)
+    # The calls really ran batched: some joined others already generating.
+    assert after["joined_requests"] > before["joined_requests"]
+    assert after["queued_requests"] == 0
+
+
+def test_a_dropped_stream_frees_its_rows(case):
+    engine, prompts, max_new_tokens = case
+    picture = images(1)[0]
+    pieces = engine.stream(picture, prompts[0], max_new_tokens=200, min_new_tokens=200)
+    next(pieces)
+    assert engine.scheduler_stats()["active_requests"] <= 1
+    pieces.close()
+    assert wait_until(lambda: engine.scheduler_stats()["active_requests"] == 0)
+    # The engine goes on answering as before.
+    assert engine.generate(picture, prompts[1], max_new_tokens=4).tokens == \
+        engine.generate(picture, prompts[1], max_new_tokens=4).tokens
+
+
+def test_a_bad_call_fails_alone(case):
+    engine, prompts, max_new_tokens = case
+    pictures = images(2)
+    want = alone(engine, pictures[0], prompts[0], {"max_new_tokens": max_new_tokens})
+    outcome = {}
+
+    def bad():
+        try:
+            engine.generate(pictures[1], prompts[1], do_sample=True, temperature=1e-45, max_new_tokens=4)
+        except ValueError as error:
+            outcome["bad"] = error
+
+    def good():
+        outcome["good"] = alone(engine, pictures[0], prompts[0], {"max_new_tokens": max_new_tokens})
+
+    threads = [threading.Thread(target=bad), threading.Thread(target=good)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert "temperature" in str(outcome["bad"])
+    assert [h.tokens for h in outcome["good"]] == [h.tokens for h in want]
+
+
+def test_a_full_queue_refuses_at_once_with_engine_busy(case):
+    engine, prompts, _ = case
+    engine = Engine.load(engine.path, threads=1, max_batch=1, max_queue=1)
+    picture = images(1)[0]
+    running = engine.stream(picture, prompts[0], max_new_tokens=4000, min_new_tokens=4000)
+    next(running)  # the first call holds the only row
+    queued = {}
+    waiter = threading.Thread(target=lambda: queued.setdefault("result", engine.generate(picture, prompts[1],
+                                                                                          max_new_tokens=3)))
+    waiter.start()
+    assert wait_until(lambda: engine.scheduler_stats()["queued_requests"] == 1)
+    start = time.monotonic()
+    with pytest.raises(EngineBusy, match="max_queue=1"):
+        engine.generate(picture, prompts[2], max_new_tokens=3)
+    assert time.monotonic() - start < 1.0
+    running.close()
+    waiter.join(60)
+    assert len(queued["result"].tokens) <= 4
+    stats = engine.scheduler_stats()
+    assert (stats["max_batch"], stats["max_queue"]) == (1, 1)
+
+
+@pytest.mark.parametrize("limits, message", [
+    ({"max_batch": 0}, "max_batch must be an integer between 1"),
+    ({"max_queue": -1}, "max_queue must be an integer between 0"),
+    ({"max_batch": 2.5}, "max_batch"),
+    ({"max_queue": True}, "max_queue"),
+])
+def test_bad_limits_are_refused(limits, message):
+    with pytest.raises(ValueError, match=message):
+        Engine.load(threads=1, **limits)
+
+
+def test_limits_are_the_native_backends():
+    with pytest.raises(ValueError, match="backend 'onnxruntime' has none"):
+        Engine.load(backend="onnxruntime", max_batch=4)
