@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -528,3 +529,40 @@ def test_bad_baseline_fails_cleanly(tmp_path, capsys):
     assert harness.main(["--quick", "--sizes", "tiny", "--baseline", "no-such-ref-anywhere",
                          "--work-dir", str(tmp_path)]) == 2
     assert "--baseline no-such-ref-anywhere" in capsys.readouterr().err
+
+
+def test_concurrency_benchmark_counts_every_request_once():
+    from pali_engine.benchmarks import concurrency
+
+    seen = []
+    lock = threading.Lock()
+
+    def fn(i, image, prompt):
+        with lock:
+            seen.append(i)
+
+    run = concurrency.run_callers(fn, [(None, "p")] * 37, callers=5)
+    assert sorted(seen) == list(range(37)) and len(run["latencies_ms"]) == 37
+    row = concurrency.summary([run, run])
+    assert row["requests_per_s"] > 0 and row["p99_ms"] >= row["p50_ms"]
+
+
+def test_concurrency_benchmark_runs_the_engine_from_several_callers():
+    from pali_engine.benchmarks import concurrency
+
+    result = concurrency.measure(callers=(1, 3), n=6, repeats=1, threads=1, peers=("engine",))
+    assert set(result["rows"]) == {"engine float32", "engine int8"}
+    assert result["rows"]["engine float32"]["1"]["throughput_over_one_caller"] == 1.0
+    assert "| engine int8 | 3 |" in concurrency.table(result)
+
+
+def test_http_load_benchmark_loses_no_request():
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    from pali_engine.benchmarks import http_load
+
+    result = http_load.measure(clients=6, per_client=2, sequential=2, threads=1)
+    load = result["load"]
+    assert load["completed"] == load["requests"] == 12 and load["failures"] == {} and load["server_errors"] == 0
+    assert result["sequential"]["http_p50_ms"] > 0
+    assert "12 completed" in http_load.table(result)

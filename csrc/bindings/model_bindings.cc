@@ -281,12 +281,15 @@ void bind_models(py::module_& m) {
             out["active_rows"] = stats.active_rows;
             out["steps"] = stats.steps;
             out["joined_requests"] = stats.joined_requests;
+            out["prefill_ms"] = stats.prefill_ms;
+            out["decode_ms"] = stats.decode_ms;
             out["max_batch"] = self.limits.max_batch_rows;
             out["max_queue"] = self.limits.max_queued;
             return out;
           },
           "The scheduler's requests running and waiting, rows stepped together, steps so far, requests that "
-          "joined others already generating, and its limits.");
+          "joined others already generating, its thread's milliseconds in prefills and in decode steps, and "
+          "its limits.");
 
   m.def(
       "load_model",

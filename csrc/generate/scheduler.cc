@@ -65,6 +65,11 @@ bool ScheduledRequest::stopped(int64_t prompt) {
   return !kept_.empty() && prompt >= 0 && prompt < prompts_.batch && kept_[prompt] >= 0;
 }
 
+bool ScheduledRequest::ended() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return ended_;
+}
+
 void ScheduledRequest::push_token(int64_t prompt, int64_t token) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -120,11 +125,8 @@ std::shared_ptr<ScheduledRequest> Scheduler::submit(OwnedPrompts prompts, const 
                                                     bool stream) {
   options.validate();
   PALI_CHECK_ARG(prompts.batch > 0 && prompts.length >= 0, "a request needs at least one prompt");
-  const int64_t per_request =
-      options.num_beams > 1 ? options.num_beams : (options.do_sample ? options.num_return_sequences : 1);
   std::shared_ptr<ScheduledRequest> request(
-      new ScheduledRequest(std::move(prompts), options, stream, 0));
-  request->rows_ = request->prompts_.batch * per_request;
+      new ScheduledRequest(std::move(prompts), options, stream, rows_per_request(options)));
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (stopping_) throw RuntimeFailure("the engine was closed");
@@ -143,54 +145,160 @@ SchedulerStats Scheduler::stats() const {
   return stats_;
 }
 
-bool Scheduler::admit(const std::shared_ptr<ScheduledRequest>& request, std::unique_ptr<DecoderSession>& session,
-                      std::vector<Active>& active, std::vector<int64_t>& tokens) {
-  if (request->cancelled()) {
-    request->finish({}, {});
-    return false;
+// Some of a decoder's requests, as one request's search sees them: without
+// the padding they took to prefill beside longer prompts (a decoder-only
+// model's initial sequence is its padded prompt), so that the logits
+// processors see what they see when the request runs alone.
+class DecoderSlice final : public Decoder {
+ public:
+  DecoderSlice(const Decoder& inner, int64_t first, int64_t count, int64_t added_padding, bool left)
+      : inner_(inner), first_(first), count_(count), added_padding_(added_padding), left_(left) {}
+  int64_t requests() const override { return count_; }
+  int64_t vocab_size() const override { return inner_.vocab_size(); }
+  SpecialTokens special_tokens() const override { return inner_.special_tokens(); }
+  std::vector<int64_t> initial_sequence(int64_t request) const override {
+    std::vector<int64_t> sequence = inner_.initial_sequence(first_ + request);
+    if (left_ && added_padding_ > 0 && added_padding_ < static_cast<int64_t>(sequence.size()))
+      sequence.erase(sequence.begin(), sequence.begin() + added_padding_);
+    return sequence;
   }
-  Active a;
-  a.request = request;
+  std::unique_ptr<DecoderSession> start(int64_t, int64_t) const override {
+    throw RuntimeFailure("a slice of a prepared batch starts no session of its own");
+  }
+
+ private:
+  const Decoder& inner_;
+  int64_t first_, count_, added_padding_;
+  bool left_;
+};
+
+void Scheduler::admit(const std::vector<std::shared_ptr<ScheduledRequest>>& requests,
+                      std::unique_ptr<DecoderSession>& session, std::vector<Active>& active,
+                      std::vector<int64_t>& tokens) {
   const Clock::time_point start = Clock::now();
-  a.timings.queue_ms = ms_between(request->submitted_, start);
-  std::unique_ptr<PreparedDecoder> decoder = model_.prepare(request->prompts_.view());
-  ScheduledRequest* target = request.get();
-  TokenCallback on_token;
-  if (request->stream_)
-    on_token = [target](int64_t prompt, int64_t token) {
-      target->push_token(prompt, token);
-      return !target->cancelled() && !target->stopped(prompt);
-    };
-  a.search = make_group_search(*decoder, request->options_, std::move(on_token));
-  std::unique_ptr<DecoderSession> joining =
-      decoder->start(a.search->rows_per_request(), request->options_.max_new_tokens);
-  a.timings.vision_ms = decoder->vision_ms;
+  const OwnedPrompts* prompts = &requests.front()->prompts_;
+  OwnedPrompts joined;
+  int64_t capacity = 0;
+  for (const auto& request : requests) capacity = std::max(capacity, request->options_.max_new_tokens);
+  const Model::PromptPadding padding = model_.prompt_padding();
+  if (requests.size() > 1) {
+    // One batch, every prompt padded to the longest as the model's processor pads.
+    for (const auto& request : requests) joined.length = std::max(joined.length, request->prompts_.length);
+    for (const auto& request : requests) {
+      const OwnedPrompts& p = request->prompts_;
+      const int64_t pad = joined.length - p.length;
+      joined.batch += p.batch;
+      joined.pixels.insert(joined.pixels.end(), p.pixels.begin(), p.pixels.end());
+      for (int64_t b = 0; b < p.batch; ++b) {
+        const auto ids = p.input_ids.begin() + b * p.length, mask = p.attention_mask.begin() + b * p.length;
+        if (padding.left) {
+          joined.input_ids.insert(joined.input_ids.end(), pad, padding.pad_token_id);
+          joined.attention_mask.insert(joined.attention_mask.end(), pad, 0);
+        }
+        joined.input_ids.insert(joined.input_ids.end(), ids, ids + p.length);
+        joined.attention_mask.insert(joined.attention_mask.end(), mask, mask + p.length);
+        if (!padding.left) {
+          joined.input_ids.insert(joined.input_ids.end(), pad, padding.pad_token_id);
+          joined.attention_mask.insert(joined.attention_mask.end(), pad, 0);
+        }
+      }
+    }
+    prompts = &joined;
+  }
+  std::unique_ptr<PreparedDecoder> decoder = model_.prepare(prompts->view());
+  // The session first: it refuses caches larger than the memory left before the searches allocate theirs.
+  std::unique_ptr<DecoderSession> joining = decoder->start(requests.front()->rows_per_prompt_, capacity);
+  std::vector<Active> admitted;
+  std::vector<DecoderSlice> slices;
+  slices.reserve(requests.size());
+  int64_t first_prompt = 0;
+  for (const auto& request : requests) {
+    Active a;
+    a.request = request;
+    a.timings.queue_ms = ms_between(request->submitted_, start);
+    slices.emplace_back(*decoder, first_prompt, request->prompts_.batch, prompts->length - request->prompts_.length,
+                        padding.left);
+    first_prompt += request->prompts_.batch;
+    ScheduledRequest* target = request.get();
+    TokenCallback on_token;
+    if (request->stream_)
+      on_token = [target](int64_t prompt, int64_t token) {
+        target->push_token(prompt, token);
+        return !target->cancelled() && !target->stopped(prompt);
+      };
+    a.search = make_group_search(slices.back(), request->options_, std::move(on_token));
+    admitted.push_back(std::move(a));
+  }
   const Clock::time_point prepared = Clock::now();
-  a.timings.encoder_ms = std::max(0.0, ms_between(start, prepared) - decoder->vision_ms);
-  const int64_t rows = a.search->rows();
+  const double encoder_ms = std::max(0.0, ms_between(start, prepared) - decoder->vision_ms);
+  int64_t rows = 0;
+  for (const Active& a : admitted) rows += a.search->rows();
   std::vector<float> logits(rows * decoder->vocab_size());
   joining->first(logits.data());
-  a.first_token = Clock::now();
-  a.timings.first_token_ms = ms_between(prepared, a.first_token);
-  a.timings.steps = 1;
-  std::vector<int64_t> sources, next;
-  a.search->advance(logits.data(), sources, next);
-  if (a.search->done() || request->cancelled()) {
-    a.timings.decode_ms = ms_between(prepared, Clock::now());
-    request->finish(a.search->results(), a.timings);
-    return false;
+  const Clock::time_point first_token = Clock::now();
+  std::vector<int64_t> sources, next, group_sources;
+  int64_t offset = 0;
+  for (Active& a : admitted) {
+    a.timings.vision_ms = decoder->vision_ms;
+    a.timings.encoder_ms = encoder_ms;
+    a.timings.first_token_ms = ms_between(prepared, first_token);
+    a.timings.steps = 1;
+    a.first_token = first_token;
+    const int64_t group_rows = a.search->rows();
+    group_sources.clear();
+    try {
+      a.search->advance(logits.data() + offset * decoder->vocab_size(), group_sources, next);
+    } catch (...) {
+      a.request->fail(std::current_exception());
+      a.request.reset();
+      next.resize(sources.size());
+      offset += group_rows;
+      continue;
+    }
+    if (a.search->done() || a.request->cancelled()) {
+      a.timings.decode_ms = ms_between(prepared, Clock::now());
+      a.request->finish(a.search->results(), a.timings);
+      a.request.reset();
+      next.resize(sources.size());
+    } else {
+      for (int64_t s : group_sources) sources.push_back(offset + s);
+    }
+    offset += group_rows;
   }
+  if (sources.empty()) return;
   if (!is_identity(sources, rows)) joining->reorder(sources.data(), static_cast<int64_t>(sources.size()));
   if (session) {
     session->append(*joining);
     std::lock_guard<std::mutex> lock(mutex_);
-    ++stats_.joined_requests;
+    stats_.joined_requests += static_cast<int64_t>(requests.size());
   } else {
     session = std::move(joining);
   }
   tokens.insert(tokens.end(), next.begin(), next.end());
-  active.push_back(std::move(a));
-  return true;
+  for (Active& a : admitted)
+    if (a.request) active.push_back(std::move(a));
+}
+
+void Scheduler::admit_or_fail(const std::vector<std::shared_ptr<ScheduledRequest>>& requests,
+                              std::unique_ptr<DecoderSession>& session, std::vector<Active>& active,
+                              std::vector<int64_t>& tokens) {
+  try {
+    admit(requests, session, active, tokens);
+    return;
+  } catch (...) {
+    if (requests.size() == 1) {
+      requests.front()->fail(std::current_exception());
+      return;
+    }
+  }
+  for (const auto& request : requests) {
+    if (request->ended()) continue;  // it ended within the batch, before the failure
+    try {
+      admit({request}, session, active, tokens);
+    } catch (...) {
+      request->fail(std::current_exception());
+    }
+  }
 }
 
 void Scheduler::run() {
@@ -218,15 +326,31 @@ void Scheduler::run() {
       }
       stats_.queued_requests = static_cast<int64_t>(queue_.size());
     }
-    for (const auto& request : admitted) {
-      try {
-        admit(request, session, active, tokens);
-      } catch (...) {
-        request->fail(std::current_exception());
+    const Clock::time_point admitting = Clock::now();
+    // Requests that arrived together run their prefill as one batch (their
+    // prompts padded to the longest) when their rows per prompt are alike.
+    std::vector<std::vector<std::shared_ptr<ScheduledRequest>>> batches;
+    for (auto& request : admitted) {
+      if (request->cancelled()) {
+        request->finish({}, {});
+        continue;
       }
+      auto fits = [&](const std::vector<std::shared_ptr<ScheduledRequest>>& batch) {
+        const ScheduledRequest& other = *batch.front();
+        return other.rows_per_prompt_ == request->rows_per_prompt_ &&
+               other.prompts_.pixels.size() / other.prompts_.batch ==
+                   request->prompts_.pixels.size() / request->prompts_.batch;
+      };
+      auto batch = std::find_if(batches.begin(), batches.end(), fits);
+      if (batch == batches.end())
+        batches.push_back({std::move(request)});
+      else
+        batch->push_back(std::move(request));
     }
+    for (const auto& batch : batches) admit_or_fail(batch, session, active, tokens);
     {
       std::lock_guard<std::mutex> lock(mutex_);
+      if (!admitted.empty()) stats_.prefill_ms += ms_between(admitting, Clock::now());
       stats_.active_requests = static_cast<int64_t>(active.size());
       stats_.active_rows = static_cast<int64_t>(tokens.size());
     }
@@ -238,6 +362,7 @@ void Scheduler::run() {
 
     const int64_t rows = static_cast<int64_t>(tokens.size());
     logits.resize(rows * vocab);
+    const Clock::time_point stepping = Clock::now();
     try {
       session->step(tokens.data(), logits.data());
     } catch (...) {
@@ -284,6 +409,7 @@ void Scheduler::run() {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       ++stats_.steps;
+      stats_.decode_ms += ms_between(stepping, Clock::now());
     }
     if (active.empty()) {
       session.reset();

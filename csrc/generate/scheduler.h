@@ -8,7 +8,8 @@
 // encoder or prompt) runs between two decode steps, then its rows join the
 // shared session (DecoderSession::append); a request that finishes, or whose
 // caller cancelled it, leaves at the next step and its rows stop costing
-// compute. Each request keeps its own options and search (GroupSearch), and
+// compute. Requests that arrived together prefill as one batch. Each request
+// keeps its own options and search (GroupSearch), and
 // streams its tokens as they are chosen. A request that fails (bad input,
 // non-finite logits, no memory for its caches) fails alone.
 //
@@ -70,9 +71,14 @@ class ScheduledRequest {
 
  private:
   friend class Scheduler;
-  ScheduledRequest(OwnedPrompts prompts, const GenerationOptions& options, bool stream, int64_t rows)
-      : prompts_(std::move(prompts)), options_(options), stream_(stream), rows_(rows) {}
+  ScheduledRequest(OwnedPrompts prompts, const GenerationOptions& options, bool stream, int64_t rows_per_prompt)
+      : prompts_(std::move(prompts)),
+        options_(options),
+        stream_(stream),
+        rows_(prompts_.batch * rows_per_prompt),
+        rows_per_prompt_(rows_per_prompt) {}
   void push_token(int64_t prompt, int64_t token);
+  bool ended();
   void finish(std::vector<std::vector<Hypothesis>> results, const GenerationTimings& timings);
   void fail(std::exception_ptr error);
 
@@ -80,6 +86,7 @@ class ScheduledRequest {
   GenerationOptions options_;
   bool stream_;
   int64_t rows_;  // session rows at the start
+  int64_t rows_per_prompt_;
   std::atomic<bool> cancelled_{false};
   std::chrono::steady_clock::time_point submitted_ = std::chrono::steady_clock::now();
 
@@ -96,6 +103,7 @@ class ScheduledRequest {
 struct SchedulerStats {
   int64_t active_requests = 0, queued_requests = 0, active_rows = 0, steps = 0;
   int64_t joined_requests = 0;  // requests whose rows joined others already generating
+  double prefill_ms = 0, decode_ms = 0;  // the scheduler thread's time in admissions and in steps
 };
 
 class Scheduler {
@@ -117,9 +125,15 @@ class Scheduler {
  private:
   struct Active;
   void run();
-  // Prefills a request and joins its rows to `session`; false when it ended at once.
-  bool admit(const std::shared_ptr<ScheduledRequest>& request, std::unique_ptr<DecoderSession>& session,
-             std::vector<Active>& active, std::vector<int64_t>& tokens);
+  // Prefills requests that arrived together as one batch (their rows per
+  // prompt alike, their prompts padded to the longest) and joins their rows
+  // to `session`.
+  void admit(const std::vector<std::shared_ptr<ScheduledRequest>>& requests,
+             std::unique_ptr<DecoderSession>& session, std::vector<Active>& active, std::vector<int64_t>& tokens);
+  // admit(), and when the batch fails, each request on its own: only a bad one fails.
+  void admit_or_fail(const std::vector<std::shared_ptr<ScheduledRequest>>& requests,
+                     std::unique_ptr<DecoderSession>& session, std::vector<Active>& active,
+                     std::vector<int64_t>& tokens);
 
   const Model& model_;
   const int threads_;

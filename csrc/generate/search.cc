@@ -288,6 +288,10 @@ class BeamSearch final : public GroupSearch {
 
 }  // namespace
 
+int64_t rows_per_request(const GenerationOptions& options) {
+  return options.num_beams > 1 ? options.num_beams : (options.do_sample ? options.num_return_sequences : 1);
+}
+
 std::unique_ptr<GroupSearch> make_group_search(const Decoder& decoder, const GenerationOptions& options,
                                                TokenCallback on_token) {
   options.validate();
@@ -306,8 +310,10 @@ bool is_identity(const std::vector<int64_t>& sources, int64_t rows) {
 
 std::vector<std::vector<Hypothesis>> generate(const Decoder& decoder, const GenerationOptions& options,
                                               const TokenCallback& on_token, GenerationTimings* timings) {
+  options.validate();
+  // The session first: it refuses caches larger than the memory left before the search allocates its own.
+  std::unique_ptr<DecoderSession> session = decoder.start(rows_per_request(options), options.max_new_tokens);
   std::unique_ptr<GroupSearch> search = make_group_search(decoder, options, on_token);
-  std::unique_ptr<DecoderSession> session = decoder.start(search->rows_per_request(), options.max_new_tokens);
   std::vector<float> logits(search->rows() * decoder.vocab_size());
   std::vector<int64_t> sources, tokens;
   const auto start = Clock::now();

@@ -39,6 +39,10 @@ class GroupSearch {
   virtual std::vector<std::vector<Hypothesis>> results() = 0;
 };
 
+// Session rows each request starts with under these options: num_beams for
+// beam search, num_return_sequences when sampling, else 1.
+int64_t rows_per_request(const GenerationOptions& options);
+
 // The options' strategy (num_beams > 1: beam search; do_sample: sampling; else
 // greedy) over the requests of `decoder`. on_token (greedy search and sampling)
 // is called as each token is chosen; returning false ends that row.

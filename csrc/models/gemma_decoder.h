@@ -31,6 +31,9 @@ struct GemmaState {
   int64_t prompt_len = 0;   // padded prompt length
   int64_t capacity = 0;     // generated tokens the rows' caches hold
   int64_t generated = 0;    // tokens appended so far
+  // Rows and requests the caches have room for: a join copies only the new
+  // rows and requests while they fit (appended caches keep some room).
+  int64_t row_capacity = 0, request_capacity = 0;
   std::vector<Buffer> prompt_kv;    // per layer [requests, prompt_len, 2 * kv_width]: K | V
   std::vector<Buffer> own_kv;       // per layer [requests * beams, capacity, 2 * kv_width]
   std::vector<int64_t> row_request; // [rows]: the request (prompt K/V) of each row

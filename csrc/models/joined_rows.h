@@ -50,6 +50,30 @@ inline JoinedLayout joined_layout(const std::vector<int64_t>& a_start, const std
   return out;
 }
 
+// The room a rebuilt join keeps: twice the rows and requests, half again the
+// slots, so that the joins after it copy only what joins.
+inline int64_t room_for(int64_t n) { return std::max<int64_t>(2 * n, 4); }
+inline int64_t slots_room_for(int64_t capacity) { return capacity + std::max<int64_t>(capacity / 2, 16); }
+
+// Whether a join fits the first session's caches as they are: its rows keep
+// their slots, and the new rows, slots and requests fit the room there is.
+inline bool joins_in_place(const JoinedLayout& layout, int64_t capacity, int64_t rows, int64_t row_capacity,
+                           int64_t requests, int64_t request_capacity, int64_t request_len, int64_t joining_len) {
+  return layout.shift_first == 0 && layout.capacity <= capacity && rows <= row_capacity &&
+         requests <= request_capacity && joining_len <= request_len;
+}
+
+// Copies `requests` blocks of [from_len, row_floats] to blocks first.. of
+// [to_len, row_floats] in `to`, zeroing each block's tail.
+inline void copy_request_blocks(const float* from, int64_t requests, int64_t from_len, int64_t row_floats, float* to,
+                                int64_t first, int64_t to_len) {
+  for (int64_t b = 0; b < requests; ++b) {
+    float* block = to + (first + b) * to_len * row_floats;
+    std::memcpy(block, from + b * from_len * row_floats, from_len * row_floats * sizeof(float));
+    std::memset(block + from_len * row_floats, 0, (to_len - from_len) * row_floats * sizeof(float));
+  }
+}
+
 // Copies the histories of `rows` rows of `from` ([rows, from_capacity, row_floats],
 // row r's in slots [start[r], length)) to rows first_row.. of `to`
 // ([.., to_capacity, row_floats]), `shift` slots later.
@@ -94,6 +118,26 @@ inline void joined_rows_mask(const std::vector<int64_t>& start, int64_t rows, in
   mask.assign(rows * kv_len, 1);
   for (int64_t r = 0; r < rows; ++r)
     std::memset(mask.data() + r * kv_len, 0, std::min(start[r], kv_len));
+}
+
+// The requests some row still reads, in order (their prompt or encoder keys
+// and values are all a join copies: finished requests are left behind), with
+// row_request renumbered among them.
+inline std::vector<int64_t> live_requests(std::vector<int64_t>& row_request, int64_t rows, int64_t requests) {
+  std::vector<int64_t> renumbered(requests, -1), live;
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t& index = renumbered[row_request[r]];
+    if (index < 0) {
+      index = static_cast<int64_t>(live.size());
+      live.push_back(row_request[r]);
+    }
+  }
+  // Keep the requests' order: number them by their old index.
+  std::sort(live.begin(), live.end());
+  for (size_t i = 0; i < live.size(); ++i) renumbered[live[i]] = static_cast<int64_t>(i);
+  row_request.resize(rows);
+  for (int64_t r = 0; r < rows; ++r) row_request[r] = renumbered[row_request[r]];
+  return live;
 }
 
 // values[r] = values[source[r]] for r < rows: per-row bookkeeping follows its

@@ -64,6 +64,13 @@ class Model {
   // pixel_values must be [batch, channels, image_size, image_size].
   virtual int64_t image_size() const = 0;
   virtual int64_t num_channels() const = 0;
+  // How the model's processor pads prompts of different lengths into one
+  // batch (the scheduler pads requests that prefill together the same way).
+  struct PromptPadding {
+    bool left = false;
+    int64_t pad_token_id = 0;
+  };
+  virtual PromptPadding prompt_padding() const = 0;
 
   // The teacher-forced graph's integer inputs after pixel_values, as its ONNX
   // file names them; each is int64[batch, its length].

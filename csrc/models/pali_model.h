@@ -70,6 +70,8 @@ class PaliModel final : public Model {
   int64_t vocab_size() const override { return config_.vocab_size; }
   int64_t image_size() const override { return config_.image_size; }
   int64_t num_channels() const override { return config_.num_channels; }
+  // Right-padded, as the encoder's key mask reads them.
+  PromptPadding prompt_padding() const override { return {false, config_.pad_token_id}; }
   // input_ids, attention_mask: the prompt; decoder_input_ids: the target.
   std::vector<std::string> forward_inputs() const override {
     return {"input_ids", "attention_mask", "decoder_input_ids"};

@@ -63,6 +63,8 @@ class PaliGemmaModel final : public Model {
   int64_t vocab_size() const override { return config_.text.vocab_size; }
   int64_t image_size() const override { return config_.vision.image_size; }
   int64_t num_channels() const override { return config_.vision.num_channels; }
+  // Left-padded, as transformers' processor pads them.
+  PromptPadding prompt_padding() const override { return {true, config_.pad_token_id}; }
   // As PaliGemmaProcessor gives them; token_type_ids: 0 for the prefix, 1 for the suffix.
   std::vector<std::string> forward_inputs() const override {
     return {"input_ids", "attention_mask", "token_type_ids"};

@@ -26,6 +26,9 @@ struct DecoderState {
   int64_t capacity = 0;  // positions the cache holds
   int64_t length = 0;    // positions filled
   int64_t enc_len = 0;
+  // Rows and requests the caches have room for: a join copies only the new
+  // rows and requests while they fit (appended caches keep some room).
+  int64_t row_capacity = 0, request_capacity = 0;
   std::vector<int64_t> row_request;              // [rows]: the request (cross-attention K/V) of each row
   std::vector<int64_t> row_start, row_limit;     // [rows]: each row's first slot and the slot it may reach
   std::vector<int32_t> enc_mask;                 // [requests, enc_len]

@@ -1,7 +1,7 @@
 """``pali-engine serve``: load one model and serve it over HTTP (FastAPI on uvicorn).
 
     pali-engine serve                              # the bundled model on http://127.0.0.1:8000/
-    pali-engine serve --model m.onnx --dtype int8 --port 9000 --parallel 2 --max-queue 32
+    pali-engine serve --model m.onnx --dtype int8 --port 9000 --parallel 16 --max-queue 32
     pali-engine serve --ray --replicas 2 --threads 1   # N replicas on Ray Serve (pali_engine/serving.py)
 
 Why a subcommand module of its own: fastapi and uvicorn are the ``serve``
@@ -54,9 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     http.add_argument("--port", type=_count(0), default=8000)
     http.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     limits = parser.add_argument_group("limits")
-    limits.add_argument("--parallel", type=_count(1), default=2, help="engine calls run at once (default: 2)")
+    limits.add_argument("--parallel", type=_count(1), default=16,
+                        help="engine calls in flight at once; the engine steps them together (default: 16)")
     limits.add_argument("--max-batch", type=_count(1), default=8,
-                        help="waiting requests with the same options run as one batch of at most this many")
+                        help="waiting requests with the same options go in as one call of at most this many")
     limits.add_argument("--max-queue", type=_count(0), default=64,
                         help="requests that wait for an engine call; past that: 429 (default: 64)")
     limits.add_argument("--max-request-bytes", type=_count(1), default=32 * 1024 * 1024)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import math
 import time
-from typing import Callable, Deque, Dict, List, Sequence, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 Labels = Tuple[Tuple[str, str], ...]
 
@@ -51,10 +51,10 @@ class Counter:
 
 
 class Gauge:
-    """A value read when the metrics are scraped."""
+    """A value read when the metrics are scraped (``kind="counter"``: one that only grows, kept elsewhere)."""
 
-    def __init__(self, name: str, doc: str, read: Callable[[], float]):
-        self.name, self.doc, self.kind = name, doc, "gauge"
+    def __init__(self, name: str, doc: str, read: Callable[[], float], kind: str = "gauge"):
+        self.name, self.doc, self.kind = name, doc, kind
         self.read = read
 
     def lines(self) -> List[str]:
@@ -107,9 +107,11 @@ class TokenRate:
 
 
 class ServerMetrics:
-    """Every metric the server exposes; ``queue_depth`` and ``active`` are read from the scheduler."""
+    """Every metric the server exposes; ``queue_depth`` and ``active`` are read from the server's
+    scheduler, ``engine_stats`` (``Engine.scheduler_stats``) from the engine's."""
 
-    def __init__(self, queue_depth: Callable[[], int], active: Callable[[], int]):
+    def __init__(self, queue_depth: Callable[[], int], active: Callable[[], int],
+                 engine_stats: Callable[[], Optional[dict]] = lambda: None):
         self.rate = TokenRate()
         self.requests = Counter("pali_requests_total", "HTTP requests answered, by route and status code")
         self.tokens = Counter("pali_tokens_generated_total", "tokens generated (eos included)")
@@ -130,6 +132,22 @@ class ServerMetrics:
                   self.rate.rate),
             self.requests, self.tokens, self.prompt_tokens, self.latency, self.first_token, self.queue_wait,
             self.batch_size,
+        ]
+
+        def engine(key: str) -> Callable[[], float]:
+            return lambda: (engine_stats() or {}).get(key, 0)
+
+        self.all += [
+            Gauge("pali_engine_active_requests", "engine calls the engine's scheduler is generating for now",
+                  engine("active_requests")),
+            Gauge("pali_engine_batch_rows", "rows the engine's scheduler steps together now (the decode batch)",
+                  engine("active_rows")),
+            Gauge("pali_engine_queued_requests", "engine calls waiting for a place in the decode batch",
+                  engine("queued_requests")),
+            Gauge("pali_engine_steps_total", "decode steps the engine's scheduler has run", engine("steps"),
+                  kind="counter"),
+            Gauge("pali_engine_joined_requests_total", "engine calls that joined others already generating",
+                  engine("joined_requests"), kind="counter"),
         ]
 
     def add_tokens(self, count: int) -> None:

@@ -22,6 +22,7 @@ from typing import Any, List, Optional, Tuple
 from fastapi import Request
 
 from .. import generation
+from ..errors import EngineBusy
 from .._version import __version__
 from .errors import APIError, bad_request
 from .images import ImageLimits
@@ -34,7 +35,7 @@ class ServerSettings:
     """The server's limits (``pali-engine serve --help`` names each one's flag)."""
 
     model_id: str = "pali-default"
-    parallel: int = 2
+    parallel: int = 16
     max_batch: int = 8
     max_queue: int = 64
     max_request_bytes: int = 32 * 1024 * 1024
@@ -86,8 +87,11 @@ def option_param(message: str) -> Optional[str]:
 
 
 def engine_error(error: BaseException) -> APIError:
-    """An engine's refusal of a request as a 400 (a MemoryError: the request needs more memory than there is)."""
+    """An engine's refusal of a request as a 400 (a MemoryError: the request needs more memory than there is;
+    EngineBusy, the engine's own queue full: 429)."""
     message = str(error)
+    if isinstance(error, EngineBusy):
+        return APIError(429, message, code="engine_full")
     if isinstance(error, MemoryError):
         return APIError(400, message or "the request needs more memory than the server has",
                         code="request_too_large")
@@ -114,7 +118,8 @@ class Service:
         self.fingerprint = f"pali-engine-{__version__}"
         self.scheduler = Scheduler(engine, parallel=settings.parallel, max_batch=settings.max_batch,
                                    max_queue=settings.max_queue)
-        self.metrics = ServerMetrics(lambda: self.scheduler.queue_depth, lambda: self.scheduler.active)
+        self.metrics = ServerMetrics(lambda: self.scheduler.queue_depth, lambda: self.scheduler.active,
+                                     engine.scheduler_stats)
         self.scheduler.on_batch = self.metrics.batch_size.observe
         config = engine.config
         if config.get("num_image_tokens"):
@@ -170,7 +175,7 @@ class Service:
         batch_key = None if parsed.do_sample else parsed
         try:
             return await self.scheduler.generate(image, prompt, options, batch_key)
-        except (ValueError, MemoryError) as error:
+        except (ValueError, MemoryError, EngineBusy) as error:
             raise engine_error(error) from None
 
     async def stream(self, image, prompt: str, options: dict):
@@ -184,7 +189,7 @@ class Service:
             first = await stream.__anext__()
         except StopAsyncIteration:
             first = None
-        except (ValueError, MemoryError) as error:
+        except (ValueError, MemoryError, EngineBusy) as error:
             raise engine_error(error) from None
         except BaseException:
             stream.stop()
