@@ -194,8 +194,9 @@ class PaliGemma(nn.Module):
         )
         if not config["tie_word_embeddings"]:
             self.lm_head = nn.Linear(t["hidden_size"], t["vocab_size"], bias=False)
-        # transformers holds sqrt(hidden) as a float32 tensor: the same rounding here.
-        self.embed_scale = float(torch.tensor(t["hidden_size"] ** 0.5, dtype=torch.float32))
+        # transformers holds sqrt(hidden) as a float32 tensor: the same rounding here (on the CPU, so that
+        # the module can be built on the meta device).
+        self.embed_scale = float(torch.tensor(t["hidden_size"] ** 0.5, dtype=torch.float32, device="cpu"))
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         vt = self.model.vision_tower
