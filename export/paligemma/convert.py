@@ -49,7 +49,7 @@ import numpy as np
 from ..onnx_export import EXTERNAL_DATA_BYTES, FORMAT_VERSION, MAX_CONSTANT_ELEMENTS, OPSET, ExportError
 from . import checkpoint as ckpt
 from .graph import INPUT_NAMES, STORAGE_TYPES, build_graph
-from .writer import StreamedTensor, digest, write_model
+from .writer import StreamedTensor, checker_twin, digest, write_model
 
 DTYPES = ("float32", "bfloat16", "float16")
 #: Max abs error of onnxruntime logits vs the PyTorch module (both float32 compute).
@@ -285,14 +285,14 @@ def convert(hf_dir: str | os.PathLike, path: str | os.PathLike, *, dtype: str = 
     try:
         staged = os.path.join(stage, os.path.basename(path))
         tensors = [_streamed(entries[name], dtype) for name in weight_names]
-        hashes = write_model(model, tensors, staged, external)
-        del model
+        hashes, raw_offsets = write_model(model, tensors, staged, external)
         report["export_s"] = round(time.perf_counter() - t0, 3)
         report["bytes"] = os.path.getsize(staged)
         report["data_bytes"] = os.path.getsize(staged + ".data") if external else 0
         log(f"wrote {len(tensors)} weights ({(report['bytes'] + report['data_bytes']) / 2**30:.2f} GiB) "
             f"in {report['export_s']:.1f} s")
-        onnx.checker.check_model(staged)
+        onnx.checker.check_model(staged if external else checker_twin(model, tensors, staged, raw_offsets))
+        del model
         check_file(staged, expected, dtype, hashes, meta)
         log(f"checked names, shapes and values of {len(tensors)} weights")
         if validate:

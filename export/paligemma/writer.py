@@ -116,7 +116,8 @@ def _write_external(model, tensors: List[StreamedTensor], path: str, hashes: Dic
     onnx.save_model(model, path)
 
 
-def _write_inline(model, tensors: List[StreamedTensor], path: str, hashes: Dict[str, str]) -> None:
+def _write_inline(model, tensors: List[StreamedTensor], path: str, hashes: Dict[str, str],
+                  raw_offsets: Dict[str, int]) -> None:
     """One protobuf file: the model's fields before and after ``graph``, the graph's before and after
     ``initializer``, and each initializer as its header then its raw_data streamed."""
     headers = [_header(t).SerializeToString() for t in tensors]
@@ -134,16 +135,19 @@ def _write_inline(model, tensors: List[StreamedTensor], path: str, hashes: Dict[
             out.write(_length_delimited_tag(GRAPH_INITIALIZER_FIELD, body))
             out.write(header)
             out.write(_length_delimited_tag(TENSOR_RAW_DATA_FIELD, tensor.nbytes))
+            raw_offsets[tensor.name] = out.tell()
             _copy(tensor, out, hashes)
         out.write(graph_after)
         out.write(_fields(model, lambda n: n > MODEL_GRAPH_FIELD))
 
 
-def write_model(model, tensors: List[StreamedTensor], path: str, external: bool) -> Dict[str, str]:
+def write_model(model, tensors: List[StreamedTensor], path: str, external: bool):
     """Writes ``model`` (a ModelProto without initializers) with ``tensors`` as its initializers, in order.
 
-    external: the weights to ``path + ".data"`` (tensors under 1 KiB stay inline).
-    Returns {tensor name: hex digest of its stored bytes}.
+    external: the weights to ``path + ".data"`` (tensors under 1 KiB stay inline); ``model`` gets the
+    initializers' headers.
+    Returns ({tensor name: hex digest of its stored bytes}, {tensor name: offset of its raw bytes in
+    ``path``}: the latter for a file written inline, else empty).
     """
     if len(model.graph.initializer):
         raise ExportError("the graph to write already holds initializers")
@@ -151,5 +155,29 @@ def write_model(model, tensors: List[StreamedTensor], path: str, external: bool)
         if os.path.exists(stale):
             os.remove(stale)
     hashes: Dict[str, str] = {}
-    (_write_external if external else _write_inline)(model, tensors, path, hashes)
-    return hashes
+    raw_offsets: Dict[str, int] = {}
+    if external:
+        _write_external(model, tensors, path, hashes)
+    else:
+        _write_inline(model, tensors, path, hashes, raw_offsets)
+    return hashes, raw_offsets
+
+
+def checker_twin(model, tensors: List[StreamedTensor], path: str, raw_offsets: Dict[str, int]) -> str:
+    """Writes ``path + ".twin.onnx"``: ``model`` (without initializers) whose initializers are the inline
+    file ``path``'s raw bytes, referenced as external data; ``onnx.checker`` reads it without the weights."""
+    import onnx
+    from onnx import TensorProto
+
+    twin = type(model)()
+    twin.CopyFrom(model)
+    for tensor in tensors:
+        proto = _header(tensor)
+        proto.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", os.path.basename(path)), ("offset", str(raw_offsets[tensor.name])),
+                           ("length", str(tensor.nbytes))):
+            proto.external_data.add(key=key, value=value)
+        twin.graph.initializer.append(proto)
+    twin_path = path + ".twin.onnx"
+    onnx.save_model(twin, twin_path)
+    return twin_path
