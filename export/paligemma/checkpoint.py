@@ -4,7 +4,10 @@ Why: the converter must accept what ``save_pretrained`` writes and what the
 Hub's checkpoints hold (config.json, model.safetensors or a sharded
 model.safetensors.index.json, tokenizer.model, preprocessor_config.json) with
 no network, and turn it into one flat description the graph is built from
-(``read_checkpoint``).  Anything it cannot convert exactly fails here, naming
+(``read_checkpoint``).  Weights are located, not loaded: each tensor's file,
+offset, dtype and shape come from the safetensors headers, read here without
+the safetensors package, and ``read_chunks`` reads one tensor's bytes a piece
+at a time, so that a checkpoint larger than memory converts.  Anything it cannot convert exactly fails here, naming
 the file or the config field, not later as wrong logits.
 
 Config fields that a config.json leaves out take the defaults of the
