@@ -4,8 +4,10 @@
     python -m pali_engine.export.paligemma HF_DIR -o paligemma.onnx
 
 One concept per module: ``checkpoint`` reads and checks the Hugging Face
-directory, ``model`` is the teacher-forced PyTorch module the graph is traced
-from, ``convert`` writes and checks the file.  The runtime side (prompts and
+directory (locating the weights, not loading them), ``graph`` builds the
+teacher-forced graph from the config, ``writer`` streams the weights into the
+file, ``convert`` drives and checks the conversion, and ``model`` is the
+teacher-forced PyTorch module the converted file is checked against.  The runtime side (prompts and
 pixels as transformers' PaliGemmaProcessor makes them) is
 ``pali_engine.paligemma_processor``.  See docs/paligemma.md.
 """

@@ -4,7 +4,10 @@ Why: the converter must accept what ``save_pretrained`` writes and what the
 Hub's checkpoints hold (config.json, model.safetensors or a sharded
 model.safetensors.index.json, tokenizer.model, preprocessor_config.json) with
 no network, and turn it into one flat description the graph is built from
-(``read_checkpoint``).  Anything it cannot convert exactly fails here, naming
+(``read_checkpoint``).  Weights are located, not loaded: each tensor's file,
+offset, dtype and shape come from the safetensors headers, read here without
+the safetensors package, and ``read_chunks`` reads one tensor's bytes a piece
+at a time, so that a checkpoint larger than memory converts.  Anything it cannot convert exactly fails here, naming
 the file or the config field, not later as wrong logits.
 
 Config fields that a config.json leaves out take the defaults of the
@@ -27,7 +30,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -87,8 +90,8 @@ class Checkpoint:
 
     directory: str
     config: Dict[str, Any]
-    #: safetensors file -> [(canonical name, name in the file)]
-    weight_files: Dict[str, List[Tuple[str, str]]] = field(default_factory=dict)
+    #: every tensor of the safetensors files, located (not read)
+    weights: List["WeightEntry"] = field(default_factory=list)
     tokenizer: bytes = b""
 
 
@@ -352,29 +355,78 @@ def _weight_files(directory: str) -> Dict[str, List[str]]:
     raise CheckpointError(f"{single} does not exist, nor {WEIGHTS_INDEX_FILE}{hint}")
 
 
-def _list_weights(directory: str) -> Dict[str, List[Tuple[str, str]]]:
-    from safetensors import safe_open
+#: safetensors dtypes of float tensors -> bytes per element.
+FLOAT_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+#: A safetensors header larger than this is not a checkpoint's (they are a few hundred KB).
+MAX_HEADER_BYTES = 100 * 2**20
 
+
+@dataclass(frozen=True)
+class WeightEntry:
+    """One tensor of a safetensors file, located but not read: where its bytes are and what they are."""
+
+    name: str  #: canonical (transformers 5) name
+    name_in_file: str
+    path: str
+    dtype: str  #: safetensors dtype: "BF16", "F16", "F32", "F64", ...
+    shape: Tuple[int, ...]
+    offset: int  #: absolute byte offset of the data in ``path``
+    nbytes: int
+
+
+def read_safetensors_header(path: str) -> List[WeightEntry]:
+    """The tensors a safetensors file holds (its JSON header), checked to lie inside the file."""
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{path}: cannot read it as safetensors: {why}")
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise bad("shorter than its 8-byte header length")
+        header_bytes = int.from_bytes(prefix, "little")
+        if header_bytes > min(size - 8, MAX_HEADER_BYTES):
+            raise bad(f"a header of {header_bytes} bytes in a file of {size}")
+        try:
+            header = json.loads(f.read(header_bytes))
+        except ValueError as error:
+            raise bad(f"the header is not JSON ({error})") from None
+    if not isinstance(header, dict):
+        raise bad("the header is not a JSON object")
+    data_start, data_bytes = 8 + header_bytes, size - 8 - header_bytes
+    entries = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+            valid = (isinstance(dtype, str) and all(isinstance(d, int) and d >= 0 for d in shape)
+                     and isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= data_bytes)
+        except (TypeError, KeyError, ValueError):
+            valid = False
+        if not valid:
+            raise bad(f"tensor {name!r} has a malformed entry {info!r}")
+        if dtype in FLOAT_DTYPES and end - begin != math.prod(shape) * FLOAT_DTYPES[dtype]:
+            raise bad(f"tensor {name!r}: {end - begin} bytes for a {dtype} tensor of shape {list(shape)}")
+        entries.append(WeightEntry(canonical_name(name), name, path, dtype, shape, data_start + begin, end - begin))
+    return entries
+
+
+def _list_weights(directory: str) -> List[WeightEntry]:
     files = _weight_files(directory)
-    listing: Dict[str, List[Tuple[str, str]]] = {}
+    listing: List[WeightEntry] = []
     seen: Dict[str, str] = {}
     for path, names in files.items():
-        try:
-            with safe_open(path, framework="pt") as f:
-                in_file = list(f.keys())
-        except Exception as error:  # safetensors raises its own error types for a bad file
-            raise CheckpointError(f"{path}: cannot read it as safetensors: {error}") from None
+        in_file = {entry.name_in_file: entry for entry in read_safetensors_header(path)}
         missing = sorted(set(names) - set(in_file))
         if missing:
             raise CheckpointError(f"{path}: tensor {missing[0]!r} named in {WEIGHTS_INDEX_FILE} is not in it")
-        entries = []
         for name in names or in_file:
-            canonical = canonical_name(name)
-            if canonical in seen:
-                raise CheckpointError(f"{path}: tensor {name!r} is also in {seen[canonical]}")
-            seen[canonical] = path
-            entries.append((canonical, name))
-        listing[path] = entries
+            entry = in_file[name]
+            if entry.name in seen:
+                raise CheckpointError(f"{path}: tensor {name!r} is also in {seen[entry.name]}")
+            seen[entry.name] = path
+            listing.append(entry)
     return listing
 
 
@@ -425,39 +477,53 @@ def _check_tokenizer(checkpoint: Checkpoint) -> None:
         raise CheckpointError(f"{CONFIG_FILE}: image_token_index must be >= 0, got {c['image_token_index']}")
 
 
-def load_weights(checkpoint: Checkpoint, expected: Dict[str, Tuple[int, ...]]) -> Dict[str, Any]:
-    """The tensors of ``expected`` (canonical name -> shape) as torch tensors of the checkpoint's dtype.
+def select_weights(checkpoint: Checkpoint, expected: Dict[str, Tuple[int, ...]]) -> Dict[str, WeightEntry]:
+    """The checkpoint's tensor for each name of ``expected`` (canonical name -> shape), in that order.
 
-    A tied ``lm_head.weight`` in the checkpoint is dropped (the file keeps the embedding only).
-    Fails naming the tensor that is missing, misshapen or not a parameter of the model.
+    Nothing is read but the headers.  A tied ``lm_head.weight`` in the checkpoint is dropped (the file
+    keeps the embedding only).  Fails naming the tensor that is missing, misshapen, not a float or not a
+    parameter of the model.
     """
-    from safetensors import safe_open
-
-    tensors: Dict[str, Any] = {}
-    for path, entries in checkpoint.weight_files.items():
-        with safe_open(path, framework="pt") as f:
-            for canonical, name in entries:
-                if canonical not in expected:
-                    if canonical == "lm_head.weight" and checkpoint.config["tie_word_embeddings"]:
-                        continue
-                    raise CheckpointError(f"{path}: tensor {name!r} is not a parameter of the model "
-                                          f"config.json describes")
-                tensor = f.get_tensor(name)
-                if tuple(tensor.shape) != tuple(expected[canonical]):
-                    raise CheckpointError(f"{path}: tensor {name!r} has shape {list(tensor.shape)}; "
-                                          f"config.json implies {list(expected[canonical])}")
-                if not tensor.is_floating_point():
-                    raise CheckpointError(f"{path}: tensor {name!r} has dtype {tensor.dtype}; expected floats")
-                tensors[canonical] = tensor
-    missing = [name for name in expected if name not in tensors]
+    found: Dict[str, WeightEntry] = {}
+    for entry in checkpoint.weights:
+        where, name = entry.path, entry.name_in_file
+        if entry.name not in expected:
+            if entry.name == "lm_head.weight" and checkpoint.config["tie_word_embeddings"]:
+                continue
+            raise CheckpointError(f"{where}: tensor {name!r} is not a parameter of the model config.json describes")
+        if entry.shape != tuple(expected[entry.name]):
+            raise CheckpointError(f"{where}: tensor {name!r} has shape {list(entry.shape)}; "
+                                  f"config.json implies {list(expected[entry.name])}")
+        if entry.dtype not in FLOAT_DTYPES:
+            raise CheckpointError(f"{where}: tensor {name!r} has dtype {entry.dtype}; expected floats "
+                                  f"({', '.join(FLOAT_DTYPES)})")
+        found[entry.name] = entry
+    missing = [name for name in expected if name not in found]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise CheckpointError(f"{checkpoint.directory}: tensor {missing[0]!r}{more} is missing from the "
                               "safetensors files")
-    return tensors
+    return {name: found[name] for name in expected}
 
 
-def checkpoint_dtype(tensors: Dict[str, Any]) -> Optional[str]:
-    """The one dtype all tensors share ("float32", "bfloat16", "float16"), or None when mixed."""
-    dtypes = {str(t.dtype).replace("torch.", "") for t in tensors.values()}
+def read_chunks(entry: WeightEntry, chunk_bytes: int) -> Iterator[bytearray]:
+    """The tensor's bytes, in pieces of at most ``chunk_bytes`` (whole elements), read with plain reads.
+
+    Plain reads, not a memory map: pages of a mapped file would count in the converter's resident
+    memory until the whole file is unmapped.
+    """
+    step = max(1, chunk_bytes // FLOAT_DTYPES[entry.dtype]) * FLOAT_DTYPES[entry.dtype]
+    with open(entry.path, "rb") as f:
+        f.seek(entry.offset)
+        for start in range(0, entry.nbytes, step):
+            chunk = bytearray(min(step, entry.nbytes - start))
+            if f.readinto(chunk) != len(chunk):
+                raise CheckpointError(f"{entry.path}: tensor {entry.name_in_file!r} ends past the end of the file")
+            yield chunk
+
+
+def source_dtype(entries: Iterable[WeightEntry]) -> Optional[str]:
+    """The one dtype all tensors share ("float32", "bfloat16", "float16", "float64"), or None when mixed."""
+    names = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+    dtypes = {names.get(entry.dtype, entry.dtype) for entry in entries}
     return dtypes.pop() if len(dtypes) == 1 else None

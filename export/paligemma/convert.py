@@ -1,4 +1,4 @@
-"""Convert a Hugging Face PaliGemma directory to the pali-engine ONNX format.
+"""Convert a Hugging Face PaliGemma directory to the pali-engine ONNX format, streaming the weights.
 
 Why: the ONNX file is the contract between export/ and every runtime, and
 onnxruntime running it as is is the oracle the native engine is checked
@@ -8,16 +8,28 @@ settings in ``metadata_props``.
 
     pali-engine convert HF_DIR -o paligemma.onnx [--dtype float32|bfloat16|float16]
 
+A checkpoint may be larger than memory (PaliGemma 2 at 10B is 20 GB in
+bfloat16), so nothing holds the model: the graph is built from the config
+alone (``graph``), and each weight goes from its safetensors shard to the file
+in chunks, converted to the storage dtype on the way (``writer``).  The
+resident memory is the graph, one chunk, and the onnxruntime check when it
+runs.
+
 The conversion checks itself before it moves the file into place, as the
-"pali" exporter does (export/onnx_export.py): initializer names == parameter
-names, shapes equal, values bit-exact in the written file read back with the
-engine's own reader; ``onnx.checker``; onnxruntime logits against the PyTorch
-module on a one-row batch with a suffix and a left-padded batch of two.
+"pali" exporter does (export/onnx_export.py): the checkpoint's tensor names,
+shapes and dtypes against ``expected_parameter_shapes`` before anything is
+written; in the written file, read back with the engine's own reader, the
+metadata, the initializer names (each once), dtypes and shapes, and every
+tensor's bytes (by their hash) equal to what was written; ``onnx.checker``;
+and, by default for models small enough to hold twice in memory, onnxruntime
+logits against the PyTorch module (``model.PaliGemma``) holding the stored
+weights, on a one-row batch with a suffix and a left-padded batch of two.
 
 float16/bfloat16: the weights are stored in that dtype under the same names and
 each is read through a ``Cast`` to float32, so the graph computes in float32
 with the weights rounded to the storage dtype (exact for a checkpoint that is
-already in it).
+already in it).  Rounding is torch's: the source values widened to float32,
+then ``Tensor.to(torch.bfloat16)``, or NumPy's ``astype(float16)``.
 """
 
 from __future__ import annotations
@@ -30,47 +42,52 @@ import shutil
 import sys
 import tempfile
 import time
-import warnings
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..onnx_export import (EXTERNAL_DATA_BYTES, FORMAT_VERSION, MAX_CONSTANT_ELEMENTS, OPSET, ExportError,
-                           _same_bits, _save)
+from ..onnx_export import EXTERNAL_DATA_BYTES, FORMAT_VERSION, MAX_CONSTANT_ELEMENTS, OPSET, ExportError
 from . import checkpoint as ckpt
+from .graph import INPUT_NAMES, STORAGE_TYPES, build_graph
+from .writer import StreamedTensor, checker_twin, digest, write_model
 
-INPUT_NAMES = ("pixel_values", "input_ids", "attention_mask", "token_type_ids")
-OUTPUT_NAMES = ("logits",)
-DYNAMIC_AXES = {
-    "pixel_values": {0: "batch"},
-    "input_ids": {0: "batch", 1: "sequence"},
-    "attention_mask": {0: "batch", 1: "sequence"},
-    "token_type_ids": {0: "batch", 1: "sequence"},
-    "logits": {0: "batch", 1: "sequence"},
-}
 DTYPES = ("float32", "bfloat16", "float16")
 #: Max abs error of onnxruntime logits vs the PyTorch module (both float32 compute).
 LOGITS_TOLERANCE = 1e-4
+#: Without an explicit choice, the onnxruntime check runs only up to this many parameters: it holds the
+#: float32 PyTorch module and an onnxruntime session at once (about 12 bytes per parameter).
+VALIDATE_MAX_PARAMETERS = 100_000_000
+#: Bytes of a checkpoint tensor read and converted at a time.
+CHUNK_BYTES = 32 * 2**20
+_TORCH_SOURCE_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
 # --------------------------------------------------------------------------
-# model
+# weights
 
-def build_model(checkpoint: ckpt.Checkpoint):
-    """The float32 PyTorch module with the checkpoint's weights, and the checkpoint's dtype."""
-    from .model import PaliGemma, check_names, expected_parameter_shapes
+def stored_chunk(chunk, source_dtype: str, dtype: str) -> np.ndarray:
+    """A chunk of a checkpoint tensor (raw bytes of safetensors dtype ``source_dtype``) as stored:
+    float32 or float16 values, bfloat16 as int16 bits; widened to float32 first, as the PyTorch module's
+    parameters were."""
+    import torch
 
-    tensors = ckpt.load_weights(checkpoint, expected_parameter_shapes(checkpoint.config))
-    source_dtype = ckpt.checkpoint_dtype(tensors)
-    model = PaliGemma(checkpoint.config)
-    check_names(model)
-    model.load_weights(tensors)
-    del tensors
-    return model.eval(), source_dtype
+    values = torch.frombuffer(chunk, dtype=getattr(torch, _TORCH_SOURCE_DTYPES[source_dtype])).to(torch.float32)
+    if dtype == "bfloat16":
+        return values.to(torch.bfloat16).view(torch.int16).numpy()
+    if dtype == "float16":
+        return values.numpy().astype(np.float16)
+    return values.numpy()
 
 
-def _parameters(model) -> Dict[str, np.ndarray]:
-    return {name: p.detach().float().numpy() for name, p in model.named_parameters()}
+def _streamed(entry: ckpt.WeightEntry, dtype: str) -> StreamedTensor:
+    itemsize = 4 if dtype == "float32" else 2
+
+    def chunks():
+        for chunk in ckpt.read_chunks(entry, CHUNK_BYTES):
+            yield memoryview(stored_chunk(chunk, entry.dtype, dtype)).cast("B")
+
+    elements = int(np.prod(entry.shape, dtype=np.int64))
+    return StreamedTensor(entry.name, list(entry.shape), STORAGE_TYPES[dtype], elements * itemsize, chunks)
 
 
 def sample_inputs(config: dict, prompt_lens: Sequence[int], suffix_lens: Sequence[int], seed: int):
@@ -107,83 +124,8 @@ def sample_inputs(config: dict, prompt_lens: Sequence[int], suffix_lens: Sequenc
 VALIDATION_CASES = (([3], [4], 1), ([6, 2], [3, 5], 2))
 
 
-def _torch_export(model, path: str, opset: int) -> None:
-    import torch
-
-    args = sample_inputs(model.config, [2, 1], [1, 2], seed=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model, args, path, dynamo=False,
-            input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES), dynamic_axes=DYNAMIC_AXES,
-            opset_version=opset, do_constant_folding=False, keep_initializers_as_inputs=False,
-            # Eval mode would merge parameters with equal values into one initializer.
-            training=torch.onnx.TrainingMode.TRAINING, export_params=True,
-        )
-    model.eval()
-
-
 # --------------------------------------------------------------------------
-# storage and checks
-
-def _storage_bits(values: np.ndarray, dtype: str) -> np.ndarray:
-    """float32 values -> the stored array (float32/float16 values, bfloat16 as uint16 bits), rounded as torch does."""
-    if dtype == "bfloat16":
-        import torch
-
-        return torch.from_numpy(np.array(values, dtype=np.float32)).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
-    return values.astype(dtype)
-
-
-def _as_bits(values: np.ndarray) -> np.ndarray:
-    """A loaded tensor as comparable raw values (bfloat16 -> uint16 bits)."""
-    if values.dtype.name == "bfloat16":
-        return values.view(np.uint16)
-    return values
-
-
-def _to_storage(model_proto, dtype: str) -> None:
-    """float32 initializers -> ``dtype`` initializers (same names), each read through a Cast to float32."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    code = {"float16": TensorProto.FLOAT16, "bfloat16": TensorProto.BFLOAT16}[dtype]
-    casts, renamed = [], {}
-    for init in model_proto.graph.initializer:
-        if init.data_type != TensorProto.FLOAT:
-            continue
-        stored = _storage_bits(numpy_helper.to_array(init), dtype)
-        init.CopyFrom(helper.make_tensor(init.name, code, list(init.dims), stored.tobytes(), raw=True))
-        renamed[init.name] = f"{init.name}::float32"
-        casts.append(helper.make_node("Cast", [init.name], [renamed[init.name]], name=f"Cast::{init.name}",
-                                      to=TensorProto.FLOAT))
-    for node in model_proto.graph.node:
-        for i, name in enumerate(node.input):
-            if name in renamed:
-                node.input[i] = renamed[name]
-    nodes = casts + list(model_proto.graph.node)
-    del model_proto.graph.node[:]
-    model_proto.graph.node.extend(nodes)
-
-
-def _check_initializers(model_proto, params: Dict[str, np.ndarray]) -> None:
-    """float32 initializers == parameters: names (each once), shapes, bit-exact values; no folded weights."""
-    from onnx import numpy_helper
-
-    names = [init.name for init in model_proto.graph.initializer]
-    duplicated = sorted({n for n in names if names.count(n) > 1})
-    missing, extra = sorted(set(params) - set(names)), sorted(set(names) - set(params))
-    if duplicated or missing or extra:
-        raise ExportError(f"initializers differ from the parameters: duplicated {duplicated}, missing {missing}, "
-                          f"extra (renamed or folded) {extra}")
-    for init in model_proto.graph.initializer:
-        if not _same_bits(numpy_helper.to_array(init), params[init.name]):
-            raise ExportError(f"initializer {init.name}: values or shape differ from the parameter")
-    for node in model_proto.graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t") and int(np.prod(attr.t.dims)) > MAX_CONSTANT_ELEMENTS:
-                raise ExportError(f"node {node.name} ({node.op_type}) holds a constant of shape "
-                                  f"{list(attr.t.dims)}: a folded copy of a weight?")
-
+# the file's metadata
 
 def metadata(config: dict, tokenizer: bytes, dtype: str) -> Dict[str, str]:
     return {
@@ -205,44 +147,71 @@ def _set_metadata(model_proto, meta: Dict[str, str]) -> None:
     model_proto.doc_string = "PaliGemma teacher-forced forward; see docs/paligemma.md in pali-engine"
 
 
-def check_file(path: str, params: Dict[str, np.ndarray], dtype: str, meta: Dict[str, str]) -> None:
-    """Reads the written file back with the engine's own reader: metadata, names, shapes, bit-exact values."""
-    from pali_engine.model_file import inspect, load_tensor
+# --------------------------------------------------------------------------
+# checks
+
+def check_graph(model, weight_names: Sequence[str], expected: Dict[str, Tuple[int, ...]]) -> None:
+    """The graph reads exactly the expected weights (each once as an initializer); no large constants."""
+    if sorted(weight_names) != sorted(expected) or len(set(weight_names)) != len(weight_names):
+        missing, extra = sorted(set(expected) - set(weight_names)), sorted(set(weight_names) - set(expected))
+        raise ExportError(f"the graph's weights differ from expected_parameter_shapes: missing {missing}, "
+                          f"extra {extra}")
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t") and int(np.prod(attr.t.dims)) > MAX_CONSTANT_ELEMENTS:
+                raise ExportError(f"node {node.name} ({node.op_type}) holds a constant of shape "
+                                  f"{list(attr.t.dims)}: a folded copy of a weight?")
+
+
+def check_file(path: str, expected: Dict[str, Tuple[int, ...]], dtype: str, hashes: Dict[str, str],
+               meta: Dict[str, str]) -> None:
+    """Reads the written file back with the engine's own reader: metadata, names, dtypes, shapes, and each
+    tensor's bytes against the hash of what was written.
+
+    Each tensor is read through its own open of the file, so that no more than one tensor's pages are
+    mapped at a time.
+    """
+    from pali_engine._native import _core
+    from pali_engine.model_file import inspect
 
     info = inspect(path)
     for key, value in meta.items():
         if info["metadata"].get(key) != value:
             raise ExportError(f"{path}: metadata {key} read back differs from what was written")
     tensors = info["tensors"]
-    if sorted(tensors) != sorted(params):
+    if sorted(tensors) != sorted(expected) or len(tensors) != len(expected):
         raise ExportError(f"{path}: tensors read back differ from the parameters")
-    for name, values in params.items():
-        want = _storage_bits(values, dtype)
-        stored_dtype, shape = tensors[name]
-        if stored_dtype != dtype or tuple(shape) != values.shape:
-            raise ExportError(f"{path}: tensor {name} read back as {stored_dtype}{list(shape)}, "
-                              f"expected {dtype}{list(values.shape)}")
-        got = _as_bits(load_tensor(path, name))
-        if got.dtype == np.float32 and dtype == "bfloat16":  # no ml_dtypes: exactly widened bits
-            got = (got.view(np.uint32) >> 16).astype(np.uint16)
-        if not _same_bits(got, want):
-            raise ExportError(f"{path}: tensor {name} read back differs from the parameter")
+    for name, shape in expected.items():
+        stored_dtype, stored_shape = tensors[name]
+        if stored_dtype != dtype or tuple(stored_shape) != tuple(shape):
+            raise ExportError(f"{path}: tensor {name} read back as {stored_dtype}{list(stored_shape)}, "
+                              f"expected {dtype}{list(shape)}")
+        reader = _core.OnnxFile(path)
+        values = reader.tensor(name)
+        h = digest()
+        h.update(memoryview(np.ascontiguousarray(values).reshape(-1).view(np.uint8)))
+        reader.check_unchanged()
+        del values, reader
+        if h.hexdigest() != hashes[name]:
+            raise ExportError(f"{path}: tensor {name} read back differs from what was written")
 
 
-def _rounded(model, dtype: str):
-    """``model`` with its weights rounded to ``dtype`` (computing in float32): the stored file's model."""
-    import copy
-
+def reference_model(path: str, config: dict):
+    """The float32 PyTorch module holding the file's stored weights (widened): the oracle of the check."""
     import torch
 
-    if dtype == "float32":
-        return model
-    twin = copy.deepcopy(model)
-    with torch.no_grad():
-        for p in twin.parameters():
-            p.copy_(p.to(getattr(torch, dtype)).float())
-    return twin.eval()
+    from pali_engine.model_file import load_tensor
 
+    from .model import PaliGemma, check_names
+
+    with torch.device("meta"):
+        model = PaliGemma(config)
+    check_names(model)
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            parameter.copy_(torch.from_numpy(np.asarray(load_tensor(path, name), dtype=np.float32)))
+    return model.eval()
 
 def compare_logits(path: str, model, threads: Optional[int] = None) -> float:
     """Max abs error of onnxruntime running ``path`` vs ``model`` on VALIDATION_CASES (real tokens only)."""
@@ -269,62 +238,65 @@ def compare_logits(path: str, model, threads: Optional[int] = None) -> float:
 # the converter
 
 def convert(hf_dir: str | os.PathLike, path: str | os.PathLike, *, dtype: str = "float32",
-            external_data: Optional[bool] = None, validate: bool = True, opset: int = OPSET,
+            external_data: Optional[bool] = None, validate: Optional[bool] = None, opset: int = OPSET,
             log: Callable[[str], None] = lambda s: None) -> dict:
     """Converts the Hugging Face PaliGemma directory ``hf_dir`` to ``path`` and checks the file.
 
     Args:
       dtype: storage of the weights: "float32", "bfloat16" or "float16" (the graph computes in float32).
       external_data: True: weights to ``path + ".data"``; None: only when they exceed ~2 GB.
-      validate: run onnxruntime against the PyTorch module (tolerance LOGITS_TOLERANCE).
-    Returns a report: {"path", "dtype", "parameters", "bytes", "data_bytes", "max_abs_error", ...}.
+      validate: run onnxruntime against the PyTorch module (tolerance LOGITS_TOLERANCE); None: only for
+        models of at most VALIDATE_MAX_PARAMETERS parameters (the check holds the model in memory twice).
+    Returns a report: {"path", "dtype", "parameters", "bytes", "data_bytes", "validated", "max_abs_error", ...}.
     Raises checkpoint.CheckpointError (a ValueError) naming the file or field it cannot convert,
     ExportError when a check of the written file fails.
     """
     import onnx
 
+    from pali_engine.paligemma_spec import expected_parameter_shapes
+
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     t0 = time.perf_counter()
     checkpoint = ckpt.read_checkpoint(hf_dir)
-    model, source_dtype = build_model(checkpoint)
-    params = _parameters(model)
+    expected = expected_parameter_shapes(checkpoint.config)
+    entries = ckpt.select_weights(checkpoint, expected)
+    parameters = int(sum(np.prod(shape, dtype=np.int64) for shape in expected.values()))
+    source = ckpt.source_dtype(entries.values())
     log(f"read {checkpoint.directory}: PaliGemma {checkpoint.config['paligemma_version']}, "
-        f"{sum(v.size for v in params.values()):,} parameters ({source_dtype or 'mixed dtypes'})")
+        f"{parameters:,} parameters ({source or 'mixed dtypes'})")
+    if validate is None:
+        validate = parameters <= VALIDATE_MAX_PARAMETERS
     itemsize = 4 if dtype == "float32" else 2
-    external = (sum(v.size for v in params.values()) * itemsize > EXTERNAL_DATA_BYTES
-                if external_data is None else bool(external_data))
+    external = parameters * itemsize > EXTERNAL_DATA_BYTES if external_data is None else bool(external_data)
+
+    model, weight_names = build_graph(checkpoint.config, dtype, opset)
+    check_graph(model, weight_names, expected)
+    meta = metadata(checkpoint.config, checkpoint.tokenizer, dtype)
+    _set_metadata(model, meta)
+
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    meta = metadata(checkpoint.config, checkpoint.tokenizer, dtype)
-    report = {"path": path, "dtype": dtype, "source_dtype": source_dtype, "external_data": external,
-              "parameters": int(sum(v.size for v in params.values()))}
+    report = {"path": path, "dtype": dtype, "source_dtype": source, "external_data": external,
+              "parameters": parameters, "validated": bool(validate)}
     # Written and checked in a staging folder, moved into place only when every check passed.
     stage = tempfile.mkdtemp(prefix=".pali-convert-", dir=folder)
     try:
-        raw = os.path.join(stage, "torch", "model.onnx")
-        os.makedirs(os.path.dirname(raw))
-        _torch_export(model, raw, opset)
-        proto = onnx.load(raw)
-        shutil.rmtree(os.path.dirname(raw))
-        _check_initializers(proto, params)
-        if dtype != "float32":
-            _to_storage(proto, dtype)
-        _set_metadata(proto, meta)
         staged = os.path.join(stage, os.path.basename(path))
-        _save(proto, staged, external)
-        del proto
+        tensors = [_streamed(entries[name], dtype) for name in weight_names]
+        hashes, raw_offsets = write_model(model, tensors, staged, external)
         report["export_s"] = round(time.perf_counter() - t0, 3)
-        log(f"wrote the graph in {report['export_s']:.1f} s")
-        onnx.checker.check_model(staged)
-        check_file(staged, params, dtype, meta)
         report["bytes"] = os.path.getsize(staged)
         report["data_bytes"] = os.path.getsize(staged + ".data") if external else 0
-        log(f"checked names, shapes and values of {len(params)} weights")
+        log(f"wrote {len(tensors)} weights ({(report['bytes'] + report['data_bytes']) / 2**30:.2f} GiB) "
+            f"in {report['export_s']:.1f} s")
+        onnx.checker.check_model(staged if external else checker_twin(model, tensors, staged, raw_offsets))
+        del model
+        check_file(staged, expected, dtype, hashes, meta)
+        log(f"checked names, shapes and values of {len(tensors)} weights")
         if validate:
-            reference = _rounded(model, dtype)
-            err = compare_logits(staged, reference)
+            err = compare_logits(staged, reference_model(staged, checkpoint.config))
             report["max_abs_error"], report["tolerance"] = err, LOGITS_TOLERANCE
             log(f"onnxruntime vs PyTorch logits: max abs error {err:.3g} (tolerance {LOGITS_TOLERANCE:g})")
             if not err <= LOGITS_TOLERANCE:
@@ -352,7 +324,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="storage of the weights; the graph computes in float32 either way")
     parser.add_argument("--external-data", action="store_true",
                         help="write the weights to NAME.onnx.data (automatic above ~2 GB)")
-    parser.add_argument("--no-validate", action="store_true", help="skip the onnxruntime vs PyTorch check")
+    check = parser.add_mutually_exclusive_group()
+    check.add_argument("--validate", dest="validate", action="store_const", const=True, default=None,
+                       help="run the onnxruntime vs PyTorch check whatever the size (it holds the model in "
+                            f"memory twice; the default runs it up to {VALIDATE_MAX_PARAMETERS:,} parameters)")
+    check.add_argument("--no-validate", dest="validate", action="store_const", const=False,
+                       help="skip the onnxruntime vs PyTorch check")
     parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
     parser.add_argument("--quiet", action="store_true")
 
@@ -361,7 +338,7 @@ def run(args: argparse.Namespace) -> int:
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
     report = convert(args.hf_dir, args.output, dtype=args.dtype,
                      external_data=True if args.external_data else None,
-                     validate=not args.no_validate, opset=args.opset, log=log)
+                     validate=args.validate, opset=args.opset, log=log)
     size = report["bytes"] + report["data_bytes"]
     print(f"{report['path']}: {report['parameters']:,} parameters, {report['dtype']}, {size / 2**20:.1f} MiB"
           + (" (external data)" if report["external_data"] else "")

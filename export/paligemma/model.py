@@ -1,13 +1,13 @@
-"""PaliGemma 1 and 2 as one teacher-forced PyTorch module, for the ONNX graph.
+"""PaliGemma 1 and 2 as one teacher-forced PyTorch module: the converter's reference.
 
-Why a module of our own rather than transformers' model: the graph must take
-the prefix-LM mask from ``token_type_ids`` as plain tensor ops that the
-TorchScript exporter traces (transformers builds masks with vmap and Python
-control flow), and every parameter must stay one initializer under its name.
-The parameter names are those of transformers 5's
-``PaliGemmaForConditionalGeneration.state_dict()``, so each weight of the file
-is found under its Hugging Face name; the computation follows transformers 5
-step by step (tests compare the logits):
+Why a module of our own rather than transformers' model: the converter checks
+the graph it builds (graph.py) against it with the file's own weights loaded
+by name, and it takes the same inputs and the prefix-LM mask from
+``token_type_ids`` as plain tensor ops (the graph was first traced from it,
+and still computes op for op what it does).  The parameter names are those of
+transformers 5's ``PaliGemmaForConditionalGeneration.state_dict()``, so each
+weight of the file is found under its Hugging Face name; the computation
+follows transformers 5 step by step (tests compare the logits):
 
 * SigLIP: patch conv with bias, learned position embedding, pre-LN blocks
   (GELU as the config says), post-LN, no pooling head; a linear projector.
@@ -194,8 +194,9 @@ class PaliGemma(nn.Module):
         )
         if not config["tie_word_embeddings"]:
             self.lm_head = nn.Linear(t["hidden_size"], t["vocab_size"], bias=False)
-        # transformers holds sqrt(hidden) as a float32 tensor: the same rounding here.
-        self.embed_scale = float(torch.tensor(t["hidden_size"] ** 0.5, dtype=torch.float32))
+        # transformers holds sqrt(hidden) as a float32 tensor: the same rounding here (on the CPU, so that
+        # the module can be built on the meta device).
+        self.embed_scale = float(torch.tensor(t["hidden_size"] ** 0.5, dtype=torch.float32, device="cpu"))
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         vt = self.model.vision_tower
