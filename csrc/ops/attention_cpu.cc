@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
@@ -375,7 +376,7 @@ inline bool softmax_block(const AttentionParams& p, float* s, int64_t nj, int64_
 struct Avx2Attention {
 #define PALI_FORWARD(name) \
   template <typename... A> \
-  static inline __attribute__((always_inline)) auto name(A... a) { return ::pali::name(a...); }
+  static inline __attribute__((always_inline)) auto name(A&&... a) { return ::pali::name(std::forward<A>(a)...); }
   PALI_FORWARD(dot1)
   PALI_FORWARD(dot4)
   PALI_FORWARD(dot2x4)

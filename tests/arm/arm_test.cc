@@ -505,7 +505,8 @@ void check_models(const std::string& tolerance_text) {
       pali::GenerationOptions options;
       options.num_beams = std::stoll(f[8]);
       options.max_new_tokens = std::stoll(f[9]);
-      const auto hypotheses = model->generate(inputs.batch(), options, nullptr, nullptr);
+      pali::GenerationTimings timings;
+      const auto hypotheses = model->generate(inputs.batch(), options, nullptr, &timings);
       const auto sequences = split(f[10], ';');
       for (size_t i = 0; i < sequences.size(); ++i) {
         std::string got;
