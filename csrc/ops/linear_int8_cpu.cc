@@ -19,7 +19,7 @@
 //     four byte products per 32-bit lane, signed x and weights.
 //   * portable: the same sums in plain C++, on every architecture.
 // Every kernel computes the same integers, so they give the same y bit for bit
-// (the portable, neon and neon_dotprod kernels share one epilogue).
+// (the kernels of a build share one epilogue: AVX2 on x86-64, plain C++ elsewhere).
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -323,7 +323,7 @@ PALI_TARGET_VNNI void quads_block(const uint8_t* xq, int64_t ldq, const float* x
 
 // ---------------------------------------------------------------------------
 // The portable, NEON and NEON dot-product kernels: int8 x (qx, signed), the
-// same integer sums, one epilogue in plain C++ (so the three agree bit for bit).
+// same integer sums, the build's one epilogue.
 
 float quantize_row_portable(const float* x, int64_t k, int8_t* q, int64_t k_pad) {
   float amax = 0.0f;
@@ -337,12 +337,18 @@ float quantize_row_portable(const float* x, int64_t k, int8_t* q, int64_t k_pad)
   return scale;
 }
 
-void store_sums_portable(const int32_t* sums, float x_scale, const RowOutput& o, float* y) {
+// The epilogue of every kernel of a build, so that all of them agree bit for
+// bit: the AVX2 one on x86-64 (where its multiply-adds may be fused), plain C++ elsewhere.
+void store_row_sums(const int32_t* sums, float x_scale, const RowOutput& o, float* y) {
+#if defined(PALI_CPU_AVX2)
+  store_sums(sums, x_scale, o, y);
+#else
   for (int j = 0; j < o.nvalid; ++j) {
     float v = static_cast<float>(sums[j]) * (x_scale * o.w_scale[j]);
     if (o.bias) v += o.bias[j];
     y[j] = o.accumulate ? y[j] + v : v;
   }
+#endif
 }
 
 void portable_block(const int8_t* xq, int64_t ldq, const float* x_scales, int64_t rows, const int8_t* wp,
@@ -353,7 +359,7 @@ void portable_block(const int8_t* xq, int64_t ldq, const float* x_scales, int64_
     for (int64_t g = 0; g < k4; ++g)
       for (int j = 0; j < P; ++j)
         for (int t = 0; t < 4; ++t) sums[j] += int32_t{xr[4 * g + t]} * int32_t{wp[g * 64 + j * 4 + t]};
-    store_sums_portable(sums, x_scales[r], o, y + r * ldy);
+    store_row_sums(sums, x_scales[r], o, y + r * ldy);
   }
 }
 
@@ -416,7 +422,7 @@ void neon_rows(const int8_t* xq, int64_t ldq, const float* x_scales, const int8_
   for (int r = 0; r < MR; ++r) {
     int32_t sums[P];
     for (int i = 0; i < 4; ++i) vst1q_s32(sums + 4 * i, vpaddq_s32(lo[r][i], hi[r][i]));
-    store_sums_portable(sums, x_scales[r], o, y + r * ldy);
+    store_row_sums(sums, x_scales[r], o, y + r * ldy);
   }
 }
 
@@ -454,7 +460,7 @@ PALI_TARGET_DOTPROD void dotprod_rows(const int8_t* xq, int64_t ldq, const float
   for (int r = 0; r < MR; ++r) {
     int32_t sums[P];
     for (int i = 0; i < 4; ++i) vst1q_s32(sums + 4 * i, acc[r][i]);
-    store_sums_portable(sums, x_scales[r], o, y + r * ldy);
+    store_row_sums(sums, x_scales[r], o, y + r * ldy);
   }
 }
 
