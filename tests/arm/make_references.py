@@ -34,12 +34,12 @@ import make_references as cpp_references  # noqa: E402  (tests/cpp/make_referenc
 from pali_engine import Engine  # noqa: E402
 
 DTYPES = ("float32", "float16", "int8")
-PALI_LOGITS = [("shapes.png", "caption en"), ("wide.png", "detect circle ; star"),
-               ("photo.jpg", "answer en how many circles?")]
-PALI_GENERATE = [((("shapes.png", "caption en"),), 1, 12), ((("shapes.png", "caption en"),), 3, 10),
-                 ((("wide.png", "detect circle ; star"), ("photo.jpg", "caption en")), 1, 8)]
+# Few and short: every check runs three times under emulation (.ci/arm).
+PALI_LOGITS = [("shapes.png", "caption en"), ("wide.png", "detect circle ; star")]
+PALI_GENERATE = [((("shapes.png", "caption en"),), 1, 10), ((("shapes.png", "caption en"),), 3, 6),
+                 ((("wide.png", "detect circle ; star"), ("photo.jpg", "caption en")), 1, 6)]
 PALIGEMMA_LOGITS = [("shapes.png", "caption en"), ("wide.png", "detect cat ; dog")]
-PALIGEMMA_GENERATE = [((("shapes.png", "caption en"),), 1, 8), ((("wide.png", "detect cat ; dog"),), 2, 6)]
+PALIGEMMA_GENERATE = [((("shapes.png", "caption en"),), 1, 6), ((("wide.png", "detect cat ; dog"),), 2, 4)]
 
 
 def inputs(refs: cpp_references.References, engine: Engine, images, cases) -> list:
