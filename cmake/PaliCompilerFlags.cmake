@@ -3,7 +3,10 @@
 # The CPU code targets x86-64-v3 (AVX2, FMA, F16C, BMI2): every x86-64 machine
 # from the last decade has it, and `-march=native` would bake in the build
 # machine's extras. pali_engine/__init__.py checks the CPU before importing the
-# module, so an older machine gets a clear error instead of SIGILL.
+# module, so an older machine gets a clear error instead of SIGILL. On aarch64
+# the baseline is Armv8-A (NEON); the int8 kernel that needs the Armv8.2 dot
+# product is compiled with a target attribute and chosen at run time
+# (ops/cpu_kernels.h), so a CPU without it still runs the library.
 
 # PALI_ENGINE_SANITIZE: ON (or address) is AddressSanitizer + UBSan; thread is
 # ThreadSanitizer. ThreadSanitizer needs clang: the engine's threads are
@@ -39,6 +42,8 @@ function(pali_set_cpu_flags target)
       $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers>)
     if(CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64|amd64")
       target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-march=x86-64-v3 -mtune=generic>)
+    elseif(CMAKE_SYSTEM_PROCESSOR MATCHES "aarch64|arm64|ARM64")
+      target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-march=armv8-a>)
     endif()
     target_compile_options(${target} PRIVATE
       $<$<AND:$<CONFIG:Release>,$<COMPILE_LANGUAGE:CXX>>:-O3 -fno-math-errno>)

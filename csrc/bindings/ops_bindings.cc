@@ -100,7 +100,8 @@ void bind_ops(py::module_& parent) {
       "The options' logits processors (logits_processors()) applied to each row of scores, row r being "
       "request r whose sequence so far is sequences[r], after `generated` new tokens.");
   m.def("int8_kernels_available", &int8_kernels_available,
-        "The integer kernels of int8_activations this CPU runs ('avx2', 'avx512_vnni').");
+        "The integer kernels of int8_activations this CPU runs ('avx2', 'avx512_vnni'; 'neon', 'neon_dotprod' on "
+        "aarch64; 'portable' everywhere).");
   m.def("int8_kernel", &int8_kernel, "The integer kernel in use.");
   m.def("set_int8_kernel", &set_int8_kernel, py::arg("name"),
         "Chooses the integer kernel for the process ('auto': the best available).");

@@ -1,10 +1,14 @@
-// CPU activations: tanh-GELU, SiLU, ReLU and the gated FFN activation.
+// CPU activations: tanh-GELU, SiLU, ReLU and the gated FFN activation; AVX2
+// kernels on x86-64, NEON and portable ones from one template (ops/simd_lanes.h).
 #include <cmath>
 
 #include "core/error.h"
 #include "core/parallel.h"
 #include "ops/activations.h"
+#include "ops/simd_lanes.h"
+#if defined(PALI_CPU_AVX2)
 #include "ops/simd_avx2.h"
+#endif
 
 namespace pali {
 
@@ -19,6 +23,7 @@ Activation activation_from_name(const std::string& name) {
 
 namespace {
 
+#if defined(PALI_CPU_AVX2)
 // gelu_tanh(x) = 0.5 x (1 + tanh(u)) = x * sigmoid(2u) = x / (1 + exp(-2u)),
 // u = sqrt(2/pi) (x + 0.044715 x^3).
 inline __m256 gelu_vec(__m256 x) {
@@ -48,10 +53,7 @@ void for_vectors(int64_t n, F&& fn) {
   });
 }
 
-}  // namespace
-
-void activation_inplace(float* x, int64_t n, Activation act) {
-  PALI_CHECK_ARG(n >= 0 && (n == 0 || x), "activation: bad arguments");
+void activation_avx2(float* x, int64_t n, Activation act) {
   for_vectors(n, [&](int64_t i, int64_t c) {
     if (c == 8) {
       _mm256_storeu_ps(x + i, act_vec(_mm256_loadu_ps(x + i), act));
@@ -62,6 +64,65 @@ void activation_inplace(float* x, int64_t n, Activation act) {
   });
 }
 
+void gated_row_avx2(const float* g, const float* u, float* o, int64_t f, Activation act) {
+  int64_t j = 0;
+  for (; j + 8 <= f; j += 8)
+    _mm256_storeu_ps(o + j, _mm256_mul_ps(act_vec(_mm256_loadu_ps(g + j), act), _mm256_loadu_ps(u + j)));
+  if (j < f) {
+    const __m256i mk = simd::tail_mask(f - j);
+    _mm256_maskstore_ps(o + j, mk, _mm256_mul_ps(act_vec(_mm256_maskload_ps(g + j, mk), act),
+                                                 _mm256_maskload_ps(u + j, mk)));
+  }
+}
+#endif
+
+// The same formulas on L's vectors (the portable and NEON paths).
+template <typename L>
+inline typename L::V act_lanes(typename L::V x, Activation act) {
+  using V = typename L::V;
+  switch (act) {
+    case Activation::gelu_tanh: {
+      const V x3 = L::mul(L::mul(x, x), x);
+      const V u = L::mul(L::set1(0.7978845608028654f), L::fma(L::set1(0.044715f), x3, x));
+      const V e = L::exp(L::mul(L::set1(-2.0f), u));
+      return L::div(x, L::add(L::set1(1.0f), e));
+    }
+    case Activation::silu: return L::div(x, L::add(L::set1(1.0f), L::exp(L::sub(L::zero(), x))));
+    default: return L::max(x, L::zero());
+  }
+}
+
+template <typename L>
+void activation_span(float* x, int64_t n, Activation act) {
+  int64_t i = 0;
+  for (; i + L::kWidth <= n; i += L::kWidth) L::store(x + i, act_lanes<L>(L::load(x + i), act));
+  for (; i < n; ++i) x[i] = act_lanes<simd::ScalarLanes>(x[i], act);
+}
+
+template <typename L>
+void gated_row(const float* g, const float* u, float* o, int64_t f, Activation act) {
+  int64_t j = 0;
+  for (; j + L::kWidth <= f; j += L::kWidth)
+    L::store(o + j, L::mul(act_lanes<L>(L::load(g + j), act), L::load(u + j)));
+  for (; j < f; ++j) o[j] = act_lanes<simd::ScalarLanes>(g[j], act) * u[j];
+}
+
+}  // namespace
+
+void activation_inplace(float* x, int64_t n, Activation act) {
+  PALI_CHECK_ARG(n >= 0 && (n == 0 || x), "activation: bad arguments");
+#if defined(PALI_CPU_AVX2)
+  if (simd::avx2_chosen()) {
+    activation_avx2(x, n, act);
+    return;
+  }
+#endif
+  simd::with_lanes([&](auto lanes) {
+    using L = decltype(lanes);
+    parallel_for_aligned(0, n, 8, 1 << 14, [&](int64_t b, int64_t e) { activation_span<L>(x + b, e - b, act); });
+  });
+}
+
 void gelu_tanh_inplace(float* x, int64_t n) { activation_inplace(x, n, Activation::gelu_tanh); }
 
 void gated_activation(const float* in, int64_t m, int64_t f, float* out, Activation act) {
@@ -69,22 +130,18 @@ void gated_activation(const float* in, int64_t m, int64_t f, float* out, Activat
   if (m == 0 || f == 0) return;
   PALI_CHECK_ARG(in && out, "gated_activation: null pointer");
   const int64_t grain = std::max<int64_t>(1, (1 << 14) / f);
-  parallel_for(0, m, grain, [&](int64_t rb, int64_t re) {
-    for (int64_t r = rb; r < re; ++r) {
-      const float* g = in + r * 2 * f;
-      const float* u = g + f;
-      float* o = out + r * f;
-      int64_t j = 0;
-      for (; j + 8 <= f; j += 8)
-        _mm256_storeu_ps(o + j, _mm256_mul_ps(act_vec(_mm256_loadu_ps(g + j), act),
-                                              _mm256_loadu_ps(u + j)));
-      if (j < f) {
-        const __m256i mk = simd::tail_mask(f - j);
-        _mm256_maskstore_ps(o + j, mk, _mm256_mul_ps(act_vec(_mm256_maskload_ps(g + j, mk), act),
-                                                     _mm256_maskload_ps(u + j, mk)));
-      }
-    }
-  });
+  const auto rows = [&](auto row) {
+    parallel_for(0, m, grain, [&](int64_t rb, int64_t re) {
+      for (int64_t r = rb; r < re; ++r) row(in + r * 2 * f, in + r * 2 * f + f, out + r * f, f, act);
+    });
+  };
+#if defined(PALI_CPU_AVX2)
+  if (simd::avx2_chosen()) {
+    rows(gated_row_avx2);
+    return;
+  }
+#endif
+  simd::with_lanes([&](auto lanes) { rows(gated_row<decltype(lanes)>); });
 }
 
 }  // namespace pali

@@ -3,16 +3,22 @@
 // accumulator), so only one block of scores per row exists at a time. Rows
 // sharing K/V go four (then two, one) at a time, so every K/V vector loaded
 // feeds several rows. Work items: K/V batch x heads x blocks of query rows.
+// One driver runs every path: the AVX2 kernels on x86-64, the NEON and
+// portable ones (one template, ops/simd_lanes.h) elsewhere or when chosen.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
 #include "core/parallel.h"
 #include "ops/attention.h"
+#include "ops/simd_lanes.h"
+#if defined(PALI_CPU_AVX2)
 #include "ops/simd_avx2.h"
+#endif
 
 namespace pali {
 namespace {
@@ -22,6 +28,17 @@ constexpr int64_t kQueryBlock = 16;
 constexpr int64_t kMinChunkWork = 1 << 16;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
+struct RowState {
+  float max = kNegInf;
+  float sum = 0.0f;
+};
+
+inline bool mask_allows(const AttentionParams& p, const void* mask_row, int64_t j) {
+  if (p.mask_type == MaskType::i32) return static_cast<const int32_t*>(mask_row)[j] != 0;
+  return static_cast<const uint8_t*>(mask_row)[j] != 0;
+}
+
+#if defined(PALI_CPU_AVX2)
 // Four dot products <q, k_i> over d floats (tail lanes via masked loads).
 inline void dot4(const float* q, const float* k0, const float* k1, const float* k2, const float* k3,
                  int64_t d, float* out) {
@@ -296,25 +313,10 @@ inline void pv4(float* const acc[4], const float* v, int64_t vstride, const floa
   }
 }
 
-struct RowState {
-  float max = kNegInf;
-  float sum = 0.0f;
-};
-
 // Turns the raw dot products s[0, nj) of keys [kb, kb + nj) into softmax weights
 // relative to the row's running max (0 for masked keys and keys >= kv_end),
 // rescaling the row's accumulator and sum when the max grows. Returns false
 // (s all zero) when every key of the block is masked.
-inline bool softmax_block(const AttentionParams& p, float* s, int64_t nj, int64_t kb, int64_t kv_begin,
-                          int64_t kv_end, const float* bias_row, const void* mask_row, RowState& st, float* acc,
-                          int64_t dpad);
-
-inline bool mask_allows(const AttentionParams& p, const void* mask_row, int64_t j) {
-  if (p.mask_type == MaskType::i32) return static_cast<const int32_t*>(mask_row)[j] != 0;
-  return static_cast<const uint8_t*>(mask_row)[j] != 0;
-}
-
-
 inline bool softmax_block(const AttentionParams& p, float* s, int64_t nj, int64_t kb, int64_t kv_begin,
                           int64_t kv_end, const float* bias_row, const void* mask_row, RowState& st, float* acc,
                           int64_t dpad) {
@@ -370,6 +372,191 @@ inline bool softmax_block(const AttentionParams& p, float* s, int64_t nj, int64_
   return true;
 }
 
+// The AVX2 kernels as the driver calls them.
+struct Avx2Attention {
+#define PALI_FORWARD(name) \
+  template <typename... A> \
+  static inline __attribute__((always_inline)) auto name(A&&... a) { return ::pali::name(std::forward<A>(a)...); }
+  PALI_FORWARD(dot1)
+  PALI_FORWARD(dot4)
+  PALI_FORWARD(dot2x4)
+  PALI_FORWARD(dot4x2)
+  PALI_FORWARD(pv_all)
+  PALI_FORWARD(pv2)
+  PALI_FORWARD(pv4)
+  PALI_FORWARD(softmax_block)
+#undef PALI_FORWARD
+};
+#endif
+
+// The portable and NEON kernels: the AVX2 kernels' arithmetic on L's vectors,
+// the rows' K/V loads shared the same way, tails in scalar code.
+template <typename L>
+struct LaneAttention {
+  using V = typename L::V;
+  static constexpr int W = L::kWidth;
+
+  static float dot1(const float* q, const float* k, int64_t d) {
+    V a = L::zero();
+    int64_t c = 0;
+    for (; c + W <= d; c += W) a = L::fma(L::load(q + c), L::load(k + c), a);
+    float s = L::hsum(a);
+    for (; c < d; ++c) s += q[c] * k[c];
+    return s;
+  }
+
+  static void dot4(const float* q, const float* k0, const float* k1, const float* k2, const float* k3, int64_t d,
+                   float* out) {
+    V a0 = L::zero(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t c = 0;
+    for (; c + W <= d; c += W) {
+      const V qv = L::load(q + c);
+      a0 = L::fma(qv, L::load(k0 + c), a0);
+      a1 = L::fma(qv, L::load(k1 + c), a1);
+      a2 = L::fma(qv, L::load(k2 + c), a2);
+      a3 = L::fma(qv, L::load(k3 + c), a3);
+    }
+    float s0 = L::hsum(a0), s1 = L::hsum(a1), s2 = L::hsum(a2), s3 = L::hsum(a3);
+    for (; c < d; ++c) {
+      s0 += q[c] * k0[c];
+      s1 += q[c] * k1[c];
+      s2 += q[c] * k2[c];
+      s3 += q[c] * k3[c];
+    }
+    out[0] = s0;
+    out[1] = s1;
+    out[2] = s2;
+    out[3] = s3;
+  }
+
+  static void dot2x4(const float* q0, const float* q1, const float* k0, const float* k1, const float* k2,
+                     const float* k3, int64_t d, float* s0, float* s1) {
+    dot4(q0, k0, k1, k2, k3, d, s0);
+    dot4(q1, k0, k1, k2, k3, d, s1);
+  }
+
+  static void dot4x2(const float* const q[4], const float* k0, const float* k1, int64_t d, float* const s[4]) {
+    for (int r = 0; r < 4; ++r) {
+      V a0 = L::zero(), a1 = a0;
+      int64_t c = 0;
+      for (; c + W <= d; c += W) {
+        const V qv = L::load(q[r] + c);
+        a0 = L::fma(qv, L::load(k0 + c), a0);
+        a1 = L::fma(qv, L::load(k1 + c), a1);
+      }
+      float t0 = L::hsum(a0), t1 = L::hsum(a1);
+      for (; c < d; ++c) {
+        t0 += q[r][c] * k0[c];
+        t1 += q[r][c] * k1[c];
+      }
+      s[r][0] = t0;
+      s[r][1] = t1;
+    }
+  }
+
+  // acc_r += sum_j p_r[j] v_j for R rows: blocks of 4 vectors held across the
+  // keys, then single vectors, then the scalar tail.
+  template <int R>
+  static void pv_rows(float* const acc[R], const float* v, int64_t vstride, const float* const pr[R], int64_t nj,
+                      int64_t d) {
+    int64_t off = 0;
+    for (; off + 4 * W <= d; off += 4 * W) {
+      V a[R][4];
+      for (int r = 0; r < R; ++r)
+        for (int g = 0; g < 4; ++g) a[r][g] = L::load(acc[r] + off + g * W);
+      for (int64_t j = 0; j < nj; ++j) {
+        const float* vr = v + j * vstride + off;
+        const V v0 = L::load(vr), v1 = L::load(vr + W), v2 = L::load(vr + 2 * W), v3 = L::load(vr + 3 * W);
+        for (int r = 0; r < R; ++r) {
+          const V x = L::set1(pr[r][j]);
+          a[r][0] = L::fma(x, v0, a[r][0]);
+          a[r][1] = L::fma(x, v1, a[r][1]);
+          a[r][2] = L::fma(x, v2, a[r][2]);
+          a[r][3] = L::fma(x, v3, a[r][3]);
+        }
+      }
+      for (int r = 0; r < R; ++r)
+        for (int g = 0; g < 4; ++g) L::store(acc[r] + off + g * W, a[r][g]);
+    }
+    for (; off + W <= d; off += W) {
+      V a[R];
+      for (int r = 0; r < R; ++r) a[r] = L::load(acc[r] + off);
+      for (int64_t j = 0; j < nj; ++j) {
+        const V vv = L::load(v + j * vstride + off);
+        for (int r = 0; r < R; ++r) a[r] = L::fma(L::set1(pr[r][j]), vv, a[r]);
+      }
+      for (int r = 0; r < R; ++r) L::store(acc[r] + off, a[r]);
+    }
+    for (; off < d; ++off)
+      for (int64_t j = 0; j < nj; ++j)
+        for (int r = 0; r < R; ++r) acc[r][off] += pr[r][j] * v[j * vstride + off];
+  }
+
+  static void pv_all(float* acc, const float* v, int64_t vstride, const float* p, int64_t nj, int64_t d) {
+    float* const accs[1] = {acc};
+    const float* const ps[1] = {p};
+    pv_rows<1>(accs, v, vstride, ps, nj, d);
+  }
+  static void pv2(float* acc0, float* acc1, const float* v, int64_t vstride, const float* p0, const float* p1,
+                  int64_t nj, int64_t d) {
+    float* const accs[2] = {acc0, acc1};
+    const float* const ps[2] = {p0, p1};
+    pv_rows<2>(accs, v, vstride, ps, nj, d);
+  }
+  static void pv4(float* const acc[4], const float* v, int64_t vstride, const float* const pr[4], int64_t nj,
+                  int64_t d) {
+    pv_rows<4>(acc, v, vstride, pr, nj, d);
+  }
+
+  // As the AVX2 softmax_block.
+  static bool softmax_block(const AttentionParams& p, float* s, int64_t nj, int64_t kb, int64_t kv_begin,
+                            int64_t kv_end, const float* bias_row, const void* mask_row, RowState& st, float* acc,
+                            int64_t dpad) {
+    for (int64_t j = 0; j < nj; ++j) s[j] = bias_row ? s[j] * p.scale + bias_row[kb + j] : s[j] * p.scale;
+    if (p.softcap > 0.0f) {
+      const float cap = p.softcap, inv = 1.0f / p.softcap;
+      for (int64_t j = 0; j < nj; ++j) s[j] = cap * std::tanh(s[j] * inv);
+    }
+    for (int64_t j = 0; j < std::min(nj, kv_begin - kb); ++j) s[j] = kNegInf;
+    if (mask_row) {
+      for (int64_t j = 0; j < nj; ++j)
+        if (!mask_allows(p, mask_row, kb + j)) s[j] = kNegInf;
+    }
+    for (int64_t j = std::max<int64_t>(0, kv_end - kb); j < nj; ++j) s[j] = kNegInf;
+    V mx = L::set1(kNegInf);
+    int64_t j = 0;
+    for (; j + W <= nj; j += W) mx = L::max(mx, L::load(s + j));
+    float bmax = L::hmax(mx);
+    for (; j < nj; ++j) bmax = std::max(bmax, s[j]);
+    if (bmax == kNegInf) {
+      for (j = 0; j < nj; ++j) s[j] = 0.0f;
+      return false;
+    }
+    const float new_max = std::max(st.max, bmax);
+    if (new_max > st.max && st.max != kNegInf) {
+      const float corr = std::exp(st.max - new_max);
+      st.sum *= corr;
+      for (int64_t c = 0; c < dpad; ++c) acc[c] *= corr;
+    }
+    st.max = new_max;
+    const V mv = L::set1(new_max);
+    V sum = L::zero();
+    for (j = 0; j + W <= nj; j += W) {
+      const V e = L::exp(L::sub(L::load(s + j), mv));
+      L::store(s + j, e);
+      sum = L::add(sum, e);
+    }
+    float bsum = L::hsum(sum);
+    for (; j < nj; ++j) {
+      s[j] = s[j] == kNegInf ? 0.0f : std::exp(s[j] - new_max);
+      bsum += s[j];
+    }
+    st.sum += bsum;
+    return true;
+  }
+};
+
+
 inline void finish_row(const float* acc, const RowState& st, int64_t d, float* out, float* lse) {
   if (lse) *lse = st.sum > 0.0f ? st.max + std::log(st.sum) : kNegInf;
   if (st.sum > 0.0f) {
@@ -416,63 +603,10 @@ KvGroups group_by_kv_batch(const AttentionParams& p) {
   return groups;
 }
 
-}  // namespace
-
-void attention(const AttentionParams& in) {
-  AttentionParams p = in;
-  PALI_CHECK_ARG(p.batch >= 0 && p.heads > 0 && p.q_len >= 0 && p.kv_len >= 0 && p.head_dim > 0,
-                 "attention: bad sizes batch=", p.batch, " heads=", p.heads, " q_len=", p.q_len,
-                 " kv_len=", p.kv_len, " head_dim=", p.head_dim);
-  if (p.batch == 0 || p.q_len == 0) return;
-  PALI_CHECK_ARG(p.kv_batch_divisor >= 1 && p.batch % p.kv_batch_divisor == 0,
-                 "attention: kv_batch_divisor ", p.kv_batch_divisor, " does not divide batch ",
-                 p.batch);
-  if (p.kv_batch_index) {
-    PALI_CHECK_ARG(p.kv_batch_divisor == 1, "attention: kv_batch_index is given with kv_batch_divisor ",
-                   p.kv_batch_divisor, " (one or the other)");
-    PALI_CHECK_ARG(p.kv_batches > 0, "attention: kv_batch_index needs kv_batches > 0, got ", p.kv_batches);
-    for (int64_t b = 0; b < p.batch; ++b)
-      PALI_CHECK_ARG(p.kv_batch_index[b] >= 0 && p.kv_batch_index[b] < p.kv_batches, "attention: kv_batch_index[",
-                     b, "] = ", p.kv_batch_index[b], " is outside the ", p.kv_batches, " K/V batches");
-  }
-  if (p.kv_heads == 0) p.kv_heads = p.heads;
-  PALI_CHECK_ARG(p.kv_heads > 0 && p.heads % p.kv_heads == 0, "attention: kv_heads ", p.kv_heads,
-                 " does not divide heads ", p.heads);
-  PALI_CHECK_ARG(std::isfinite(p.softcap) && p.softcap >= 0, "attention: softcap must be >= 0");
-  PALI_CHECK_ARG(p.sliding_window >= 0, "attention: sliding_window must be >= 0");
-  PALI_CHECK_ARG(p.causal || (!p.prefix_lengths && p.sliding_window == 0),
-                 "attention: prefix_lengths and sliding_window apply to causal attention");
-  const int64_t hd = p.heads * p.head_dim, kv_hd = p.kv_heads * p.head_dim;
+// Everything after the checks, with the kernels K (p's strides filled in).
+template <typename K>
+void run_attention(const AttentionParams& p) {
   const int64_t group = p.heads / p.kv_heads;
-  if (p.q_row_stride == 0) p.q_row_stride = hd;
-  if (p.k_row_stride == 0) p.k_row_stride = kv_hd;
-  if (p.v_row_stride == 0) p.v_row_stride = kv_hd;
-  if (p.out_row_stride == 0) p.out_row_stride = hd;
-  if (p.q_batch_stride == 0) p.q_batch_stride = p.q_len * p.q_row_stride;
-  if (p.k_batch_stride == 0) p.k_batch_stride = p.kv_len * p.k_row_stride;
-  if (p.v_batch_stride == 0) p.v_batch_stride = p.kv_len * p.v_row_stride;
-  if (p.out_batch_stride == 0) p.out_batch_stride = p.q_len * p.out_row_stride;
-  if (p.mask_batch_stride == 0) p.mask_batch_stride = p.kv_len;
-  PALI_CHECK_ARG(p.q_row_stride >= hd && p.out_row_stride >= hd,
-                 "attention: q and out row strides must be >= heads*head_dim = ", hd);
-  PALI_CHECK_ARG(p.k_row_stride >= kv_hd && p.v_row_stride >= kv_hd,
-                 "attention: k and v row strides must be >= kv_heads*head_dim = ", kv_hd);
-  PALI_CHECK_ARG(p.q && p.out, "attention: null q or out");
-  PALI_CHECK_ARG(p.kv_len == 0 || (p.k && p.v), "attention: null k or v");
-  PALI_CHECK_ARG(p.key_mask == nullptr || p.mask_type != MaskType::none,
-                 "attention: key_mask given without a mask_type");
-  if (p.mask_type != MaskType::none)
-    PALI_CHECK_ARG(p.key_mask != nullptr, "attention: mask_type set but key_mask is null");
-  PALI_CHECK_ARG(p.q_offset >= 0, "attention: q_offset must be >= 0");
-  if (p.rel_bias && p.kv_len > 0) {
-    const int64_t lo = -(p.q_offset + p.q_len - 1) + p.rel_offset;
-    const int64_t hi = (p.kv_len - 1 - p.q_offset) + p.rel_offset;
-    PALI_CHECK_ARG(lo >= 0 && hi < p.rel_bias_stride, "attention: the bias table [", p.heads, ", ",
-                   p.rel_bias_stride, "] with rel_offset ", p.rel_offset,
-                   " does not cover relative distances ", -(p.q_offset + p.q_len - 1), "..",
-                   p.kv_len - 1 - p.q_offset);
-  }
-
   const int64_t d = p.head_dim;
   // Work items: (K/V batch, head, block of query rows). The query rows of one
   // K/V batch are those of the query batches reading it (beams sharing a
@@ -583,15 +717,15 @@ void attention(const AttentionParams& in) {
           int64_t j = 0;
           for (; j + 2 <= nj; j += 2) {
             float* sj[4] = {s0 + j, s1 + j, s2 + j, s3 + j};
-            dot4x2(qs, kr + j * ks, kr + (j + 1) * ks, d, sj);
+            K::dot4x2(qs, kr + j * ks, kr + (j + 1) * ks, d, sj);
           }
           for (; j < nj; ++j)
-            for (int q = 0; q < 4; ++q) ss[q][j] = dot1(qs[q], kr + j * ks, d);
+            for (int q = 0; q < 4; ++q) ss[q][j] = K::dot1(qs[q], kr + j * ks, d);
           bool any = false;
           for (int q = 0; q < 4; ++q)
-            any |= softmax_block(p, ss[q], nj, kb, w[q].kv_begin, w[q].kv_end, w[q].bias, mask_row, st[q],
+            any |= K::softmax_block(p, ss[q], nj, kb, w[q].kv_begin, w[q].kv_end, w[q].bias, mask_row, st[q],
                                  accs[q], dpad);
-          if (any) pv4(accs, vbase + kb * p.v_row_stride, p.v_row_stride, ss, nj, d);
+          if (any) K::pv4(accs, vbase + kb * p.v_row_stride, p.v_row_stride, ss, nj, d);
         }
         for (int q = 0; q < 4; ++q) finish_row(accs[q], st[q], d, w[q].out, w[q].lse);
       }
@@ -606,15 +740,15 @@ void attention(const AttentionParams& in) {
           const float* kr = kbase + kb * ks;
           int64_t j = 0;
           for (; j + 4 <= nj; j += 4)
-            dot2x4(w0.q, w1.q, kr + j * ks, kr + (j + 1) * ks, kr + (j + 2) * ks, kr + (j + 3) * ks, d,
+            K::dot2x4(w0.q, w1.q, kr + j * ks, kr + (j + 1) * ks, kr + (j + 2) * ks, kr + (j + 3) * ks, d,
                    s0 + j, s1 + j);
           for (; j < nj; ++j) {
-            s0[j] = dot1(w0.q, kr + j * ks, d);
-            s1[j] = dot1(w1.q, kr + j * ks, d);
+            s0[j] = K::dot1(w0.q, kr + j * ks, d);
+            s1[j] = K::dot1(w1.q, kr + j * ks, d);
           }
-          const bool u0 = softmax_block(p, s0, nj, kb, w0.kv_begin, w0.kv_end, w0.bias, mask_row, st0, acc0, dpad);
-          const bool u1 = softmax_block(p, s1, nj, kb, w1.kv_begin, w1.kv_end, w1.bias, mask_row, st1, acc1, dpad);
-          if (u0 || u1) pv2(acc0, acc1, vbase + kb * p.v_row_stride, p.v_row_stride, s0, s1, nj, d);
+          const bool u0 = K::softmax_block(p, s0, nj, kb, w0.kv_begin, w0.kv_end, w0.bias, mask_row, st0, acc0, dpad);
+          const bool u1 = K::softmax_block(p, s1, nj, kb, w1.kv_begin, w1.kv_end, w1.bias, mask_row, st1, acc1, dpad);
+          if (u0 || u1) K::pv2(acc0, acc1, vbase + kb * p.v_row_stride, p.v_row_stride, s0, s1, nj, d);
         }
         finish_row(acc0, st0, d, w0.out, w0.lse);
         finish_row(acc1, st1, d, w1.out, w1.lse);
@@ -628,15 +762,80 @@ void attention(const AttentionParams& in) {
           const float* kr = kbase + kb * ks;
           int64_t j = 0;
           for (; j + 4 <= nj; j += 4)
-            dot4(w0.q, kr + j * ks, kr + (j + 1) * ks, kr + (j + 2) * ks, kr + (j + 3) * ks, d, s0 + j);
-          for (; j < nj; ++j) s0[j] = dot1(w0.q, kr + j * ks, d);
-          if (softmax_block(p, s0, nj, kb, w0.kv_begin, w0.kv_end, w0.bias, mask_row, st, acc0, dpad))
-            pv_all(acc0, vbase + kb * p.v_row_stride, p.v_row_stride, s0, nj, d);
+            K::dot4(w0.q, kr + j * ks, kr + (j + 1) * ks, kr + (j + 2) * ks, kr + (j + 3) * ks, d, s0 + j);
+          for (; j < nj; ++j) s0[j] = K::dot1(w0.q, kr + j * ks, d);
+          if (K::softmax_block(p, s0, nj, kb, w0.kv_begin, w0.kv_end, w0.bias, mask_row, st, acc0, dpad))
+            K::pv_all(acc0, vbase + kb * p.v_row_stride, p.v_row_stride, s0, nj, d);
         }
         finish_row(acc0, st, d, w0.out, w0.lse);
       }
     }
   });
+}
+
+}  // namespace
+
+void attention(const AttentionParams& in) {
+  AttentionParams p = in;
+  PALI_CHECK_ARG(p.batch >= 0 && p.heads > 0 && p.q_len >= 0 && p.kv_len >= 0 && p.head_dim > 0,
+                 "attention: bad sizes batch=", p.batch, " heads=", p.heads, " q_len=", p.q_len,
+                 " kv_len=", p.kv_len, " head_dim=", p.head_dim);
+  if (p.batch == 0 || p.q_len == 0) return;
+  PALI_CHECK_ARG(p.kv_batch_divisor >= 1 && p.batch % p.kv_batch_divisor == 0,
+                 "attention: kv_batch_divisor ", p.kv_batch_divisor, " does not divide batch ",
+                 p.batch);
+  if (p.kv_batch_index) {
+    PALI_CHECK_ARG(p.kv_batch_divisor == 1, "attention: kv_batch_index is given with kv_batch_divisor ",
+                   p.kv_batch_divisor, " (one or the other)");
+    PALI_CHECK_ARG(p.kv_batches > 0, "attention: kv_batch_index needs kv_batches > 0, got ", p.kv_batches);
+    for (int64_t b = 0; b < p.batch; ++b)
+      PALI_CHECK_ARG(p.kv_batch_index[b] >= 0 && p.kv_batch_index[b] < p.kv_batches, "attention: kv_batch_index[",
+                     b, "] = ", p.kv_batch_index[b], " is outside the ", p.kv_batches, " K/V batches");
+  }
+  if (p.kv_heads == 0) p.kv_heads = p.heads;
+  PALI_CHECK_ARG(p.kv_heads > 0 && p.heads % p.kv_heads == 0, "attention: kv_heads ", p.kv_heads,
+                 " does not divide heads ", p.heads);
+  PALI_CHECK_ARG(std::isfinite(p.softcap) && p.softcap >= 0, "attention: softcap must be >= 0");
+  PALI_CHECK_ARG(p.sliding_window >= 0, "attention: sliding_window must be >= 0");
+  PALI_CHECK_ARG(p.causal || (!p.prefix_lengths && p.sliding_window == 0),
+                 "attention: prefix_lengths and sliding_window apply to causal attention");
+  const int64_t hd = p.heads * p.head_dim, kv_hd = p.kv_heads * p.head_dim;
+  if (p.q_row_stride == 0) p.q_row_stride = hd;
+  if (p.k_row_stride == 0) p.k_row_stride = kv_hd;
+  if (p.v_row_stride == 0) p.v_row_stride = kv_hd;
+  if (p.out_row_stride == 0) p.out_row_stride = hd;
+  if (p.q_batch_stride == 0) p.q_batch_stride = p.q_len * p.q_row_stride;
+  if (p.k_batch_stride == 0) p.k_batch_stride = p.kv_len * p.k_row_stride;
+  if (p.v_batch_stride == 0) p.v_batch_stride = p.kv_len * p.v_row_stride;
+  if (p.out_batch_stride == 0) p.out_batch_stride = p.q_len * p.out_row_stride;
+  if (p.mask_batch_stride == 0) p.mask_batch_stride = p.kv_len;
+  PALI_CHECK_ARG(p.q_row_stride >= hd && p.out_row_stride >= hd,
+                 "attention: q and out row strides must be >= heads*head_dim = ", hd);
+  PALI_CHECK_ARG(p.k_row_stride >= kv_hd && p.v_row_stride >= kv_hd,
+                 "attention: k and v row strides must be >= kv_heads*head_dim = ", kv_hd);
+  PALI_CHECK_ARG(p.q && p.out, "attention: null q or out");
+  PALI_CHECK_ARG(p.kv_len == 0 || (p.k && p.v), "attention: null k or v");
+  PALI_CHECK_ARG(p.key_mask == nullptr || p.mask_type != MaskType::none,
+                 "attention: key_mask given without a mask_type");
+  if (p.mask_type != MaskType::none)
+    PALI_CHECK_ARG(p.key_mask != nullptr, "attention: mask_type set but key_mask is null");
+  PALI_CHECK_ARG(p.q_offset >= 0, "attention: q_offset must be >= 0");
+  if (p.rel_bias && p.kv_len > 0) {
+    const int64_t lo = -(p.q_offset + p.q_len - 1) + p.rel_offset;
+    const int64_t hi = (p.kv_len - 1 - p.q_offset) + p.rel_offset;
+    PALI_CHECK_ARG(lo >= 0 && hi < p.rel_bias_stride, "attention: the bias table [", p.heads, ", ",
+                   p.rel_bias_stride, "] with rel_offset ", p.rel_offset,
+                   " does not cover relative distances ", -(p.q_offset + p.q_len - 1), "..",
+                   p.kv_len - 1 - p.q_offset);
+  }
+
+#if defined(PALI_CPU_AVX2)
+  if (simd::avx2_chosen()) {
+    run_attention<Avx2Attention>(p);
+    return;
+  }
+#endif
+  simd::with_lanes([&](auto lanes) { run_attention<LaneAttention<decltype(lanes)>>(p); });
 }
 
 void merge_attention(float* out_a, const float* lse_a, const float* out_b, const float* lse_b, int64_t rows,

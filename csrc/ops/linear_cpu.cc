@@ -1,6 +1,10 @@
 // CPU linear layers: weight packing, the decode (GEMV-style) path and the
-// prefill (GEMM) path. See ops/linear.h for the layout and formats.
+// prefill (GEMM) path. See ops/linear.h for the layout and formats. The AVX2
+// kernels run on x86-64; the NEON and portable ones (one template,
+// ops/simd_lanes.h) on aarch64, elsewhere, or when the portable path is chosen.
+#if defined(__x86_64__)
 #include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -15,6 +19,7 @@
 #include "ops/linear.h"
 #include "ops/linear_int8.h"
 #include "ops/row_dispatch.h"
+#include "ops/simd_lanes.h"
 
 namespace pali {
 
@@ -289,6 +294,7 @@ Tensor linear_effective_weight(const LinearWeight& w) {
 
 namespace {
 
+#if defined(PALI_CPU_AVX2)
 // ---------------------------------------------------------------------------
 // Weight loads: 16 outputs of one k step as two float vectors.
 template <WeightFormat F>
@@ -596,6 +602,137 @@ void linear_impl(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, 
   else
     gemm_rows<F>(x, ldx, m, w, y, ldy, accumulate);
 }
+#endif
+
+// ---------------------------------------------------------------------------
+// The portable and NEON paths: one register-blocked kernel for every m, MR
+// rows of x times one whole panel (all of K), with the weights widened in the
+// inner loop (f16 exactly, i8 to its integer value; the i8 scale applied once
+// per output at the end). Threads split the panels (decode: at least 64 KB of
+// weights per chunk), or the rows when there are fewer than 4 panels per thread.
+
+// 16 outputs of one k step as 16 / kWidth vectors of L.
+template <WeightFormat F, typename L>
+struct LanePanelLoad;
+
+template <typename L>
+struct LanePanelLoad<WeightFormat::f32, L> {
+  using T = float;
+  static PALI_ALWAYS_INLINE void load(const float* p, typename L::V* w) {
+    for (int g = 0; g < P / L::kWidth; ++g) w[g] = L::load(p + g * L::kWidth);
+  }
+};
+template <>
+struct LanePanelLoad<WeightFormat::f16, simd::ScalarLanes> {
+  using T = uint16_t;
+  static PALI_ALWAYS_INLINE void load(const uint16_t* p, float* w) {
+    for (int g = 0; g < P; ++g) w[g] = simd::half_bits_to_float(p[g]);
+  }
+};
+template <>
+struct LanePanelLoad<WeightFormat::i8, simd::ScalarLanes> {
+  using T = int8_t;
+  static PALI_ALWAYS_INLINE void load(const int8_t* p, float* w) {
+    for (int g = 0; g < P; ++g) w[g] = static_cast<float>(p[g]);
+  }
+};
+#if defined(PALI_CPU_NEON)
+template <>
+struct LanePanelLoad<WeightFormat::f16, simd::NeonLanes> {
+  using T = uint16_t;
+  static PALI_ALWAYS_INLINE void load(const uint16_t* p, float32x4_t* w) {
+    for (int g = 0; g < 4; ++g) w[g] = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p + 4 * g)));
+  }
+};
+template <>
+struct LanePanelLoad<WeightFormat::i8, simd::NeonLanes> {
+  using T = int8_t;
+  static PALI_ALWAYS_INLINE void load(const int8_t* p, float32x4_t* w) {
+    const int8x16_t q = vld1q_s8(p);
+    const int16x8_t lo = vmovl_s8(vget_low_s8(q)), hi = vmovl_high_s8(q);
+    w[0] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(lo)));
+    w[1] = vcvtq_f32_s32(vmovl_high_s16(lo));
+    w[2] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(hi)));
+    w[3] = vcvtq_f32_s32(vmovl_high_s16(hi));
+  }
+};
+#endif
+
+// y[MR, nvalid] (+)= x[MR, k] . panel[k, 16] * scale + bias.
+template <WeightFormat F, typename L, int MR>
+PALI_ALWAYS_INLINE void lane_panel_rows(const float* x, int64_t ldx, const typename LanePanelLoad<F, L>::T* w,
+                                        int64_t k, float* y, int64_t ldy, int nvalid, const float* scale,
+                                        const float* bias, bool accumulate) {
+  using V = typename L::V;
+  constexpr int G = P / L::kWidth;
+  V acc[MR][G];
+  for (int r = 0; r < MR; ++r)
+    for (int g = 0; g < G; ++g) acc[r][g] = L::zero();
+  for (int64_t kk = 0; kk < k; ++kk) {
+    V wv[G];
+    LanePanelLoad<F, L>::load(w + kk * P, wv);
+    for (int r = 0; r < MR; ++r) {
+      const V xv = L::set1(x[r * ldx + kk]);
+      for (int g = 0; g < G; ++g) acc[r][g] = L::fma(xv, wv[g], acc[r][g]);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    alignas(64) float out[P];
+    for (int g = 0; g < G; ++g) L::store(out + g * L::kWidth, acc[r][g]);
+    float* yr = y + r * ldy;
+    for (int j = 0; j < nvalid; ++j) {
+      float v = scale ? out[j] * scale[j] : out[j];
+      if (bias) v += bias[j];
+      yr[j] = accumulate ? yr[j] + v : v;
+    }
+  }
+}
+
+template <WeightFormat F, typename L>
+void linear_lanes(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y, int64_t ldy,
+                  bool accumulate) {
+  using T = typename LanePanelLoad<F, L>::T;
+  // NEON: 6 rows x 4 vectors of accumulators, 24 of the 32 registers.
+  constexpr int kRows = L::kWidth > 1 ? 6 : 4;
+  const T* packed = static_cast<const T*>(w.packed.raw());
+  const float* bias = w.has_bias ? w.bias.data<float>() : nullptr;
+  const float* scales = F == WeightFormat::i8 ? w.scales.data<float>() : nullptr;
+  const int64_t k = w.k, panels = w.num_panels();
+  const auto block = [&](int64_t pb, int64_t pe, int64_t rb, int64_t re) {
+    for (int64_t p = pb; p < pe; ++p) {
+      const int nvalid = static_cast<int>(std::min<int64_t>(P, w.n - p * P));
+      for (int64_t r0 = rb; r0 < re; r0 += kRows)
+        dispatch_rows<kRows>(re - r0, [&](auto rows) {
+          lane_panel_rows<F, L, decltype(rows)::value>(x + r0 * ldx, ldx, packed + p * k * P, k,
+                                                       y + r0 * ldy + p * P, ldy, nvalid,
+                                                       scales ? scales + p * P : nullptr,
+                                                       bias ? bias + p * P : nullptr, accumulate);
+        });
+    }
+  };
+  const int64_t panel_bytes = k * P * static_cast<int64_t>(sizeof(T));
+  if (m <= kLinearDecodeMaxRows) {
+    const int64_t grain = std::max<int64_t>(1, (64 << 10) / std::max<int64_t>(panel_bytes, 1));
+    parallel_for(0, panels, grain, [&](int64_t pb, int64_t pe) { block(pb, pe, 0, m); });
+  } else if (panels >= 4 * op_threads()) {
+    parallel_for(0, panels, 1, [&](int64_t pb, int64_t pe) { block(pb, pe, 0, m); });
+  } else {
+    parallel_for_aligned(0, m, kRows, kRows, [&](int64_t rb, int64_t re) { block(0, panels, rb, re); });
+  }
+}
+
+// The chosen path for weights of format F.
+template <WeightFormat F>
+void linear_chosen(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y, int64_t ldy,
+                   bool accumulate) {
+#if defined(PALI_CPU_AVX2)
+  if (simd::avx2_chosen()) {
+    linear_impl<F>(x, ldx, m, w, y, ldy, accumulate);
+    return;
+  }
+#endif
+  simd::with_lanes([&](auto lanes) { linear_lanes<F, decltype(lanes)>(x, ldx, m, w, y, ldy, accumulate); });
+}
 
 }  // namespace
 
@@ -613,9 +750,9 @@ void linear_strided(const float* x, int64_t x_stride, int64_t m, const LinearWei
     return;
   }
   switch (w.format) {
-    case WeightFormat::f32: linear_impl<WeightFormat::f32>(x, x_stride, m, w, y, y_stride, accumulate); break;
-    case WeightFormat::f16: linear_impl<WeightFormat::f16>(x, x_stride, m, w, y, y_stride, accumulate); break;
-    case WeightFormat::i8: linear_impl<WeightFormat::i8>(x, x_stride, m, w, y, y_stride, accumulate); break;
+    case WeightFormat::f32: linear_chosen<WeightFormat::f32>(x, x_stride, m, w, y, y_stride, accumulate); break;
+    case WeightFormat::f16: linear_chosen<WeightFormat::f16>(x, x_stride, m, w, y, y_stride, accumulate); break;
+    case WeightFormat::i8: linear_chosen<WeightFormat::i8>(x, x_stride, m, w, y, y_stride, accumulate); break;
   }
 }
 

@@ -15,9 +15,12 @@ namespace pali {
 void linear_int8_activations(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y,
                              int64_t ldy, bool accumulate);
 
-// The integer kernels this CPU runs: "avx2" always, "avx512_vnni" where present.
+// The integer kernels this CPU runs: on x86-64 "avx2" always, "avx512_vnni"
+// where present; on aarch64 "neon" always, "neon_dotprod" where the CPU has the
+// Armv8.2 dot product; "portable" everywhere (last in the list).
 std::vector<std::string> int8_kernels_available();
-// The kernel in use: the best available unless set_int8_kernel() chose one.
+// The kernel in use: the best available unless set_int8_kernel() chose one
+// ("portable" when PALI_ENGINE_CPU_KERNELS=portable chose every op's portable path).
 std::string int8_kernel();
 // Chooses the kernel for the whole process ("auto": the best); both give the
 // same results bit for bit, so this is for tests and benchmarks. Throws

@@ -14,8 +14,15 @@
 //     the prepared 128 * sum_k qw[n,k] is taken off each sum.
 //   * avx2: vpmaddubsw(|qx|, sign(qx) * qw) then vpmaddwd with ones; pairs of
 //     products stay within int16 (2 * 127 * 127 < 32767), so nothing saturates.
-// Both kernels compute the same integers, so they give the same y bit for bit.
+//   * neon (aarch64, Armv8.0): vmull_s8 products into int16, pairwise added into int32.
+//   * neon_dotprod (aarch64 with the Armv8.2 dot product, HWCAP_ASIMDDP): sdot,
+//     four byte products per 32-bit lane, signed x and weights.
+//   * portable: the same sums in plain C++, on every architecture.
+// Every kernel computes the same integers, so they give the same y bit for bit
+// (the kernels of a build share one epilogue: AVX2 on x86-64, plain C++ elsewhere).
+#if defined(__x86_64__)
 #include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -29,6 +36,7 @@
 #include "core/parallel.h"
 #include "ops/linear_int8.h"
 #include "ops/row_dispatch.h"
+#include "ops/simd_lanes.h"
 
 namespace pali {
 
@@ -36,25 +44,71 @@ namespace {
 
 constexpr int64_t P = kLinearPanel;
 #define PALI_ALWAYS_INLINE inline __attribute__((always_inline))
-#define PALI_TARGET_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 
-enum class Int8Kernel : int { avx2 = 0, avx512_vnni = 1 };
+enum class Int8Kernel : int { avx2, avx512_vnni, neon, neon_dotprod, portable };
+constexpr Int8Kernel kAllKernels[] = {Int8Kernel::avx2, Int8Kernel::avx512_vnni, Int8Kernel::neon,
+                                      Int8Kernel::neon_dotprod, Int8Kernel::portable};
 
+const char* kernel_name(Int8Kernel k) {
+  switch (k) {
+    case Int8Kernel::avx2: return "avx2";
+    case Int8Kernel::avx512_vnni: return "avx512_vnni";
+    case Int8Kernel::neon: return "neon";
+    case Int8Kernel::neon_dotprod: return "neon_dotprod";
+    case Int8Kernel::portable: return "portable";
+  }
+  return "?";
+}
+
+#if defined(PALI_CPU_AVX2)
 bool cpu_has_vnni() {
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 }
+#endif
+
+bool kernel_available(Int8Kernel k) {
+  switch (k) {
+#if defined(PALI_CPU_AVX2)
+    case Int8Kernel::avx2: return true;
+    case Int8Kernel::avx512_vnni: return cpu_has_vnni();
+#endif
+#if defined(PALI_CPU_NEON)
+    case Int8Kernel::neon: return true;
+    case Int8Kernel::neon_dotprod: return cpu_has_dotprod();
+#endif
+    case Int8Kernel::portable: return true;
+    default: return false;
+  }
+}
 
 std::atomic<int> forced_kernel{-1};
+
+// The best kernel this CPU runs.
+Int8Kernel best_kernel() {
+  for (Int8Kernel k : {Int8Kernel::avx512_vnni, Int8Kernel::avx2, Int8Kernel::neon_dotprod, Int8Kernel::neon})
+    if (kernel_available(k)) return k;
+  return Int8Kernel::portable;
+}
 
 Int8Kernel active_kernel() {
   const int forced = forced_kernel.load(std::memory_order_relaxed);
   if (forced >= 0) return static_cast<Int8Kernel>(forced);
-  static const Int8Kernel best = cpu_has_vnni() ? Int8Kernel::avx512_vnni : Int8Kernel::avx2;
+  if (cpu_kernels() == CpuKernels::portable) return Int8Kernel::portable;
+  static const Int8Kernel best = best_kernel();
   return best;
 }
 
-const char* kernel_name(Int8Kernel k) { return k == Int8Kernel::avx512_vnni ? "avx512_vnni" : "avx2"; }
+// Where one row's 16 int32 sums of a panel go, and how they are scaled.
+struct RowOutput {
+  const float* w_scale;  // [16] per-output weight scales
+  const float* bias;     // [16] or null
+  int nvalid;
+  bool accumulate;
+};
+
+#if defined(PALI_CPU_AVX2)
+#define PALI_TARGET_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 
 // ---------------------------------------------------------------------------
 // Activations: one row of x into int8 values (as int8, or as uint8 = q + 128),
@@ -99,14 +153,7 @@ float quantize_row(const float* x, int64_t k, Q* q, int64_t k_pad) {
 }
 
 // ---------------------------------------------------------------------------
-// Epilogue shared by both kernels: 16 int32 sums of one row into y.
-struct RowOutput {
-  const float* w_scale;  // [16] per-output weight scales
-  const float* bias;     // [16] or null
-  int nvalid;
-  bool accumulate;
-};
-
+// AVX2 epilogue: 16 int32 sums of one row into y.
 PALI_ALWAYS_INLINE void store_sums(const int32_t* sums, float x_scale, const RowOutput& o, float* y) {
   const __m256 xs = _mm256_set1_ps(x_scale);
   for (int h = 0; h < 2; ++h) {
@@ -272,18 +319,223 @@ PALI_TARGET_VNNI void quads_block(const uint8_t* xq, int64_t ldq, const float* x
     });
 }
 
-// Q: uint8_t (qx + 128) for the VNNI kernel, int8_t for AVX2.
-template <typename Q>
+#endif
+
+// ---------------------------------------------------------------------------
+// The portable, NEON and NEON dot-product kernels: int8 x (qx, signed), the
+// same integer sums, the build's one epilogue.
+
+float quantize_row_portable(const float* x, int64_t k, int8_t* q, int64_t k_pad) {
+  float amax = 0.0f;
+  for (int64_t i = 0; i < k; ++i) amax = std::max(amax, std::fabs(x[i]));
+  const float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
+  for (int64_t i = 0; i < k; ++i) {
+    const float v = std::nearbyint(x[i] / scale);
+    q[i] = static_cast<int8_t>(std::isnan(v) ? -127 : static_cast<int>(std::min(127.0f, std::max(-127.0f, v))));
+  }
+  for (int64_t i = k; i < k_pad; ++i) q[i] = 0;
+  return scale;
+}
+
+// The epilogue of every kernel of a build, so that all of them agree bit for
+// bit: the AVX2 one on x86-64 (where its multiply-adds may be fused), plain C++ elsewhere.
+void store_row_sums(const int32_t* sums, float x_scale, const RowOutput& o, float* y) {
+#if defined(PALI_CPU_AVX2)
+  store_sums(sums, x_scale, o, y);
+#else
+  for (int j = 0; j < o.nvalid; ++j) {
+    float v = static_cast<float>(sums[j]) * (x_scale * o.w_scale[j]);
+    if (o.bias) v += o.bias[j];
+    y[j] = o.accumulate ? y[j] + v : v;
+  }
+#endif
+}
+
+void portable_block(const int8_t* xq, int64_t ldq, const float* x_scales, int64_t rows, const int8_t* wp,
+                    int64_t k4, const RowOutput& o, float* y, int64_t ldy) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int8_t* xr = xq + r * ldq;
+    int32_t sums[P] = {};
+    for (int64_t g = 0; g < k4; ++g)
+      for (int j = 0; j < P; ++j)
+        for (int t = 0; t < 4; ++t) sums[j] += int32_t{xr[4 * g + t]} * int32_t{wp[g * 64 + j * 4 + t]};
+    store_row_sums(sums, x_scales[r], o, y + r * ldy);
+  }
+}
+
+#if defined(PALI_CPU_NEON)
+// Default rounding (to nearest, ties to even), as cvtps2dq and nearbyint.
+float quantize_row_neon(const float* x, int64_t k, int8_t* q, int64_t k_pad) {
+  float32x4_t vmax = vdupq_n_f32(0.0f);
+  int64_t i = 0;
+  for (; i + 4 <= k; i += 4) vmax = vmaxq_f32(vmax, vabsq_f32(vld1q_f32(x + i)));
+  float amax = vmaxvq_f32(vmax);
+  for (; i < k; ++i) amax = std::max(amax, std::fabs(x[i]));
+  const float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
+  const float32x4_t vs = vdupq_n_f32(scale);
+  const int32x4_t lo = vdupq_n_s32(-127), hi = vdupq_n_s32(127);
+  const auto quantize4 = [&](const float* p) {
+    const float32x4_t v = vdivq_f32(vld1q_f32(p), vs);
+    // NaN converts to 0 here; the other kernels give it -127.
+    const int32x4_t n = vbslq_s32(vceqq_f32(v, v), vcvtnq_s32_f32(v), lo);
+    return vminq_s32(vmaxq_s32(n, lo), hi);
+  };
+  for (i = 0; i + 8 <= k; i += 8) {
+    const int16x8_t words = vcombine_s16(vmovn_s32(quantize4(x + i)), vmovn_s32(quantize4(x + i + 4)));
+    vst1_s8(q + i, vmovn_s16(words));
+  }
+  for (; i < k; ++i) {
+    const float v = std::nearbyint(x[i] / scale);
+    q[i] = static_cast<int8_t>(std::isnan(v) ? -127 : static_cast<int>(std::min(127.0f, std::max(-127.0f, v))));
+  }
+  for (; i < k_pad; ++i) q[i] = 0;
+  return scale;
+}
+
+// The four bytes of x at k group g, in every 32-bit lane.
+PALI_ALWAYS_INLINE int8x16_t broadcast_quad(const int8_t* xr, int64_t g) {
+  int32_t quad;
+  std::memcpy(&quad, xr + 4 * g, 4);
+  return vreinterpretq_s8_s32(vdupq_n_s32(quad));
+}
+
+// Armv8.0 NEON: vmull_s8 multiplies 8 byte pairs into int16 (|q| <= 127, so no
+// product overflows), vpadalq_s16 adds neighbouring pairs into int32 lanes, and
+// one vpaddq_s32 at the end adds the two halves of each output's four k.
+template <int MR>
+void neon_rows(const int8_t* xq, int64_t ldq, const float* x_scales, const int8_t* wp, int64_t k4,
+               const RowOutput& o, float* y, int64_t ldy) {
+  int32x4_t lo[MR][4], hi[MR][4];
+  for (int r = 0; r < MR; ++r)
+    for (int i = 0; i < 4; ++i) lo[r][i] = hi[r][i] = vdupq_n_s32(0);
+  for (int64_t g = 0; g < k4; ++g) {
+    int8x16_t w[4];
+    for (int i = 0; i < 4; ++i) w[i] = vld1q_s8(wp + g * 64 + 16 * i);
+    for (int r = 0; r < MR; ++r) {
+      const int8x16_t xb = broadcast_quad(xq + r * ldq, g);
+      for (int i = 0; i < 4; ++i) {
+        lo[r][i] = vpadalq_s16(lo[r][i], vmull_s8(vget_low_s8(w[i]), vget_low_s8(xb)));
+        hi[r][i] = vpadalq_s16(hi[r][i], vmull_high_s8(w[i], xb));
+      }
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    int32_t sums[P];
+    for (int i = 0; i < 4; ++i) vst1q_s32(sums + 4 * i, vpaddq_s32(lo[r][i], hi[r][i]));
+    store_row_sums(sums, x_scales[r], o, y + r * ldy);
+  }
+}
+
+constexpr int kNeonMR = 2;  // 16 accumulators
+
+void neon_block(const int8_t* xq, int64_t ldq, const float* x_scales, int64_t rows, const int8_t* wp, int64_t k4,
+                const RowOutput& o, float* y, int64_t ldy) {
+  for (int64_t r = 0; r < rows; r += kNeonMR)
+    dispatch_rows<kNeonMR>(rows - r, [&](auto mr) {
+      neon_rows<decltype(mr)::value>(xq + r * ldq, ldq, x_scales + r, wp, k4, o, y + r * ldy, ldy);
+    });
+}
+
+// Armv8.2 dot product: sdot adds four byte products into each int32 lane, one
+// output's four k per lane. Compiled for the extension alone (the rest of the
+// library stays Armv8.0) and called only where HWCAP_ASIMDDP says the CPU has it.
+#define PALI_TARGET_DOTPROD __attribute__((target("arch=armv8.2-a+dotprod")))
+
+template <int MR>
+PALI_TARGET_DOTPROD void dotprod_rows(const int8_t* xq, int64_t ldq, const float* x_scales, const int8_t* wp,
+                                      int64_t k4, const RowOutput& o, float* y, int64_t ldy) {
+  int32x4_t acc[MR][4];
+  for (int r = 0; r < MR; ++r)
+    for (int i = 0; i < 4; ++i) acc[r][i] = vdupq_n_s32(0);
+  for (int64_t g = 0; g < k4; ++g) {
+    int8x16_t w[4];
+    for (int i = 0; i < 4; ++i) w[i] = vld1q_s8(wp + g * 64 + 16 * i);
+    for (int r = 0; r < MR; ++r) {
+      int32_t quad;
+      std::memcpy(&quad, xq + r * ldq + 4 * g, 4);
+      const int8x16_t xb = vreinterpretq_s8_s32(vdupq_n_s32(quad));
+      for (int i = 0; i < 4; ++i) acc[r][i] = vdotq_s32(acc[r][i], w[i], xb);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    int32_t sums[P];
+    for (int i = 0; i < 4; ++i) vst1q_s32(sums + 4 * i, acc[r][i]);
+    store_row_sums(sums, x_scales[r], o, y + r * ldy);
+  }
+}
+
+constexpr int kDotprodMR = 4;  // 16 accumulators
+
+void dotprod_block(const int8_t* xq, int64_t ldq, const float* x_scales, int64_t rows, const int8_t* wp,
+                   int64_t k4, const RowOutput& o, float* y, int64_t ldy) {
+  for (int64_t r = 0; r < rows; r += kDotprodMR)
+    dispatch_rows<kDotprodMR>(rows - r, [&](auto mr) {
+      dotprod_rows<decltype(mr)::value>(xq + r * ldq, ldq, x_scales + r, wp, k4, o, y + r * ldy, ldy);
+    });
+}
+#endif
+
+// Each kernel as run() calls it: Q, the stored type of x; quantize, one row of x;
+// block, rows of quantized x times one panel (offset: the panel's 128 * sum_k qw).
+#if defined(PALI_CPU_AVX2)
+struct Avx2Int8 {
+  using Q = int8_t;
+  static float quantize(const float* x, int64_t k, Q* q, int64_t k_pad) { return quantize_row(x, k, q, k_pad); }
+  static void block(const Q* xq, int64_t ldq, const float* xs, int64_t rows, const int8_t* wp, int64_t k4,
+                    const int32_t*, const RowOutput& o, float* y, int64_t ldy) {
+    signed_block(xq, ldq, xs, rows, wp, k4, o, y, ldy);
+  }
+};
+struct VnniInt8 {
+  using Q = uint8_t;
+  static float quantize(const float* x, int64_t k, Q* q, int64_t k_pad) { return quantize_row(x, k, q, k_pad); }
+  static void block(const Q* xq, int64_t ldq, const float* xs, int64_t rows, const int8_t* wp, int64_t k4,
+                    const int32_t* offset, const RowOutput& o, float* y, int64_t ldy) {
+    quads_block(xq, ldq, xs, rows, wp, k4, offset, o, y, ldy);
+  }
+};
+#endif
+struct PortableInt8 {
+  using Q = int8_t;
+  static float quantize(const float* x, int64_t k, Q* q, int64_t k_pad) {
+    return quantize_row_portable(x, k, q, k_pad);
+  }
+  static void block(const Q* xq, int64_t ldq, const float* xs, int64_t rows, const int8_t* wp, int64_t k4,
+                    const int32_t*, const RowOutput& o, float* y, int64_t ldy) {
+    portable_block(xq, ldq, xs, rows, wp, k4, o, y, ldy);
+  }
+};
+#if defined(PALI_CPU_NEON)
+struct NeonInt8 {
+  using Q = int8_t;
+  static float quantize(const float* x, int64_t k, Q* q, int64_t k_pad) { return quantize_row_neon(x, k, q, k_pad); }
+  static void block(const Q* xq, int64_t ldq, const float* xs, int64_t rows, const int8_t* wp, int64_t k4,
+                    const int32_t*, const RowOutput& o, float* y, int64_t ldy) {
+    neon_block(xq, ldq, xs, rows, wp, k4, o, y, ldy);
+  }
+};
+struct NeonDotprodInt8 {
+  using Q = int8_t;
+  static float quantize(const float* x, int64_t k, Q* q, int64_t k_pad) { return quantize_row_neon(x, k, q, k_pad); }
+  static void block(const Q* xq, int64_t ldq, const float* xs, int64_t rows, const int8_t* wp, int64_t k4,
+                    const int32_t*, const RowOutput& o, float* y, int64_t ldy) {
+    dotprod_block(xq, ldq, xs, rows, wp, k4, o, y, ldy);
+  }
+};
+#endif
+
+// The driver of every kernel K (a struct above).
+template <typename K>
 void run(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y, int64_t ldy,
          bool accumulate) {
-  constexpr bool vnni = std::is_same_v<Q, uint8_t>;
+  using Q = typename K::Q;
   const int64_t k = w.k, k_pad = w.packed_k(), k4 = k_pad / 4;
   thread_local AlignedBuffer<Q> q_storage;
   thread_local AlignedBuffer<float> scale_storage;
   Q* xq = q_storage.get(m * k_pad);
   float* x_scales = scale_storage.get(m);
   const auto quantize_rows = [&](int64_t rb, int64_t re) {
-    for (int64_t r = rb; r < re; ++r) x_scales[r] = quantize_row(x + r * ldx, k, xq + r * k_pad, k_pad);
+    for (int64_t r = rb; r < re; ++r) x_scales[r] = K::quantize(x + r * ldx, k, xq + r * k_pad, k_pad);
   };
 
   const int8_t* packed = w.packed.data<int8_t>();
@@ -297,10 +549,7 @@ void run(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y
       const RowOutput o{w_scales + p * P, bias ? bias + p * P : nullptr,
                         static_cast<int>(std::min<int64_t>(P, w.n - p * P)), accumulate};
       float* yp = y + rb * ldy + p * P;
-      if constexpr (vnni)
-        quads_block(xq + rb * k_pad, k_pad, x_scales + rb, re - rb, wp, k4, offsets + p * P, o, yp, ldy);
-      else
-        signed_block(xq + rb * k_pad, k_pad, x_scales + rb, re - rb, wp, k4, o, yp, ldy);
+      K::block(xq + rb * k_pad, k_pad, x_scales + rb, re - rb, wp, k4, offsets + p * P, o, yp, ldy);
     }
   };
   const int threads = op_threads();
@@ -329,8 +578,9 @@ void run(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y
 }  // namespace
 
 std::vector<std::string> int8_kernels_available() {
-  std::vector<std::string> out{"avx2"};
-  if (cpu_has_vnni()) out.push_back("avx512_vnni");
+  std::vector<std::string> out;
+  for (Int8Kernel k : kAllKernels)
+    if (kernel_available(k)) out.push_back(kernel_name(k));
   return out;
 }
 
@@ -341,22 +591,30 @@ void set_int8_kernel(const std::string& name) {
     forced_kernel.store(-1);
     return;
   }
-  const auto available = int8_kernels_available();
-  if (std::find(available.begin(), available.end(), name) == available.end()) {
-    std::string names;
-    for (const auto& a : available) names += a + ", ";
-    throw InvalidArgument(str_cat("int8 kernel '", name, "' is not available on this CPU (available: ", names,
-                                  "or auto)"));
-  }
-  forced_kernel.store(static_cast<int>(name == "avx512_vnni" ? Int8Kernel::avx512_vnni : Int8Kernel::avx2));
+  for (Int8Kernel k : kAllKernels)
+    if (kernel_available(k) && name == kernel_name(k)) {
+      forced_kernel.store(static_cast<int>(k));
+      return;
+    }
+  std::string names;
+  for (const auto& a : int8_kernels_available()) names += a + ", ";
+  throw InvalidArgument(str_cat("int8 kernel '", name, "' is not available on this CPU (available: ", names,
+                                "or auto)"));
 }
 
 void linear_int8_activations(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y,
                              int64_t ldy, bool accumulate) {
-  if (active_kernel() == Int8Kernel::avx512_vnni)
-    run<uint8_t>(x, ldx, m, w, y, ldy, accumulate);
-  else
-    run<int8_t>(x, ldx, m, w, y, ldy, accumulate);
+  switch (active_kernel()) {
+#if defined(PALI_CPU_AVX2)
+    case Int8Kernel::avx512_vnni: run<VnniInt8>(x, ldx, m, w, y, ldy, accumulate); break;
+    case Int8Kernel::avx2: run<Avx2Int8>(x, ldx, m, w, y, ldy, accumulate); break;
+#endif
+#if defined(PALI_CPU_NEON)
+    case Int8Kernel::neon_dotprod: run<NeonDotprodInt8>(x, ldx, m, w, y, ldy, accumulate); break;
+    case Int8Kernel::neon: run<NeonInt8>(x, ldx, m, w, y, ldy, accumulate); break;
+#endif
+    default: run<PortableInt8>(x, ldx, m, w, y, ldy, accumulate); break;
+  }
 }
 
 }  // namespace pali

@@ -1,4 +1,6 @@
-// CPU log_softmax and top-k over rows.
+// CPU log_softmax and top-k over rows. log_softmax has an AVX2 kernel on
+// x86-64 and NEON and portable ones from one template (ops/simd_lanes.h); top-k
+// is plain C++ everywhere.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -7,45 +9,94 @@
 
 #include "core/error.h"
 #include "core/parallel.h"
-#include "ops/simd_avx2.h"
+#include "ops/simd_lanes.h"
 #include "ops/softmax_topk.h"
+#if defined(PALI_CPU_AVX2)
+#include "ops/simd_avx2.h"
+#endif
 
 namespace pali {
+
+namespace {
+
+#if defined(PALI_CPU_AVX2)
+void log_softmax_row_avx2(const float* xr, int64_t v, float* yr) {
+  __m256 mx = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  int64_t j = 0;
+  for (; j + 8 <= v; j += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(xr + j));
+  float mxs = simd::hmax(mx);
+  for (; j < v; ++j) mxs = std::max(mxs, xr[j]);
+  if (mxs == -std::numeric_limits<float>::infinity()) {
+    for (j = 0; j < v; ++j) yr[j] = -std::numeric_limits<float>::infinity();
+    return;
+  }
+  const __m256 mv = _mm256_set1_ps(mxs);
+  __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+  j = 0;
+  for (; j + 16 <= v; j += 16) {
+    s0 = _mm256_add_ps(s0, simd::exp(_mm256_sub_ps(_mm256_loadu_ps(xr + j), mv)));
+    s1 = _mm256_add_ps(s1, simd::exp(_mm256_sub_ps(_mm256_loadu_ps(xr + j + 8), mv)));
+  }
+  double sum = simd::hsum(_mm256_add_ps(s0, s1));
+  for (; j < v; ++j) sum += std::exp(static_cast<double>(xr[j] - mxs));
+  const float shift = mxs + static_cast<float>(std::log(sum));
+  const __m256 sv = _mm256_set1_ps(shift);
+  j = 0;
+  for (; j + 8 <= v; j += 8) _mm256_storeu_ps(yr + j, _mm256_sub_ps(_mm256_loadu_ps(xr + j), sv));
+  for (; j < v; ++j) yr[j] = xr[j] - shift;
+}
+#endif
+
+// The same on L's vectors: the sum in float lanes (all of it in double for the
+// portable path), the tail and the log in double.
+template <typename L>
+void log_softmax_row(const float* xr, int64_t v, float* yr) {
+  using V = typename L::V;
+  constexpr int W = L::kWidth;
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  V mx = L::set1(kNegInf);
+  int64_t j = 0;
+  for (; j + W <= v; j += W) mx = L::max(mx, L::load(xr + j));
+  float mxs = L::hmax(mx);
+  for (; j < v; ++j) mxs = std::max(mxs, xr[j]);
+  if (mxs == kNegInf) {
+    for (j = 0; j < v; ++j) yr[j] = kNegInf;
+    return;
+  }
+  double sum = 0.0;
+  j = 0;
+  if constexpr (W > 1) {
+    const V mv = L::set1(mxs);
+    V s = L::zero();
+    for (; j + W <= v; j += W) s = L::add(s, L::exp(L::sub(L::load(xr + j), mv)));
+    sum = L::hsum(s);
+  }
+  for (; j < v; ++j) sum += std::exp(static_cast<double>(xr[j] - mxs));
+  const float shift = mxs + static_cast<float>(std::log(sum));
+  const V sv = L::set1(shift);
+  for (j = 0; j + W <= v; j += W) L::store(yr + j, L::sub(L::load(xr + j), sv));
+  for (; j < v; ++j) yr[j] = xr[j] - shift;
+}
+
+}  // namespace
 
 void log_softmax(const float* x, int64_t m, int64_t v, float* y) {
   PALI_CHECK_ARG(m >= 0 && v > 0, "log_softmax: bad sizes m=", m, " v=", v);
   if (m == 0) return;
   PALI_CHECK_ARG(x && y, "log_softmax: null pointer");
   const int64_t grain = std::max<int64_t>(1, (1 << 14) / v);
-  parallel_for(0, m, grain, [&](int64_t rb, int64_t re) {
-    for (int64_t r = rb; r < re; ++r) {
-      const float* xr = x + r * v;
-      float* yr = y + r * v;
-      __m256 mx = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-      int64_t j = 0;
-      for (; j + 8 <= v; j += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(xr + j));
-      float mxs = simd::hmax(mx);
-      for (; j < v; ++j) mxs = std::max(mxs, xr[j]);
-      if (mxs == -std::numeric_limits<float>::infinity()) {
-        for (j = 0; j < v; ++j) yr[j] = -std::numeric_limits<float>::infinity();
-        continue;
-      }
-      const __m256 mv = _mm256_set1_ps(mxs);
-      __m256 s0 = _mm256_setzero_ps(), s1 = s0;
-      j = 0;
-      for (; j + 16 <= v; j += 16) {
-        s0 = _mm256_add_ps(s0, simd::exp(_mm256_sub_ps(_mm256_loadu_ps(xr + j), mv)));
-        s1 = _mm256_add_ps(s1, simd::exp(_mm256_sub_ps(_mm256_loadu_ps(xr + j + 8), mv)));
-      }
-      double sum = simd::hsum(_mm256_add_ps(s0, s1));
-      for (; j < v; ++j) sum += std::exp(static_cast<double>(xr[j] - mxs));
-      const float shift = mxs + static_cast<float>(std::log(sum));
-      const __m256 sv = _mm256_set1_ps(shift);
-      j = 0;
-      for (; j + 8 <= v; j += 8) _mm256_storeu_ps(yr + j, _mm256_sub_ps(_mm256_loadu_ps(xr + j), sv));
-      for (; j < v; ++j) yr[j] = xr[j] - shift;
-    }
-  });
+  const auto rows = [&](auto row) {
+    parallel_for(0, m, grain, [&](int64_t rb, int64_t re) {
+      for (int64_t r = rb; r < re; ++r) row(x + r * v, v, y + r * v);
+    });
+  };
+#if defined(PALI_CPU_AVX2)
+  if (simd::avx2_chosen()) {
+    rows(log_softmax_row_avx2);
+    return;
+  }
+#endif
+  simd::with_lanes([&](auto lanes) { rows(log_softmax_row<decltype(lanes)>); });
 }
 
 namespace {
