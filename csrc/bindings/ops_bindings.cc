@@ -6,7 +6,9 @@
 // C-contiguous float32 array. The GIL is released while an op runs.
 #include <pybind11/stl.h>
 
+#include <atomic>
 #include <cstring>
+#include <vector>
 #include <optional>
 
 #include "bindings/bindings.h"
@@ -62,8 +64,61 @@ void bind_ops(py::module_& parent) {
   py::module_ m = parent.def_submodule("ops", "Single ops on numpy arrays, for testing.");
 
   m.def("set_threads", &set_op_threads, py::arg("n"),
-        "Threads the ops use when called from this Python thread (0: OpenMP default).");
+        "Threads the ops use when called from this Python thread (0: the default, all cores).");
   m.def("get_threads", &op_threads, "Threads the ops use when called from this thread.");
+
+  // ---- the thread pool (core/parallel.h), for tests/test_parallel.py ------
+  m.def("parallel_for_visits", [](int64_t begin, int64_t end, int64_t grain, int64_t align, int threads,
+                                  bool nested) {
+    // Visits per item of [begin, end) and the chunks seen, each chunk checked against align.
+    std::vector<std::atomic<int64_t>> counts(static_cast<size_t>(std::max<int64_t>(end - begin, 0)));
+    std::atomic<int64_t> misaligned{0}, nested_parallel{0};
+    {
+      py::gil_scoped_release release;
+      ScopedOpThreads scoped(threads);
+      const auto visit = [&](int64_t b, int64_t e) {
+        if (align > 1 && ((b - begin) % align != 0 || (e != end && (e - begin) % align != 0))) ++misaligned;
+        if (nested) {
+          parallel_for(b, e, 1, [&](int64_t nb, int64_t ne) {
+            if (nb != b || ne != e) ++nested_parallel;  // a nested call must run as one serial chunk
+            for (int64_t i = nb; i < ne; ++i) counts[i - begin].fetch_add(1);
+          });
+          return;
+        }
+        for (int64_t i = b; i < e; ++i) counts[i - begin].fetch_add(1);
+      };
+      if (align > 1) parallel_for_aligned(begin, end, align, grain, visit);
+      else parallel_for(begin, end, grain, visit);
+    }
+    std::vector<int64_t> visits(counts.begin(), counts.end());
+    return py::make_tuple(py::array_t<int64_t>(visits.size(), visits.data()), misaligned.load(),
+                          nested_parallel.load());
+  }, py::arg("begin"), py::arg("end"), py::arg("grain"), py::arg("align"), py::arg("threads"),
+     py::arg("nested") = false,
+     "Counts how often parallel_for (or parallel_for_aligned when align > 1) visits each item.");
+  m.def("parallel_rows_check", [](int64_t n, int64_t min_rows, int threads, int phases) {
+    // Each phase writes its rows and, after sync(), reads every row of the phase; returns
+    // (rows written per phase, wrong reads, teams' row coverage).
+    std::vector<int64_t> cells(static_cast<size_t>(n * phases), -1);
+    std::atomic<int64_t> wrong{0}, members{0};
+    std::vector<int64_t> covered(static_cast<size_t>(n), 0);
+    {
+      py::gil_scoped_release release;
+      ScopedOpThreads scoped(threads);
+      parallel_rows(n, min_rows, [&](int64_t rb, int64_t re, const auto& sync) {
+        ++members;
+        for (int64_t r = rb; r < re; ++r) ++covered[r];
+        for (int p = 0; p < phases; ++p) {
+          for (int64_t r = rb; r < re; ++r) cells[p * n + r] = p * n + r;
+          sync();
+          for (int64_t r = 0; r < n; ++r)
+            if (cells[p * n + r] != p * n + r) ++wrong;
+        }
+      });
+    }
+    return py::make_tuple(py::array_t<int64_t>(covered.size(), covered.data()), wrong.load(), members.load());
+  }, py::arg("n"), py::arg("min_rows"), py::arg("threads"), py::arg("phases"),
+     "Runs a parallel_rows pass whose phases check sync()'s ordering.");
 
   // ---- linear ---------------------------------------------------------------
   py::class_<LinearWeight>(m, "LinearWeight", py::module_local())

@@ -1,18 +1,28 @@
-// parallel_for over OpenMP, with the thread count set by the caller.
+// parallel_for and parallel_rows over the engine's own thread pool, with the
+// thread count set by the caller.
+//
+// Why not OpenMP: every op forked a team that split its work statically, one
+// chunk per thread, and waited at the join for the slowest; a thread that the
+// OS descheduled (another busy process on the machine) stalled the whole
+// request, and OpenMP's spinning waiters took the core it needed. Here the
+// workers are created once per process and shared by every calling thread;
+// the caller works too; work is handed out in more chunks than threads, so
+// the threads that run take the share of one that does not; waiting threads
+// spin a few microseconds and then sleep (core/thread_pool.h).
 //
 // The engine is called from several Python threads at once (each with the GIL
 // released), so the thread count is not global: it is a thread-local setting of
-// the calling thread, set for the length of a call with ScopedOpThreads. Each
-// calling thread gets its own OpenMP team. Nested calls (from inside a parallel
-// region) run serially on the calling worker.
+// the calling thread, set for the length of a call with ScopedOpThreads. The
+// pool runs one call at a time; a call that finds it busy runs on its calling
+// thread alone, so concurrent calls never put more threads on the cores than
+// one call asked for plus the callers themselves. Nested calls (from inside a
+// parallel region) run serially on the calling thread.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "core/thread_pool.h"
 
 namespace pali {
 
@@ -20,16 +30,11 @@ namespace detail {
 inline thread_local int op_threads_setting = 0;
 }  // namespace detail
 
-// Threads that ops called from this thread use; 0 (the default) means OpenMP's
-// default (omp_get_max_threads(): OMP_NUM_THREADS or the number of cores).
+// Threads that ops called from this thread use; 0 (the default) means
+// default_op_threads() (OMP_NUM_THREADS if set, else the cores this process may run on).
 inline int op_threads() {
-  int n = detail::op_threads_setting;
-#ifdef _OPENMP
-  if (n <= 0) n = omp_get_max_threads();
-#else
-  n = 1;
-#endif
-  return std::max(n, 1);
+  const int n = detail::op_threads_setting;
+  return n > 0 ? n : default_op_threads();
 }
 inline void set_op_threads(int n) { detail::op_threads_setting = n < 0 ? 0 : n; }
 
@@ -45,17 +50,16 @@ class ScopedOpThreads {
   int previous_;
 };
 
-inline bool in_parallel_region() {
-#ifdef _OPENMP
-  return omp_in_parallel() != 0;
-#else
-  return false;
-#endif
-}
+inline bool in_parallel_region() { return ThreadPool::in_parallel_region(); }
 
-// Calls fn(chunk_begin, chunk_end) over [begin, end) split into at most
-// op_threads() contiguous chunks of at least `grain` items each (one chunk per
-// thread, sizes differing by at most one grain-rounded item). fn must not throw.
+// Chunks per thread of a parallel_for: enough that the others take over the
+// share of a thread the OS descheduled, few enough that claiming stays cheap.
+constexpr int64_t kChunksPerThread = 4;
+
+// Calls fn(chunk_begin, chunk_end) over [begin, end) split into contiguous
+// chunks of about `grain` items or more (at most kChunksPerThread per thread,
+// sizes differing by at most one item), each chunk once, on op_threads()
+// threads at most, the caller among them. fn must not throw.
 template <typename F>
 void parallel_for(int64_t begin, int64_t end, int64_t grain, F&& fn) {
   const int64_t n = end - begin;
@@ -67,18 +71,13 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, F&& fn) {
     fn(begin, end);
     return;
   }
-#ifdef _OPENMP
-#pragma omp parallel num_threads(threads)
-  {
-    const int t = omp_get_thread_num();
-    const int nt = omp_get_num_threads();
-    const int64_t b = begin + n * t / nt;
-    const int64_t e = begin + n * (t + 1) / nt;
+  const int64_t chunks = std::min<int64_t>(max_chunks, threads * kChunksPerThread);
+  auto run_chunk = [&](int64_t c) {
+    const int64_t b = begin + n * c / chunks;
+    const int64_t e = begin + n * (c + 1) / chunks;
     if (b < e) fn(b, e);
-  }
-#else
-  fn(begin, end);
-#endif
+  };
+  if (!ThreadPool::instance().run_chunks(threads, chunks, run_chunk)) fn(begin, end);
 }
 
 // Below this many rows per thread, a row-split op runs on fewer threads.
@@ -98,7 +97,9 @@ constexpr size_t kOnePassMaxLayerBytes = size_t{1} << 20;
 // it must (before attention reads every row's keys and values). Ops called
 // inside run on their calling thread. Every thread must call sync() equally
 // often, and fn must not throw (a thread that left would leave the others
-// waiting at the barrier).
+// waiting at the barrier). The barrier spins a few microseconds and then
+// sleeps, so that a late thread gets the core of those waiting for it. When
+// the pool is busy with another call, the caller runs all rows alone.
 template <typename F>
 void parallel_rows(int64_t n, int64_t min_rows, F&& fn) {
   const int64_t most = n / std::max<int64_t>(min_rows, 1);
@@ -108,16 +109,11 @@ void parallel_rows(int64_t n, int64_t min_rows, F&& fn) {
     fn(int64_t{0}, n, no_sync);
     return;
   }
-#ifdef _OPENMP
-  const auto barrier = [] {
-#pragma omp barrier
+  auto run_member = [&](int t, SpinSleepBarrier& barrier) {
+    const auto sync = [&barrier] { barrier.wait(); };
+    fn(n * t / threads, n * (t + 1) / threads, sync);
   };
-#pragma omp parallel num_threads(threads)
-  {
-    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-    fn(n * t / nt, n * (t + 1) / nt, barrier);
-  }
-#endif
+  if (!ThreadPool::instance().run_team(threads, run_member)) fn(int64_t{0}, n, no_sync);
 }
 
 // min_rows for a parallel_rows pass over `rows` rows of layers of at most

@@ -1,0 +1,192 @@
+// The engine's thread pool and its spin-then-sleep waits (core/thread_pool.h).
+#include "core/thread_pool.h"
+
+#include <pthread.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <thread>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+namespace pali {
+namespace {
+
+// How long a waiting thread spins before it sleeps: long enough to cover the
+// gap between two ops of one call (so a worker is awake for the next), short
+// enough that a worker whose call ended, or one waiting for a descheduled
+// thread, gives its core back at once.
+constexpr auto kSpinTime = std::chrono::microseconds(30);
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// Spins until done() or kSpinTime has passed; returns done().
+template <typename Done>
+bool spin_until(Done done) {
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 1;; ++i) {
+    if (done()) return true;
+    cpu_relax();
+    if (i % 64 == 0 && std::chrono::steady_clock::now() - start > kSpinTime) return done();
+  }
+}
+
+// Spins, then sleeps on `woken` until done(). A waker makes done() true and
+// then calls wake_sleepers with the same objects; the sequentially consistent
+// sleepers count makes sure that either the waker sees a sleeper or the
+// sleeper sees done().
+template <typename Done>
+void spin_then_sleep(Done done, std::mutex& mutex, std::condition_variable& woken, std::atomic<int>& sleepers) {
+  if (spin_until(done)) return;
+  std::unique_lock<std::mutex> lock(mutex);
+  sleepers.fetch_add(1);
+  woken.wait(lock, done);
+  sleepers.fetch_sub(1);
+}
+
+void wake_sleepers(std::mutex& mutex, std::condition_variable& woken, std::atomic<int>& sleepers) {
+  if (sleepers.load() == 0) return;
+  { std::lock_guard<std::mutex> lock(mutex); }
+  woken.notify_all();
+}
+
+thread_local bool in_region = false;
+
+struct RegionFlag {
+  RegionFlag() { in_region = true; }
+  ~RegionFlag() { in_region = false; }
+};
+
+int count_threads() {
+  if (const char* env = std::getenv("OMP_NUM_THREADS")) {
+    const int n = std::atoi(env);
+    if (n > 0) return n;
+  }
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    const int n = CPU_COUNT(&set);
+    if (n > 0) return n;
+  }
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+std::atomic<ThreadPool*> process_pool{nullptr};
+std::mutex process_pool_mutex;
+
+}  // namespace
+
+int default_op_threads() {
+  static const int threads = count_threads();
+  return threads;
+}
+
+void SpinSleepBarrier::wait() {
+  const uint32_t round = round_.load(std::memory_order_acquire);
+  if (arrived_.fetch_add(1, std::memory_order_acq_rel) == parties_ - 1) {
+    arrived_.store(0, std::memory_order_relaxed);
+    round_.store(round + 1);
+    wake_sleepers(mutex_, woken_, sleepers_);
+    return;
+  }
+  spin_then_sleep([&] { return round_.load() != round; }, mutex_, woken_, sleepers_);
+}
+
+ThreadPool& ThreadPool::instance() {
+  if (ThreadPool* pool = process_pool.load(std::memory_order_acquire)) return *pool;
+  std::lock_guard<std::mutex> lock(process_pool_mutex);
+  if (ThreadPool* pool = process_pool.load(std::memory_order_relaxed)) return *pool;
+  static const bool fork_handler = [] {
+    // The parent's pool (its workers, maybe a held lock) is left behind in a child.
+    pthread_atfork(nullptr, nullptr, [] { process_pool.store(nullptr); });
+    return true;
+  }();
+  (void)fork_handler;
+  // Never destroyed: workers sleep in it until the process ends.
+  auto* pool = new ThreadPool();
+  process_pool.store(pool, std::memory_order_release);
+  return *pool;
+}
+
+bool ThreadPool::in_parallel_region() { return in_region; }
+
+void ThreadPool::ensure_workers(int count) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (; workers_ < count; ++workers_) std::thread([this] { worker_loop(); }).detach();
+}
+
+bool ThreadPool::run(Job& job) {
+  std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+  if (!busy.owns_lock()) return false;
+  ensure_workers(job.wanted_workers);
+  bool wake;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    current_ = &job;
+    generation_.fetch_add(1);
+    wake = idle_sleepers_ > 0;
+  }
+  if (wake) work_posted_.notify_all();
+  {
+    RegionFlag region;
+    work_on(job);
+  }
+  // Every chunk (or member) done, then no worker joins or touches the job again.
+  spin_then_sleep([&] { return job.finished.load() == job.count; }, caller_mutex_, caller_woken_,
+                  caller_sleepers_);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    current_ = nullptr;
+  }
+  spin_then_sleep([&] { return job.running_workers.load() == 0; }, caller_mutex_, caller_woken_,
+                  caller_sleepers_);
+  return true;
+}
+
+void ThreadPool::work_on(Job& job) {
+  for (;;) {
+    const int64_t i = job.next.fetch_add(1, std::memory_order_relaxed);
+    if (i >= job.count) return;
+    job.call(job, i);
+    if (job.finished.fetch_add(1) + 1 == job.count) wake_caller();
+  }
+}
+
+void ThreadPool::wake_caller() { wake_sleepers(caller_mutex_, caller_woken_, caller_sleepers_); }
+
+void ThreadPool::worker_loop() {
+  in_region = true;  // ops a worker runs never fan out again
+  uint64_t seen = 0;
+  for (;;) {
+    const auto posted = [&] { return generation_.load() != seen; };
+    if (!spin_until(posted)) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      ++idle_sleepers_;
+      work_posted_.wait(lock, posted);
+      --idle_sleepers_;
+    }
+    Job* job;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      seen = generation_.load();
+      job = current_;
+      if (job == nullptr || job->joined_workers >= job->wanted_workers) continue;
+      ++job->joined_workers;
+      job->running_workers.fetch_add(1);
+    }
+    work_on(*job);
+    // The last access to the job: the caller may return as soon as it reads 0.
+    if (job->running_workers.fetch_sub(1) == 1) wake_caller();
+  }
+}
+
+}  // namespace pali

@@ -1,0 +1,114 @@
+// The engine's thread pool: the workers behind parallel_for and parallel_rows
+// (core/parallel.h), created once per process and shared by every thread that
+// calls the engine.
+//
+// Why its own and not OpenMP's: OpenMP forks a team per op from each calling
+// thread, splits the work statically and waits at barriers that spin, so one
+// descheduled thread stalls a request and the spinning waiters keep it off the
+// core. Here a call hands out numbered chunks through an atomic counter to the
+// caller and whichever workers wake in time; waiting threads spin a few
+// microseconds (with a pause instruction) and then sleep on a condition
+// variable, so that idle workers leave the cores to whoever needs them.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+
+namespace pali {
+
+// Threads a call uses by default: OMP_NUM_THREADS when set (as before the
+// pool), else the cores this process may run on.
+int default_op_threads();
+
+// A barrier of a fixed number of threads that spins briefly, then sleeps.
+class SpinSleepBarrier {
+ public:
+  explicit SpinSleepBarrier(int parties) : parties_(parties) {}
+  SpinSleepBarrier(const SpinSleepBarrier&) = delete;
+  SpinSleepBarrier& operator=(const SpinSleepBarrier&) = delete;
+  // Returns once all parties have called it this round; what each wrote before
+  // is visible to all after.
+  void wait();
+
+ private:
+  const int parties_;
+  std::atomic<int> arrived_{0};
+  std::atomic<uint32_t> round_{0};
+  std::atomic<int> sleepers_{0};
+  std::mutex mutex_;
+  std::condition_variable woken_;
+};
+
+class ThreadPool {
+ public:
+  // The process's pool (a fresh one in a child after fork: the parent's
+  // workers do not exist there).
+  static ThreadPool& instance();
+  // True on a thread while it runs a chunk or a team member of a pool call.
+  static bool in_parallel_region();
+
+  // Calls fn(c) once for each chunk c in [0, chunks), on the calling thread
+  // and on up to threads - 1 workers, chunks claimed in order. Returns false,
+  // having called nothing, when the pool is running another thread's call.
+  template <typename F>
+  bool run_chunks(int threads, int64_t chunks, F& fn) {
+    Job job{&call_chunk<F>, &fn, chunks, threads - 1, nullptr};
+    return run(job);
+  }
+
+  // Calls fn(t, barrier) for every member t in [0, threads) of a team, all at
+  // once, each on its own thread (the caller is member 0's or another's), with
+  // a barrier of the team. Returns false, having called nothing, when busy.
+  template <typename F>
+  bool run_team(int threads, F& fn) {
+    SpinSleepBarrier barrier(threads);
+    Job job{&call_member<F>, &fn, threads, threads - 1, &barrier};
+    return run(job);
+  }
+
+ private:
+  struct Job {
+    void (*call)(const Job&, int64_t index);
+    void* fn;
+    int64_t count;  // chunks or team members
+    int wanted_workers;
+    SpinSleepBarrier* barrier;  // team calls only
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> finished{0};
+    std::atomic<int> running_workers{0};
+    int joined_workers = 0;  // guarded by mutex_
+  };
+
+  template <typename F>
+  static void call_chunk(const Job& job, int64_t c) {
+    (*static_cast<F*>(job.fn))(c);
+  }
+  template <typename F>
+  static void call_member(const Job& job, int64_t t) {
+    (*static_cast<F*>(job.fn))(static_cast<int>(t), *job.barrier);
+  }
+
+  ThreadPool() = default;
+  bool run(Job& job);
+  void work_on(Job& job);
+  void ensure_workers(int count);
+  void worker_loop();
+  void wake_caller();
+
+  std::mutex busy_;  // held by the thread whose call the pool runs
+
+  std::mutex mutex_;  // guards current_, joined_workers, idle_sleepers_ and worker creation
+  std::condition_variable work_posted_;
+  Job* current_ = nullptr;
+  std::atomic<uint64_t> generation_{0};  // bumped under mutex_ for each call
+  int idle_sleepers_ = 0;
+  int workers_ = 0;
+
+  std::mutex caller_mutex_;
+  std::condition_variable caller_woken_;
+  std::atomic<int> caller_sleepers_{0};
+};
+
+}  // namespace pali
