@@ -120,72 +120,77 @@ ThreadPool& ThreadPool::instance() {
 bool ThreadPool::in_parallel_region() { return in_region; }
 
 void ThreadPool::ensure_workers(int count) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard<std::mutex> lock(workers_mutex_);
   for (; workers_ < count; ++workers_) std::thread([this] { worker_loop(); }).detach();
 }
 
-bool ThreadPool::run(Job& job) {
+namespace {
+// ThreadPool::state_: generation << 32 | wanted workers << 16 | joined workers << 1 | closed.
+constexpr uint64_t kClosed = 1;
+constexpr int kCountBits = 15;
+constexpr uint64_t kCountMask = (uint64_t{1} << kCountBits) - 1;
+inline uint64_t generation_of(uint64_t state) { return state >> 32; }
+inline int wanted_of(uint64_t state) { return static_cast<int>((state >> 16) & kCountMask); }
+inline int joined_of(uint64_t state) { return static_cast<int>((state >> 1) & kCountMask); }
+}  // namespace
+
+bool ThreadPool::run(Call call, void* fn, int64_t count, int wanted_workers, SpinSleepBarrier* barrier) {
   std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
   if (!busy.owns_lock()) return false;
-  ensure_workers(job.wanted_workers);
-  bool wake;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    current_ = &job;
-    generation_.fetch_add(1);
-    wake = idle_sleepers_ > 0;
-  }
-  if (wake) work_posted_.notify_all();
+  wanted_workers = std::min<int>(wanted_workers, static_cast<int>(kCountMask));
+  ensure_workers(wanted_workers);
+  call_ = call;
+  fn_ = fn;
+  count_ = count;
+  barrier_ = barrier;
+  next_.store(0, std::memory_order_relaxed);
+  workers_done_.store(0, std::memory_order_relaxed);
+  const uint64_t generation = generation_of(state_.load(std::memory_order_relaxed)) + 1;
+  state_.store(generation << 32 | static_cast<uint64_t>(wanted_workers) << 16);
+  wake_sleepers(idle_mutex_, work_posted_, idle_sleepers_);
   {
     RegionFlag region;
-    work_on(job);
+    work_on_job();
   }
-  // Every chunk (or member) done, then no worker joins or touches the job again.
-  spin_then_sleep([&] { return job.finished.load() == job.count; }, caller_mutex_, caller_woken_,
-                  caller_sleepers_);
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    current_ = nullptr;
-  }
-  spin_then_sleep([&] { return job.running_workers.load() == 0; }, caller_mutex_, caller_woken_,
-                  caller_sleepers_);
+  // Every chunk (or member) is claimed: close the call to latecomers, then
+  // wait for those that joined, after which none touches it again.
+  const int joined = joined_of(state_.fetch_or(kClosed));
+  spin_then_sleep([&] { return workers_done_.load() == joined; }, caller_mutex_, caller_woken_, caller_sleepers_);
   return true;
 }
 
-void ThreadPool::work_on(Job& job) {
+void ThreadPool::work_on_job() {
   for (;;) {
-    const int64_t i = job.next.fetch_add(1, std::memory_order_relaxed);
-    if (i >= job.count) return;
-    job.call(job, i);
-    if (job.finished.fetch_add(1) + 1 == job.count) wake_caller();
+    const int64_t i = next_.fetch_add(1, std::memory_order_relaxed);
+    if (i >= count_) return;
+    call_(fn_, i, barrier_);
   }
 }
 
-void ThreadPool::wake_caller() { wake_sleepers(caller_mutex_, caller_woken_, caller_sleepers_); }
+bool ThreadPool::try_join(uint64_t generation) {
+  uint64_t state = state_.load();
+  while (generation_of(state) == generation && !(state & kClosed) && joined_of(state) < wanted_of(state)) {
+    if (state_.compare_exchange_weak(state, state + 2)) return true;
+  }
+  return false;
+}
 
 void ThreadPool::worker_loop() {
   in_region = true;  // ops a worker runs never fan out again
   uint64_t seen = 0;
   for (;;) {
-    const auto posted = [&] { return generation_.load() != seen; };
-    if (!spin_until(posted)) {
-      std::unique_lock<std::mutex> lock(mutex_);
-      ++idle_sleepers_;
-      work_posted_.wait(lock, posted);
-      --idle_sleepers_;
-    }
-    Job* job;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      seen = generation_.load();
-      job = current_;
-      if (job == nullptr || job->joined_workers >= job->wanted_workers) continue;
-      ++job->joined_workers;
-      job->running_workers.fetch_add(1);
-    }
-    work_on(*job);
-    // The last access to the job: the caller may return as soon as it reads 0.
-    if (job->running_workers.fetch_sub(1) == 1) wake_caller();
+    uint64_t generation = 0;
+    const auto posted = [&] {
+      generation = generation_of(state_.load());
+      return generation != seen;
+    };
+    spin_then_sleep(posted, idle_mutex_, work_posted_, idle_sleepers_);
+    seen = generation;
+    if (!try_join(generation)) continue;
+    work_on_job();
+    // The last access to the call: its caller may return as soon as it counts this.
+    workers_done_.fetch_add(1);
+    wake_sleepers(caller_mutex_, caller_woken_, caller_sleepers_);
   }
 }
 

@@ -54,57 +54,56 @@ class ThreadPool {
   // having called nothing, when the pool is running another thread's call.
   template <typename F>
   bool run_chunks(int threads, int64_t chunks, F& fn) {
-    Job job{&call_chunk<F>, &fn, chunks, threads - 1, nullptr};
-    return run(job);
+    return run(&call_chunk<F>, &fn, chunks, threads - 1, nullptr);
   }
 
   // Calls fn(t, barrier) for every member t in [0, threads) of a team, all at
-  // once, each on its own thread (the caller is member 0's or another's), with
-  // a barrier of the team. Returns false, having called nothing, when busy.
+  // once, each on its own thread (the caller is one of them), with a barrier
+  // of the team. Returns false, having called nothing, when busy.
   template <typename F>
   bool run_team(int threads, F& fn) {
     SpinSleepBarrier barrier(threads);
-    Job job{&call_member<F>, &fn, threads, threads - 1, &barrier};
-    return run(job);
+    return run(&call_member<F>, &fn, threads, threads - 1, &barrier);
   }
 
  private:
-  struct Job {
-    void (*call)(const Job&, int64_t index);
-    void* fn;
-    int64_t count;  // chunks or team members
-    int wanted_workers;
-    SpinSleepBarrier* barrier;  // team calls only
-    std::atomic<int64_t> next{0};
-    std::atomic<int64_t> finished{0};
-    std::atomic<int> running_workers{0};
-    int joined_workers = 0;  // guarded by mutex_
-  };
+  using Call = void (*)(void* fn, int64_t index, SpinSleepBarrier* barrier);
 
   template <typename F>
-  static void call_chunk(const Job& job, int64_t c) {
-    (*static_cast<F*>(job.fn))(c);
+  static void call_chunk(void* fn, int64_t c, SpinSleepBarrier*) {
+    (*static_cast<F*>(fn))(c);
   }
   template <typename F>
-  static void call_member(const Job& job, int64_t t) {
-    (*static_cast<F*>(job.fn))(static_cast<int>(t), *job.barrier);
+  static void call_member(void* fn, int64_t t, SpinSleepBarrier* barrier) {
+    (*static_cast<F*>(fn))(static_cast<int>(t), *barrier);
   }
 
   ThreadPool() = default;
-  bool run(Job& job);
-  void work_on(Job& job);
+  bool run(Call call, void* fn, int64_t count, int wanted_workers, SpinSleepBarrier* barrier);
+  void work_on_job();
+  bool try_join(uint64_t generation);
   void ensure_workers(int count);
   void worker_loop();
-  void wake_caller();
 
   std::mutex busy_;  // held by the thread whose call the pool runs
-
-  std::mutex mutex_;  // guards current_, joined_workers, idle_sleepers_ and worker creation
-  std::condition_variable work_posted_;
-  Job* current_ = nullptr;
-  std::atomic<uint64_t> generation_{0};  // bumped under mutex_ for each call
-  int idle_sleepers_ = 0;
+  std::mutex workers_mutex_;
   int workers_ = 0;
+
+  // The current call. Workers join it without a lock: state_ packs its
+  // generation (bumped per call), the workers it wants, those that joined
+  // and whether it is closed; only a worker that joined reads the fields
+  // below, which the next call rewrites only after every joined worker is done.
+  std::atomic<uint64_t> state_{0};
+  Call call_ = nullptr;
+  void* fn_ = nullptr;
+  int64_t count_ = 0;
+  SpinSleepBarrier* barrier_ = nullptr;
+  std::atomic<int64_t> next_{0};
+  std::atomic<int> workers_done_{0};
+
+  std::mutex idle_mutex_;
+  std::condition_variable work_posted_;
+  std::atomic<int> idle_sleepers_{0};
 
   std::mutex caller_mutex_;
   std::condition_variable caller_woken_;
