@@ -20,7 +20,7 @@ namespace {
 // gap between two ops of one call (so a worker is awake for the next), short
 // enough that a worker whose call ended, or one waiting for a descheduled
 // thread, gives its core back at once.
-constexpr auto kSpinTime = std::chrono::microseconds(30);
+constexpr auto kSpinTime = std::chrono::microseconds(5);
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -121,11 +121,15 @@ bool ThreadPool::in_parallel_region() { return in_region; }
 
 void ThreadPool::ensure_workers(int count) {
   std::lock_guard<std::mutex> lock(workers_mutex_);
-  for (; workers_ < count; ++workers_) std::thread([this] { worker_loop(); }).detach();
+  for (; workers_ < count; ++workers_) {
+    const int index = workers_;
+    std::thread([this, index] { worker_loop(index); }).detach();
+  }
 }
 
 namespace {
 // ThreadPool::state_: generation << 32 | wanted workers << 16 | joined workers << 1 | closed.
+// Worker i joins only calls that want more than i workers, so joined <= wanted.
 constexpr uint64_t kClosed = 1;
 constexpr int kCountBits = 15;
 constexpr uint64_t kCountMask = (uint64_t{1} << kCountBits) - 1;
@@ -137,20 +141,23 @@ inline int joined_of(uint64_t state) { return static_cast<int>((state >> 1) & kC
 bool ThreadPool::run(Call call, void* fn, int64_t count, int wanted_workers, SpinSleepBarrier* barrier) {
   std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
   if (!busy.owns_lock()) return false;
-  wanted_workers = std::min<int>(wanted_workers, static_cast<int>(kCountMask));
+  wanted_workers = std::min(wanted_workers, kMaxThreads - 1);
   ensure_workers(wanted_workers);
   call_ = call;
   fn_ = fn;
-  count_ = count;
+  threads_ = wanted_workers + 1;
   barrier_ = barrier;
-  next_.store(0, std::memory_order_relaxed);
+  for (int t = 0; t < threads_; ++t) {
+    shares_[t].next.store(count * t / threads_, std::memory_order_relaxed);
+    shares_[t].end = count * (t + 1) / threads_;
+  }
   workers_done_.store(0, std::memory_order_relaxed);
   const uint64_t generation = generation_of(state_.load(std::memory_order_relaxed)) + 1;
   state_.store(generation << 32 | static_cast<uint64_t>(wanted_workers) << 16);
   wake_sleepers(idle_mutex_, work_posted_, idle_sleepers_);
   {
     RegionFlag region;
-    work_on_job();
+    work_on_job(0);
   }
   // Every chunk (or member) is claimed: close the call to latecomers, then
   // wait for those that joined, after which none touches it again.
@@ -159,23 +166,27 @@ bool ThreadPool::run(Call call, void* fn, int64_t count, int wanted_workers, Spi
   return true;
 }
 
-void ThreadPool::work_on_job() {
-  for (;;) {
-    const int64_t i = next_.fetch_add(1, std::memory_order_relaxed);
-    if (i >= count_) return;
-    call_(fn_, i, barrier_);
+void ThreadPool::work_on_job(int self) {
+  for (int k = 0; k < threads_; ++k) {
+    Share& share = shares_[(self + k) % threads_];
+    for (;;) {
+      const int64_t i = share.next.fetch_add(1, std::memory_order_relaxed);
+      if (i >= share.end) break;
+      call_(fn_, i, barrier_);
+    }
   }
 }
 
-bool ThreadPool::try_join(uint64_t generation) {
+bool ThreadPool::try_join(uint64_t generation, int index) {
   uint64_t state = state_.load();
-  while (generation_of(state) == generation && !(state & kClosed) && joined_of(state) < wanted_of(state)) {
+  while (generation_of(state) == generation && !(state & kClosed) && index < wanted_of(state)) {
     if (state_.compare_exchange_weak(state, state + 2)) return true;
   }
   return false;
 }
 
-void ThreadPool::worker_loop() {
+// Worker `index` is thread index + 1 of every call that wants that many.
+void ThreadPool::worker_loop(int index) {
   in_region = true;  // ops a worker runs never fan out again
   uint64_t seen = 0;
   for (;;) {
@@ -186,8 +197,8 @@ void ThreadPool::worker_loop() {
     };
     spin_then_sleep(posted, idle_mutex_, work_posted_, idle_sleepers_);
     seen = generation;
-    if (!try_join(generation)) continue;
-    work_on_job();
+    if (!try_join(generation, index)) continue;
+    work_on_job(index + 1);
     // The last access to the call: its caller may return as soon as it counts this.
     workers_done_.fetch_add(1);
     wake_sleepers(caller_mutex_, caller_woken_, caller_sleepers_);

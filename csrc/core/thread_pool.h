@@ -50,7 +50,10 @@ class ThreadPool {
   static bool in_parallel_region();
 
   // Calls fn(c) once for each chunk c in [0, chunks), on the calling thread
-  // and on up to threads - 1 workers, chunks claimed in order. Returns false,
+  // and on up to threads - 1 workers. Thread t of the call first takes the
+  // t-th share of the chunks (the same rows or weight panels as in the call
+  // before, still in its core's caches), then takes what is left of the
+  // others' shares, so a late or descheduled thread's chunks get done. Returns false,
   // having called nothing, when the pool is running another thread's call.
   template <typename F>
   bool run_chunks(int threads, int64_t chunks, F& fn) {
@@ -80,10 +83,17 @@ class ThreadPool {
 
   ThreadPool() = default;
   bool run(Call call, void* fn, int64_t count, int wanted_workers, SpinSleepBarrier* barrier);
-  void work_on_job();
-  bool try_join(uint64_t generation);
+  void work_on_job(int self);
+  bool try_join(uint64_t generation, int index);
   void ensure_workers(int count);
-  void worker_loop();
+  void worker_loop(int index);
+
+  // Each thread's share of the current call's chunks, claimed through its counter.
+  struct alignas(64) Share {
+    std::atomic<int64_t> next{0};
+    int64_t end = 0;
+  };
+  static constexpr int kMaxThreads = 256;
 
   std::mutex busy_;  // held by the thread whose call the pool runs
   std::mutex workers_mutex_;
@@ -96,9 +106,9 @@ class ThreadPool {
   std::atomic<uint64_t> state_{0};
   Call call_ = nullptr;
   void* fn_ = nullptr;
-  int64_t count_ = 0;
+  int threads_ = 0;
   SpinSleepBarrier* barrier_ = nullptr;
-  std::atomic<int64_t> next_{0};
+  Share shares_[kMaxThreads];
   std::atomic<int> workers_done_{0};
 
   std::mutex idle_mutex_;
