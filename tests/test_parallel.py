@@ -2,8 +2,8 @@
 
 Why: every op splits its work with parallel_for or parallel_rows, so an item
 visited twice or never, a chunk off its alignment, a nested call that fans out
-again, or a barrier that lets a thread read a row before it is written would
-corrupt results only sometimes; these check each directly, over many shapes,
+again, or a pass that returns before all its rows are written would corrupt
+results only sometimes; these check each directly, over many shapes,
 thread counts and concurrent callers.
 """
 
@@ -50,19 +50,20 @@ def test_parallel_for_from_many_python_threads_at_once():
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 4, 7])
-def test_parallel_rows_sync_orders_phases(threads):
-    for n, min_rows, phases in [(1, 1, 3), (7, 1, 2), (64, 16, 4), (65, 1, 5), (300, 16, 6), (33, 40, 2)]:
-        covered, wrong, members = ops.parallel_rows_check(n, min_rows, threads, phases)
-        assert (covered == 1).all(), (n, min_rows, threads)
-        assert wrong == 0, (n, min_rows, threads, phases)
-        assert members == max(1, min(threads, n // min_rows)), (n, min_rows, threads)
+def test_parallel_rows_passes_cover_every_row_in_order(threads):
+    for n, min_rows, passes in [(1, 1, 3), (7, 1, 2), (64, 16, 4), (65, 1, 5), (300, 16, 6), (33, 40, 2)]:
+        visits, wrong, small = ops.parallel_rows_check(n, min_rows, threads, passes)
+        assert visits.shape == (passes, n)
+        assert (visits == 1).all(), (n, min_rows, threads)
+        assert wrong == 0, (n, min_rows, threads, passes)
+        assert small == 0, (n, min_rows, threads)
 
 
 def test_parallel_rows_from_many_python_threads_at_once():
-    # A call that finds the pool busy runs alone (one member); every call is complete and ordered.
+    # A call that finds the pool busy runs on its caller alone; every pass is complete and ordered.
     def call(i):
-        covered, wrong, members = ops.parallel_rows_check(97 + i, 1, 2 + i % 3, 3)
-        return bool((covered == 1).all()) and wrong == 0 and 1 <= members <= 2 + i % 3
+        visits, wrong, _ = ops.parallel_rows_check(97 + i, 1, 2 + i % 3, 3)
+        return bool((visits == 1).all()) and wrong == 0
 
     with ThreadPoolExecutor(6) as pool:
         assert all(pool.map(call, range(120)))

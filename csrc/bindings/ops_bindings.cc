@@ -96,29 +96,35 @@ void bind_ops(py::module_& parent) {
   }, py::arg("begin"), py::arg("end"), py::arg("grain"), py::arg("align"), py::arg("threads"),
      py::arg("nested") = false,
      "Counts how often parallel_for (or parallel_for_aligned when align > 1) visits each item.");
-  m.def("parallel_rows_check", [](int64_t n, int64_t min_rows, int threads, int phases) {
-    // Each phase writes its rows and, after sync(), reads every row of the phase; returns
-    // (rows written per phase, wrong reads, teams' row coverage).
-    std::vector<int64_t> cells(static_cast<size_t>(n * phases), -1);
-    std::atomic<int64_t> wrong{0}, members{0};
-    std::vector<int64_t> covered(static_cast<size_t>(n), 0);
+  m.def("parallel_rows_check", [](int64_t n, int64_t min_rows, int threads, int passes) {
+    // Pass p writes its chunk's rows of phase p after reading every row of phase p - 1;
+    // returns (visits per phase and row, wrong reads, chunks smaller than both min_rows and n).
+    std::vector<std::atomic<int64_t>> cells(static_cast<size_t>(n * passes));
+    for (auto& c : cells) c.store(-1, std::memory_order_relaxed);
+    std::vector<std::atomic<int64_t>> visits(static_cast<size_t>(n * passes));
+    std::atomic<int64_t> wrong{0}, small{0};
     {
       py::gil_scoped_release release;
       ScopedOpThreads scoped(threads);
-      parallel_rows(n, min_rows, [&](int64_t rb, int64_t re, const auto& sync) {
-        ++members;
-        for (int64_t r = rb; r < re; ++r) ++covered[r];
-        for (int p = 0; p < phases; ++p) {
-          for (int64_t r = rb; r < re; ++r) cells[p * n + r] = p * n + r;
-          sync();
-          for (int64_t r = 0; r < n; ++r)
-            if (cells[p * n + r] != p * n + r) ++wrong;
-        }
-      });
+      for (int p = 0; p < passes; ++p) {
+        parallel_rows(n, min_rows, [&](int64_t rb, int64_t re) {
+          if (re - rb < std::min(min_rows, n) / 2) ++small;  // chunks split rows about evenly
+          if (p > 0)
+            for (int64_t r = 0; r < n; ++r)
+              if (cells[(p - 1) * n + r].load(std::memory_order_relaxed) != (p - 1) * n + r) ++wrong;
+          for (int64_t r = rb; r < re; ++r) {
+            cells[p * n + r].store(p * n + r, std::memory_order_relaxed);
+            visits[p * n + r].fetch_add(1);
+          }
+        });
+      }
     }
-    return py::make_tuple(py::array_t<int64_t>(covered.size(), covered.data()), wrong.load(), members.load());
-  }, py::arg("n"), py::arg("min_rows"), py::arg("threads"), py::arg("phases"),
-     "Runs a parallel_rows pass whose phases check sync()'s ordering.");
+    std::vector<int64_t> counts(visits.begin(), visits.end());
+    return py::make_tuple(py::array_t<int64_t>({static_cast<py::ssize_t>(passes), static_cast<py::ssize_t>(n)},
+                                               counts.data()),
+                          wrong.load(), small.load());
+  }, py::arg("n"), py::arg("min_rows"), py::arg("threads"), py::arg("passes"),
+     "Runs parallel_rows passes, each reading every row the pass before wrote.");
 
   // ---- linear ---------------------------------------------------------------
   py::class_<LinearWeight>(m, "LinearWeight", py::module_local())

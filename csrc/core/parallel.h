@@ -7,8 +7,9 @@
 // request, and OpenMP's spinning waiters took the core it needed. Here the
 // workers are created once per process and shared by every calling thread;
 // the caller works too; work is handed out in more chunks than threads, so
-// the threads that run take the share of one that does not; waiting threads
-// spin a few microseconds and then sleep (core/thread_pool.h).
+// the threads that run take the share of one that does not, and nothing
+// waits for a thread that holds no chunk; waiting threads spin for tens of
+// microseconds and then sleep (core/thread_pool.h).
 //
 // The engine is called from several Python threads at once (each with the GIL
 // released), so the thread count is not global: it is a thread-local setting of
@@ -21,6 +22,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 
 #include "core/thread_pool.h"
 
@@ -57,9 +59,9 @@ inline bool in_parallel_region() { return ThreadPool::in_parallel_region(); }
 constexpr int64_t kChunksPerThread = 4;
 
 // Calls fn(chunk_begin, chunk_end) over [begin, end) split into contiguous
-// chunks of about `grain` items or more (at most kChunksPerThread per thread,
-// sizes differing by at most one item), each chunk once, on op_threads()
-// threads at most, the caller among them. fn must not throw.
+// chunks of `grain` items or more (the same number for every thread, at most
+// kChunksPerThread, sizes differing by at most one item), each chunk once, on
+// op_threads() threads at most, the caller among them. fn must not throw.
 template <typename F>
 void parallel_for(int64_t begin, int64_t end, int64_t grain, F&& fn) {
   const int64_t n = end - begin;
@@ -71,7 +73,8 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, F&& fn) {
     fn(begin, end);
     return;
   }
-  const int64_t chunks = std::min<int64_t>(max_chunks, threads * kChunksPerThread);
+  // Equal shares: a thread with one chunk more than the others would keep them waiting.
+  const int64_t chunks = threads * std::min<int64_t>(kChunksPerThread, max_chunks / threads);
   auto run_chunk = [&](int64_t c) {
     const int64_t b = begin + n * c / chunks;
     const int64_t e = begin + n * (c + 1) / chunks;
@@ -83,42 +86,29 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, F&& fn) {
 // Below this many rows per thread, a row-split op runs on fewer threads.
 constexpr int64_t kMinRowsPerThread = 16;
 
-// A model layer whose weights take at most this many bytes runs as one
-// parallel_rows pass, each thread reading all of them (cheap while they fit a
-// core's L2); larger layers run op by op, each op splitting its own work.
+// A model layer whose weights take at most this many bytes runs as
+// parallel_rows passes, each thread reading all of them (cheap while they fit
+// a core's L2); larger layers run op by op, each op splitting its own work.
 constexpr size_t kOnePassMaxLayerBytes = size_t{1} << 20;
 
-// Runs fn(begin, end, sync) on every thread of one team, each with its own
-// contiguous chunk of rows [0, n) (at least min_rows rows each); sync() is a
-// barrier of the team. Why: a transformer block is a dozen ops, and one fork
-// and join per op, with each op's output split differently from the next op's
-// input, costs more than the work of a small model; here a thread keeps its
-// rows in its own core's caches from op to op and meets the others only where
-// it must (before attention reads every row's keys and values). Ops called
-// inside run on their calling thread. Every thread must call sync() equally
-// often, and fn must not throw (a thread that left would leave the others
-// waiting at the barrier). The barrier spins a few microseconds and then
-// sleeps, so that a late thread gets the core of those waiting for it. When
-// the pool is busy with another call, the caller runs all rows alone.
+// Calls fn(begin, end) over the rows [0, n) in chunks of about min_rows rows
+// or more, claimed by the threads as parallel_for's are. Why: a transformer
+// layer is a dozen ops, and one parallel call per op, each splitting its own
+// work, costs more than the work of a small model; a model instead runs a
+// layer as a few such passes (ops called inside run on their calling thread),
+// each thread taking the same rows from pass to pass while all run (so they
+// stay in its core's caches), and passes meet only where they must (before
+// attention reads every row's keys and values). A pass waits only for chunks
+// in progress, never for a thread that has not come: the others take its rows.
 template <typename F>
 void parallel_rows(int64_t n, int64_t min_rows, F&& fn) {
-  const int64_t most = n / std::max<int64_t>(min_rows, 1);
-  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(op_threads(), most)));
-  const auto no_sync = [] {};
-  if (threads <= 1 || in_parallel_region()) {
-    fn(int64_t{0}, n, no_sync);
-    return;
-  }
-  auto run_member = [&](int t, SpinSleepBarrier& barrier) {
-    const auto sync = [&barrier] { barrier.wait(); };
-    fn(n * t / threads, n * (t + 1) / threads, sync);
-  };
-  if (!ThreadPool::instance().run_team(threads, run_member)) fn(int64_t{0}, n, no_sync);
+  parallel_for(0, n, std::max<int64_t>(min_rows, 1), std::forward<F>(fn));
 }
 
-// min_rows for a parallel_rows pass over `rows` rows of layers of at most
-// `layer_bytes` of weights each: a team when they fit kOnePassMaxLayerBytes,
-// else one thread (the caller), whose ops then split their own work.
+// min_rows for parallel_rows passes over `rows` rows of layers of at most
+// `layer_bytes` of weights each: chunks of rows when they fit
+// kOnePassMaxLayerBytes, else all rows on the caller, whose ops then split
+// their own work.
 inline int64_t layer_pass_min_rows(size_t layer_bytes, int64_t rows) {
   return layer_bytes <= kOnePassMaxLayerBytes ? kMinRowsPerThread : std::max<int64_t>(rows, 1);
 }

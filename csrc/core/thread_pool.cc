@@ -6,8 +6,16 @@
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
 #include <cstdlib>
+#include <mutex>
 #include <thread>
+
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -16,49 +24,24 @@
 namespace pali {
 namespace {
 
-// How long a waiting thread spins before it sleeps: long enough to cover the
-// gap between two ops of one call (so a worker is awake for the next), short
-// enough that a worker whose call ended, or one waiting for a descheduled
-// thread, gives its core back at once.
-constexpr auto kSpinTime = std::chrono::microseconds(5);
-
-inline void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-  _mm_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield");
-#endif
+// How long an idle worker spins for the next call before it sleeps: longer
+// than the gaps between the ops of a decode step (a few to tens of
+// microseconds), so that within a request the workers are awake for every op
+// and a call costs no system call; short enough that between requests, or
+// while a descheduled caller waits for its core, a worker gives its core
+// back within a small fraction of a scheduler time slice.
+int64_t idle_spin_ns() {
+  static const int64_t ns = [] {
+    if (const char* env = std::getenv("PALI_POOL_SPIN_US")) return static_cast<int64_t>(std::atoll(env)) * 1000;
+    return int64_t{50000};
+  }();
+  return ns;
 }
 
-// Spins until done() or kSpinTime has passed; returns done().
-template <typename Done>
-bool spin_until(Done done) {
-  const auto start = std::chrono::steady_clock::now();
-  for (int i = 1;; ++i) {
-    if (done()) return true;
-    cpu_relax();
-    if (i % 64 == 0 && std::chrono::steady_clock::now() - start > kSpinTime) return done();
-  }
-}
-
-// Spins, then sleeps on `woken` until done(). A waker makes done() true and
-// then calls wake_sleepers with the same objects; the sequentially consistent
-// sleepers count makes sure that either the waker sees a sleeper or the
-// sleeper sees done().
-template <typename Done>
-void spin_then_sleep(Done done, std::mutex& mutex, std::condition_variable& woken, std::atomic<int>& sleepers) {
-  if (spin_until(done)) return;
-  std::unique_lock<std::mutex> lock(mutex);
-  sleepers.fetch_add(1);
-  woken.wait(lock, done);
-  sleepers.fetch_sub(1);
-}
-
-void wake_sleepers(std::mutex& mutex, std::condition_variable& woken, std::atomic<int>& sleepers) {
-  if (sleepers.load() == 0) return;
-  { std::lock_guard<std::mutex> lock(mutex); }
-  woken.notify_all();
-}
+// How long a caller whose chunks are done spins for the workers still in
+// the call: they finish their last chunk within microseconds unless the OS
+// has descheduled one, and then the caller's core is better given to it.
+constexpr int64_t kJoinSpinNs = 20000;
 
 thread_local bool in_region = false;
 
@@ -83,6 +66,15 @@ int count_threads() {
 std::atomic<ThreadPool*> process_pool{nullptr};
 std::mutex process_pool_mutex;
 
+// ThreadPool::state_: generation << 32 | wanted workers << 16 | joined workers << 1 | closed.
+// Worker i joins only calls that want more than i workers, so joined <= wanted.
+constexpr uint64_t kClosed = 1;
+constexpr int kCountBits = 15;
+constexpr uint64_t kCountMask = (uint64_t{1} << kCountBits) - 1;
+inline uint32_t generation_of(uint64_t state) { return static_cast<uint32_t>(state >> 32); }
+inline int wanted_of(uint64_t state) { return static_cast<int>((state >> 16) & kCountMask); }
+inline int joined_of(uint64_t state) { return static_cast<int>((state >> 1) & kCountMask); }
+
 }  // namespace
 
 int default_op_threads() {
@@ -90,23 +82,56 @@ int default_op_threads() {
   return threads;
 }
 
-void SpinSleepBarrier::wait() {
-  const uint32_t round = round_.load(std::memory_order_acquire);
-  if (arrived_.fetch_add(1, std::memory_order_acq_rel) == parties_ - 1) {
-    arrived_.store(0, std::memory_order_relaxed);
-    round_.store(round + 1);
-    wake_sleepers(mutex_, woken_, sleepers_);
-    return;
-  }
-  spin_then_sleep([&] { return round_.load() != round; }, mutex_, woken_, sleepers_);
+int64_t WaitWord::now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
 }
+
+void WaitWord::cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+template <typename Done>
+bool WaitWord::spin_until(Done done, int64_t spin_ns) {
+  if (done()) return true;
+  const int64_t deadline = now_ns() + spin_ns;
+  for (int i = 1;; ++i) {
+    cpu_relax();
+    if (done()) return true;
+    if (i % 16 == 0 && now_ns() > deadline) return false;
+  }
+}
+
+#if defined(__linux__)
+void WaitWord::sleep_while(uint32_t seen) {
+  // Returns at once when the word is no longer `seen`; spurious returns are re-checked by the caller.
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(&value), FUTEX_WAIT_PRIVATE, seen, nullptr, nullptr, 0);
+}
+void WaitWord::wake_all() {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(&value), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
+}
+#else
+void WaitWord::sleep_while(uint32_t seen) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  changed_.wait(lock, [&] { return value.load() != seen; });
+}
+void WaitWord::wake_all() {
+  { std::lock_guard<std::mutex> lock(mutex_); }
+  changed_.notify_all();
+}
+#endif
 
 ThreadPool& ThreadPool::instance() {
   if (ThreadPool* pool = process_pool.load(std::memory_order_acquire)) return *pool;
   std::lock_guard<std::mutex> lock(process_pool_mutex);
   if (ThreadPool* pool = process_pool.load(std::memory_order_relaxed)) return *pool;
   static const bool fork_handler = [] {
-    // The parent's pool (its workers, maybe a held lock) is left behind in a child.
+    // The parent's pool (its workers, maybe a call in flight) is left behind in a child.
     pthread_atfork(nullptr, nullptr, [] { process_pool.store(nullptr); });
     return true;
   }();
@@ -120,64 +145,54 @@ ThreadPool& ThreadPool::instance() {
 bool ThreadPool::in_parallel_region() { return in_region; }
 
 void ThreadPool::ensure_workers(int count) {
-  std::lock_guard<std::mutex> lock(workers_mutex_);
-  for (; workers_ < count; ++workers_) {
-    const int index = workers_;
+  for (; workers_started_ < count; ++workers_started_) {
+    const int index = workers_started_;
     std::thread([this, index] { worker_loop(index); }).detach();
   }
 }
 
-namespace {
-// ThreadPool::state_: generation << 32 | wanted workers << 16 | joined workers << 1 | closed.
-// Worker i joins only calls that want more than i workers, so joined <= wanted.
-constexpr uint64_t kClosed = 1;
-constexpr int kCountBits = 15;
-constexpr uint64_t kCountMask = (uint64_t{1} << kCountBits) - 1;
-inline uint64_t generation_of(uint64_t state) { return state >> 32; }
-inline int wanted_of(uint64_t state) { return static_cast<int>((state >> 16) & kCountMask); }
-inline int joined_of(uint64_t state) { return static_cast<int>((state >> 1) & kCountMask); }
-}  // namespace
-
-bool ThreadPool::run(Call call, void* fn, int64_t count, int wanted_workers, SpinSleepBarrier* barrier) {
-  std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
-  if (!busy.owns_lock()) return false;
+bool ThreadPool::run(Call call, void* fn, int64_t chunks, int wanted_workers) {
+  if (busy_.exchange(true, std::memory_order_acquire)) return false;
   wanted_workers = std::min(wanted_workers, kMaxThreads - 1);
   ensure_workers(wanted_workers);
   call_ = call;
   fn_ = fn;
   threads_ = wanted_workers + 1;
-  barrier_ = barrier;
   for (int t = 0; t < threads_; ++t) {
-    shares_[t].next.store(count * t / threads_, std::memory_order_relaxed);
-    shares_[t].end = count * (t + 1) / threads_;
+    shares_[t].next.store(chunks * t / threads_, std::memory_order_relaxed);
+    shares_[t].end = chunks * (t + 1) / threads_;
   }
-  workers_done_.store(0, std::memory_order_relaxed);
-  const uint64_t generation = generation_of(state_.load(std::memory_order_relaxed)) + 1;
-  state_.store(generation << 32 | static_cast<uint64_t>(wanted_workers) << 16);
-  wake_sleepers(idle_mutex_, work_posted_, idle_sleepers_);
+  workers_done_.value.store(0, std::memory_order_relaxed);
+  const uint32_t generation = generation_of(state_.load(std::memory_order_relaxed)) + 1;
+  state_.store(uint64_t{generation} << 32 | static_cast<uint64_t>(wanted_workers) << 16);
+  posted_.value.store(generation);
+  posted_.wake();
   {
     RegionFlag region;
-    work_on_job(0);
+    work_on_call(0);
   }
-  // Every chunk (or member) is claimed: close the call to latecomers, then
-  // wait for those that joined, after which none touches it again.
-  const int joined = joined_of(state_.fetch_or(kClosed));
-  spin_then_sleep([&] { return workers_done_.load() == joined; }, caller_mutex_, caller_woken_, caller_sleepers_);
+  // Every chunk is claimed: close the call to latecomers, then wait for those
+  // that joined, after which none touches it again.
+  const uint32_t joined = static_cast<uint32_t>(joined_of(state_.fetch_or(kClosed)));
+  workers_done_.wait_until([&] { return workers_done_.value.load(std::memory_order_acquire) == joined; },
+                           kJoinSpinNs);
+  busy_.store(false, std::memory_order_release);
   return true;
 }
 
-void ThreadPool::work_on_job(int self) {
+void ThreadPool::work_on_call(int self) {
   for (int k = 0; k < threads_; ++k) {
     Share& share = shares_[(self + k) % threads_];
+    if (share.next.load(std::memory_order_relaxed) >= share.end) continue;
     for (;;) {
       const int64_t i = share.next.fetch_add(1, std::memory_order_relaxed);
       if (i >= share.end) break;
-      call_(fn_, i, barrier_);
+      call_(fn_, i);
     }
   }
 }
 
-bool ThreadPool::try_join(uint64_t generation, int index) {
+bool ThreadPool::try_join(uint32_t generation, int index) {
   uint64_t state = state_.load();
   while (generation_of(state) == generation && !(state & kClosed) && index < wanted_of(state)) {
     if (state_.compare_exchange_weak(state, state + 2)) return true;
@@ -188,20 +203,15 @@ bool ThreadPool::try_join(uint64_t generation, int index) {
 // Worker `index` is thread index + 1 of every call that wants that many.
 void ThreadPool::worker_loop(int index) {
   in_region = true;  // ops a worker runs never fan out again
-  uint64_t seen = 0;
+  uint32_t seen = 0;
   for (;;) {
-    uint64_t generation = 0;
-    const auto posted = [&] {
-      generation = generation_of(state_.load());
-      return generation != seen;
-    };
-    spin_then_sleep(posted, idle_mutex_, work_posted_, idle_sleepers_);
-    seen = generation;
-    if (!try_join(generation, index)) continue;
-    work_on_job(index + 1);
+    posted_.wait_until([&] { return posted_.value.load(std::memory_order_acquire) != seen; }, idle_spin_ns());
+    seen = posted_.value.load(std::memory_order_acquire);
+    if (!try_join(seen, index)) continue;
+    work_on_call(index + 1);
     // The last access to the call: its caller may return as soon as it counts this.
-    workers_done_.fetch_add(1);
-    wake_sleepers(caller_mutex_, caller_woken_, caller_sleepers_);
+    workers_done_.value.fetch_add(1, std::memory_order_acq_rel);
+    workers_done_.wake();
   }
 }
 

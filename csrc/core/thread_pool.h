@@ -1,20 +1,25 @@
-// The engine's thread pool: the workers behind parallel_for and parallel_rows
-// (core/parallel.h), created once per process and shared by every thread that
-// calls the engine.
+// The engine's thread pool: the workers behind parallel_for (core/parallel.h),
+// created once per process and shared by every thread that calls the engine.
 //
 // Why its own and not OpenMP's: OpenMP forks a team per op from each calling
 // thread, splits the work statically and waits at barriers that spin, so one
 // descheduled thread stalls a request and the spinning waiters keep it off the
-// core. Here a call hands out numbered chunks through an atomic counter to the
-// caller and whichever workers wake in time; waiting threads spin a few
-// microseconds (with a pause instruction) and then sleep on a condition
-// variable, so that idle workers leave the cores to whoever needs them.
+// core. Here a call hands out numbered chunks to the caller and whichever
+// workers are awake, each thread first taking its own share and then what is
+// left of the others', so the chunks of a late or descheduled thread get done
+// by the others and nobody waits for a thread that holds no chunk. Waiting
+// threads spin for a bounded time (long enough to bridge the gap between two
+// ops of one request, so that a worker is awake for the next) and then sleep
+// on a futex, so that idle workers give their cores back.
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
+
+#if !defined(__linux__)
+#include <condition_variable>
 #include <mutex>
+#endif
 
 namespace pali {
 
@@ -22,23 +27,45 @@ namespace pali {
 // pool), else the cores this process may run on.
 int default_op_threads();
 
-// A barrier of a fixed number of threads that spins briefly, then sleeps.
-class SpinSleepBarrier {
+// A 32-bit word that threads wait on until it changes: a futex on Linux, a
+// condition variable elsewhere. A waker changes the word, then calls wake();
+// wake() costs a system call only when a thread sleeps on the word.
+class WaitWord {
  public:
-  explicit SpinSleepBarrier(int parties) : parties_(parties) {}
-  SpinSleepBarrier(const SpinSleepBarrier&) = delete;
-  SpinSleepBarrier& operator=(const SpinSleepBarrier&) = delete;
-  // Returns once all parties have called it this round; what each wrote before
-  // is visible to all after.
-  void wait();
+  std::atomic<uint32_t> value{0};
+
+  // Returns once done() is true, spinning up to spin_ns and then sleeping;
+  // done() must depend only on this word's value and what its wakers wrote first.
+  template <typename Done>
+  void wait_until(Done done, int64_t spin_ns) {
+    if (spin_until(done, spin_ns)) return;
+    for (;;) {
+      sleepers_.fetch_add(1);
+      const uint32_t seen = value.load();
+      if (done()) break;
+      sleep_while(seen);
+      sleepers_.fetch_sub(1);
+      if (done()) return;
+    }
+    sleepers_.fetch_sub(1);
+  }
+  void wake() {
+    if (sleepers_.load() > 0) wake_all();
+  }
 
  private:
-  const int parties_;
-  std::atomic<int> arrived_{0};
-  std::atomic<uint32_t> round_{0};
+  template <typename Done>
+  static bool spin_until(Done done, int64_t spin_ns);
+  static int64_t now_ns();
+  static void cpu_relax();
+  void sleep_while(uint32_t seen);
+  void wake_all();
+
   std::atomic<int> sleepers_{0};
+#if !defined(__linux__)
   std::mutex mutex_;
-  std::condition_variable woken_;
+  std::condition_variable changed_;
+#endif
 };
 
 class ThreadPool {
@@ -46,45 +73,32 @@ class ThreadPool {
   // The process's pool (a fresh one in a child after fork: the parent's
   // workers do not exist there).
   static ThreadPool& instance();
-  // True on a thread while it runs a chunk or a team member of a pool call.
+  // True on a thread while it runs a chunk of a pool call (and on the pool's workers).
   static bool in_parallel_region();
 
   // Calls fn(c) once for each chunk c in [0, chunks), on the calling thread
   // and on up to threads - 1 workers. Thread t of the call first takes the
   // t-th share of the chunks (the same rows or weight panels as in the call
   // before, still in its core's caches), then takes what is left of the
-  // others' shares, so a late or descheduled thread's chunks get done. Returns false,
-  // having called nothing, when the pool is running another thread's call.
+  // others' shares. Returns false, having called nothing, when the pool is
+  // running another thread's call.
   template <typename F>
   bool run_chunks(int threads, int64_t chunks, F& fn) {
-    return run(&call_chunk<F>, &fn, chunks, threads - 1, nullptr);
-  }
-
-  // Calls fn(t, barrier) for every member t in [0, threads) of a team, all at
-  // once, each on its own thread (the caller is one of them), with a barrier
-  // of the team. Returns false, having called nothing, when busy.
-  template <typename F>
-  bool run_team(int threads, F& fn) {
-    SpinSleepBarrier barrier(threads);
-    return run(&call_member<F>, &fn, threads, threads - 1, &barrier);
+    return run(&call_chunk<F>, &fn, chunks, threads - 1);
   }
 
  private:
-  using Call = void (*)(void* fn, int64_t index, SpinSleepBarrier* barrier);
+  using Call = void (*)(void* fn, int64_t chunk);
 
   template <typename F>
-  static void call_chunk(void* fn, int64_t c, SpinSleepBarrier*) {
+  static void call_chunk(void* fn, int64_t c) {
     (*static_cast<F*>(fn))(c);
-  }
-  template <typename F>
-  static void call_member(void* fn, int64_t t, SpinSleepBarrier* barrier) {
-    (*static_cast<F*>(fn))(static_cast<int>(t), *barrier);
   }
 
   ThreadPool() = default;
-  bool run(Call call, void* fn, int64_t count, int wanted_workers, SpinSleepBarrier* barrier);
-  void work_on_job(int self);
-  bool try_join(uint64_t generation, int index);
+  bool run(Call call, void* fn, int64_t chunks, int wanted_workers);
+  void work_on_call(int self);
+  bool try_join(uint32_t generation, int index);
   void ensure_workers(int count);
   void worker_loop(int index);
 
@@ -95,29 +109,22 @@ class ThreadPool {
   };
   static constexpr int kMaxThreads = 256;
 
-  std::mutex busy_;  // held by the thread whose call the pool runs
-  std::mutex workers_mutex_;
-  int workers_ = 0;
+  std::atomic<bool> busy_{false};  // set by the thread whose call the pool runs
+  int workers_started_ = 0;        // changed only by that thread
 
   // The current call. Workers join it without a lock: state_ packs its
   // generation (bumped per call), the workers it wants, those that joined
   // and whether it is closed; only a worker that joined reads the fields
   // below, which the next call rewrites only after every joined worker is done.
-  std::atomic<uint64_t> state_{0};
+  alignas(64) std::atomic<uint64_t> state_{0};
   Call call_ = nullptr;
   void* fn_ = nullptr;
   int threads_ = 0;
-  SpinSleepBarrier* barrier_ = nullptr;
   Share shares_[kMaxThreads];
-  std::atomic<int> workers_done_{0};
-
-  std::mutex idle_mutex_;
-  std::condition_variable work_posted_;
-  std::atomic<int> idle_sleepers_{0};
-
-  std::mutex caller_mutex_;
-  std::condition_variable caller_woken_;
-  std::atomic<int> caller_sleepers_{0};
+  // Idle workers wait on `posted_` (the generation of the latest call), the
+  // caller on `workers_done_` (the joined workers that have left the call).
+  alignas(64) WaitWord posted_;
+  alignas(64) WaitWord workers_done_;
 };
 
 }  // namespace pali
