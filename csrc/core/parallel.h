@@ -9,7 +9,9 @@
 // the caller works too; work is handed out in more chunks than threads, so
 // the threads that run take the share of one that does not, and nothing
 // waits for a thread that holds no chunk; waiting threads spin for tens of
-// microseconds and then sleep (core/thread_pool.h).
+// microseconds and then sleep; and after a call waited long for a worker that
+// the OS descheduled in its chunk (another process keeps a core busy), calls
+// run on their callers alone for a while (core/thread_pool.h).
 //
 // The engine is called from several Python threads at once (each with the GIL
 // released), so the thread count is not global: it is a thread-local setting of

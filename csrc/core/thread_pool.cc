@@ -30,18 +30,21 @@ namespace {
 // and a call costs no system call; short enough that between requests, or
 // while a descheduled caller waits for its core, a worker gives its core
 // back within a small fraction of a scheduler time slice.
-int64_t idle_spin_ns() {
-  static const int64_t ns = [] {
-    if (const char* env = std::getenv("PALI_POOL_SPIN_US")) return static_cast<int64_t>(std::atoll(env)) * 1000;
-    return int64_t{50000};
-  }();
-  return ns;
-}
+constexpr int64_t kIdleSpinNs = 50000;
 
 // How long a caller whose chunks are done spins for the workers still in
 // the call: they finish their last chunk within microseconds unless the OS
 // has descheduled one, and then the caller's core is better given to it.
 constexpr int64_t kJoinSpinNs = 20000;
+
+// A wait for the workers longer than this, and longer than a few of the
+// caller's own chunks, means the OS descheduled a worker in its chunk (a
+// time slice is a millisecond or more): calls then run on their callers
+// alone for kAloneFactor times the wait, at most kMostAloneNs.
+constexpr int64_t kStallNs = 500000;
+constexpr int64_t kStallChunks = 4;
+constexpr int64_t kAloneFactor = 20;
+constexpr int64_t kMostAloneNs = 100000000;
 
 thread_local bool in_region = false;
 
@@ -152,6 +155,10 @@ void ThreadPool::ensure_workers(int count) {
 }
 
 bool ThreadPool::run(Call call, void* fn, int64_t chunks, int wanted_workers) {
+  if (const int64_t until = alone_until_ns_.load(std::memory_order_relaxed)) {
+    if (WaitWord::now_ns() < until) return false;
+    alone_until_ns_.store(0, std::memory_order_relaxed);
+  }
   if (busy_.exchange(true, std::memory_order_acquire)) return false;
   wanted_workers = std::min(wanted_workers, kMaxThreads - 1);
   ensure_workers(wanted_workers);
@@ -167,20 +174,35 @@ bool ThreadPool::run(Call call, void* fn, int64_t chunks, int wanted_workers) {
   state_.store(uint64_t{generation} << 32 | static_cast<uint64_t>(wanted_workers) << 16);
   posted_.value.store(generation);
   posted_.wake();
+  const int64_t start = WaitWord::now_ns();
+  int64_t caller_chunks = 0;
   {
     RegionFlag region;
-    work_on_call(0);
+    caller_chunks = work_on_call(0);
   }
+  const int64_t caller_ns = WaitWord::now_ns() - start;
   // Every chunk is claimed: close the call to latecomers, then wait for those
   // that joined, after which none touches it again.
   const uint32_t joined = static_cast<uint32_t>(joined_of(state_.fetch_or(kClosed)));
-  workers_done_.wait_until([&] { return workers_done_.value.load(std::memory_order_acquire) == joined; },
-                           kJoinSpinNs);
+  wait_for_workers(joined, caller_chunks > 0 ? caller_ns / caller_chunks : caller_ns);
   busy_.store(false, std::memory_order_release);
   return true;
 }
 
-void ThreadPool::work_on_call(int self) {
+void ThreadPool::wait_for_workers(uint32_t joined, int64_t caller_chunk_ns) {
+  const auto done = [&] { return workers_done_.value.load(std::memory_order_acquire) == joined; };
+  if (WaitWord::spin_until(done, kJoinSpinNs)) return;
+  const int64_t asleep = WaitWord::now_ns();
+  workers_done_.sleep_until(done);
+  const int64_t now = WaitWord::now_ns();
+  const int64_t waited = now - asleep + kJoinSpinNs;
+  if (waited > std::max(kStallNs, kStallChunks * caller_chunk_ns))
+    alone_until_ns_.store(now + std::min(kMostAloneNs, kAloneFactor * waited), std::memory_order_relaxed);
+}
+
+// Runs chunks of the call until none is left; returns how many.
+int64_t ThreadPool::work_on_call(int self) {
+  int64_t done = 0;
   for (int k = 0; k < threads_; ++k) {
     Share& share = shares_[(self + k) % threads_];
     if (share.next.load(std::memory_order_relaxed) >= share.end) continue;
@@ -188,8 +210,10 @@ void ThreadPool::work_on_call(int self) {
       const int64_t i = share.next.fetch_add(1, std::memory_order_relaxed);
       if (i >= share.end) break;
       call_(fn_, i);
+      ++done;
     }
   }
+  return done;
 }
 
 bool ThreadPool::try_join(uint32_t generation, int index) {
@@ -205,7 +229,7 @@ void ThreadPool::worker_loop(int index) {
   in_region = true;  // ops a worker runs never fan out again
   uint32_t seen = 0;
   for (;;) {
-    posted_.wait_until([&] { return posted_.value.load(std::memory_order_acquire) != seen; }, idle_spin_ns());
+    posted_.wait_until([&] { return posted_.value.load(std::memory_order_acquire) != seen; }, kIdleSpinNs);
     seen = posted_.value.load(std::memory_order_acquire);
     if (!try_join(seen, index)) continue;
     work_on_call(index + 1);

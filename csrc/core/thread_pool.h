@@ -38,7 +38,14 @@ class WaitWord {
   // done() must depend only on this word's value and what its wakers wrote first.
   template <typename Done>
   void wait_until(Done done, int64_t spin_ns) {
-    if (spin_until(done, spin_ns)) return;
+    if (!spin_until(done, spin_ns)) sleep_until(done);
+  }
+  // Spins until done() or spin_ns have passed; returns done().
+  template <typename Done>
+  static bool spin_until(Done done, int64_t spin_ns);
+  // Sleeps until done().
+  template <typename Done>
+  void sleep_until(Done done) {
     for (;;) {
       sleepers_.fetch_add(1);
       const uint32_t seen = value.load();
@@ -52,11 +59,9 @@ class WaitWord {
   void wake() {
     if (sleepers_.load() > 0) wake_all();
   }
+  static int64_t now_ns();  // the steady clock
 
  private:
-  template <typename Done>
-  static bool spin_until(Done done, int64_t spin_ns);
-  static int64_t now_ns();
   static void cpu_relax();
   void sleep_while(uint32_t seen);
   void wake_all();
@@ -81,7 +86,8 @@ class ThreadPool {
   // t-th share of the chunks (the same rows or weight panels as in the call
   // before, still in its core's caches), then takes what is left of the
   // others' shares. Returns false, having called nothing, when the pool is
-  // running another thread's call.
+  // running another thread's call, or for a while after a call waited long
+  // for a worker that the OS had descheduled (see alone_until_ns_).
   template <typename F>
   bool run_chunks(int threads, int64_t chunks, F& fn) {
     return run(&call_chunk<F>, &fn, chunks, threads - 1);
@@ -97,7 +103,8 @@ class ThreadPool {
 
   ThreadPool() = default;
   bool run(Call call, void* fn, int64_t chunks, int wanted_workers);
-  void work_on_call(int self);
+  int64_t work_on_call(int self);
+  void wait_for_workers(uint32_t joined, int64_t caller_chunk_ns);
   bool try_join(uint32_t generation, int index);
   void ensure_workers(int count);
   void worker_loop(int index);
@@ -110,6 +117,12 @@ class ThreadPool {
   static constexpr int kMaxThreads = 256;
 
   std::atomic<bool> busy_{false};  // set by the thread whose call the pool runs
+  // Until then (steady clock ns; 0: no such time) calls run on their callers
+  // alone. Why: while another process keeps a core busy, the OS deschedules
+  // one of the call's threads every few milliseconds for a time slice, and a
+  // call whose chunk that thread holds waits for it; a caller alone on its
+  // core is then faster than two threads that keep waiting for each other.
+  std::atomic<int64_t> alone_until_ns_{0};
   int workers_started_ = 0;        // changed only by that thread
 
   // The current call. Workers join it without a lock: state_ packs its
