@@ -180,6 +180,17 @@ def _autogroup() -> Optional[str]:
         return None
 
 
+def _policy() -> str:
+    """This process's scheduling policy (SCHED_OTHER unless started under e.g. ``chrt -f 1``)."""
+    try:
+        policy = os.sched_getscheduler(0)
+    except (AttributeError, OSError):
+        return "?"
+    names = {getattr(os, n): n for n in ("SCHED_OTHER", "SCHED_FIFO", "SCHED_RR", "SCHED_BATCH", "SCHED_IDLE")
+             if hasattr(os, n)}
+    return names.get(policy, str(policy))
+
+
 def _stats(ms: List[float]) -> Dict:
     a = np.asarray(ms)
     return {"median_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90)),
@@ -256,7 +267,7 @@ def measure(threads=(1, 2), n: int = 40, rounds: int = 4, peers=("engine", "befo
             "baseline": baseline_build.describe() if baseline_build else None,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
             "load_average_before": list(load_before), "load_average_after": list(load_after),
-            "autogroup": _autogroup(),
+            "autogroup": _autogroup(), "scheduling_policy": _policy(),
             "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "cells": cells}
 
@@ -291,7 +302,8 @@ def table(result: Dict) -> str:
     lines.append(f"{result['requests']} requests x {result['rounds']} rounds per cell; load average "
                  f"{la[0]:.1f} before, {lb[0]:.1f} after; other processes' load during the blocks "
                  f"{min(others):.2f}-{max(others):.2f} cores (mean {float(np.mean(others)):.2f}); "
-                 f"autogroup {result.get('autogroup')}; {result['date']}")
+                 f"autogroup {result.get('autogroup')}; {result.get('scheduling_policy', 'SCHED_OTHER')}; "
+                 f"{result['date']}")
     if same:
         lines.append("same text as PyTorch (of " + str(result["requests"]) + "): " +
                      ", ".join(f"{p} {n}" for p, n in same.items()))
