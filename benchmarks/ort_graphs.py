@@ -14,7 +14,9 @@ onnxruntime's own T5 tooling splits it:
 
 ``OrtGenerator`` runs them: greedy or beam search in NumPy with the output length
 forced (eos banned for all ``new_tokens`` steps, as the benchmark always asks), the
-beams' caches reordered with a gather, the cross K/V repeated per beam once.
+beams' caches reordered with a gather, the cross K/V repeated per beam once; or,
+with ``stop_at_eos`` (greedy), until every row has said eos, as a caption request
+runs (benchmarks/contention.py).
 """
 
 from __future__ import annotations
@@ -165,8 +167,13 @@ class OrtGenerator:
         self.cross_names = [f"cross_{kind}_{i}" for i in range(L) for kind in ("k", "v")]
 
     def generate(self, pixel_values: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray,
-                 new_tokens: int, num_beams: int = 1) -> Dict:
-        """Tokens i64[B, new_tokens], scores f32[B] and timings (ms: vision, encoder, first token, total)."""
+                 new_tokens: int, num_beams: int = 1, stop_at_eos: bool = False) -> Dict:
+        """Tokens i64[B, new_tokens], scores f32[B] and timings (ms: vision, encoder, first token, total).
+
+        ``stop_at_eos`` (greedy only): eos allowed, and the search ends once every row has said it
+        (a row that has stays eos); the tokens then stop there."""
+        if stop_at_eos and num_beams > 1:
+            raise ValueError("stop_at_eos is for greedy search")
         cfg = self.cfg
         t0 = time.perf_counter()
         visual = self.vision.run(None, {"pixel_values": pixel_values})[0]
@@ -194,10 +201,13 @@ class OrtGenerator:
             feeds["positions"] = np.arange(step + 1, dtype=np.int64)
             out = self.decoder.run(None, feeds)
             logp = _log_softmax(out[0].astype(np.float32))
-            logp[:, cfg.eos_token_id] = -np.inf  # the length is forced
+            if not stop_at_eos:
+                logp[:, cfg.eos_token_id] = -np.inf  # the length is forced
             past = out[1:]
             if K == 1:
                 nxt = logp.argmax(-1)
+                if stop_at_eos and seqs.shape[1]:
+                    nxt = np.where(seqs[:, -1] == cfg.eos_token_id, cfg.eos_token_id, nxt)
                 scores += logp[np.arange(R), nxt]
                 seqs = np.concatenate([seqs, nxt[:, None]], 1)
                 tok = nxt[:, None].astype(np.int64)
@@ -215,6 +225,8 @@ class OrtGenerator:
                 tok = new_tok[:, None].astype(np.int64)
             if first is None:
                 first = time.perf_counter()
+            if stop_at_eos and (tok[:, 0] == cfg.eos_token_id).all():
+                break
         t3 = time.perf_counter()
         if K > 1:
             best = scores.reshape(B, K).argmax(1)
@@ -222,4 +234,4 @@ class OrtGenerator:
             seqs, scores = seqs[rows], scores[rows] / max(1, new_tokens)
         return {"tokens": seqs, "scores": scores.astype(np.float32),
                 "vision_ms": (t1 - t0) * 1e3, "encoder_ms": (t2 - t1) * 1e3,
-                "ttft_ms": ((first or t3) - t0) * 1e3, "total_ms": (t3 - t0) * 1e3, "steps": new_tokens}
+                "ttft_ms": ((first or t3) - t0) * 1e3, "total_ms": (t3 - t0) * 1e3, "steps": seqs.shape[1]}

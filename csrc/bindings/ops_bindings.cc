@@ -6,7 +6,9 @@
 // C-contiguous float32 array. The GIL is released while an op runs.
 #include <pybind11/stl.h>
 
+#include <atomic>
 #include <cstring>
+#include <vector>
 #include <optional>
 
 #include "bindings/bindings.h"
@@ -62,8 +64,67 @@ void bind_ops(py::module_& parent) {
   py::module_ m = parent.def_submodule("ops", "Single ops on numpy arrays, for testing.");
 
   m.def("set_threads", &set_op_threads, py::arg("n"),
-        "Threads the ops use when called from this Python thread (0: OpenMP default).");
+        "Threads the ops use when called from this Python thread (0: the default, all cores).");
   m.def("get_threads", &op_threads, "Threads the ops use when called from this thread.");
+
+  // ---- the thread pool (core/parallel.h), for tests/test_parallel.py ------
+  m.def("parallel_for_visits", [](int64_t begin, int64_t end, int64_t grain, int64_t align, int threads,
+                                  bool nested) {
+    // Visits per item of [begin, end) and the chunks seen, each chunk checked against align.
+    std::vector<std::atomic<int64_t>> counts(static_cast<size_t>(std::max<int64_t>(end - begin, 0)));
+    std::atomic<int64_t> misaligned{0}, nested_parallel{0};
+    {
+      py::gil_scoped_release release;
+      ScopedOpThreads scoped(threads);
+      const auto visit = [&](int64_t b, int64_t e) {
+        if (align > 1 && ((b - begin) % align != 0 || (e != end && (e - begin) % align != 0))) ++misaligned;
+        if (nested) {
+          parallel_for(b, e, 1, [&](int64_t nb, int64_t ne) {
+            if (nb != b || ne != e) ++nested_parallel;  // a nested call must run as one serial chunk
+            for (int64_t i = nb; i < ne; ++i) counts[i - begin].fetch_add(1);
+          });
+          return;
+        }
+        for (int64_t i = b; i < e; ++i) counts[i - begin].fetch_add(1);
+      };
+      if (align > 1) parallel_for_aligned(begin, end, align, grain, visit);
+      else parallel_for(begin, end, grain, visit);
+    }
+    std::vector<int64_t> visits(counts.begin(), counts.end());
+    return py::make_tuple(py::array_t<int64_t>(visits.size(), visits.data()), misaligned.load(),
+                          nested_parallel.load());
+  }, py::arg("begin"), py::arg("end"), py::arg("grain"), py::arg("align"), py::arg("threads"),
+     py::arg("nested") = false,
+     "Counts how often parallel_for (or parallel_for_aligned when align > 1) visits each item.");
+  m.def("parallel_rows_check", [](int64_t n, int64_t min_rows, int threads, int passes) {
+    // Pass p writes its chunk's rows of phase p after reading every row of phase p - 1;
+    // returns (visits per phase and row, wrong reads, chunks smaller than both min_rows and n).
+    std::vector<std::atomic<int64_t>> cells(static_cast<size_t>(n * passes));
+    for (auto& c : cells) c.store(-1, std::memory_order_relaxed);
+    std::vector<std::atomic<int64_t>> visits(static_cast<size_t>(n * passes));
+    std::atomic<int64_t> wrong{0}, small{0};
+    {
+      py::gil_scoped_release release;
+      ScopedOpThreads scoped(threads);
+      for (int p = 0; p < passes; ++p) {
+        parallel_rows(n, min_rows, [&](int64_t rb, int64_t re) {
+          if (re - rb < std::min(min_rows, n) / 2) ++small;  // chunks split rows about evenly
+          if (p > 0)
+            for (int64_t r = 0; r < n; ++r)
+              if (cells[(p - 1) * n + r].load(std::memory_order_relaxed) != (p - 1) * n + r) ++wrong;
+          for (int64_t r = rb; r < re; ++r) {
+            cells[p * n + r].store(p * n + r, std::memory_order_relaxed);
+            visits[p * n + r].fetch_add(1);
+          }
+        });
+      }
+    }
+    std::vector<int64_t> counts(visits.begin(), visits.end());
+    return py::make_tuple(py::array_t<int64_t>({static_cast<py::ssize_t>(passes), static_cast<py::ssize_t>(n)},
+                                               counts.data()),
+                          wrong.load(), small.load());
+  }, py::arg("n"), py::arg("min_rows"), py::arg("threads"), py::arg("passes"),
+     "Runs parallel_rows passes, each reading every row the pass before wrote.");
 
   // ---- linear ---------------------------------------------------------------
   py::class_<LinearWeight>(m, "LinearWeight", py::module_local())

@@ -1,18 +1,32 @@
-// parallel_for over OpenMP, with the thread count set by the caller.
+// parallel_for and parallel_rows over the engine's own thread pool, with the
+// thread count set by the caller.
+//
+// Why not OpenMP: every op forked a team that split its work statically, one
+// chunk per thread, and waited at the join for the slowest; a thread that the
+// OS descheduled (another busy process on the machine) stalled the whole
+// request, and OpenMP's spinning waiters took the core it needed. Here the
+// workers are created once per process and shared by every calling thread;
+// the caller works too; work is handed out in more chunks than threads, so
+// the threads that run take the share of one that does not, and nothing
+// waits for a thread that holds no chunk; waiting threads spin for tens of
+// microseconds and then sleep; and after a call waited long for a worker that
+// the OS descheduled in its chunk (another process keeps a core busy), calls
+// run on their callers alone for a while (core/thread_pool.h).
 //
 // The engine is called from several Python threads at once (each with the GIL
 // released), so the thread count is not global: it is a thread-local setting of
-// the calling thread, set for the length of a call with ScopedOpThreads. Each
-// calling thread gets its own OpenMP team. Nested calls (from inside a parallel
-// region) run serially on the calling worker.
+// the calling thread, set for the length of a call with ScopedOpThreads. The
+// pool runs one call at a time; a call that finds it busy runs on its calling
+// thread alone, so concurrent calls never put more threads on the cores than
+// one call asked for plus the callers themselves. Nested calls (from inside a
+// parallel region) run serially on the calling thread.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "core/thread_pool.h"
 
 namespace pali {
 
@@ -20,16 +34,11 @@ namespace detail {
 inline thread_local int op_threads_setting = 0;
 }  // namespace detail
 
-// Threads that ops called from this thread use; 0 (the default) means OpenMP's
-// default (omp_get_max_threads(): OMP_NUM_THREADS or the number of cores).
+// Threads that ops called from this thread use; 0 (the default) means
+// default_op_threads() (OMP_NUM_THREADS if set, else the cores this process may run on).
 inline int op_threads() {
-  int n = detail::op_threads_setting;
-#ifdef _OPENMP
-  if (n <= 0) n = omp_get_max_threads();
-#else
-  n = 1;
-#endif
-  return std::max(n, 1);
+  const int n = detail::op_threads_setting;
+  return n > 0 ? n : default_op_threads();
 }
 inline void set_op_threads(int n) { detail::op_threads_setting = n < 0 ? 0 : n; }
 
@@ -45,17 +54,16 @@ class ScopedOpThreads {
   int previous_;
 };
 
-inline bool in_parallel_region() {
-#ifdef _OPENMP
-  return omp_in_parallel() != 0;
-#else
-  return false;
-#endif
-}
+inline bool in_parallel_region() { return ThreadPool::in_parallel_region(); }
 
-// Calls fn(chunk_begin, chunk_end) over [begin, end) split into at most
-// op_threads() contiguous chunks of at least `grain` items each (one chunk per
-// thread, sizes differing by at most one grain-rounded item). fn must not throw.
+// Chunks per thread of a parallel_for: enough that the others take over the
+// share of a thread the OS descheduled, few enough that claiming stays cheap.
+constexpr int64_t kChunksPerThread = 4;
+
+// Calls fn(chunk_begin, chunk_end) over [begin, end) split into contiguous
+// chunks of `grain` items or more (the same number for every thread, at most
+// kChunksPerThread, sizes differing by at most one item), each chunk once, on
+// op_threads() threads at most, the caller among them. fn must not throw.
 template <typename F>
 void parallel_for(int64_t begin, int64_t end, int64_t grain, F&& fn) {
   const int64_t n = end - begin;
@@ -67,62 +75,42 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, F&& fn) {
     fn(begin, end);
     return;
   }
-#ifdef _OPENMP
-#pragma omp parallel num_threads(threads)
-  {
-    const int t = omp_get_thread_num();
-    const int nt = omp_get_num_threads();
-    const int64_t b = begin + n * t / nt;
-    const int64_t e = begin + n * (t + 1) / nt;
+  // Equal shares: a thread with one chunk more than the others would keep them waiting.
+  const int64_t chunks = threads * std::min<int64_t>(kChunksPerThread, max_chunks / threads);
+  auto run_chunk = [&](int64_t c) {
+    const int64_t b = begin + n * c / chunks;
+    const int64_t e = begin + n * (c + 1) / chunks;
     if (b < e) fn(b, e);
-  }
-#else
-  fn(begin, end);
-#endif
+  };
+  if (!ThreadPool::instance().run_chunks(threads, chunks, run_chunk)) fn(begin, end);
 }
 
 // Below this many rows per thread, a row-split op runs on fewer threads.
 constexpr int64_t kMinRowsPerThread = 16;
 
-// A model layer whose weights take at most this many bytes runs as one
-// parallel_rows pass, each thread reading all of them (cheap while they fit a
-// core's L2); larger layers run op by op, each op splitting its own work.
+// A model layer whose weights take at most this many bytes runs as
+// parallel_rows passes, each thread reading all of them (cheap while they fit
+// a core's L2); larger layers run op by op, each op splitting its own work.
 constexpr size_t kOnePassMaxLayerBytes = size_t{1} << 20;
 
-// Runs fn(begin, end, sync) on every thread of one team, each with its own
-// contiguous chunk of rows [0, n) (at least min_rows rows each); sync() is a
-// barrier of the team. Why: a transformer block is a dozen ops, and one fork
-// and join per op, with each op's output split differently from the next op's
-// input, costs more than the work of a small model; here a thread keeps its
-// rows in its own core's caches from op to op and meets the others only where
-// it must (before attention reads every row's keys and values). Ops called
-// inside run on their calling thread. Every thread must call sync() equally
-// often, and fn must not throw (a thread that left would leave the others
-// waiting at the barrier).
+// Calls fn(begin, end) over the rows [0, n) in chunks of about min_rows rows
+// or more, claimed by the threads as parallel_for's are. Why: a transformer
+// layer is a dozen ops, and one parallel call per op, each splitting its own
+// work, costs more than the work of a small model; a model instead runs a
+// layer as a few such passes (ops called inside run on their calling thread),
+// each thread taking the same rows from pass to pass while all run (so they
+// stay in its core's caches), and passes meet only where they must (before
+// attention reads every row's keys and values). A pass waits only for chunks
+// in progress, never for a thread that has not come: the others take its rows.
 template <typename F>
 void parallel_rows(int64_t n, int64_t min_rows, F&& fn) {
-  const int64_t most = n / std::max<int64_t>(min_rows, 1);
-  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(op_threads(), most)));
-  const auto no_sync = [] {};
-  if (threads <= 1 || in_parallel_region()) {
-    fn(int64_t{0}, n, no_sync);
-    return;
-  }
-#ifdef _OPENMP
-  const auto barrier = [] {
-#pragma omp barrier
-  };
-#pragma omp parallel num_threads(threads)
-  {
-    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-    fn(n * t / nt, n * (t + 1) / nt, barrier);
-  }
-#endif
+  parallel_for(0, n, std::max<int64_t>(min_rows, 1), std::forward<F>(fn));
 }
 
-// min_rows for a parallel_rows pass over `rows` rows of layers of at most
-// `layer_bytes` of weights each: a team when they fit kOnePassMaxLayerBytes,
-// else one thread (the caller), whose ops then split their own work.
+// min_rows for parallel_rows passes over `rows` rows of layers of at most
+// `layer_bytes` of weights each: chunks of rows when they fit
+// kOnePassMaxLayerBytes, else all rows on the caller, whose ops then split
+// their own work.
 inline int64_t layer_pass_min_rows(size_t layer_bytes, int64_t rows) {
   return layer_bytes <= kOnePassMaxLayerBytes ? kMinRowsPerThread : std::max<int64_t>(rows, 1);
 }

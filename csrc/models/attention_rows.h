@@ -1,5 +1,5 @@
 // Attention for a chunk of query rows of a batch of sequences stored back to
-// back (rows b * seq + i), as one thread of a parallel_rows pass computes it:
+// back (rows b * seq + i), as one chunk of a parallel_rows pass computes it:
 // the chunk may start and end inside a sequence and span several.
 #pragma once
 

@@ -34,11 +34,9 @@ void T5Encoder::forward(float* x, int64_t batch, int64_t seq, const int32_t* mas
   const int64_t d = config_.d_model, inner = config_.inner_dim(), heads = config_.num_heads;
   const int64_t d_ff = config_.d_ff, rows = batch * seq;
   const float eps = config_.layer_norm_epsilon;
-  Buffer h_buf, qkv_bufs[2], attn_buf, table_buf, wide_buf, gated_buf;
+  Buffer h_buf, qkv_buf, attn_buf, table_buf, wide_buf, gated_buf;
   float* h = h_buf.get(rows * d);
-  // Layers alternate between two: a thread may write the next layer's keys
-  // while another still reads this layer's.
-  float* qkv_of[2] = {qkv_bufs[0].get(rows * 3 * inner), qkv_bufs[1].get(rows * 3 * inner)};
+  float* qkv = qkv_buf.get(rows * 3 * inner);
   float* attn = attn_buf.get(rows * inner);
   float* wide = wide_buf.get(rows * 2 * d_ff);
   float* gated = gated_buf.get(rows * d_ff);
@@ -62,24 +60,29 @@ void T5Encoder::forward(float* x, int64_t batch, int64_t seq, const int32_t* mas
   whole.rel_bias_stride = num_rel;
   whole.rel_offset = rel_offset;
 
-  // Threads meet only before attention, which reads every row's keys and values.
-  parallel_rows(rows, layer_pass_min_rows(layer_bytes_, rows), [&](int64_t rb, int64_t re, const auto& sync) {
-    const int64_t m = re - rb;
-    float* xr = x + rb * d;
-    float* hr = h + rb * d;
-    for (size_t i = 0; i < layers_.size(); ++i) {
-      const Layer& l = layers_[i];
-      float* qkv = qkv_of[i % 2];
-      rms_norm(xr, m, d, l.attn_norm.data<float>(), eps, hr);
-      linear(hr, m, l.qkv, qkv + rb * 3 * inner);
-      sync();  // every row's keys and values are written (and the layer before last's read)
+  // Two passes per layer: attention reads every row's keys and values.
+  const int64_t min_rows = layer_pass_min_rows(layer_bytes_, rows);
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const Layer& l = layers_[i];
+    parallel_rows(rows, min_rows, [&](int64_t rb, int64_t re) {
+      const int64_t m = re - rb;
+      rms_norm(x + rb * d, m, d, l.attn_norm.data<float>(), eps, h + rb * d);
+      linear(h + rb * d, m, l.qkv, qkv + rb * 3 * inner);
+    });
+    parallel_rows(rows, min_rows, [&](int64_t rb, int64_t re) {
+      const int64_t m = re - rb;
+      float* xr = x + rb * d;
+      float* hr = h + rb * d;
       attention_rows(whole, qkv, rb, re);
       linear(attn + rb * inner, m, l.o, xr, /*accumulate=*/true);
       rms_norm(xr, m, d, l.ffn_norm.data<float>(), eps, hr);
       l.ffn.forward_add(hr, m, xr, wide + rb * 2 * d_ff, gated + rb * d_ff);
-    }
-    rms_norm(xr, m, d, final_norm_.data<float>(), eps, hr);
-    std::copy(hr, hr + m * d, xr);
+    });
+  }
+  parallel_rows(rows, min_rows, [&](int64_t rb, int64_t re) {
+    const int64_t m = re - rb;
+    rms_norm(x + rb * d, m, d, final_norm_.data<float>(), eps, h + rb * d);
+    std::copy(h + rb * d, h + re * d, x + rb * d);
   });
 }
 

@@ -46,12 +46,10 @@ void VisionTower::forward(const float* pixels, int64_t batch, float* out) const 
   const int64_t mlp_dim = spec_.mlp_dim, d_model = spec_.out_dim;
   const int64_t heads = spec_.heads, head_dim = w / heads;
   const float eps = spec_.layer_norm_eps;
-  Buffer x_buf, h_buf, qkv_bufs[2], attn_buf, mlp_buf;
+  Buffer x_buf, h_buf, qkv_buf, attn_buf, mlp_buf;
   float* x = x_buf.get(rows * w);
   float* h = h_buf.get(rows * w);
-  // Blocks alternate between two: a thread may write the next block's keys
-  // while another still reads this block's.
-  float* qkv_of[2] = {qkv_bufs[0].get(rows * 3 * w), qkv_bufs[1].get(rows * 3 * w)};
+  float* qkv = qkv_buf.get(rows * 3 * w);
   float* attn = attn_buf.get(rows * w);
   float* mlp = mlp_buf.get(rows * mlp_dim);
 
@@ -64,27 +62,32 @@ void VisionTower::forward(const float* pixels, int64_t batch, float* out) const 
   whole.head_dim = head_dim;
   whole.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   whole.out = attn;
-  // Threads meet only before attention, which reads every row's keys and values.
-  parallel_rows(rows, layer_pass_min_rows(layer_bytes_, rows), [&](int64_t rb, int64_t re, const auto& sync) {
-    const int64_t m = re - rb;
-    float* xr = x + rb * w;
-    float* hr = h + rb * w;
-    float* mr = mlp + rb * mlp_dim;
-    for (size_t i = 0; i < blocks_.size(); ++i) {
-      const Block& b = blocks_[i];
-      float* qkv = qkv_of[i % 2];
-      layer_norm(xr, m, w, b.norm1_weight.data<float>(), b.norm1_bias.data<float>(), eps, hr);
-      linear(hr, m, b.qkv, qkv + rb * 3 * w);
-      sync();  // every row's keys and values are written (and the block before last's read)
+  // Two passes per block: attention reads every row's keys and values.
+  const int64_t min_rows = layer_pass_min_rows(layer_bytes_, rows);
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    const Block& b = blocks_[i];
+    parallel_rows(rows, min_rows, [&](int64_t rb, int64_t re) {
+      const int64_t m = re - rb;
+      layer_norm(x + rb * w, m, w, b.norm1_weight.data<float>(), b.norm1_bias.data<float>(), eps, h + rb * w);
+      linear(h + rb * w, m, b.qkv, qkv + rb * 3 * w);
+    });
+    parallel_rows(rows, min_rows, [&](int64_t rb, int64_t re) {
+      const int64_t m = re - rb;
+      float* xr = x + rb * w;
+      float* hr = h + rb * w;
+      float* mr = mlp + rb * mlp_dim;
       attention_rows(whole, qkv, rb, re);
       linear(attn + rb * w, m, b.out, xr, /*accumulate=*/true);
       layer_norm(xr, m, w, b.norm2_weight.data<float>(), b.norm2_bias.data<float>(), eps, hr);
       linear(hr, m, b.fc1, mr);
       gelu_tanh_inplace(mr, m * mlp_dim);
       linear(mr, m, b.fc2, xr, /*accumulate=*/true);
-    }
-    layer_norm(xr, m, w, norm_weight_.data<float>(), norm_bias_.data<float>(), eps, hr);
-    linear(hr, m, projector_, out + rb * d_model);
+    });
+  }
+  parallel_rows(rows, min_rows, [&](int64_t rb, int64_t re) {
+    const int64_t m = re - rb;
+    layer_norm(x + rb * w, m, w, norm_weight_.data<float>(), norm_bias_.data<float>(), eps, h + rb * w);
+    linear(h + rb * w, m, projector_, out + rb * d_model);
   });
 }
 

@@ -1,24 +1,23 @@
 // Proves the ThreadSanitizer setup of `.ci/sanitized-tests thread` before it
 // is trusted with the engine: loaded into python the same way as the engine's
-// module (clang-instrumented, LLVM's libomp, GCC's libtsan preloaded, archer
-// as the OpenMP tool), a race inside an OpenMP team and a race between two
-// std::threads are reported, and data handed over at an OpenMP barrier is not.
-// Without archer the barrier case reads as a race, which is why it is loaded.
-#include <omp.h>
+// module (clang-instrumented, GCC's libtsan preloaded), a race between two
+// std::threads is reported, and data handed over through an atomic's release
+// and acquire is not, even when the reader slept on a futex in between (the
+// engine's thread pool hands work over that way).
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
+#include <atomic>
+#include <climits>
+#include <cstdint>
 #include <thread>
 
 namespace {
 int thread_counter = 0;
+int handed_over = 0;
+std::atomic<uint32_t> ready{0};
 }  // namespace
-
-// Every thread of the team adds to one int without synchronization: a race.
-extern "C" int race_in_an_openmp_team() {
-  int shared = 0;
-#pragma omp parallel num_threads(2)
-  shared += omp_get_thread_num() + 1;
-  return shared;
-}
 
 // Two threads increment one int: a race.
 extern "C" int race_between_threads() {
@@ -28,16 +27,21 @@ extern "C" int race_between_threads() {
   return thread_counter;
 }
 
-// Each thread writes its slot, meets the other at the barrier, then reads the
-// other's slot: ordered by the barrier, so no race.
-extern "C" int handover_at_an_openmp_barrier() {
-  int slots[2] = {0, 0};
-  int sum = 0;
-#pragma omp parallel num_threads(2) reduction(+ : sum)
-  {
-    slots[omp_get_thread_num()] = 1;
-#pragma omp barrier
-    sum += slots[1 - omp_get_thread_num()];
-  }
-  return sum;
+// One thread writes an int and then sets a flag (release); the other waits
+// for the flag (acquire; asleep on a futex until it changes) and reads the
+// int: ordered, so no race.
+extern "C" int handover_through_an_atomic() {
+  std::thread reader([] {
+    while (ready.load(std::memory_order_acquire) == 0)
+      syscall(SYS_futex, reinterpret_cast<uint32_t*>(&ready), FUTEX_WAIT_PRIVATE, 0, nullptr, nullptr, 0);
+    handed_over += 1;
+  });
+  std::thread writer([] {
+    handed_over = 41;
+    ready.store(1, std::memory_order_release);
+    syscall(SYS_futex, reinterpret_cast<uint32_t*>(&ready), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
+  });
+  writer.join();
+  reader.join();
+  return handed_over;
 }
