@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -141,21 +142,27 @@ def test_a_killed_replica_under_load(application):
     chat, retrying_chat = client(application), client(application, retries=2)
     full_texts = {stream: outcome(chat, stream)[2] for stream in (False, True)}
     victim = caption(chat)[1]
-    load_until = time.monotonic() + 5
+    victim_answered, stop = threading.Event(), threading.Event()
 
     def load(worker: int):
         ends = []
-        while time.monotonic() < load_until:
+        while not stop.is_set():
             started = time.monotonic()
             result = outcome(retrying_chat if worker >= 6 else chat, stream=worker % 2 == 1)
             ends.append((worker, time.monotonic() - started, result))
+            if result[0] == "ok" and result[1] == victim:
+                victim_answered.set()
         return ends
 
     with ThreadPoolExecutor(8) as pool:
         workers = [pool.submit(load, worker) for worker in range(8)]
-        time.sleep(2)
+        # Killed once it has answered under load, with the load still going: requests are in flight on it.
+        answered = victim_answered.wait(TIMEOUT)
         ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        time.sleep(3)
+        stop.set()
         ends = [end for worker in workers for end in worker.result(timeout=2 * TIMEOUT)]
+    assert answered, "the victim had no load"
 
     kinds = collections.Counter(result[0] if result[0] == "ok" else result[1] for _, _, result in ends)
     errors = [result for _, _, result in ends if result[0] != "ok"]
@@ -168,7 +175,6 @@ def test_a_killed_replica_under_load(application):
             # Ray's proxy answers a request whose replica died with a plain 500; a stream cut midway ends early.
             assert worker < 6 or detail != 500, "a retried request failed"
             assert detail == 500 or isinstance(detail, str), (detail, text)
-    assert any(result[0] == "ok" and result[1] == victim for _, _, result in ends), "the victim had no load"
 
     # Serve starts a new replica in the dead one's place; both answer correctly.
     fresh = replicas_answering(application, 2, exclude={victim})

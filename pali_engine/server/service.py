@@ -119,7 +119,7 @@ class Service:
         self.scheduler = Scheduler(engine, parallel=settings.parallel, max_batch=settings.max_batch,
                                    max_queue=settings.max_queue)
         self.metrics = ServerMetrics(lambda: self.scheduler.queue_depth, lambda: self.scheduler.active,
-                                     engine.scheduler_stats)
+                                     getattr(engine, "scheduler_stats", lambda: None))
         self.scheduler.on_batch = self.metrics.batch_size.observe
         config = engine.config
         if config.get("num_image_tokens"):
