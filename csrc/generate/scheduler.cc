@@ -16,12 +16,6 @@ double ms_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
 }
 
-bool is_identity(const std::vector<int64_t>& sources, int64_t rows) {
-  if (static_cast<int64_t>(sources.size()) != rows) return false;
-  for (int64_t r = 0; r < rows; ++r)
-    if (sources[r] != r) return false;
-  return true;
-}
 
 }  // namespace
 
@@ -266,7 +260,7 @@ void Scheduler::admit(const std::vector<std::shared_ptr<ScheduledRequest>>& requ
     offset += group_rows;
   }
   if (sources.empty()) return;
-  if (!is_identity(sources, rows)) joining->reorder(sources.data(), static_cast<int64_t>(sources.size()));
+  if (!keeps_rows_in_place(sources, rows)) joining->reorder(sources.data(), static_cast<int64_t>(sources.size()));
   if (session) {
     session->append(*joining);
     std::lock_guard<std::mutex> lock(mutex_);
@@ -414,7 +408,7 @@ void Scheduler::run() {
     if (active.empty()) {
       session.reset();
       tokens.clear();
-    } else if (!is_identity(sources, rows)) {
+    } else if (!keeps_rows_in_place(sources, rows)) {
       try {
         session->reorder(sources.data(), static_cast<int64_t>(sources.size()));
       } catch (...) {

@@ -299,14 +299,12 @@ std::unique_ptr<GroupSearch> make_group_search(const Decoder& decoder, const Gen
   return std::make_unique<SampleOrGreedySearch>(decoder, options, std::move(on_token));
 }
 
-namespace {
-bool is_identity(const std::vector<int64_t>& sources, int64_t rows) {
+bool keeps_rows_in_place(const std::vector<int64_t>& sources, int64_t rows) {
   if (static_cast<int64_t>(sources.size()) != rows) return false;
   for (int64_t r = 0; r < rows; ++r)
     if (sources[r] != r) return false;
   return true;
 }
-}  // namespace
 
 std::vector<std::vector<Hypothesis>> generate(const Decoder& decoder, const GenerationOptions& options,
                                               const TokenCallback& on_token, GenerationTimings* timings) {
@@ -327,7 +325,7 @@ std::vector<std::vector<Hypothesis>> generate(const Decoder& decoder, const Gene
     search->advance(logits.data(), sources, tokens);
     if (search->done()) break;
     // The finished rows stop costing compute from the next step on.
-    if (!is_identity(sources, rows)) session->reorder(sources.data(), static_cast<int64_t>(sources.size()));
+    if (!keeps_rows_in_place(sources, rows)) session->reorder(sources.data(), static_cast<int64_t>(sources.size()));
     session->step(tokens.data(), logits.data());
   }
   timings->decode_ms = ms_between(start, Clock::now());

@@ -22,7 +22,11 @@ namespace pali {
 class GroupSearch {
  public:
   virtual ~GroupSearch() = default;
-  // Session rows each request starts with (beams, samples, or 1).
+  // Whether `sources` (a step's continuing rows) keep all `rows` rows in place:
+// then the session needs no reorder.
+bool keeps_rows_in_place(const std::vector<int64_t>& sources, int64_t rows);
+
+// Session rows each request starts with (beams, samples, or 1).
   virtual int64_t rows_per_request() const = 0;
   // Session rows the group holds now; they are contiguous in the session.
   virtual int64_t rows() const = 0;
@@ -38,6 +42,10 @@ class GroupSearch {
   // Once done: one list of hypotheses per request, best first, num_return_sequences each.
   virtual std::vector<std::vector<Hypothesis>> results() = 0;
 };
+
+// Whether `sources` (a step's continuing rows) keep all `rows` rows in place:
+// then the session needs no reorder.
+bool keeps_rows_in_place(const std::vector<int64_t>& sources, int64_t rows);
 
 // Session rows each request starts with under these options: num_beams for
 // beam search, num_return_sequences when sampling, else 1.

@@ -315,97 +315,14 @@ void GemmaDecoder::reorder(GemmaState& st, const int64_t* source, int64_t rows) 
 }
 
 void GemmaDecoder::append(GemmaState& st, GemmaState& o) const {
-  const int64_t row_floats = 2 * config_.num_key_value_heads * config_.head_dim;
-  const JoinedLayout layout = joined_layout(st.row_start, st.row_limit, st.rows, st.generated, o.row_start,
-                                            o.row_limit, o.rows, o.generated);
-  if (joins_in_place(layout, st.capacity, st.rows + o.rows, st.row_capacity, st.requests + o.requests,
-                     st.request_capacity, st.prompt_len, o.prompt_len)) {
-    for (size_t li = 0; li < layers_.size(); ++li) {
-      float* rows_from = st.own_kv[li].data() + st.rows * st.capacity * row_floats;
-      std::memset(rows_from, 0, o.rows * st.capacity * row_floats * sizeof(float));
-      move_histories(o.own_kv[li].data(), o.rows, o.capacity, o.row_start, o.generated, row_floats,
-                     st.own_kv[li].data(), st.rows, st.capacity, layout.shift_second);
-      copy_request_blocks(o.prompt_kv[li].data(), o.requests, o.prompt_len, row_floats, st.prompt_kv[li].data(),
-                          st.requests, st.prompt_len);
-    }
-    st.prompt_mask.resize(st.request_capacity * st.prompt_len);
-    for (int64_t b = 0; b < o.requests; ++b) {
-      int32_t* mask = st.prompt_mask.data() + (st.requests + b) * st.prompt_len;
-      std::fill_n(std::copy_n(o.prompt_mask.data() + b * o.prompt_len, o.prompt_len, mask),
-                  st.prompt_len - o.prompt_len, 0);
-    }
-    st.row_request.resize(st.rows);
-    for (int64_t r = 0; r < o.rows; ++r) st.row_request.push_back(o.row_request[r] + st.requests);
-    st.next_position.resize(st.requests);
-    st.prompt_index.resize(st.requests);
-    st.next_position.insert(st.next_position.end(), o.next_position.begin(), o.next_position.end());
-    st.prompt_index.insert(st.prompt_index.end(), o.prompt_index.begin(), o.prompt_index.end());
-    join_row_slots(st.row_start, st.row_limit, st.rows, o.row_start, o.row_limit, o.rows, layout);
-    st.first_logits.clear();
-    st.rows += o.rows;
-    st.requests += o.requests;
-    st.generated = layout.length;
-    o = GemmaState();
-    return;
-  }
-  const std::vector<int64_t> kept = live_requests(st.row_request, st.rows, st.requests);
-  const int64_t kept_requests = static_cast<int64_t>(kept.size());
-  const int64_t rows = st.rows + o.rows, requests = kept_requests + o.requests;
-  const int64_t prompt_len = std::max(st.prompt_len, o.prompt_len);
-  const int64_t row_capacity = room_for(rows), request_capacity = room_for(requests);
-  const int64_t capacity = slots_room_for(layout.capacity);
-  const double cache_bytes = sizeof(float) * static_cast<double>(row_floats) * static_cast<double>(layers_.size()) *
-                             (static_cast<double>(row_capacity) * capacity +
-                              static_cast<double>(request_capacity) * prompt_len);
-  require_available_memory(cache_bytes, [&] {
-    return str_cat("the key/value caches for ", rows, " rows x ", layout.capacity, " tokens");
-  });
-  for (size_t li = 0; li < layers_.size(); ++li) {
-    Buffer own;
-    float* to = own.get(row_capacity * capacity * row_floats);
-    // Zeros before each row's start: masked keys, but their values still meet a zero weight.
-    std::memset(to, 0, rows * capacity * row_floats * sizeof(float));
-    move_histories(st.own_kv[li].data(), st.rows, st.capacity, st.row_start, st.generated, row_floats, to, 0,
-                   capacity, layout.shift_first);
-    move_histories(o.own_kv[li].data(), o.rows, o.capacity, o.row_start, o.generated, row_floats, to, st.rows,
-                   capacity, layout.shift_second);
-    st.own_kv[li] = std::move(own);
-    // Each request's prompt where it was, padded at the end to the longer prompt (the mask hides the padding).
-    Buffer prompt;
-    float* c = prompt.get(request_capacity * prompt_len * row_floats);
-    std::memset(c, 0, requests * prompt_len * row_floats * sizeof(float));
-    for (int64_t b = 0; b < kept_requests; ++b)
-      std::memcpy(c + b * prompt_len * row_floats, st.prompt_kv[li].data() + kept[b] * st.prompt_len * row_floats,
-                  st.prompt_len * row_floats * sizeof(float));
-    for (int64_t b = 0; b < o.requests; ++b)
-      std::memcpy(c + (kept_requests + b) * prompt_len * row_floats,
-                  o.prompt_kv[li].data() + b * o.prompt_len * row_floats, o.prompt_len * row_floats * sizeof(float));
-    st.prompt_kv[li] = std::move(prompt);
-  }
-  std::vector<int32_t> mask(request_capacity * prompt_len, 0);
-  std::vector<int64_t> next_position, prompt_index;
-  for (int64_t b = 0; b < kept_requests; ++b) {
-    std::copy_n(st.prompt_mask.data() + kept[b] * st.prompt_len, st.prompt_len, mask.data() + b * prompt_len);
-    next_position.push_back(st.next_position[kept[b]]);
-    prompt_index.push_back(st.prompt_index[kept[b]]);
-  }
-  for (int64_t b = 0; b < o.requests; ++b)
-    std::copy_n(o.prompt_mask.data() + b * o.prompt_len, o.prompt_len, mask.data() + (kept_requests + b) * prompt_len);
-  st.prompt_mask.swap(mask);
-  next_position.insert(next_position.end(), o.next_position.begin(), o.next_position.end());
-  prompt_index.insert(prompt_index.end(), o.prompt_index.begin(), o.prompt_index.end());
-  st.next_position.swap(next_position);
-  st.prompt_index.swap(prompt_index);
-  for (int64_t r = 0; r < o.rows; ++r) st.row_request.push_back(o.row_request[r] + kept_requests);
-  join_row_slots(st.row_start, st.row_limit, st.rows, o.row_start, o.row_limit, o.rows, layout);
+  auto joinable = [](GemmaState& g) {
+    return JoinableState{g.own_kv,    g.prompt_kv, g.prompt_mask, g.row_request, g.row_start,      g.row_limit,
+                         g.rows,      g.requests,  g.capacity,    g.generated,   g.prompt_len,     g.row_capacity,
+                         g.request_capacity, {&g.next_position, &g.prompt_index}};
+  };
+  join_states(joinable(st), joinable(o), 2 * config_.num_key_value_heads * config_.head_dim,
+              "the key/value caches");
   st.first_logits.clear();
-  st.rows = rows;
-  st.requests = requests;
-  st.row_capacity = row_capacity;
-  st.request_capacity = request_capacity;
-  st.prompt_len = prompt_len;
-  st.generated = layout.length;
-  st.capacity = capacity;
   o = GemmaState();
 }
 

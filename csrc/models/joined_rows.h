@@ -23,6 +23,34 @@
 
 namespace pali {
 
+// A decoder state's caches as a join sees them: references into the state.
+// Both decoders' states have this shape: per-row keys and values in slots,
+// and per-request keys and values (an encoder output's, a prompt's) read by
+// their rows through row_request.
+struct JoinableState {
+  std::vector<Buffer>& row_kv;         // per layer [row_capacity, capacity, row_floats]
+  std::vector<Buffer>& request_kv;     // per layer [request_capacity, request_len, row_floats]
+  std::vector<int32_t>& request_mask;  // [request_capacity, request_len]
+  std::vector<int64_t>& row_request;
+  std::vector<int64_t>& row_start;
+  std::vector<int64_t>& row_limit;
+  int64_t& rows;
+  int64_t& requests;
+  int64_t& capacity;     // slots per row
+  int64_t& length;       // slots filled
+  int64_t& request_len;  // positions per request
+  int64_t& row_capacity;
+  int64_t& request_capacity;
+  std::vector<std::vector<int64_t>*> per_request;  // further per-request values, kept with their request
+};
+
+// Joins b's rows and requests after a's (b is left for its owner to clear).
+// While they fit, only b's rows and requests are copied; otherwise a's caches
+// are rebuilt with room to spare, leaving out the requests no row reads and
+// moving every history down to slot 0. `what` names the caches in the
+// OutOfMemory thrown before anything changes when they would not fit.
+void join_states(const JoinableState& a, const JoinableState& b, int64_t row_floats, const char* what);
+
 // Where the rows of two sessions go when the second joins the first.
 struct JoinedLayout {
   int64_t length = 0;    // slots filled after the join

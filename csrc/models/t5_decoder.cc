@@ -198,85 +198,14 @@ void T5Decoder::reorder(DecoderState& s, const int64_t* source, int64_t rows) co
 }
 
 void T5Decoder::append(DecoderState& s, DecoderState& o) const {
-  const int64_t row_floats = 2 * config_.inner_dim();
-  const JoinedLayout layout =
-      joined_layout(s.row_start, s.row_limit, s.rows, s.length, o.row_start, o.row_limit, o.rows, o.length);
-  if (joins_in_place(layout, s.capacity, s.rows + o.rows, s.row_capacity, s.requests + o.requests,
-                     s.request_capacity, s.enc_len, o.enc_len)) {
-    for (size_t li = 0; li < layers_.size(); ++li) {
-      float* rows_from = s.self_kv[li].data() + s.rows * s.capacity * row_floats;
-      std::memset(rows_from, 0, o.rows * s.capacity * row_floats * sizeof(float));
-      move_histories(o.self_kv[li].data(), o.rows, o.capacity, o.row_start, o.length, row_floats,
-                     s.self_kv[li].data(), s.rows, s.capacity, layout.shift_second);
-      copy_request_blocks(o.cross_kv[li].data(), o.requests, o.enc_len, row_floats, s.cross_kv[li].data(),
-                          s.requests, s.enc_len);
-    }
-    s.enc_mask.resize(s.request_capacity * s.enc_len);
-    for (int64_t b = 0; b < o.requests; ++b) {
-      int32_t* mask = s.enc_mask.data() + (s.requests + b) * s.enc_len;
-      std::fill_n(std::copy_n(o.enc_mask.data() + b * o.enc_len, o.enc_len, mask), s.enc_len - o.enc_len, 0);
-    }
-    s.row_request.resize(s.rows);
-    for (int64_t r = 0; r < o.rows; ++r) s.row_request.push_back(o.row_request[r] + s.requests);
-    join_row_slots(s.row_start, s.row_limit, s.rows, o.row_start, o.row_limit, o.rows, layout);
-    s.rows += o.rows;
-    s.requests += o.requests;
-    s.length = layout.length;
-    o = DecoderState();
-    return;
-  }
-  const std::vector<int64_t> kept = live_requests(s.row_request, s.rows, s.requests);
-  const int64_t kept_requests = static_cast<int64_t>(kept.size());
-  const int64_t rows = s.rows + o.rows, requests = kept_requests + o.requests;
-  const int64_t enc_len = std::max(s.enc_len, o.enc_len);
-  const int64_t row_capacity = room_for(rows), request_capacity = room_for(requests);
-  const int64_t capacity = slots_room_for(layout.capacity);
-  const double cache_bytes = sizeof(float) * static_cast<double>(row_floats) * static_cast<double>(layers_.size()) *
-                             (static_cast<double>(row_capacity) * capacity +
-                              static_cast<double>(request_capacity) * enc_len);
-  require_available_memory(cache_bytes, [&] {
-    return str_cat("the decoder's key/value caches for ", rows, " rows x ", layout.capacity, " tokens");
-  });
-  for (size_t li = 0; li < layers_.size(); ++li) {
-    Buffer self;
-    float* to = self.get(row_capacity * capacity * row_floats);
-    // Zeros before each row's start: masked keys, but their values still meet a zero weight.
-    std::memset(to, 0, rows * capacity * row_floats * sizeof(float));
-    move_histories(s.self_kv[li].data(), s.rows, s.capacity, s.row_start, s.length, row_floats, to, 0,
-                   capacity, layout.shift_first);
-    move_histories(o.self_kv[li].data(), o.rows, o.capacity, o.row_start, o.length, row_floats, to, s.rows,
-                   capacity, layout.shift_second);
-    s.self_kv[li] = std::move(self);
-    // Each request's encoder rows, padded to the longer encoder length (the mask hides the padding).
-    Buffer cross;
-    float* c = cross.get(request_capacity * enc_len * row_floats);
-    std::memset(c, 0, requests * enc_len * row_floats * sizeof(float));
-    for (int64_t b = 0; b < kept_requests; ++b)
-      std::memcpy(c + b * enc_len * row_floats, s.cross_kv[li].data() + kept[b] * s.enc_len * row_floats,
-                  s.enc_len * row_floats * sizeof(float));
-    for (int64_t b = 0; b < o.requests; ++b)
-      std::memcpy(c + (kept_requests + b) * enc_len * row_floats, o.cross_kv[li].data() + b * o.enc_len * row_floats,
-                  o.enc_len * row_floats * sizeof(float));
-    s.cross_kv[li] = std::move(cross);
-  }
-  std::vector<int32_t> mask(request_capacity * enc_len, 0);
-  for (int64_t b = 0; b < kept_requests; ++b)
-    std::copy_n(s.enc_mask.data() + kept[b] * s.enc_len, s.enc_len, mask.data() + b * enc_len);
-  for (int64_t b = 0; b < o.requests; ++b)
-    std::copy_n(o.enc_mask.data() + b * o.enc_len, o.enc_len, mask.data() + (kept_requests + b) * enc_len);
-  s.enc_mask.swap(mask);
-  for (int64_t r = 0; r < o.rows; ++r) s.row_request.push_back(o.row_request[r] + kept_requests);
-  join_row_slots(s.row_start, s.row_limit, s.rows, o.row_start, o.row_limit, o.rows, layout);
-  s.rows = rows;
-  s.requests = requests;
-  s.row_capacity = row_capacity;
-  s.request_capacity = request_capacity;
-  s.enc_len = enc_len;
-  s.length = layout.length;
-  if (capacity != s.capacity) {
-    s.capacity = capacity;
-    build_bias_table(s);
-  }
+  auto joinable = [](DecoderState& d) {
+    return JoinableState{d.self_kv,  d.cross_kv, d.enc_mask, d.row_request, d.row_start,    d.row_limit,
+                         d.rows,     d.requests, d.capacity, d.length,      d.enc_len,      d.row_capacity,
+                         d.request_capacity, {}};
+  };
+  const int64_t capacity = s.capacity;
+  join_states(joinable(s), joinable(o), 2 * config_.inner_dim(), "the decoder's key/value caches");
+  if (s.capacity != capacity) build_bias_table(s);
   o = DecoderState();
 }
 
