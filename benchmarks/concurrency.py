@@ -28,7 +28,6 @@ the same peer's with one caller.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -184,15 +183,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     result = measure([int(c) for c in args.callers.split(",")], args.n, args.repeats, args.threads,
                      args.peers.split(","), log=lambda s: print(s, file=sys.stderr, flush=True))
-    from .harness import machine_info, package_versions
+    from .harness import report
 
-    result["machine"] = machine_info()
-    result["versions"] = package_versions()
-    result["command"] = "python -m pali_engine.benchmarks.concurrency " + " ".join(argv or sys.argv[1:])
-    print(table(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+    report(result, "concurrency", argv, table(result), args.json)
     return 0
 
 

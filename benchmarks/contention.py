@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
-import json
 import os
 import pickle
 import platform
@@ -341,12 +340,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     result = measure(args.threads, args.n, args.rounds, args.peers.split(","), args.dtypes.split(","),
                      args.conditions.split(","), args.baseline, args.work_dir,
                      log=lambda s: print(s, file=sys.stderr, flush=True))
-    result["command"] = "python -m pali_engine.benchmarks.contention " + " ".join(argv if argv is not None
-                                                                                   else sys.argv[1:])
-    print(table(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+    from .harness import report
+
+    report(result, "contention", argv, table(result), args.json)
     return 0
 
 

@@ -110,6 +110,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------
 # machine and versions
 
+def report(result: Dict, module: str, argv: Optional[List[str]], table: str, json_path: Optional[str]) -> None:
+    """A benchmark script's ending: the machine, the versions and the command that made ``result``
+    added to it, ``table`` printed, and the JSON written to ``json_path`` when given."""
+    result.setdefault("machine", machine_info())
+    result["versions"] = package_versions()
+    result["command"] = f"python -m pali_engine.benchmarks.{module} " + " ".join(
+        argv if argv is not None else sys.argv[1:])
+    print(table)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=1)
+
+
 def machine_info() -> Dict:
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
     try:

@@ -208,15 +208,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     result = measure(args.clients, args.per_client, args.sequential, args.threads,
                      log=lambda s: print(s, file=sys.stderr, flush=True))
-    from .harness import machine_info, package_versions
+    from .harness import report
 
-    result["machine"] = machine_info()
-    result["versions"] = package_versions()
-    result["command"] = "python -m pali_engine.benchmarks.http_load " + " ".join(argv or sys.argv[1:])
-    print(table(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+    report(result, "http_load", argv, table(result), args.json)
     return 0 if result["load"]["completed"] == result["load"]["requests"] else 1
 
 

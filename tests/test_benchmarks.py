@@ -566,3 +566,14 @@ def test_http_load_benchmark_loses_no_request():
     assert load["completed"] == load["requests"] == 12 and load["failures"] == {} and load["server_errors"] == 0
     assert result["sequential"]["http_p50_ms"] > 0
     assert "12 completed" in http_load.table(result)
+
+
+def test_contention_benchmark_runs_every_condition(tmp_path, capsys):
+    from pali_engine.benchmarks import contention
+
+    out = tmp_path / "contention.json"
+    assert contention.main(["--threads", "1", "--n", "2", "--rounds", "1", "--peers", "engine",
+                            "--conditions", "quiet,thread,busy", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["command"].startswith("python -m pali_engine.benchmarks.contention --threads 1")
+    assert "| engine int8 | 1 |" in capsys.readouterr().out
