@@ -52,7 +52,14 @@ def test_the_docs_have_snippets_and_few_are_skipped():
     assert sum(why is not None for *_, why in BLOCKS) <= MOST_SKIPPED
 
 
-@pytest.mark.parametrize("document, line, code, why", BLOCKS, ids=[f"{d}:{n}" for d, n, *_ in BLOCKS])
+def snippet_params():
+    """The blocks as test parameters; those that start Ray carry the "ray" marker."""
+    return [pytest.param(document, line, code, why, id=f"{document}:{line}",
+                         marks=[pytest.mark.ray] if re.search(r"^\s*import ray\b", code, re.M) else [])
+            for document, line, code, why in BLOCKS]
+
+
+@pytest.mark.parametrize("document, line, code, why", snippet_params())
 def test_snippet_runs_from_the_repository_root(document, line, code, why):
     if why is not None:
         pytest.skip(f"marked in {document}: {why}")

@@ -37,7 +37,7 @@ openai = pytest.importorskip("openai")
 
 from pali_engine.serving import APP_NAME, REPLICA_HEADER, app_builder  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 IMAGE = "data:image/png;base64," + base64.b64encode((REPOSITORY / "examples" / "shapes.png").read_bytes()).decode()
