@@ -39,7 +39,7 @@ import time
 import traceback
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """SIGTERM when the harness dies, even if it was killed while this process was computing."""
     try:
         import ctypes
@@ -146,18 +146,27 @@ def serve(requests, replies, package_dir: str) -> None:
         replies.flush()
 
 
-def main(argv) -> int:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
-    package_dir, site_dirs = argv[0], argv[1:]
-    # this file's own folder (the harness's modules) off the path; the baseline first
+def put_package_first(package_dir: str, site_dirs) -> None:
+    """The package in `package_dir` first on the path, this file's own folder (the harness's
+    modules) off it, `site_dirs` last."""
     here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [package_dir] + [p for p in sys.path if p and os.path.abspath(p) != here] + site_dirs
-    # replies go on a private copy of stdout; fd 1 becomes stderr, so prints cannot corrupt them
+    sys.path[:] = [package_dir] + [p for p in sys.path if p and os.path.abspath(p) != here] + list(site_dirs)
+
+
+def private_replies():
+    """Replies go on a private copy of stdout; fd 1 becomes stderr, so prints cannot corrupt them."""
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    serve(sys.stdin.buffer, replies, package_dir)
+    return replies
+
+
+def main(argv) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
+    package_dir, site_dirs = argv[0], argv[1:]
+    put_package_first(package_dir, site_dirs)
+    serve(sys.stdin.buffer, private_replies(), package_dir)
     return 0
 
 

@@ -32,14 +32,10 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 
-
-def _die_with_parent() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
+try:
+    from .baseline_worker import die_with_parent, private_replies, put_package_first
+except ImportError:  # run as a script (how the harness starts it): its folder is on the path
+    from baseline_worker import die_with_parent, private_replies, put_package_first
 
 
 def _engine(dtype: str, threads: int, model: str):
@@ -140,16 +136,12 @@ def serve(peer, dtype, threads, model, work_dir, requests_in, replies):
 
 def main(argv) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
+    die_with_parent()
     peer, dtype, threads, model, work_dir = argv[:5]
     package_dir, site_dirs = (argv[5], argv[6:]) if len(argv) > 5 else (None, [])
     if package_dir:
-        here = os.path.dirname(os.path.abspath(__file__))
-        sys.path[:] = [package_dir] + [p for p in sys.path if p and os.path.abspath(p) != here] + site_dirs
-    replies = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    serve(peer, dtype, int(threads), model, work_dir, sys.stdin.buffer, replies)
+        put_package_first(package_dir, site_dirs)
+    serve(peer, dtype, int(threads), model, work_dir, sys.stdin.buffer, private_replies())
     return 0
 
 
