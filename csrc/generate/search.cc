@@ -42,7 +42,7 @@ class SampleOrGreedySearch final : public GroupSearch {
         on_token_(std::move(on_token)),
         vocab_(decoder.vocab_size()),
         eos_(decoder.special_tokens().eos),
-        per_request_(options.do_sample ? options.num_return_sequences : 1),
+        per_request_(rows_per_request(options)),
         rng_(options.seed),
         processors_(logits_processors(options, eos_)) {
     const int64_t rows = decoder.requests() * per_request_;
@@ -54,7 +54,6 @@ class SampleOrGreedySearch final : public GroupSearch {
     log_probs_.resize(vocab_);
   }
 
-  int64_t rows_per_request() const override { return per_request_; }
   int64_t rows() const override { return static_cast<int64_t>(live_.size()); }
   bool done() const override { return live_.empty(); }
 
@@ -205,7 +204,6 @@ class BeamSearch final : public GroupSearch {
     next_source_.resize(rows);
   }
 
-  int64_t rows_per_request() const override { return beams_; }
   int64_t rows() const override { return static_cast<int64_t>(searching_.size()) * beams_; }
   bool done() const override { return searching_.empty(); }
 

@@ -22,12 +22,6 @@ namespace pali {
 class GroupSearch {
  public:
   virtual ~GroupSearch() = default;
-  // Whether `sources` (a step's continuing rows) keep all `rows` rows in place:
-// then the session needs no reorder.
-bool keeps_rows_in_place(const std::vector<int64_t>& sources, int64_t rows);
-
-// Session rows each request starts with (beams, samples, or 1).
-  virtual int64_t rows_per_request() const = 0;
   // Session rows the group holds now; they are contiguous in the session.
   virtual int64_t rows() const = 0;
   // Reads (and overwrites) the next-token logits of the group's rows, float32[rows(), vocab]
