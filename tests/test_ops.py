@@ -58,7 +58,7 @@ def linear_case(m, n, k, fmt, bias=True):
 
 
 @pytest.mark.parametrize("m,n,k", LINEAR_SIZES)
-@pytest.mark.parametrize("fmt", ["f32", "f16", "i8"])
+@pytest.mark.parametrize("fmt", ["f32", "f16", "i8", "i4", "i4_g128"]  # bf16: test_linear_kernels.py)
 def test_linear_against_effective_weight(m, n, k, fmt):
     x, w, b = linear_case(m, n, k, fmt)
     lw = ops.prepare_linear(w, b, fmt)
@@ -111,7 +111,7 @@ def test_i8_quantization_is_symmetric_per_channel():
 
 
 @pytest.mark.parametrize("m", [1, 4, 9, 70])
-@pytest.mark.parametrize("fmt", ["f32", "f16", "i8"])
+@pytest.mark.parametrize("fmt", ["f32", "f16", "i8", "i4", "i4_g128"]  # bf16: test_linear_kernels.py)
 def test_linear_accumulate(m, fmt):
     x, w, b = linear_case(m, 40, 50, fmt)
     lw = ops.prepare_linear(w, b, fmt)
@@ -131,7 +131,7 @@ def test_linear_no_bias(m):
     np.testing.assert_allclose(ops.linear(x, lw), x.astype(np.float64) @ w.T, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("fmt", ["f32", "f16", "i8"])
+@pytest.mark.parametrize("fmt", ["f32", "f16", "bf16", "i8", "i4", "i4_g128"])
 @pytest.mark.parametrize("m", [1, 6, 40])
 def test_linear_concat_matches_separate(fmt, m):
     rng = rng_for("concat", fmt, m)
@@ -147,7 +147,7 @@ def test_linear_concat_matches_separate(fmt, m):
     assert not no_bias.has_bias
 
 
-@pytest.mark.parametrize("fmt", ["f32", "f16", "i8"])
+@pytest.mark.parametrize("fmt", ["f32", "f16", "bf16", "i8", "i4", "i4_g128"])
 def test_linear_in_a_packed_arena_matches_its_own_memory(fmt):
     # Odd sizes one after another in the arena, then (f32) six 12 MB weights that
     # fill its 64 MB block and start another; every weight keeps its block alive

@@ -167,6 +167,13 @@ void bind_ops(py::module_& parent) {
   m.def("set_int8_kernel", &set_int8_kernel, py::arg("name"),
         "Chooses the integer kernel for the process ('auto': the best available).");
 
+  m.def("linear_kernels_available", &linear_kernels_available,
+        "The float kernels of linear() this CPU runs ('avx2', 'avx512', 'avx512_bf16'; 'neon' on aarch64; "
+        "'portable' everywhere).");
+  m.def("linear_kernel", &linear_kernel, "The float kernel of linear() in use.");
+  m.def("set_linear_kernel", &set_linear_kernel, py::arg("name"),
+        "Chooses the float kernel of linear() for the process ('auto': the best available).");
+
   m.def("prepare_linear", [](const py::array& weight, std::optional<py::array> bias,
                              const std::string& format, std::shared_ptr<PackedArena> arena,
                              bool int8_activations) {

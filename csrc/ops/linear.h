@@ -5,17 +5,29 @@
 // converts it once into the chosen storage format and packs it into panels of
 // 16 output channels, K-major inside a panel (zero-padded to a multiple of 16
 // outputs; on huge pages: large buffers 2 MB-aligned and advised as such, small
-// ones placed one after another in a PackedArena's blocks), which both CPU
-// kernels stream:
+// ones placed one after another in a PackedArena's blocks), which every CPU
+// kernel streams:
 //   * decode (m <= 8): one pass over the weights for all m rows, memory-bound;
-//   * prefill (m > 8): a register-blocked AVX2/FMA GEMM (6x16 micro-kernel),
-//     K split in blocks, threads over N panels (and M when N is small).
+//   * prefill (m > 8): a register-blocked GEMM (AVX2: 6x16 micro-kernel;
+//     AVX-512: 12x32), K split in blocks, threads over N panels (and M when N
+//     is small); weights other than f32 are widened to float32 one K block of
+//     a panel at a time, except bf16 on CPUs with AVX-512 BF16, which multiply
+//     bfloat16 pairs (x rounded to bfloat16 too) with float32 sums.
 // Storage formats:
-//   f32  the weight as is;
-//   f16  IEEE half (round to nearest even), converted with F16C in the kernels;
-//   i8   weight-only int8, symmetric, one float scale per output channel:
-//        scale[n] = max_k |W[n,k]| / 127, q = round_half_away(W / scale) in
-//        [-127, 127] (scale 1 for an all-zero row); y = scale[n] * (x · q[n]) + b.
+//   f32   the weight as is;
+//   f16   IEEE half (round to nearest even), converted with F16C in the kernels;
+//   bf16  bfloat16 (round to nearest even; a bfloat16 file's values as they are),
+//         two consecutive k of one output side by side: [k2][16][2];
+//   i8    weight-only int8, symmetric, one float scale per output channel:
+//         scale[n] = max_k |W[n,k]| / 127, q = round_half_away(W / scale) in
+//         [-127, 127] (scale 1 for an all-zero row); y = scale[n] * (x · q[n]) + b;
+//   i4    weight-only int4, group-wise along K (groups of 32, 64 or 128 inputs:
+//         i4_g32, i4_g64, i4_g128), one float16 scale per output and group:
+//         with v the group's value of largest magnitude, scale = v / -8 and
+//         q = clamp(round_half_away(W / scale), -8, 7) (scale 1 for an all-zero
+//         group), stored as q + 8 in 4 bits, k even in the low nibble and k odd
+//         in the high one of one byte per output: [k2][16] bytes, K zero-padded
+//         to whole groups; y = sum over groups of scale[g, n] * (x_g · q_g[n]) + b.
 // Activations (x, y, bias) are float32, except with int8_activations (i8
 // only, chosen at prepare time): then x is quantized too, per row, and the
 // product is taken in integers (W8A8, ops/linear_int8.h), for every m. Such a
@@ -32,11 +44,17 @@
 
 namespace pali {
 
-enum class WeightFormat : uint8_t { f32, f16, i8 };
+enum class WeightFormat : uint8_t { f32, f16, bf16, i8, i4_g32, i4_g64, i4_g128 };
 
 const char* weight_format_name(WeightFormat format);
-// "f32"/"float32", "f16"/"float16", "i8"/"int8"; throws InvalidArgument otherwise.
+// "f32"/"float32", "f16"/"float16", "bf16"/"bfloat16", "i8"/"int8", "i4"/"int4"
+// (groups of 32), "i4_g64"/"int4_g64", "i4_g128"/"int4_g128"; throws InvalidArgument otherwise.
 WeightFormat weight_format_from_name(const std::string& name);
+// The group size of an i4 format, 0 for the others.
+int64_t int4_group_size(WeightFormat format);
+inline bool is_int4(WeightFormat format) { return int4_group_size(format) > 0; }
+// Bits one weight takes in the packed panels (scales and padding aside).
+int weight_format_bits(WeightFormat format);
 
 // Output channels per packed panel.
 constexpr int64_t kLinearPanel = 16;
@@ -48,12 +66,14 @@ struct LinearWeight {
   int64_t k = 0;  // input features
   WeightFormat format = WeightFormat::f32;
   bool has_bias = false;
-  // Panels: [ceil(n/16)][k][16] elements of the format (float, uint16 half bits,
-  // int8), or [ceil(n/16)][k4][16][4] int8 with int8_activations.
+  // Panels: [ceil(n/16)][packed_k()][16] elements of the format (float, uint16
+  // half or bfloat16 bits, int8; for i4 [packed_k() / 2][16] bytes), the
+  // layouts above.
   Tensor packed;
   // float32 [ceil(n/16)*16]: the bias (zeros past n), when has_bias.
   Tensor bias;
-  // float32 [ceil(n/16)*16]: per-output scales, for i8 only.
+  // float32 [ceil(n/16)*16]: per-output scales, for i8; for i4 float16 bits
+  // [ceil(n/16)][packed_k() / group][16].
   Tensor scales;
   // i8 only: x is quantized per row to int8 as well (W8A8).
   bool int8_activations = false;
@@ -62,8 +82,14 @@ struct LinearWeight {
   Tensor unsigned_offsets;
 
   int64_t num_panels() const { return (n + kLinearPanel - 1) / kLinearPanel; }
-  // K as packed: k, or k rounded up to a multiple of 4 with int8_activations.
-  int64_t packed_k() const { return int8_activations ? (k + 3) / 4 * 4 : k; }
+  // K as packed: k, rounded up to a multiple of 4 with int8_activations, of 2
+  // for bf16, of the group for i4.
+  int64_t packed_k() const {
+    const int64_t step = int8_activations ? 4 : format == WeightFormat::bf16 ? 2 : is_int4(format) ? int4_group_size(format) : 1;
+    return (k + step - 1) / step * step;
+  }
+  // Bytes of one packed panel.
+  int64_t panel_bytes() const { return packed_k() * kLinearPanel * weight_format_bits(format) / 8; }
   // Bytes of packed weights (what a decode step streams), scales and bias excluded.
   size_t weight_bytes() const { return packed.nbytes(); }
 };
@@ -114,8 +140,21 @@ void linear(const float* x, int64_t m, const LinearWeight& w, float* y, bool acc
 void linear_strided(const float* x, int64_t x_stride, int64_t m, const LinearWeight& w, float* y,
                     int64_t y_stride, bool accumulate = false);
 
-// The weight as the kernels see it, float32 [N, K] (f16 values, or q * scale
-// for i8): the exact reference for tests.
+// The float kernels (every format but W8A8) this CPU runs: on x86-64 "avx2"
+// always, "avx512" and "avx512_bf16" where present; on aarch64 "neon";
+// "portable" everywhere (last in the list). avx512_bf16 is avx512 but for the
+// prefill (m > 8) of bf16 weights, which multiplies bfloat16 pairs (x rounded
+// to bfloat16, float32 sums); the others agree to float32 rounding.
+std::vector<std::string> linear_kernels_available();
+// The kernel in use: the best available unless set_linear_kernel() chose one
+// ("portable" when PALI_ENGINE_CPU_KERNELS=portable chose every op's portable path).
+std::string linear_kernel();
+// Chooses the kernel for the whole process ("auto": the best), for tests and
+// benchmarks, between ops. Throws InvalidArgument for a name this CPU does not run.
+void set_linear_kernel(const std::string& name);
+
+// The weight as the kernels see it, float32 [N, K] (f16 or bf16 values, or
+// q * scale for i8 and i4): the exact reference for tests.
 Tensor linear_effective_weight(const LinearWeight& w);
 
 }  // namespace pali

@@ -7,6 +7,7 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <sys/mman.h>
 
@@ -18,6 +19,7 @@
 #include "core/parallel.h"
 #include "ops/linear.h"
 #include "ops/linear_int8.h"
+#include "ops/linear_kernels.h"
 #include "ops/row_dispatch.h"
 #include "ops/simd_lanes.h"
 
@@ -27,7 +29,11 @@ const char* weight_format_name(WeightFormat format) {
   switch (format) {
     case WeightFormat::f32: return "f32";
     case WeightFormat::f16: return "f16";
+    case WeightFormat::bf16: return "bf16";
     case WeightFormat::i8: return "i8";
+    case WeightFormat::i4_g32: return "i4";
+    case WeightFormat::i4_g64: return "i4_g64";
+    case WeightFormat::i4_g128: return "i4_g128";
   }
   return "?";
 }
@@ -35,9 +41,33 @@ const char* weight_format_name(WeightFormat format) {
 WeightFormat weight_format_from_name(const std::string& name) {
   if (name == "f32" || name == "float32") return WeightFormat::f32;
   if (name == "f16" || name == "float16") return WeightFormat::f16;
+  if (name == "bf16" || name == "bfloat16") return WeightFormat::bf16;
   if (name == "i8" || name == "int8") return WeightFormat::i8;
+  if (name == "i4" || name == "int4" || name == "i4_g32" || name == "int4_g32") return WeightFormat::i4_g32;
+  if (name == "i4_g64" || name == "int4_g64") return WeightFormat::i4_g64;
+  if (name == "i4_g128" || name == "int4_g128") return WeightFormat::i4_g128;
   throw InvalidArgument(str_cat("unknown weight format '", name,
-                                "' (expected f32/float32, f16/float16 or i8/int8)"));
+                                "' (expected f32/float32, f16/float16, bf16/bfloat16, i8/int8, i4/int4, "
+                                "int4_g64 or int4_g128)"));
+}
+
+int64_t int4_group_size(WeightFormat format) {
+  switch (format) {
+    case WeightFormat::i4_g32: return 32;
+    case WeightFormat::i4_g64: return 64;
+    case WeightFormat::i4_g128: return 128;
+    default: return 0;
+  }
+}
+
+int weight_format_bits(WeightFormat format) {
+  switch (format) {
+    case WeightFormat::f32: return 32;
+    case WeightFormat::f16:
+    case WeightFormat::bf16: return 16;
+    case WeightFormat::i8: return 8;
+    default: return 4;
+  }
 }
 
 namespace {
@@ -101,11 +131,16 @@ Tensor allocate_packed(DType dtype, const Shape& shape, PackedArena* arena) {
   return Tensor::empty(dtype, shape);
 }
 
-// Where output j, input kk of a panel sits in it: [k][16], or [k4][16][4] for
-// the integer kernels of int8 activations.
-inline int64_t panel_offset(bool int8_activations, int64_t j, int64_t kk) {
-  return int8_activations ? (kk / 4) * 4 * P + j * 4 + kk % 4 : kk * P + j;
+// Where output j, input kk of a panel sits in it, in elements of the packed
+// tensor: [k][16]; bf16: [k2][16][2]; i4: byte [k2][16] (kk % 2 picks the nibble).
+inline int64_t panel_offset(WeightFormat format, int64_t j, int64_t kk) {
+  if (format == WeightFormat::bf16) return (kk / 2) * 2 * P + j * 2 + kk % 2;
+  if (is_int4(format)) return (kk / 2) * P + j;
+  return kk * P + j;
 }
+
+// The same for the integer kernels of int8 activations: [k4][16][4].
+inline int64_t int8_activations_offset(int64_t j, int64_t kk) { return (kk / 4) * 4 * P + j * 4 + kk % 4; }
 
 // Output row `row` of the concatenated weight: which source and which of its rows.
 struct RowSource {
@@ -227,6 +262,75 @@ LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
       });
       break;
     }
+    case WeightFormat::bf16: {
+      const int64_t k_pad = out.packed_k();
+      out.packed = allocate_packed(DType::bf16, {panels, k_pad, P}, arena);
+      auto* dst = reinterpret_cast<uint16_t*>(out.packed.data<BFloat16>());
+      parallel_for(0, panels, 1, [&](int64_t pb, int64_t pe) {
+        for (int64_t p = pb; p < pe; ++p) {
+          uint16_t* d = dst + p * k_pad * P;
+          std::memset(d, 0, k_pad * P * sizeof(uint16_t));
+          for (int64_t j = 0; j < P; ++j) {
+            const RowSource& src = rows[p * P + j];
+            if (!src.data) continue;
+            for (int64_t kk = 0; kk < k; ++kk) {
+              uint16_t b;
+              if (src.dtype == DType::bf16)
+                std::memcpy(&b, src.data + kk * 2, 2);
+              else
+                b = float_to_bfloat16(load_any(src.data, src.dtype, kk));
+              d[panel_offset(format, j, kk)] = b;
+            }
+          }
+        }
+      });
+      break;
+    }
+    case WeightFormat::i4_g32:
+    case WeightFormat::i4_g64:
+    case WeightFormat::i4_g128: {
+      const int64_t group = int4_group_size(format);
+      const int64_t k_pad = out.packed_k();
+      const int64_t groups = k_pad / group;
+      out.packed = allocate_packed(DType::u8, {panels, k_pad / 2, P}, arena);
+      out.scales = Tensor::empty(DType::f16, {panels, groups, P});
+      uint8_t* dst = out.packed.data<uint8_t>();
+      auto* scales = reinterpret_cast<uint16_t*>(out.scales.data<Half>());
+      parallel_for(0, panels, 1, [&](int64_t pb, int64_t pe) {
+        std::vector<float> row(k_pad);
+        for (int64_t p = pb; p < pe; ++p) {
+          uint8_t* d = dst + p * (k_pad / 2) * P;
+          std::memset(d, 0x88, (k_pad / 2) * P);  // q = 0 in both nibbles
+          for (int64_t j = 0; j < P; ++j) {
+            const RowSource& src = rows[p * P + j];
+            for (int64_t kk = 0; kk < k_pad; ++kk) row[kk] = src.data && kk < k ? load_any(src.data, src.dtype, kk) : 0.0f;
+            for (int64_t g = 0; g < groups; ++g) {
+              const float* v = row.data() + g * group;
+              float extreme = 0.0f;
+              for (int64_t i = 0; i < group; ++i)
+                if (std::fabs(v[i]) > std::fabs(extreme)) extreme = v[i];
+              // The scale as stored (float16) is the one the values are divided by.
+              uint16_t bits = float_to_half(std::max(-65504.0f, std::min(65504.0f, extreme / -8.0f)));
+              float scale = half_to_float(bits);
+              if (scale == 0.0f || !std::isfinite(scale)) {
+                bits = float_to_half(1.0f);
+                scale = 1.0f;
+              }
+              scales[(p * groups + g) * P + j] = bits;
+              for (int64_t i = 0; i < group; ++i) {
+                const int64_t kk = g * group + i;
+                if (kk >= k) break;
+                const float q = std::min(7.0f, std::max(-8.0f, std::round(v[i] / scale)));
+                const uint8_t u = static_cast<uint8_t>(static_cast<int>(q) + 8);
+                uint8_t& byte = d[panel_offset(format, j, kk)];
+                byte = kk % 2 ? static_cast<uint8_t>((byte & 0x0F) | (u << 4)) : static_cast<uint8_t>((byte & 0xF0) | u);
+              }
+            }
+          }
+        }
+      });
+      break;
+    }
     case WeightFormat::i8: {
       const int64_t k_pad = out.packed_k();  // zero padding past k
       out.packed = allocate_packed(DType::i8, {panels, k_pad, P}, arena);
@@ -252,7 +356,7 @@ LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
             int32_t sum = 0;
             for (int64_t kk = 0; kk < k; ++kk) {
               const float q = std::min(127.0f, std::max(-127.0f, std::round(row[kk] / scale)));
-              d[panel_offset(int8_activations, j, kk)] = static_cast<int8_t>(q);
+              d[int8_activations ? int8_activations_offset(j, kk) : panel_offset(format, j, kk)] = static_cast<int8_t>(q);
               sum += static_cast<int32_t>(q);
             }
             if (offsets) offsets[p * P + j] = 128 * sum;
@@ -276,15 +380,24 @@ Tensor linear_effective_weight(const LinearWeight& w) {
   Tensor out = Tensor::empty(DType::f32, {w.n, w.k});
   float* o = out.data<float>();
   const int64_t k_pad = w.packed_k();
+  const int64_t group = int4_group_size(w.format);
   for (int64_t r = 0; r < w.n; ++r) {
     const int64_t p = r / P, j = r % P;
     for (int64_t kk = 0; kk < w.k; ++kk) {
-      const int64_t idx = p * k_pad * P + panel_offset(w.int8_activations, j, kk);
+      const int64_t idx = p * k_pad * P + (w.int8_activations ? int8_activations_offset(j, kk) : panel_offset(w.format, j, kk));
       float v;
       switch (w.format) {
         case WeightFormat::f32: v = w.packed.data<float>()[idx]; break;
         case WeightFormat::f16: v = half_to_float(w.packed.data<Half>()[idx].bits); break;
-        default: v = w.packed.data<int8_t>()[idx] * w.scales.data<float>()[r]; break;
+        case WeightFormat::bf16: v = bfloat16_to_float(w.packed.data<BFloat16>()[idx].bits); break;
+        case WeightFormat::i8: v = w.packed.data<int8_t>()[idx] * w.scales.data<float>()[r]; break;
+        default: {
+          const uint8_t byte = w.packed.data<uint8_t>()[p * (k_pad / 2) * P + panel_offset(w.format, j, kk)];
+          const int q = (kk % 2 ? byte >> 4 : byte & 0x0F) - 8;
+          const float scale = half_to_float(w.scales.data<Half>()[(p * (k_pad / group) + kk / group) * P + j].bits);
+          v = static_cast<float>(q) * scale;
+          break;
+        }
       }
       o[r * w.k + kk] = v;
     }
@@ -421,6 +534,130 @@ PALI_ALWAYS_INLINE void gemv_panel(const float* x, int64_t ldx, const typename P
   store_rows<MR>(out, y, ldy, nvalid, scale, bias, accumulate);
 }
 
+// Pair formats (bf16, i4): two k (even, odd) of 16 outputs per load, as
+// four float vectors: e0/e1 the even k's outputs 0-7/8-15, o0/o1 the odd k's.
+// For i4 the values are q (the group's scale is applied by the caller).
+template <WeightFormat F>
+struct PairLoad;
+
+template <>
+struct PairLoad<WeightFormat::bf16> {
+  static constexpr int64_t kPairBytes = 2 * P * 2;
+  static PALI_ALWAYS_INLINE void load(const unsigned char* p, __m256& e0, __m256& e1, __m256& o0, __m256& o1) {
+    // Lane j holds output j's pair: the even k in the low 16 bits, the odd k in the high ones.
+    const __m256i high = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+    const __m256i v0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(p));
+    const __m256i v1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(p + 32));
+    e0 = _mm256_castsi256_ps(_mm256_slli_epi32(v0, 16));
+    e1 = _mm256_castsi256_ps(_mm256_slli_epi32(v1, 16));
+    o0 = _mm256_castsi256_ps(_mm256_and_si256(v0, high));
+    o1 = _mm256_castsi256_ps(_mm256_and_si256(v1, high));
+  }
+};
+
+struct Int4PairLoad {
+  static constexpr int64_t kPairBytes = P;
+  static PALI_ALWAYS_INLINE void load(const unsigned char* p, __m256& e0, __m256& e1, __m256& o0, __m256& o1) {
+    const __m256i b0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    const __m256i b1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8)));
+    const __m256i low = _mm256_set1_epi32(0x0F);
+    const __m256 eight = _mm256_set1_ps(8.0f);
+    e0 = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_and_si256(b0, low)), eight);
+    e1 = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_and_si256(b1, low)), eight);
+    o0 = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(b0, 4)), eight);
+    o1 = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(b1, 4)), eight);
+  }
+};
+template <> struct PairLoad<WeightFormat::i4_g32> : Int4PairLoad {};
+template <> struct PairLoad<WeightFormat::i4_g64> : Int4PairLoad {};
+template <> struct PairLoad<WeightFormat::i4_g128> : Int4PairLoad {};
+
+#define PALI_PAIR_ROW(r, xe, xo)                                                     \
+  if constexpr (MR > r) {                                                            \
+    const __m256 ve = _mm256_broadcast_ss(xe), vo = _mm256_broadcast_ss(xo);         \
+    c##r##0 = _mm256_fmadd_ps(vo, o0, _mm256_fmadd_ps(ve, e0, c##r##0));             \
+    c##r##1 = _mm256_fmadd_ps(vo, o1, _mm256_fmadd_ps(ve, e1, c##r##1));             \
+  }
+#define PALI_GROUP_ROW(r)                                                            \
+  if constexpr (MR > r) {                                                            \
+    if (gscale) {                                                                    \
+      _mm256_store_ps(out + r * 16, _mm256_fmadd_ps(c##r##0, s0, _mm256_load_ps(out + r * 16)));          \
+      _mm256_store_ps(out + r * 16 + 8, _mm256_fmadd_ps(c##r##1, s1, _mm256_load_ps(out + r * 16 + 8)));  \
+    } else {                                                                         \
+      _mm256_store_ps(out + r * 16, c##r##0);                                        \
+      _mm256_store_ps(out + r * 16 + 8, c##r##1);                                    \
+    }                                                                                \
+  }
+
+// Decode path of a pair format: MR (<= 4) rows of x times one whole panel.
+// i4 sums each group on its own and adds it times the group's scales
+// (float16, [groups][16]) into `out`; bf16 is one group of all of K.
+template <WeightFormat F, int MR>
+PALI_ALWAYS_INLINE void gemv_pair_panel(const float* x, int64_t ldx, const unsigned char* w, int64_t k,
+                                        int64_t group, const uint16_t* gscale, float* y, int64_t ldy, int nvalid,
+                                        const float* bias, bool accumulate) {
+  alignas(32) float out[MR * 16] = {};
+  const float zero = 0.0f;
+  for (int64_t g0 = 0; g0 < k; g0 += group) {
+    const int64_t ge = std::min(k, g0 + group);
+    const __m256 z = _mm256_setzero_ps();
+    __m256 c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z, c30 = z, c31 = z;
+    int64_t kk = g0;
+    for (; kk + 2 <= ge; kk += 2) {
+      __m256 e0, e1, o0, o1;
+      PairLoad<F>::load(w + (kk / 2) * PairLoad<F>::kPairBytes, e0, e1, o0, o1);
+      PALI_PAIR_ROW(0, x + kk, x + kk + 1)
+      PALI_PAIR_ROW(1, x + ldx + kk, x + ldx + kk + 1)
+      PALI_PAIR_ROW(2, x + 2 * ldx + kk, x + 2 * ldx + kk + 1)
+      PALI_PAIR_ROW(3, x + 3 * ldx + kk, x + 3 * ldx + kk + 1)
+    }
+    if (kk < ge) {  // odd K: the last pair's odd half is padding
+      __m256 e0, e1, o0, o1;
+      PairLoad<F>::load(w + (kk / 2) * PairLoad<F>::kPairBytes, e0, e1, o0, o1);
+      PALI_PAIR_ROW(0, x + kk, &zero)
+      PALI_PAIR_ROW(1, x + ldx + kk, &zero)
+      PALI_PAIR_ROW(2, x + 2 * ldx + kk, &zero)
+      PALI_PAIR_ROW(3, x + 3 * ldx + kk, &zero)
+    }
+    __m256 s0 = z, s1 = z;
+    if (gscale) {
+      const uint16_t* sg = gscale + (g0 / group) * P;
+      s0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sg)));
+      s1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sg + 8)));
+    }
+    PALI_GROUP_ROW(0)
+    PALI_GROUP_ROW(1)
+    PALI_GROUP_ROW(2)
+    PALI_GROUP_ROW(3)
+  }
+  store_rows<MR>(out, y, ldy, nvalid, nullptr, bias, accumulate);
+}
+
+template <WeightFormat F>
+void gemv_pair_rows(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y, int64_t ldy,
+                    bool accumulate) {
+  const auto* packed = static_cast<const unsigned char*>(w.packed.raw());
+  const float* bias = w.has_bias ? w.bias.data<float>() : nullptr;
+  const bool grouped = is_int4(F);
+  const int64_t group = grouped ? int4_group_size(F) : w.packed_k();
+  const int64_t groups = w.packed_k() / group;
+  const auto* scales = grouped ? reinterpret_cast<const uint16_t*>(w.scales.raw()) : nullptr;
+  const int64_t panel_bytes = w.panel_bytes();
+  const int64_t grain = std::max<int64_t>(1, (64 << 10) / std::max<int64_t>(panel_bytes, 1));
+  parallel_for(0, w.num_panels(), grain, [&](int64_t pb, int64_t pe) {
+    for (int64_t p = pb; p < pe; ++p) {
+      const int nvalid = static_cast<int>(std::min<int64_t>(P, w.n - p * P));
+      const float* bp = bias ? bias + p * P : nullptr;
+      const uint16_t* sp = scales ? scales + p * groups * P : nullptr;
+      for (int64_t r0 = 0; r0 < m; r0 += 4)
+        dispatch_rows<4>(m - r0, [&](auto rows) {
+          gemv_pair_panel<F, decltype(rows)::value>(x + r0 * ldx, ldx, packed + p * panel_bytes, w.k, group, sp,
+                                                    y + r0 * ldy + p * P, ldy, nvalid, bp, accumulate);
+        });
+    }
+  });
+}
+
 template <WeightFormat F>
 void gemv_rows(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y,
                int64_t ldy, bool accumulate) {
@@ -495,16 +732,18 @@ inline void micro_dispatch(int64_t mr, const float* a, int64_t lda, const float*
   });
 }
 
-// The [kc, 16] float32 slice of panel p at k0: a pointer into the packed weights
-// (f32) or the slice converted into `scratch` (f16; i8 with the scales applied).
+// The [kc, 16] float32 slice of panel p at k0 (k0 a multiple of kKC, so of
+// every i4 group): a pointer into the packed weights (f32) or the slice
+// converted into `scratch` (f16, bf16; i8 and i4 with their scales applied).
 template <WeightFormat F>
 inline const float* panel_slice(const LinearWeight& w, int64_t p, int64_t k0, int64_t kc,
                                 float* scratch) {
-  using T = typename PanelLoad<F>::T;
-  const T* src = static_cast<const T*>(w.packed.raw()) + (p * w.k + k0) * P;
+  const auto* panel = static_cast<const unsigned char*>(w.packed.raw()) + p * w.panel_bytes();
   if constexpr (F == WeightFormat::f32) {
-    return src;
-  } else {
+    return reinterpret_cast<const float*>(panel) + k0 * P;
+  } else if constexpr (F == WeightFormat::f16 || F == WeightFormat::i8) {
+    using T = typename PanelLoad<F>::T;
+    const T* src = reinterpret_cast<const T*>(panel) + k0 * P;
     __m256 s0 = _mm256_set1_ps(1.0f), s1 = s0;
     if constexpr (F == WeightFormat::i8) {
       s0 = _mm256_load_ps(w.scales.data<float>() + p * P);
@@ -521,6 +760,35 @@ inline const float* panel_slice(const LinearWeight& w, int64_t p, int64_t k0, in
       _mm256_store_ps(scratch + kk * P + 8, w1);
     }
     return scratch;
+  } else {
+    // Pair formats: kc is even except at the end of K, where the pair's odd
+    // half (padding) is not stored.
+    const int64_t group = is_int4(F) ? int4_group_size(F) : 0;
+    const uint16_t* scales =
+        group ? reinterpret_cast<const uint16_t*>(w.scales.raw()) + p * (w.packed_k() / group) * P : nullptr;
+    __m256 s0 = _mm256_set1_ps(1.0f), s1 = s0;
+    for (int64_t kk = 0; kk < kc; kk += 2) {
+      if (group && (k0 + kk) % group == 0) {
+        const uint16_t* sg = scales + ((k0 + kk) / group) * P;
+        s0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sg)));
+        s1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sg + 8)));
+      }
+      __m256 e0, e1, o0, o1;
+      PairLoad<F>::load(panel + ((k0 + kk) / 2) * PairLoad<F>::kPairBytes, e0, e1, o0, o1);
+      if (group) {
+        e0 = _mm256_mul_ps(e0, s0);
+        e1 = _mm256_mul_ps(e1, s1);
+        o0 = _mm256_mul_ps(o0, s0);
+        o1 = _mm256_mul_ps(o1, s1);
+      }
+      _mm256_store_ps(scratch + kk * P, e0);
+      _mm256_store_ps(scratch + kk * P + 8, e1);
+      if (kk + 1 < kc) {
+        _mm256_store_ps(scratch + (kk + 1) * P, o0);
+        _mm256_store_ps(scratch + (kk + 1) * P + 8, o1);
+      }
+    }
+    return scratch;
   }
 }
 
@@ -531,11 +799,9 @@ void gemm_block(const float* x, int64_t ldx, int64_t r0, int64_t r1, const Linea
   alignas(64) float scratch[kKC * P];
   const float* bias = w.has_bias ? w.bias.data<float>() : nullptr;
   const int64_t k = w.k;
-  using T = typename PanelLoad<F>::T;
-  const T* packed = static_cast<const T*>(w.packed.raw());
-  const auto slice_ptr = [&](int64_t p, int64_t k0) {
-    return reinterpret_cast<const char*>(packed + (p * k + k0) * P);
-  };
+  const int64_t bits = weight_format_bits(F);
+  const auto* packed = static_cast<const char*>(w.packed.raw());
+  const auto slice_ptr = [&](int64_t p, int64_t k0) { return packed + p * w.panel_bytes() + k0 * P * bits / 8; };
   // Rows [mb, me) x the slice (panel p, K block at k0), prefetching the slice
   // `next` into L2 meanwhile (spread over the micro-kernel calls).
   const auto run_slice = [&](int64_t mb, int64_t me, int64_t p, int64_t k0, const char* next,
@@ -545,7 +811,7 @@ void gemm_block(const float* x, int64_t ldx, int64_t r0, int64_t r1, const Linea
     const float* b = panel_slice<F>(w, p, k0, kc, scratch);
     const int nvalid = static_cast<int>(std::min<int64_t>(P, w.n - p * P));
     const float* bp = bias ? bias + p * P : nullptr;
-    const int64_t next_bytes = next ? std::min(kKC, k - next_k0) * P * static_cast<int64_t>(sizeof(T)) : 0;
+    const int64_t next_bytes = next ? std::min(kKC, k - next_k0) * P * bits / 8 : 0;
     const int64_t groups = (me - mb + kMR - 1) / kMR;
     const int64_t lines_per_group = (next_bytes / 64 + groups - 1) / groups;
     int64_t line = 0;
@@ -597,10 +863,13 @@ void gemm_rows(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, fl
 template <WeightFormat F>
 void linear_impl(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y,
                  int64_t ldy, bool accumulate) {
-  if (m <= kLinearDecodeMaxRows)
-    gemv_rows<F>(x, ldx, m, w, y, ldy, accumulate);
-  else
+  if (m > kLinearDecodeMaxRows) {
     gemm_rows<F>(x, ldx, m, w, y, ldy, accumulate);
+  } else if constexpr (F == WeightFormat::f32 || F == WeightFormat::f16 || F == WeightFormat::i8) {
+    gemv_rows<F>(x, ldx, m, w, y, ldy, accumulate);
+  } else {
+    gemv_pair_rows<F>(x, ldx, m, w, y, ldy, accumulate);
+  }
 }
 #endif
 
@@ -721,17 +990,218 @@ void linear_lanes(const float* x, int64_t ldx, int64_t m, const LinearWeight& w,
   }
 }
 
-// The chosen path for weights of format F.
+// Pair formats (bf16, i4): two k (even, odd) of 16 outputs per load, as
+// 16 / kWidth vectors each; i4 as q (the caller applies the group's scale).
+template <WeightFormat F, typename L>
+struct LanePairLoad;
+
+template <>
+struct LanePairLoad<WeightFormat::bf16, simd::ScalarLanes> {
+  static constexpr int64_t kPairBytes = 2 * P * 2;
+  static PALI_ALWAYS_INLINE void load(const unsigned char* p, float* e, float* o) {
+    for (int g = 0; g < P; ++g) {
+      uint16_t pair[2];
+      std::memcpy(pair, p + 4 * g, 4);
+      e[g] = bfloat16_to_float(pair[0]);
+      o[g] = bfloat16_to_float(pair[1]);
+    }
+  }
+};
+struct ScalarInt4PairLoad {
+  static constexpr int64_t kPairBytes = P;
+  static PALI_ALWAYS_INLINE void load(const unsigned char* p, float* e, float* o) {
+    for (int g = 0; g < P; ++g) {
+      e[g] = static_cast<float>((p[g] & 0x0F) - 8);
+      o[g] = static_cast<float>((p[g] >> 4) - 8);
+    }
+  }
+};
+template <> struct LanePairLoad<WeightFormat::i4_g32, simd::ScalarLanes> : ScalarInt4PairLoad {};
+template <> struct LanePairLoad<WeightFormat::i4_g64, simd::ScalarLanes> : ScalarInt4PairLoad {};
+template <> struct LanePairLoad<WeightFormat::i4_g128, simd::ScalarLanes> : ScalarInt4PairLoad {};
+#if defined(PALI_CPU_NEON)
+template <>
+struct LanePairLoad<WeightFormat::bf16, simd::NeonLanes> {
+  static constexpr int64_t kPairBytes = 2 * P * 2;
+  static PALI_ALWAYS_INLINE void load(const unsigned char* p, float32x4_t* e, float32x4_t* o) {
+    const auto* h = reinterpret_cast<const uint16_t*>(p);
+    for (int half = 0; half < 2; ++half) {
+      const uint16x8x2_t v = vld2q_u16(h + 16 * half);  // val[0]: even k, val[1]: odd k of 8 outputs
+      e[2 * half] = vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(v.val[0]), 16));
+      e[2 * half + 1] = vreinterpretq_f32_u32(vshll_high_n_u16(v.val[0], 16));
+      o[2 * half] = vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(v.val[1]), 16));
+      o[2 * half + 1] = vreinterpretq_f32_u32(vshll_high_n_u16(v.val[1], 16));
+    }
+  }
+};
+struct NeonInt4PairLoad {
+  static constexpr int64_t kPairBytes = P;
+  static PALI_ALWAYS_INLINE void widen(uint8x16_t u, float32x4_t* out) {
+    const int16x8_t lo = vsubq_s16(vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(u))), vdupq_n_s16(8));
+    const int16x8_t hi = vsubq_s16(vreinterpretq_s16_u16(vmovl_high_u8(u)), vdupq_n_s16(8));
+    out[0] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(lo)));
+    out[1] = vcvtq_f32_s32(vmovl_high_s16(lo));
+    out[2] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(hi)));
+    out[3] = vcvtq_f32_s32(vmovl_high_s16(hi));
+  }
+  static PALI_ALWAYS_INLINE void load(const unsigned char* p, float32x4_t* e, float32x4_t* o) {
+    const uint8x16_t b = vld1q_u8(p);
+    widen(vandq_u8(b, vdupq_n_u8(0x0F)), e);
+    widen(vshrq_n_u8(b, 4), o);
+  }
+};
+template <> struct LanePairLoad<WeightFormat::i4_g32, simd::NeonLanes> : NeonInt4PairLoad {};
+template <> struct LanePairLoad<WeightFormat::i4_g64, simd::NeonLanes> : NeonInt4PairLoad {};
+template <> struct LanePairLoad<WeightFormat::i4_g128, simd::NeonLanes> : NeonInt4PairLoad {};
+#endif
+
+// y[MR, nvalid] (+)= x[MR, k] . panel[k, 16] + bias for a pair format; i4
+// sums each group on its own and adds it times the group's float16 scales.
+template <WeightFormat F, typename L, int MR>
+PALI_ALWAYS_INLINE void lane_pair_rows(const float* x, int64_t ldx, const unsigned char* w, int64_t k,
+                                       int64_t group, const uint16_t* gscale, float* y, int64_t ldy, int nvalid,
+                                       const float* bias, bool accumulate) {
+  using V = typename L::V;
+  using Load = LanePairLoad<F, L>;
+  constexpr int G = P / L::kWidth;
+  alignas(64) float total[MR][P] = {};
+  for (int64_t g0 = 0; g0 < k; g0 += group) {
+    const int64_t ge = std::min(k, g0 + group);
+    V acc[MR][G];
+    for (int r = 0; r < MR; ++r)
+      for (int g = 0; g < G; ++g) acc[r][g] = L::zero();
+    for (int64_t kk = g0; kk < ge; kk += 2) {
+      V e[G], o[G];
+      Load::load(w + (kk / 2) * Load::kPairBytes, e, o);
+      for (int r = 0; r < MR; ++r) {
+        const V xe = L::set1(x[r * ldx + kk]);
+        const V xo = L::set1(kk + 1 < ge ? x[r * ldx + kk + 1] : 0.0f);
+        for (int g = 0; g < G; ++g) acc[r][g] = L::fma(xo, o[g], L::fma(xe, e[g], acc[r][g]));
+      }
+    }
+    for (int r = 0; r < MR; ++r) {
+      alignas(64) float sums[P];
+      for (int g = 0; g < G; ++g) L::store(sums + g * L::kWidth, acc[r][g]);
+      for (int j = 0; j < P; ++j)
+        total[r][j] += gscale ? sums[j] * simd::half_bits_to_float(gscale[(g0 / group) * P + j]) : sums[j];
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    float* yr = y + r * ldy;
+    for (int j = 0; j < nvalid; ++j) {
+      const float v = bias ? total[r][j] + bias[j] : total[r][j];
+      yr[j] = accumulate ? yr[j] + v : v;
+    }
+  }
+}
+
+template <WeightFormat F, typename L>
+void linear_pair_lanes(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y, int64_t ldy,
+                       bool accumulate) {
+  constexpr int kRows = L::kWidth > 1 ? 6 : 4;
+  const auto* packed = static_cast<const unsigned char*>(w.packed.raw());
+  const float* bias = w.has_bias ? w.bias.data<float>() : nullptr;
+  const bool grouped = is_int4(F);
+  const int64_t group = grouped ? int4_group_size(F) : w.packed_k();
+  const int64_t groups = w.packed_k() / group;
+  const auto* scales = grouped ? reinterpret_cast<const uint16_t*>(w.scales.raw()) : nullptr;
+  const int64_t panels = w.num_panels(), panel_bytes = w.panel_bytes();
+  const auto block = [&](int64_t pb, int64_t pe, int64_t rb, int64_t re) {
+    for (int64_t p = pb; p < pe; ++p) {
+      const int nvalid = static_cast<int>(std::min<int64_t>(P, w.n - p * P));
+      for (int64_t r0 = rb; r0 < re; r0 += kRows)
+        dispatch_rows<kRows>(re - r0, [&](auto rows) {
+          lane_pair_rows<F, L, decltype(rows)::value>(x + r0 * ldx, ldx, packed + p * panel_bytes, w.k, group,
+                                                      scales ? scales + p * groups * P : nullptr,
+                                                      y + r0 * ldy + p * P, ldy, nvalid,
+                                                      bias ? bias + p * P : nullptr, accumulate);
+        });
+    }
+  };
+  if (m <= kLinearDecodeMaxRows) {
+    const int64_t grain = std::max<int64_t>(1, (64 << 10) / std::max<int64_t>(panel_bytes, 1));
+    parallel_for(0, panels, grain, [&](int64_t pb, int64_t pe) { block(pb, pe, 0, m); });
+  } else if (panels >= 4 * op_threads()) {
+    parallel_for(0, panels, 1, [&](int64_t pb, int64_t pe) { block(pb, pe, 0, m); });
+  } else {
+    parallel_for_aligned(0, m, kRows, kRows, [&](int64_t rb, int64_t re) { block(0, panels, rb, re); });
+  }
+}
+
+enum class FloatKernel : int { avx2, avx512, avx512_bf16, neon, portable };
+constexpr FloatKernel kAllFloatKernels[] = {FloatKernel::avx2, FloatKernel::avx512, FloatKernel::avx512_bf16,
+                                            FloatKernel::neon, FloatKernel::portable};
+
+const char* kernel_name(FloatKernel k) {
+  switch (k) {
+    case FloatKernel::avx2: return "avx2";
+    case FloatKernel::avx512: return "avx512";
+    case FloatKernel::avx512_bf16: return "avx512_bf16";
+    case FloatKernel::neon: return "neon";
+    case FloatKernel::portable: return "portable";
+  }
+  return "?";
+}
+
+bool kernel_available(FloatKernel k) {
+  switch (k) {
+#if defined(PALI_CPU_AVX2)
+    case FloatKernel::avx2: return true;
+    case FloatKernel::avx512: return linear_avx512::cpu_has_avx512();
+    case FloatKernel::avx512_bf16: return linear_avx512::cpu_has_avx512_bf16();
+#endif
+#if defined(PALI_CPU_NEON)
+    case FloatKernel::neon: return true;
+#endif
+    case FloatKernel::portable: return true;
+    default: return false;
+  }
+}
+
+std::atomic<int> forced_float_kernel{-1};
+
+FloatKernel best_float_kernel() {
+  for (FloatKernel k : {FloatKernel::avx512_bf16, FloatKernel::avx512, FloatKernel::avx2, FloatKernel::neon})
+    if (kernel_available(k)) return k;
+  return FloatKernel::portable;
+}
+
+FloatKernel active_float_kernel() {
+  const int forced = forced_float_kernel.load(std::memory_order_relaxed);
+  if (forced >= 0) return static_cast<FloatKernel>(forced);
+  if (cpu_kernels() == CpuKernels::portable) return FloatKernel::portable;
+  static const FloatKernel best = best_float_kernel();
+  return best;
+}
+
+// The chosen kernel for weights of format F.
 template <WeightFormat F>
 void linear_chosen(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y, int64_t ldy,
                    bool accumulate) {
+  const FloatKernel kernel = active_float_kernel();
 #if defined(PALI_CPU_AVX2)
-  if (simd::avx2_chosen()) {
+  if (kernel == FloatKernel::avx512 || kernel == FloatKernel::avx512_bf16) {
+    linear_avx512::linear(x, ldx, m, w, y, ldy, accumulate, kernel == FloatKernel::avx512_bf16);
+    return;
+  }
+  if (kernel == FloatKernel::avx2) {
     linear_impl<F>(x, ldx, m, w, y, ldy, accumulate);
     return;
   }
 #endif
-  simd::with_lanes([&](auto lanes) { linear_lanes<F, decltype(lanes)>(x, ldx, m, w, y, ldy, accumulate); });
+  const auto lanes_path = [&](auto lanes) {
+    if constexpr (F == WeightFormat::f32 || F == WeightFormat::f16 || F == WeightFormat::i8)
+      linear_lanes<F, decltype(lanes)>(x, ldx, m, w, y, ldy, accumulate);
+    else
+      linear_pair_lanes<F, decltype(lanes)>(x, ldx, m, w, y, ldy, accumulate);
+  };
+#if defined(PALI_CPU_NEON)
+  if (kernel == FloatKernel::neon) {
+    lanes_path(simd::NeonLanes{});
+    return;
+  }
+#endif
+  lanes_path(simd::ScalarLanes{});
 }
 
 }  // namespace
@@ -740,7 +1210,7 @@ void linear_strided(const float* x, int64_t x_stride, int64_t m, const LinearWei
                     int64_t y_stride, bool accumulate) {
   PALI_CHECK_ARG(m >= 0, "linear: m must be >= 0, got ", m);
   if (m == 0) return;
-  PALI_CHECK_ARG(w.n > 0 && w.packed.numel() == w.num_panels() * w.packed_k() * P,
+  PALI_CHECK_ARG(w.n > 0 && static_cast<int64_t>(w.packed.nbytes()) == w.num_panels() * w.panel_bytes(),
                  "linear: weight not prepared");
   PALI_CHECK_ARG(x != nullptr && y != nullptr, "linear: null x or y");
   PALI_CHECK_ARG(x_stride >= w.k && y_stride >= w.n, "linear: row strides (", x_stride, ", ",
@@ -752,8 +1222,37 @@ void linear_strided(const float* x, int64_t x_stride, int64_t m, const LinearWei
   switch (w.format) {
     case WeightFormat::f32: linear_chosen<WeightFormat::f32>(x, x_stride, m, w, y, y_stride, accumulate); break;
     case WeightFormat::f16: linear_chosen<WeightFormat::f16>(x, x_stride, m, w, y, y_stride, accumulate); break;
+    case WeightFormat::bf16: linear_chosen<WeightFormat::bf16>(x, x_stride, m, w, y, y_stride, accumulate); break;
     case WeightFormat::i8: linear_chosen<WeightFormat::i8>(x, x_stride, m, w, y, y_stride, accumulate); break;
+    case WeightFormat::i4_g32: linear_chosen<WeightFormat::i4_g32>(x, x_stride, m, w, y, y_stride, accumulate); break;
+    case WeightFormat::i4_g64: linear_chosen<WeightFormat::i4_g64>(x, x_stride, m, w, y, y_stride, accumulate); break;
+    case WeightFormat::i4_g128: linear_chosen<WeightFormat::i4_g128>(x, x_stride, m, w, y, y_stride, accumulate); break;
   }
+}
+
+std::vector<std::string> linear_kernels_available() {
+  std::vector<std::string> out;
+  for (FloatKernel k : kAllFloatKernels)
+    if (kernel_available(k)) out.push_back(kernel_name(k));
+  return out;
+}
+
+std::string linear_kernel() { return kernel_name(active_float_kernel()); }
+
+void set_linear_kernel(const std::string& name) {
+  if (name.empty() || name == "auto") {
+    forced_float_kernel.store(-1);
+    return;
+  }
+  for (FloatKernel k : kAllFloatKernels)
+    if (kernel_available(k) && name == kernel_name(k)) {
+      forced_float_kernel.store(static_cast<int>(k));
+      return;
+    }
+  std::string names;
+  for (const auto& a : linear_kernels_available()) names += a + ", ";
+  throw InvalidArgument(str_cat("linear kernel '", name, "' is not available on this CPU (available: ", names,
+                                "or auto)"));
 }
 
 void linear(const float* x, int64_t m, const LinearWeight& w, float* y, bool accumulate) {

@@ -1,0 +1,453 @@
+// The AVX-512 kernels of the float linear layers (ops/linear.h), for every
+// weight format: decode (m <= 8) streams each panel once with 16 outputs per
+// 512-bit register; prefill is a 12 x 32 register-blocked GEMM over two panels
+// at a time, on float32 slices (f32 weights as packed; the other formats
+// widened one K block at a time) or, for bf16 weights where the CPU has AVX-512
+// BF16, on the bfloat16 pairs themselves (vdpbf16ps; x rounded to bfloat16,
+// sums in float32). The x86-64-v3 build compiles them with target attributes
+// and linear_cpu.cc runs them only where cpuid reports the instructions, so
+// the library still loads and runs on an AVX2-only CPU.
+#include "ops/linear_kernels.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/aligned_buffer.h"
+#include "core/parallel.h"
+
+namespace pali::linear_avx512 {
+
+bool cpu_has_avx512() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  return has;
+}
+
+bool cpu_has_avx512_bf16() {
+  static const bool has = cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
+  return has;
+}
+
+namespace {
+
+constexpr int64_t P = kLinearPanel;
+#define PALI_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+#define PALI_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
+#define PALI_INLINE_AVX512 inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+#define PALI_INLINE_AVX512_BF16 \
+  inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
+
+// ---------------------------------------------------------------------------
+// One step of a panel: kSpan consecutive k of its 16 outputs, kStepBytes of
+// packed weights, as kSpan float vectors (i4: the integers q).
+template <WeightFormat F>
+struct Step;
+
+template <>
+struct Step<WeightFormat::f32> {
+  static constexpr int kSpan = 1;
+  static constexpr int64_t kStepBytes = 64;
+  static PALI_INLINE_AVX512 void load(const unsigned char* p, __m512* v) {
+    v[0] = _mm512_load_ps(reinterpret_cast<const float*>(p));
+  }
+};
+template <>
+struct Step<WeightFormat::f16> {
+  static constexpr int kSpan = 1;
+  static constexpr int64_t kStepBytes = 32;
+  static PALI_INLINE_AVX512 void load(const unsigned char* p, __m512* v) {
+    v[0] = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+};
+template <>
+struct Step<WeightFormat::i8> {
+  static constexpr int kSpan = 1;
+  static constexpr int64_t kStepBytes = 16;
+  static PALI_INLINE_AVX512 void load(const unsigned char* p, __m512* v) {
+    v[0] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+};
+template <>
+struct Step<WeightFormat::bf16> {
+  static constexpr int kSpan = 2;
+  static constexpr int64_t kStepBytes = 64;
+  // Lane j holds output j's pair: the even k in the low 16 bits, the odd k in the high ones.
+  static PALI_INLINE_AVX512 void load(const unsigned char* p, __m512* v) {
+    const __m512i pair = _mm512_load_si512(p);
+    v[0] = _mm512_castsi512_ps(_mm512_slli_epi32(pair, 16));
+    v[1] = _mm512_castsi512_ps(_mm512_and_si512(pair, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+  }
+};
+struct Int4Step {
+  static constexpr int kSpan = 2;
+  static constexpr int64_t kStepBytes = 16;
+  static PALI_INLINE_AVX512 void load(const unsigned char* p, __m512* v) {
+    const __m512i bytes = _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p)));
+    const __m512 eight = _mm512_set1_ps(8.0f);
+    v[0] = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_and_si512(bytes, _mm512_set1_epi32(0x0F))), eight);
+    v[1] = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(bytes, 4)), eight);
+  }
+};
+template <> struct Step<WeightFormat::i4_g32> : Int4Step {};
+template <> struct Step<WeightFormat::i4_g64> : Int4Step {};
+template <> struct Step<WeightFormat::i4_g128> : Int4Step {};
+
+// Where the output columns of one panel go: y = v * scale + bias (+ y), the
+// first `nvalid` of them.
+struct PanelOut {
+  const float* scale;  // [16] or null
+  const float* bias;   // [16] or null
+  int nvalid;
+  bool accumulate;
+};
+
+PALI_INLINE_AVX512 void store_row(__m512 v, float* y, const PanelOut& o) {
+  if (o.scale) v = _mm512_mul_ps(v, _mm512_load_ps(o.scale));
+  if (o.bias) v = _mm512_add_ps(v, _mm512_load_ps(o.bias));
+  const __mmask16 mask = static_cast<__mmask16>((1u << o.nvalid) - 1);
+  if (o.accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, y));
+  _mm512_mask_storeu_ps(y, mask, v);
+}
+
+// ---------------------------------------------------------------------------
+// Decode: MR (<= 8) rows of x times one whole panel, each group of K (i4) or
+// all of K as one group summed on its own, then added times the group's
+// float16 scales (i4) into the totals. Below 3 rows two sets of accumulators
+// take alternate steps, to cover the FMA latency.
+template <WeightFormat F, int MR>
+PALI_INLINE_AVX512 void gemv_panel(const float* x, int64_t ldx, const unsigned char* w, int64_t k, int64_t group,
+                                   const uint16_t* gscale, float* y, int64_t ldy, const PanelOut& o) {
+  using S = Step<F>;
+  constexpr int kSets = MR <= 2 ? 2 : 1;
+  constexpr int kSpan = S::kSpan;
+  __m512 total[MR];
+  for (int r = 0; r < MR; ++r) total[r] = _mm512_setzero_ps();
+  for (int64_t g0 = 0; g0 < k; g0 += group) {
+    const int64_t ge = std::min(k, g0 + group);
+    __m512 acc[kSets][MR];
+    for (int s = 0; s < kSets; ++s)
+      for (int r = 0; r < MR; ++r) acc[s][r] = _mm512_setzero_ps();
+    int64_t kk = g0;
+    for (; kk + kSets * kSpan <= ge; kk += kSets * kSpan) {
+      for (int s = 0; s < kSets; ++s) {
+        __m512 v[kSpan];
+        S::load(w + ((kk + s * kSpan) / kSpan) * S::kStepBytes, v);
+        for (int r = 0; r < MR; ++r)
+          for (int h = 0; h < kSpan; ++h)
+            acc[s][r] = _mm512_fmadd_ps(_mm512_set1_ps(x[r * ldx + kk + s * kSpan + h]), v[h], acc[s][r]);
+      }
+    }
+    for (; kk < ge; kk += kSpan) {  // the steps left; x past the group's end counts as 0
+      __m512 v[kSpan];
+      S::load(w + (kk / kSpan) * S::kStepBytes, v);
+      for (int r = 0; r < MR; ++r)
+        for (int h = 0; h < kSpan; ++h)
+          if (kk + h < ge) acc[0][r] = _mm512_fmadd_ps(_mm512_set1_ps(x[r * ldx + kk + h]), v[h], acc[0][r]);
+    }
+    __m512 scale = _mm512_set1_ps(1.0f);
+    if (gscale) scale = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(gscale + (g0 / group) * P)));
+    for (int r = 0; r < MR; ++r) {
+      const __m512 sum = kSets == 2 ? _mm512_add_ps(acc[0][r], acc[kSets - 1][r]) : acc[0][r];
+      total[r] = gscale ? _mm512_fmadd_ps(sum, scale, total[r]) : _mm512_add_ps(total[r], sum);
+    }
+  }
+  for (int r = 0; r < MR; ++r) store_row(total[r], y + r * ldy, o);
+}
+
+// gemv_panel for min(rows, MR) rows (lambdas would not inherit the target attribute).
+template <WeightFormat F, int MR>
+PALI_INLINE_AVX512 void gemv_rows(int64_t rows, const float* x, int64_t ldx, const unsigned char* w, int64_t k,
+                                  int64_t group, const uint16_t* gscale, float* y, int64_t ldy, const PanelOut& o) {
+  if constexpr (MR == 1) {
+    gemv_panel<F, 1>(x, ldx, w, k, group, gscale, y, ldy, o);
+  } else {
+    if (rows >= MR)
+      gemv_panel<F, MR>(x, ldx, w, k, group, gscale, y, ldy, o);
+    else
+      gemv_rows<F, MR - 1>(rows, x, ldx, w, k, group, gscale, y, ldy, o);
+  }
+}
+
+template <WeightFormat F>
+PALI_AVX512 void gemv_panels(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, int64_t pb, int64_t pe,
+                             float* y, int64_t ldy, bool accumulate) {
+  const auto* packed = static_cast<const unsigned char*>(w.packed.raw());
+  const float* bias = w.has_bias ? w.bias.data<float>() : nullptr;
+  const float* oscale = F == WeightFormat::i8 ? w.scales.data<float>() : nullptr;
+  const int64_t group = is_int4(F) ? int4_group_size(F) : w.packed_k();
+  const int64_t groups = w.packed_k() / group;
+  const auto* gscales = is_int4(F) ? static_cast<const uint16_t*>(w.scales.raw()) : nullptr;
+  const int64_t panel_bytes = w.panel_bytes();
+  for (int64_t p = pb; p < pe; ++p) {
+    const PanelOut o{oscale ? oscale + p * P : nullptr, bias ? bias + p * P : nullptr,
+                     static_cast<int>(std::min<int64_t>(P, w.n - p * P)), accumulate};
+    const uint16_t* gs = gscales ? gscales + p * groups * P : nullptr;
+    for (int64_t r0 = 0; r0 < m; r0 += 8)
+      gemv_rows<F, 8>(m - r0, x + r0 * ldx, ldx, packed + p * panel_bytes, w.k, group, gs, y + r0 * ldy + p * P,
+                      ldy, o);
+  }
+}
+
+template <WeightFormat F>
+void gemv(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y, int64_t ldy, bool accumulate) {
+  // Chunks of at least 64 KB of weights.
+  const int64_t grain = std::max<int64_t>(1, (64 << 10) / std::max<int64_t>(w.panel_bytes(), 1));
+  parallel_for(0, w.num_panels(), grain, [&](int64_t pb, int64_t pe) {
+    gemv_panels<F>(x, ldx, m, w, pb, pe, y, ldy, accumulate);
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Prefill on float32 slices: c[MR, 16 * NP] (+)= a[MR, kc] . [b0 | b1][kc, 16 * NP].
+// mode 0: c = acc + bias; 1: c += acc + bias; 2: c += acc (a later K block).
+constexpr int64_t kMR = 12;
+constexpr int64_t kKC = 256;  // K block: two 16 x 256 float slices (32 KB) stay in L1/L2
+constexpr int64_t kMC = 96;   // M block: 96 rows of x stay in L2
+
+template <int MR, int NP>
+PALI_INLINE_AVX512 void micro_f32(const float* a, int64_t lda, const float* const* b, int64_t kc, float* c,
+                                  int64_t ldc, const PanelOut* out, int mode) {
+  __m512 acc[MR][NP];
+  for (int r = 0; r < MR; ++r)
+    for (int q = 0; q < NP; ++q) acc[r][q] = _mm512_setzero_ps();
+  const float* b0 = b[0];
+  const float* b1 = b[NP - 1];
+  for (int64_t kk = 0; kk < kc; ++kk) {
+    const __m512 w0 = _mm512_load_ps(b0 + kk * P);
+    const __m512 w1 = _mm512_load_ps(b1 + kk * P);
+    for (int r = 0; r < MR; ++r) {
+      const __m512 xv = _mm512_set1_ps(a[r * lda + kk]);
+      acc[r][0] = _mm512_fmadd_ps(xv, w0, acc[r][0]);
+      if constexpr (NP == 2) acc[r][1] = _mm512_fmadd_ps(xv, w1, acc[r][1]);
+    }
+  }
+  for (int q = 0; q < NP; ++q) {
+    PanelOut o = out[q];
+    if (mode == 2) o.bias = nullptr;
+    o.accumulate = mode != 0;
+    for (int r = 0; r < MR; ++r) store_row(acc[r][q], c + r * ldc + q * P, o);
+  }
+}
+
+template <int MR, int NP>
+PALI_INLINE_AVX512 void micro_f32_rows(int64_t rows, const float* a, int64_t lda, const float* const* b, int64_t kc,
+                                       float* c, int64_t ldc, const PanelOut* out, int mode) {
+  if constexpr (MR == 1) {
+    micro_f32<1, NP>(a, lda, b, kc, c, ldc, out, mode);
+  } else {
+    if (rows >= MR)
+      micro_f32<MR, NP>(a, lda, b, kc, c, ldc, out, mode);
+    else
+      micro_f32_rows<MR - 1, NP>(rows, a, lda, b, kc, c, ldc, out, mode);
+  }
+}
+
+// The [kc, 16] float32 slice of panel p at k0 (a multiple of kKC, so of every
+// i4 group): a pointer into the packed weights (f32), else widened into
+// `scratch` with the i8/i4 scales applied.
+template <WeightFormat F>
+PALI_INLINE_AVX512 const float* slice_f32(const LinearWeight& w, int64_t p, int64_t k0, int64_t kc, float* scratch) {
+  using S = Step<F>;
+  const auto* panel = static_cast<const unsigned char*>(w.packed.raw()) + p * w.panel_bytes();
+  if constexpr (F == WeightFormat::f32) {
+    return reinterpret_cast<const float*>(panel) + k0 * P;
+  } else {
+    const int64_t group = is_int4(F) ? int4_group_size(F) : 0;
+    const auto* gscales = group ? static_cast<const uint16_t*>(w.scales.raw()) + p * (w.packed_k() / group) * P : nullptr;
+    __m512 scale = F == WeightFormat::i8 ? _mm512_load_ps(w.scales.data<float>() + p * P) : _mm512_set1_ps(1.0f);
+    for (int64_t kk = 0; kk < kc; kk += S::kSpan) {
+      if (group && (k0 + kk) % group == 0)
+        scale = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(gscales + ((k0 + kk) / group) * P)));
+      __m512 v[S::kSpan];
+      S::load(panel + ((k0 + kk) / S::kSpan) * S::kStepBytes, v);
+      for (int h = 0; h < S::kSpan; ++h)
+        if (kk + h < kc) _mm512_store_ps(scratch + (kk + h) * P, F == WeightFormat::f16 || F == WeightFormat::bf16 ? v[h] : _mm512_mul_ps(v[h], scale));
+    }
+    return scratch;
+  }
+}
+
+// Rows [r0, r1) x panels [p0, p1) of the product, two panels at a time.
+template <WeightFormat F>
+PALI_AVX512 void gemm_block(const float* x, int64_t ldx, int64_t r0, int64_t r1, const LinearWeight& w, int64_t p0,
+                            int64_t p1, float* y, int64_t ldy, bool accumulate) {
+  alignas(64) float scratch[2][kKC * P];
+  const float* bias = w.has_bias ? w.bias.data<float>() : nullptr;
+  const int64_t k = w.k;
+  for (int64_t mb = r0; mb < r1; mb += kMC) {
+    const int64_t me = std::min(r1, mb + kMC);
+    for (int64_t p = p0; p < p1; p += 2) {
+      const int np = p + 1 < p1 ? 2 : 1;
+      PanelOut out[2];
+      for (int q = 0; q < np; ++q)
+        out[q] = PanelOut{nullptr, bias ? bias + (p + q) * P : nullptr,
+                          static_cast<int>(std::min<int64_t>(P, w.n - (p + q) * P)), accumulate};
+      for (int64_t k0 = 0; k0 < k; k0 += kKC) {
+        const int64_t kc = std::min(kKC, k - k0);
+        const float* b[2];
+        for (int q = 0; q < np; ++q) b[q] = slice_f32<F>(w, p + q, k0, kc, scratch[q]);
+        const int mode = k0 > 0 ? 2 : (accumulate ? 1 : 0);
+        for (int64_t m0 = mb; m0 < me; m0 += kMR) {
+          const float* a = x + m0 * ldx + k0;
+          float* c = y + m0 * ldy + p * P;
+          if (np == 2)
+            micro_f32_rows<kMR, 2>(me - m0, a, ldx, b, kc, c, ldy, out, mode);
+          else
+            micro_f32_rows<kMR, 1>(me - m0, a, ldx, b, kc, c, ldy, out, mode);
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Prefill of bf16 weights on AVX-512 BF16: x rounded to bfloat16 pairs (one
+// 32-bit word per two k, as the weights are), c (+)= a . b with vdpbf16ps.
+
+// Rows [0, rows) of x, columns [0, k), as bfloat16 pairs [rows][k2] (k2 = ceil(k / 2)).
+PALI_AVX512_BF16 void pack_bf16_pairs(const float* x, int64_t ldx, int64_t rows, int64_t k, uint32_t* out) {
+  const int64_t k2 = (k + 1) / 2;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * ldx;
+    uint32_t* o = out + r * k2;
+    int64_t kk = 0;
+    for (; kk + 32 <= k; kk += 32) {
+      const __m512bh pairs = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(xr + kk + 16), _mm512_loadu_ps(xr + kk));
+      _mm512_storeu_si512(o + kk / 2, (__m512i)pairs);
+    }
+    if (kk < k) {
+      const int64_t left = k - kk;
+      const __mmask16 lo = static_cast<__mmask16>(left >= 16 ? 0xFFFF : (1u << left) - 1);
+      const __mmask16 hi = static_cast<__mmask16>(left <= 16 ? 0 : (1u << (left - 16)) - 1);
+      const __m512bh pairs = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, xr + kk + 16), _mm512_maskz_loadu_ps(lo, xr + kk));
+      const __mmask16 words = static_cast<__mmask16>((1u << ((left + 1) / 2)) - 1);
+      _mm512_mask_storeu_epi32(o + kk / 2, words, (__m512i)pairs);
+    }
+  }
+}
+
+template <int MR, int NP>
+PALI_INLINE_AVX512_BF16 void micro_bf16(const uint32_t* a, int64_t lda, const unsigned char* const* b, int64_t kp, float* c, int64_t ldc,
+           const PanelOut* out, int mode) {
+  __m512 acc[MR][NP];
+  for (int r = 0; r < MR; ++r)
+    for (int q = 0; q < NP; ++q) acc[r][q] = _mm512_setzero_ps();
+  const unsigned char* b0 = b[0];
+  const unsigned char* b1 = b[NP - 1];
+  for (int64_t i = 0; i < kp; ++i) {
+    const __m512i w0 = _mm512_load_si512(b0 + i * 64);
+    const __m512i w1 = _mm512_load_si512(b1 + i * 64);
+    for (int r = 0; r < MR; ++r) {
+      const __m512i xv = _mm512_set1_epi32(static_cast<int>(a[r * lda + i]));
+      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], (__m512bh)xv, (__m512bh)w0);
+      if constexpr (NP == 2)
+        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], (__m512bh)xv, (__m512bh)w1);
+    }
+  }
+  for (int q = 0; q < NP; ++q) {
+    PanelOut o = out[q];
+    if (mode == 2) o.bias = nullptr;
+    o.accumulate = mode != 0;
+    for (int r = 0; r < MR; ++r) store_row(acc[r][q], c + r * ldc + q * P, o);
+  }
+}
+
+template <int MR, int NP>
+PALI_INLINE_AVX512_BF16 void micro_bf16_rows(int64_t rows, const uint32_t* a, int64_t lda,
+                                             const unsigned char* const* b, int64_t kp, float* c, int64_t ldc,
+                                             const PanelOut* out, int mode) {
+  if constexpr (MR == 1) {
+    micro_bf16<1, NP>(a, lda, b, kp, c, ldc, out, mode);
+  } else {
+    if (rows >= MR)
+      micro_bf16<MR, NP>(a, lda, b, kp, c, ldc, out, mode);
+    else
+      micro_bf16_rows<MR - 1, NP>(rows, a, lda, b, kp, c, ldc, out, mode);
+  }
+}
+
+PALI_AVX512_BF16 void gemm_block_bf16(const float* x, int64_t ldx, int64_t r0, int64_t r1, const LinearWeight& w,
+                                      int64_t p0, int64_t p1, float* y, int64_t ldy, bool accumulate) {
+  thread_local AlignedBuffer<uint32_t> pairs_storage;
+  const float* bias = w.has_bias ? w.bias.data<float>() : nullptr;
+  const int64_t k = w.k, k2 = (k + 1) / 2;
+  const auto* packed = static_cast<const unsigned char*>(w.packed.raw());
+  const int64_t panel_bytes = w.panel_bytes();
+  constexpr int64_t kKP = kKC / 2;  // pairs per K block
+  for (int64_t mb = r0; mb < r1; mb += kMC) {
+    const int64_t me = std::min(r1, mb + kMC);
+    uint32_t* a = pairs_storage.get((me - mb) * k2);
+    pack_bf16_pairs(x + mb * ldx, ldx, me - mb, k, a);
+    for (int64_t p = p0; p < p1; p += 2) {
+      const int np = p + 1 < p1 ? 2 : 1;
+      PanelOut out[2];
+      for (int q = 0; q < np; ++q)
+        out[q] = PanelOut{nullptr, bias ? bias + (p + q) * P : nullptr,
+                          static_cast<int>(std::min<int64_t>(P, w.n - (p + q) * P)), accumulate};
+      for (int64_t q0 = 0; q0 < k2; q0 += kKP) {
+        const int64_t kp = std::min(kKP, k2 - q0);
+        const unsigned char* b[2] = {packed + p * panel_bytes + q0 * 64,
+                                     packed + (p + np - 1) * panel_bytes + q0 * 64};
+        const int mode = q0 > 0 ? 2 : (accumulate ? 1 : 0);
+        for (int64_t m0 = mb; m0 < me; m0 += kMR) {
+          const uint32_t* am = a + (m0 - mb) * k2 + q0;
+          float* c = y + m0 * ldy + p * P;
+          if (np == 2)
+            micro_bf16_rows<kMR, 2>(me - m0, am, k2, b, kp, c, ldy, out, mode);
+          else
+            micro_bf16_rows<kMR, 1>(me - m0, am, k2, b, kp, c, ldy, out, mode);
+        }
+      }
+    }
+  }
+}
+
+// Threads over pairs of panels, or over rows when there are too few panels.
+template <typename Block>
+void gemm(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y, int64_t ldy, bool accumulate,
+          Block block) {
+  const int64_t pairs = (w.num_panels() + 1) / 2;
+  const int threads = op_threads();
+  if (pairs >= 4 * threads || m <= kMC) {
+    parallel_for(0, pairs, 1, [&](int64_t qb, int64_t qe) {
+      block(x, ldx, 0, m, w, 2 * qb, std::min(w.num_panels(), 2 * qe), y, ldy, accumulate);
+    });
+  } else {
+    parallel_for_aligned(0, m, kMR, kMR, [&](int64_t rb, int64_t re) {
+      block(x, ldx, rb, re, w, 0, w.num_panels(), y, ldy, accumulate);
+    });
+  }
+}
+
+template <WeightFormat F>
+void run(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y, int64_t ldy, bool accumulate,
+         bool bf16_dot) {
+  if (m <= kLinearDecodeMaxRows)
+    gemv<F>(x, ldx, m, w, y, ldy, accumulate);
+  else if (F == WeightFormat::bf16 && bf16_dot)
+    gemm(x, ldx, m, w, y, ldy, accumulate, gemm_block_bf16);
+  else
+    gemm(x, ldx, m, w, y, ldy, accumulate, gemm_block<F>);
+}
+
+}  // namespace
+
+void linear(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y, int64_t ldy, bool accumulate,
+            bool bf16_dot) {
+  switch (w.format) {
+    case WeightFormat::f32: run<WeightFormat::f32>(x, ldx, m, w, y, ldy, accumulate, false); break;
+    case WeightFormat::f16: run<WeightFormat::f16>(x, ldx, m, w, y, ldy, accumulate, false); break;
+    case WeightFormat::bf16: run<WeightFormat::bf16>(x, ldx, m, w, y, ldy, accumulate, bf16_dot); break;
+    case WeightFormat::i8: run<WeightFormat::i8>(x, ldx, m, w, y, ldy, accumulate, false); break;
+    case WeightFormat::i4_g32: run<WeightFormat::i4_g32>(x, ldx, m, w, y, ldy, accumulate, false); break;
+    case WeightFormat::i4_g64: run<WeightFormat::i4_g64>(x, ldx, m, w, y, ldy, accumulate, false); break;
+    case WeightFormat::i4_g128: run<WeightFormat::i4_g128>(x, ldx, m, w, y, ldy, accumulate, false); break;
+  }
+}
+
+}  // namespace pali::linear_avx512
+
+#endif  // __x86_64__
