@@ -93,7 +93,7 @@ def encode_prompts(tokenizer, prompts: Sequence[str], max_len: int):
 
 
 def make_backend(name: str, model_path: str, device: str = "cpu", dtype: str = "float32"):
-    """``dtype``: the engine's weight storage (float32, float16, int8); the torch and onnxruntime
+    """``dtype``: the engine's weight storage (pali_engine.dtypes); the torch and onnxruntime
     backends run float32 only."""
     if name == "torch":
         if dtype != "float32":
@@ -147,7 +147,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "of the prompt 'caption en')")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "int8"],
+    from pali_engine.dtypes import DTYPES
+
+    parser.add_argument("--dtype", default="float32", choices=DTYPES,
                         help="weight storage of the engine backend")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     parser.add_argument("--samples", type=int, default=0, help="print this many predictions per task")

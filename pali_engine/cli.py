@@ -95,9 +95,10 @@ def _run_add_arguments(parser: argparse.ArgumentParser) -> None:
                         '"detect circle ; square"')
     parser.add_argument("--model", help="an ONNX model file (default: the bundled model)")
     from .backends import backend_names
+    from .dtypes import DTYPES
 
     parser.add_argument("--backend", default="native", choices=backend_names())
-    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "int8"),
+    parser.add_argument("--dtype", default="float32", choices=DTYPES,
                         help="weight storage of the native engine")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     parser.add_argument("--beams", type=int, default=1, help="beam search width (1: greedy)")

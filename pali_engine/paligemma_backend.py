@@ -19,10 +19,9 @@ import numpy as np
 
 from . import _native
 from .backend import Backend, OnToken, check_scheduling, check_threads
+from .dtypes import weight_format
 from .errors import ModelFileError
 from .generation import OPTION_NAMES, GenerationOptions, Hypothesis
-
-WEIGHT_FORMATS = {"float32": "f32", "float16": "f16", "int8": "i8"}
 
 
 class PaliGemmaBackend(Backend):
@@ -33,8 +32,7 @@ class PaliGemmaBackend(Backend):
     def __init__(self, path: str | os.PathLike, *, device: str = "cpu", threads: Optional[int] = None,
                  dtype: str = "float32", info: Optional[Dict[str, Any]] = None,
                  max_batch: Optional[int] = None, max_queue: Optional[int] = None):
-        if dtype not in WEIGHT_FORMATS:
-            raise ValueError(f"dtype must be one of {', '.join(WEIGHT_FORMATS)}, got {dtype!r}")
+        format_name = weight_format(dtype)
         threads = check_threads(threads)
         limits = check_scheduling(max_batch, max_queue)
         if device != "cpu":
@@ -44,7 +42,7 @@ class PaliGemmaBackend(Backend):
         self.threads = threads or 0
         core = _native.core_for(device)
         try:
-            self._model = core.load_model(core.OnnxFile(self.path), WEIGHT_FORMATS[dtype], self.threads,
+            self._model = core.load_model(core.OnnxFile(self.path), format_name, self.threads,
                                           self.config, **limits)
         except ModelFileError:
             raise

@@ -364,7 +364,7 @@ def test_eval_runs_the_engine_in_each_weight_format(default_engines, capsys):
     parser = argparse.ArgumentParser()
     evaluate.add_arguments(parser)
     scores = {}
-    for dtype in ("float32", "float16", "int8"):
+    for dtype in ("float32", "float16", "int8", "int4"):
         args = parser.parse_args(["--backend", "engine", "--dtype", dtype, "--n", "3", "--tasks", "caption_en,detect",
                                   "--json"])
         assert evaluate.run(args) == 0

@@ -222,14 +222,10 @@ std::pair<pali::Json, std::string> parse_metadata(const std::string& path, const
   }
 }
 
-pali::WeightFormat weight_format(Dtype dtype) {
-  switch (dtype) {
-    case Dtype::float16: return pali::WeightFormat::f16;
-    case Dtype::int8: return pali::WeightFormat::i8;
-    case Dtype::float32: break;
-  }
-  return pali::WeightFormat::f32;
-}
+// The public enum's order is the table's (models/dtypes.h).
+const pali::EngineDtype& engine_dtype_of(Dtype dtype) { return pali::engine_dtypes().at(static_cast<size_t>(dtype)); }
+
+pali::WeightFormat weight_format(Dtype dtype) { return engine_dtype_of(dtype).format; }
 
 constexpr int kMaxThreads = 4096;  // backend.MAX_THREADS
 
@@ -578,12 +574,14 @@ std::vector<OptionSpec> generation_option_specs() {
 }
 
 Dtype dtype_from_name(const std::string& name) {
-  if (name == "float32") return Dtype::float32;
-  if (name == "float16") return Dtype::float16;
-  if (name == "int8") return Dtype::int8;
-  throw Error(ErrorKind::invalid_argument,
-              str_cat("dtype must be one of float32, float16, int8, got ", pali::api::py_short_repr(name)));
+  const auto& table = pali::engine_dtypes();
+  for (size_t i = 0; i < table.size(); ++i)
+    if (name == table[i].name) return static_cast<Dtype>(i);
+  throw Error(ErrorKind::invalid_argument, str_cat("dtype must be one of ", pali::engine_dtype_names(), ", got ",
+                                                   pali::api::py_short_repr(name)));
 }
+
+const char* dtype_name(Dtype dtype) { return engine_dtype_of(dtype).name; }
 
 Resize resize_from_name(const std::string& name) {
   if (name == "pad") return Resize::pad;

@@ -23,9 +23,21 @@
 namespace {
 
 constexpr const char* kUsage =
-    "usage: pali-run [-h] [--dtype {float32,float16,int8}] [--threads THREADS] [--resize {pad,stretch}]\n"
+    "usage: pali-run [-h] [--dtype DTYPE] [--threads THREADS] [--resize {pad,stretch}]\n"
     "                [--json | --stream] [--objects] [--verbose] [--beams K] [GENERATION OPTIONS]\n"
     "                model image prompt\n";
+
+// "{float32,float16,...}", from the engine's dtype table.
+std::string dtype_choices() {
+  std::string out = "{";
+  for (int i = 0;; ++i) {
+    const auto dtype = static_cast<pali_engine::Dtype>(i);
+    out += pali_engine::dtype_name(dtype);
+    if (dtype == pali_engine::Dtype::int4_g128) break;
+    out += ",";
+  }
+  return out + "}";
+}
 
 [[noreturn]] void usage_error(const std::string& message) {
   std::cerr << kUsage << "pali-run: error: " << message << "\n";
@@ -49,8 +61,9 @@ void print_help() {
                "                        \"detect circle ; square\"\n\n"
                "options:\n"
                "  -h, --help            show this help message and exit\n"
-               "  --dtype {float32,float16,int8}\n"
-               "                        weight storage of the native engine (default: float32)\n"
+               "  --dtype DTYPE         weight storage of the native engine, one of\n"
+               "                        " << dtype_choices() << "\n"
+               "                        (default: float32)\n"
                "  --threads THREADS     CPU threads (default: all cores)\n"
                "  --resize {pad,stretch}\n"
                "                        how a non-square image becomes square (default: the model's convention)\n"

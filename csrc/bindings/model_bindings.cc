@@ -21,6 +21,7 @@
 #include "core/config_table.h"
 #include "generate/scheduler.h"
 #include "models/architectures.h"
+#include "models/dtypes.h"
 
 namespace pali::bindings {
 namespace {
@@ -290,6 +291,15 @@ void bind_models(py::module_& m) {
           "The scheduler's requests running and waiting, rows stepped together, steps so far, requests that "
           "joined others already generating, its thread's milliseconds in prefills and in decode steps, and "
           "its limits.");
+
+  m.def(
+      "engine_dtypes",
+      [] {
+        std::vector<std::tuple<std::string, std::string, std::string>> out;
+        for (const auto& d : engine_dtypes()) out.emplace_back(d.name, weight_format_name(d.format), d.doc);
+        return out;
+      },
+      "The engine's dtypes, the default first: (name, weight format of the linear layers, what it means).");
 
   m.def(
       "load_model",

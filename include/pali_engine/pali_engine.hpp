@@ -197,12 +197,19 @@ using TextCallback = std::function<bool(std::string_view piece)>;
 // ------------------------------------------------------------------ engine
 
 enum class Dtype {
-  float32,  // weights in float32
-  float16,  // weights rounded to half, float32 arithmetic
-  int8,     // weights per output channel and activations per row in int8, integer products
+  float32,    // weights in float32
+  float16,    // weights rounded to half, float32 arithmetic
+  bfloat16,   // weights in bfloat16; float32 arithmetic (prefill with AVX-512 BF16: bfloat16 products)
+  int8,       // weights per output channel and activations per row in int8, integer products
+  int4,       // weights in int4, one float16 scale per output and group of 32 inputs
+  int4_g64,   // int4 weights in groups of 64 inputs
+  int4_g128,  // int4 weights in groups of 128 inputs
 };
-// "float32", "float16" or "int8"; Error(invalid_argument) with Python's message otherwise.
+// "float32", "float16", "bfloat16", "int8", "int4", "int4_g64" or "int4_g128";
+// Error(invalid_argument) with Python's message otherwise.
 PALI_ENGINE_API Dtype dtype_from_name(const std::string& name);
+// The name of a dtype, as dtype_from_name() reads it.
+PALI_ENGINE_API const char* dtype_name(Dtype dtype);
 PALI_ENGINE_API Resize resize_from_name(const std::string& name);
 
 struct LoadOptions {

@@ -36,13 +36,14 @@ def _count(low: int):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..backends import backend_names
+    from ..dtypes import DTYPES
 
     defaults = ImageLimits()
     model = parser.add_argument_group("model")
     model.add_argument("--model", help="an ONNX model file (default: the bundled model)")
     model.add_argument("--model-name", help="the model's id in the API (default: the file's name without .onnx)")
     model.add_argument("--backend", default="native", choices=backend_names())
-    model.add_argument("--dtype", default="float32", choices=("float32", "float16", "int8"),
+    model.add_argument("--dtype", default="float32", choices=DTYPES,
                        help="weight storage of the native engine")
     model.add_argument("--threads", type=_count(1), default=None, help="CPU threads per engine call (default: all)")
     model.add_argument("--resize", default=None, choices=("pad", "stretch"),

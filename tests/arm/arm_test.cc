@@ -125,7 +125,9 @@ void check_linear() {
   struct Size { int64_t m, n, k; };
   const Size sizes[] = {{1, 1, 1}, {3, 17, 5}, {4, 33, 37}, {7, 20, 70}, {9, 31, 19}, {13, 48, 64}, {2, 16, 300},
                         {40, 7, 9}};
-  for (pali::WeightFormat format : {pali::WeightFormat::f32, pali::WeightFormat::f16, pali::WeightFormat::i8}) {
+  for (pali::WeightFormat format : {pali::WeightFormat::f32, pali::WeightFormat::f16, pali::WeightFormat::bf16,
+                                    pali::WeightFormat::i8, pali::WeightFormat::i4_g32, pali::WeightFormat::i4_g64,
+                                    pali::WeightFormat::i4_g128}) {
     for (const Size& s : sizes) {
       const pali::Tensor w = tensor_of(uniform(s.n * s.k), s.n, s.k);
       const std::vector<float> b = uniform(s.n), x = uniform(s.m * s.k), y0 = uniform(s.m * s.n);

@@ -346,7 +346,7 @@ void check_cpp_api(const std::string& model) {
             "invalid_argument: prompt 1: text is not valid UTF-8 (at byte 2)",
         "errors", "a prompt that is not UTF-8");
   check(error_of([] { pali_engine::dtype_from_name("float64"); }) ==
-            "invalid_argument: dtype must be one of float32, float16, int8, got 'float64'",
+            "invalid_argument: dtype must be one of float32, float16, bfloat16, int8, int4, int4_g64, int4_g128, got 'float64'",
         "errors", "dtype_from_name");
 
   // Fields and set() by name give the same options.
@@ -458,7 +458,7 @@ void check_c_api(const std::string& model) {
         "c api", "a missing model: " + missing_message);
   const auto [dtype_status, dtype_message] = c_call(pali_engine_load(model.c_str(), "float64", 0, nullptr, &none));
   check(dtype_status == PALI_ERROR_INVALID_ARGUMENT &&
-            dtype_message == "dtype must be one of float32, float16, int8, got 'float64'",
+            dtype_message == "dtype must be one of float32, float16, bfloat16, int8, int4, int4_g64, int4_g128, got 'float64'",
         "c api", "a bad dtype: " + dtype_message);
   pali_options_t* bad = nullptr;
   pali_options_new(&bad);

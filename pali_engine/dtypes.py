@@ -1,0 +1,25 @@
+"""The engine's dtypes: the names ``Engine.load(dtype=...)`` and ``--dtype``
+take, and how each stores the model's weights in the native kernels.
+
+The table is the native one (``csrc/models/dtypes.h``), which the C and C++
+APIs and ``pali-run`` read too, so every entry point accepts the same names.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+from . import _native
+
+#: dtype name -> weight format of the native linear layers, the default first.
+WEIGHT_FORMATS: Dict[str, str] = {name: fmt for name, fmt, _ in _native.core_for("cpu").engine_dtypes()}
+#: dtype name -> what it means, for help texts.
+DTYPE_DOCS: Dict[str, str] = {name: doc for name, _, doc in _native.core_for("cpu").engine_dtypes()}
+DTYPES = tuple(WEIGHT_FORMATS)
+
+
+def weight_format(dtype: str) -> str:
+    """The weight format of ``dtype``; ValueError naming the dtypes otherwise."""
+    if dtype not in WEIGHT_FORMATS:
+        raise ValueError(f"dtype must be one of {', '.join(WEIGHT_FORMATS)}, got {dtype!r}")
+    return WEIGHT_FORMATS[dtype]
