@@ -12,7 +12,9 @@ left-padded batch.
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 
 import numpy as np
 import pytest
@@ -57,8 +59,11 @@ def _batch(processor, rows=2, seed=0):
 
 def _logits(model, inputs):
     names = ("pixel_values", "input_ids", "attention_mask", "token_type_ids")
+    dtype = next(model.parameters()).dtype
+    args = {k: torch.as_tensor(np.asarray(inputs[k])) for k in names}
+    args["pixel_values"] = args["pixel_values"].to(dtype)
     with torch.no_grad():
-        return model(**{k: torch.as_tensor(np.asarray(inputs[k])) for k in names}).logits.numpy()
+        return model(**args).logits.float().numpy()
 
 
 @pytest.mark.parametrize("rows", [1, 2])
@@ -294,3 +299,76 @@ def test_paligemma_results_parse_their_objects(converted):
     [cat] = result.objects
     assert cat.label == "cat" and cat.codes == list(range(16))
     assert cat.box == pytest.approx((25.0, 25.0, 100.0, 75.0))
+
+
+@pytest.fixture(scope="module")
+def converted_bf16(converted, tmp_path_factory):
+    """The same checkpoint stored in bfloat16, as the released ones are."""
+    model, processor, path = converted
+    hf_dir = os.path.join(os.path.dirname(path), "hf")
+    out = str(tmp_path_factory.mktemp("bf16") / "paligemma-bf16.onnx")
+    convert(hf_dir, out, dtype="bfloat16")
+    return processor, out
+
+
+def _forward(path, weight_format, processor):
+    inputs = _batch(processor)
+    names = ("pixel_values", "input_ids", "attention_mask", "token_type_ids")
+    args = [np.asarray(inputs[n], np.float32 if n == "pixel_values" else np.int64) for n in names]
+    return _native_model(path, weight_format).forward(*args), args[2].astype(bool)
+
+
+def _bfloat16_rounded(model):
+    """A float32 copy of the model with its weights rounded to bfloat16, as the bfloat16 file holds them."""
+    rounded = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in rounded.parameters():
+            p.copy_(p.bfloat16().float())
+    return rounded
+
+
+def test_bfloat16_weights_are_as_close_as_transformers_in_bfloat16(converted, converted_bf16):
+    # bf16 holds the file's weights exactly; only the prefill on AVX-512 BF16
+    # rounds activations to bfloat16 (each linear layer's input), which moves
+    # the logits less than transformers computing all of it in bfloat16 does.
+    model, _, _ = converted
+    processor, path = converted_bf16
+    inputs = _batch(processor)
+    real = np.asarray(inputs["attention_mask"]).astype(bool)
+    reference = _bfloat16_rounded(model)
+    exact = _logits(reference, inputs)
+    theirs = _logits(reference.bfloat16(), inputs)
+    ours, _ = _forward(path, "bf16", processor)
+    ours_f32, _ = _forward(path, "f32", processor)
+    assert np.abs(ours_f32 - exact)[real].max() < TOLERANCE * max(1.0, np.abs(exact).max())
+    assert np.abs(ours - exact)[real].max() <= np.abs(theirs - exact)[real].max()
+
+
+def _int4_like_the_engine(model, weight_format):
+    """transformers' model with the engine's int4 weights: every linear layer (and
+    the patch embedding) the engine quantizes holds the engine's effective
+    weights, the output layer too, untied from the input embeddings, which keep
+    bfloat16."""
+    from pali_engine._core import ops
+
+    quantized = _bfloat16_rounded(model)
+    effective = lambda w: ops.prepare_linear(w.reshape(w.shape[0], -1), None, weight_format).effective_weight()
+    with torch.no_grad():
+        for name, module in quantized.named_modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and not name.endswith("lm_head"):
+                w = module.weight.detach().numpy()
+                module.weight.copy_(torch.from_numpy(effective(w).reshape(w.shape)))
+        table = quantized.get_input_embeddings().weight.detach().numpy()
+        quantized.lm_head.weight = torch.nn.Parameter(torch.from_numpy(effective(table)))
+    return quantized
+
+
+@pytest.mark.parametrize("weight_format", ["i4", "i4_g64", "i4_g128"])
+def test_int4_logits_equal_transformers_on_the_same_quantized_weights(converted, converted_bf16, weight_format):
+    model, _, _ = converted
+    processor, path = converted_bf16
+    inputs = _batch(processor)
+    real = np.asarray(inputs["attention_mask"]).astype(bool)
+    theirs = _logits(_int4_like_the_engine(model, weight_format), inputs)
+    ours, _ = _forward(path, weight_format, processor)
+    assert np.abs(ours - theirs)[real].max() < TOLERANCE * max(1.0, np.abs(theirs).max())

@@ -50,7 +50,7 @@ struct GemmaState {
 class GemmaDecoder {
  public:
   // `prefix`: the weights' name prefix ("model.language_model."); `embedding`:
-  // embed_tokens [V, D] float32, the head when tie_word_embeddings.
+  // embed_tokens [V, D] (any float dtype), the head when tie_word_embeddings.
   GemmaDecoder(const GemmaConfig& config, WeightStore& weights, const std::string& prefix,
                const Tensor& embedding, bool tie_word_embeddings, WeightFormat format);
 
@@ -69,6 +69,8 @@ class GemmaDecoder {
                    int64_t capacity) const;
   // Appends one token per row and writes the next-token logits [rows, V].
   void step(GemmaState& state, const float* embeddings, float* logits) const;
+  // The output layer [V, D]: the embedding table too, when tied.
+  const LinearWeight& lm_head() const { return lm_head_; }
   // The state continues with `rows` rows (at most as many as before), row r
   // from the own keys and values and the request of row source[r]: beam
   // search's reordering, and the dropping of finished rows.

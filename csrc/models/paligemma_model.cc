@@ -5,6 +5,7 @@
 #include <cstring>
 #include <vector>
 
+#include "core/dtype.h"
 #include "core/error.h"
 
 namespace pali {
@@ -51,12 +52,28 @@ PaliGemmaModel::PaliGemmaModel(std::shared_ptr<const onnx::OnnxFile> file, const
   file->check_unchanged();
 }
 
+bool PaliGemmaModel::embeds_from_head() const {
+  return config_.tie_word_embeddings &&
+         (format_ == WeightFormat::f32 || format_ == WeightFormat::f16 || format_ == WeightFormat::bf16);
+}
+
 void PaliGemmaModel::build(WeightStore& weights) {
   const GemmaConfig& t = config_.text;
-  embedding_ = weights.f32("model.language_model.embed_tokens.weight", {t.vocab_size, t.hidden_size});
+  const std::string embedding_name = "model.language_model.embed_tokens.weight";
+  const Tensor stored = weights.raw(embedding_name, {t.vocab_size, t.hidden_size});
+  // Tied to an output layer of float weights, the table is read back from it
+  // (embed()): no second copy of the largest tensor (1.2 GB in bfloat16 at
+  // 3B). Quantized, the inputs keep the checkpoint's precision from a copy,
+  // bfloat16 as the released checkpoints store it (else float32): the tokens'
+  // embeddings would move by a step of int8 or int4 too.
+  if (!config_.tie_word_embeddings || stored.dtype() != DType::bf16)
+    embedding_ = embeds_from_head() ? Tensor() : weights.f32(embedding_name, {t.vocab_size, t.hidden_size});
+  else if (!embeds_from_head() && !weights.listing())
+    embedding_ = stored.clone();
   vision_ = std::make_unique<VisionTower>(siglip_spec(config_), weights, format_);
-  decoder_ = std::make_unique<GemmaDecoder>(config_.text, weights, "model.language_model.", embedding_,
+  decoder_ = std::make_unique<GemmaDecoder>(config_.text, weights, "model.language_model.", stored,
                                             config_.tie_word_embeddings, format_);
+  weights.release(embedding_name);
 }
 
 std::vector<TensorSpec> PaliGemmaModel::expected_tensors(const PaliGemmaConfig& config) {
@@ -105,12 +122,19 @@ void PaliGemmaModel::embed(const int64_t* tokens, int64_t n, float* out) const {
   const int64_t d = config_.text.hidden_size, vocab = config_.text.vocab_size;
   // transformers holds sqrt(hidden_size) as a float32 number.
   const float normalizer = static_cast<float>(std::sqrt(static_cast<double>(d)));
-  const float* table = embedding_.data<float>();
   for (int64_t i = 0; i < n; ++i) {
     PALI_CHECK_ARG(tokens[i] >= 0 && tokens[i] < vocab, "input id ", tokens[i], " is outside the vocabulary of ",
                    vocab);
-    const float* e = table + tokens[i] * d;
-    for (int64_t c = 0; c < d; ++c) out[i * d + c] = e[c] * normalizer;
+    float* row = out + i * d;
+    if (embeds_from_head()) {
+      linear_weight_row(decoder_->lm_head(), tokens[i], row);
+    } else if (embedding_.dtype() == DType::bf16) {
+      const BFloat16* e = embedding_.data<BFloat16>() + tokens[i] * d;
+      for (int64_t c = 0; c < d; ++c) row[c] = bfloat16_to_float(e[c].bits);
+    } else {
+      std::memcpy(row, embedding_.data<float>() + tokens[i] * d, d * sizeof(float));
+    }
+    for (int64_t c = 0; c < d; ++c) row[c] *= normalizer;
   }
 }
 

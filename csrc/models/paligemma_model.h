@@ -95,7 +95,10 @@ class PaliGemmaModel final : public Model {
 
   PaliGemmaConfig config_;
   WeightFormat format_;
-  Tensor embedding_;  // embed_tokens, float32 [V, D]
+  // Whether embed() reads the table from the output layer it is tied to (float formats).
+  bool embeds_from_head() const;
+  // embed_tokens [V, D] unless embeds_from_head(): bfloat16 as a bfloat16 file stores it, else float32.
+  Tensor embedding_;
   std::unique_ptr<VisionTower> vision_;
   std::unique_ptr<GemmaDecoder> decoder_;
 };

@@ -99,6 +99,10 @@ LinearWeight WeightStore::prepare(const Tensor& weight, const Tensor* bias, Weig
   return prepare_linear(weight, bias, format, &arena_, format == WeightFormat::i8);
 }
 
+void WeightStore::release(const std::string& name) const {
+  if (!listing()) file_->release(name);
+}
+
 void WeightStore::check_all_used() const {
   if (listing()) return;
   std::string unused;

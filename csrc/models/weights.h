@@ -56,6 +56,9 @@ class WeightStore {
   // embedding) prepared as a linear weight, in this model's arena; i8 weights
   // get int8_activations: the model's int8 mode is W8A8.
   LinearWeight prepare(const Tensor& weight, const Tensor* bias, WeightFormat format);
+  // Drops the resident pages of a tensor taken with raw() once the model holds
+  // what it derived from it (no-op for a listing store).
+  void release(const std::string& name) const;
 
  private:
   std::shared_ptr<const onnx::OnnxFile> file_;

@@ -153,6 +153,10 @@ std::string linear_kernel();
 // benchmarks, between ops. Throws InvalidArgument for a name this CPU does not run.
 void set_linear_kernel(const std::string& name);
 
+// Row `row` (output channel) of the weight as the kernels see it, into out[K]:
+// an embedding table read from the output layer it is tied to, in any format.
+void linear_weight_row(const LinearWeight& w, int64_t row, float* out);
+
 // The weight as the kernels see it, float32 [N, K] (f16 or bf16 values, or
 // q * scale for i8 and i4): the exact reference for tests.
 Tensor linear_effective_weight(const LinearWeight& w);

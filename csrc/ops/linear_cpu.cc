@@ -376,32 +376,44 @@ LinearWeight prepare_linear(const Tensor& weight, const Tensor* bias, WeightForm
   return prepare_linear_concat({&weight}, biases, format, arena, int8_activations);
 }
 
-Tensor linear_effective_weight(const LinearWeight& w) {
-  Tensor out = Tensor::empty(DType::f32, {w.n, w.k});
-  float* o = out.data<float>();
-  const int64_t k_pad = w.packed_k();
-  const int64_t group = int4_group_size(w.format);
-  for (int64_t r = 0; r < w.n; ++r) {
-    const int64_t p = r / P, j = r % P;
-    for (int64_t kk = 0; kk < w.k; ++kk) {
-      const int64_t idx = p * k_pad * P + (w.int8_activations ? int8_activations_offset(j, kk) : panel_offset(w.format, j, kk));
-      float v;
-      switch (w.format) {
-        case WeightFormat::f32: v = w.packed.data<float>()[idx]; break;
-        case WeightFormat::f16: v = half_to_float(w.packed.data<Half>()[idx].bits); break;
-        case WeightFormat::bf16: v = bfloat16_to_float(w.packed.data<BFloat16>()[idx].bits); break;
-        case WeightFormat::i8: v = w.packed.data<int8_t>()[idx] * w.scales.data<float>()[r]; break;
-        default: {
-          const uint8_t byte = w.packed.data<uint8_t>()[p * (k_pad / 2) * P + panel_offset(w.format, j, kk)];
-          const int q = (kk % 2 ? byte >> 4 : byte & 0x0F) - 8;
-          const float scale = half_to_float(w.scales.data<Half>()[(p * (k_pad / group) + kk / group) * P + j].bits);
-          v = static_cast<float>(q) * scale;
-          break;
-        }
+void linear_weight_row(const LinearWeight& w, int64_t row, float* out) {
+  PALI_CHECK_ARG(row >= 0 && row < w.n, "linear_weight_row: row ", row, " outside [0, ", w.n, ")");
+  const int64_t p = row / P, j = row % P, k_pad = w.packed_k();
+  const auto at = [&](int64_t kk) {
+    return p * k_pad * P + (w.int8_activations ? int8_activations_offset(j, kk) : panel_offset(w.format, j, kk));
+  };
+  switch (w.format) {
+    case WeightFormat::f32:
+      for (int64_t kk = 0; kk < w.k; ++kk) out[kk] = w.packed.data<float>()[at(kk)];
+      break;
+    case WeightFormat::f16:
+      for (int64_t kk = 0; kk < w.k; ++kk) out[kk] = half_to_float(w.packed.data<Half>()[at(kk)].bits);
+      break;
+    case WeightFormat::bf16:
+      for (int64_t kk = 0; kk < w.k; ++kk) out[kk] = bfloat16_to_float(w.packed.data<BFloat16>()[at(kk)].bits);
+      break;
+    case WeightFormat::i8: {
+      const float scale = w.scales.data<float>()[row];
+      for (int64_t kk = 0; kk < w.k; ++kk) out[kk] = w.packed.data<int8_t>()[at(kk)] * scale;
+      break;
+    }
+    default: {
+      const int64_t group = int4_group_size(w.format);
+      const uint8_t* panel = w.packed.data<uint8_t>() + p * (k_pad / 2) * P;
+      const Half* scales = w.scales.data<Half>() + p * (k_pad / group) * P;
+      for (int64_t kk = 0; kk < w.k; ++kk) {
+        const uint8_t byte = panel[panel_offset(w.format, j, kk)];
+        const int q = (kk % 2 ? byte >> 4 : byte & 0x0F) - 8;
+        out[kk] = static_cast<float>(q) * half_to_float(scales[(kk / group) * P + j].bits);
       }
-      o[r * w.k + kk] = v;
+      break;
     }
   }
+}
+
+Tensor linear_effective_weight(const LinearWeight& w) {
+  Tensor out = Tensor::empty(DType::f32, {w.n, w.k});
+  for (int64_t r = 0; r < w.n; ++r) linear_weight_row(w, r, out.data<float>() + r * w.k);
   return out;
 }
 
