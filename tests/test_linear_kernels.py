@@ -58,7 +58,8 @@ def linear_kernel():
 
 
 def rounds_x_to_bf16(kernel: str, fmt: str, m: int) -> bool:
-    return kernel == "avx512_bf16" and fmt == "bf16" and m > 8
+    """avx512_bf16's prefill of bf16 and i4 weights multiplies bfloat16 pairs."""
+    return kernel == "avx512_bf16" and (fmt == "bf16" or fmt.startswith("i4")) and m > 8
 
 
 @pytest.mark.parametrize("m,n,k", SIZES)
@@ -71,10 +72,13 @@ def test_every_kernel_against_the_effective_weight(m, n, k, fmt, linear_kernel):
     we = lw.effective_weight().astype(np.float64)
     for kernel in KERNELS:
         linear_kernel(kernel)
-        # avx512_bf16's prefill of bf16 weights multiplies x rounded to bfloat16.
-        xr = bf16_round(x) if rounds_x_to_bf16(kernel, fmt, m) else x
-        ref = xr.astype(np.float64) @ we.T + b
-        bound = np.abs(xr).astype(np.float64) @ np.abs(we).T + np.abs(b)
+        # avx512_bf16's prefill of bf16 and i4 weights multiplies x (and i4's
+        # weights) rounded to bfloat16.
+        rounded = rounds_x_to_bf16(kernel, fmt, m)
+        xr = bf16_round(x) if rounded else x
+        wr = bf16_round(we.astype(np.float32)).astype(np.float64) if rounded else we
+        ref = xr.astype(np.float64) @ wr.T + b
+        bound = np.abs(xr).astype(np.float64) @ np.abs(wr).T + np.abs(b)
         got = ops.linear(x, lw)
         assert np.max(np.abs(got - ref) / bound) < 1e-5, kernel
         out = y0.copy()
@@ -97,8 +101,10 @@ def test_every_kernel_on_strided_column_slices(m, fmt, linear_kernel):
         before = out.copy()
         ops.linear_strided(xbuf, 4, lw, out, 3, False)
         x = xbuf[:, 4:4 + k]
-        xr = bf16_round(x) if rounds_x_to_bf16(kernel, fmt, m) else x
-        ref = xr.astype(np.float64) @ lw.effective_weight().astype(np.float64).T + b
+        rounded = rounds_x_to_bf16(kernel, fmt, m)
+        xr = bf16_round(x) if rounded else x
+        we = bf16_round(lw.effective_weight()) if rounded else lw.effective_weight()
+        ref = xr.astype(np.float64) @ we.astype(np.float64).T + b
         np.testing.assert_allclose(out[:, 3:3 + n], ref, rtol=1e-5, atol=1e-4, err_msg=kernel)
         np.testing.assert_array_equal(out[:, :3], before[:, :3])
         np.testing.assert_array_equal(out[:, 3 + n:], before[:, 3 + n:])

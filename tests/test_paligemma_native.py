@@ -318,6 +318,10 @@ def _forward(path, weight_format, processor):
     return _native_model(path, weight_format).forward(*args), args[2].astype(bool)
 
 
+def _rms(error, real):
+    return float(np.sqrt(np.mean(np.square(error[real]))))
+
+
 def _bfloat16_rounded(model):
     """A float32 copy of the model with its weights rounded to bfloat16, as the bfloat16 file holds them."""
     rounded = copy.deepcopy(model)
@@ -341,7 +345,7 @@ def test_bfloat16_weights_are_as_close_as_transformers_in_bfloat16(converted, co
     ours, _ = _forward(path, "bf16", processor)
     ours_f32, _ = _forward(path, "f32", processor)
     assert np.abs(ours_f32 - exact)[real].max() < TOLERANCE * max(1.0, np.abs(exact).max())
-    assert np.abs(ours - exact)[real].max() <= np.abs(theirs - exact)[real].max()
+    assert _rms(ours - exact, real) <= _rms(theirs - exact, real)
 
 
 def _int4_like_the_engine(model, weight_format):
@@ -363,8 +367,19 @@ def _int4_like_the_engine(model, weight_format):
     return quantized
 
 
+@pytest.fixture
+def exact_float_kernel():
+    """The best float kernel whose products are exact float32 ones (not avx512_bf16's bfloat16 pairs)."""
+    from pali_engine._core import ops
+
+    ops.set_linear_kernel([k for k in ops.linear_kernels_available() if k != "avx512_bf16"][-2])
+    yield
+    ops.set_linear_kernel("auto")
+
+
 @pytest.mark.parametrize("weight_format", ["i4", "i4_g64", "i4_g128"])
-def test_int4_logits_equal_transformers_on_the_same_quantized_weights(converted, converted_bf16, weight_format):
+def test_int4_logits_equal_transformers_on_the_same_quantized_weights(converted, converted_bf16, weight_format,
+                                                                    exact_float_kernel):
     model, _, _ = converted
     processor, path = converted_bf16
     inputs = _batch(processor)
@@ -372,3 +387,24 @@ def test_int4_logits_equal_transformers_on_the_same_quantized_weights(converted,
     theirs = _logits(_int4_like_the_engine(model, weight_format), inputs)
     ours, _ = _forward(path, weight_format, processor)
     assert np.abs(ours - theirs)[real].max() < TOLERANCE * max(1.0, np.abs(theirs).max())
+
+
+def test_int4_prefill_in_bfloat16_is_as_close_as_transformers_in_bfloat16(converted, converted_bf16):
+    # Where the CPU has AVX-512 BF16 the int4 prefill multiplies bfloat16 pairs.
+    from pali_engine._core import ops
+
+    if "avx512_bf16" not in ops.linear_kernels_available():
+        pytest.skip("this CPU has no AVX-512 BF16")
+    model, _, _ = converted
+    processor, path = converted_bf16
+    inputs = _batch(processor)
+    real = np.asarray(inputs["attention_mask"]).astype(bool)
+    reference = _int4_like_the_engine(model, "i4")
+    exact = _logits(reference, inputs)
+    theirs = _logits(reference.bfloat16(), inputs)
+    ops.set_linear_kernel("avx512_bf16")
+    try:
+        ours, _ = _forward(path, "i4", processor)
+    finally:
+        ops.set_linear_kernel("auto")
+    assert _rms(ours - exact, real) <= _rms(theirs - exact, real)

@@ -11,8 +11,8 @@
 //   * prefill (m > 8): a register-blocked GEMM (AVX2: 6x16 micro-kernel;
 //     AVX-512: 12x32), K split in blocks, threads over N panels (and M when N
 //     is small); weights other than f32 are widened to float32 one K block of
-//     a panel at a time, except bf16 on CPUs with AVX-512 BF16, which multiply
-//     bfloat16 pairs (x rounded to bfloat16 too) with float32 sums.
+//     a panel at a time, except bf16 and i4 on CPUs with AVX-512 BF16, which
+//     multiply bfloat16 pairs (x rounded to bfloat16 too) with float32 sums.
 // Storage formats:
 //   f32   the weight as is;
 //   f16   IEEE half (round to nearest even), converted with F16C in the kernels;
@@ -143,8 +143,9 @@ void linear_strided(const float* x, int64_t x_stride, int64_t m, const LinearWei
 // The float kernels (every format but W8A8) this CPU runs: on x86-64 "avx2"
 // always, "avx512" and "avx512_bf16" where present; on aarch64 "neon";
 // "portable" everywhere (last in the list). avx512_bf16 is avx512 but for the
-// prefill (m > 8) of bf16 weights, which multiplies bfloat16 pairs (x rounded
-// to bfloat16, float32 sums); the others agree to float32 rounding.
+// prefill (m > 8) of bf16 and i4 weights, which multiplies bfloat16 pairs (x
+// rounded to bfloat16, i4's effective weights too; float32 sums); the others
+// agree to float32 rounding.
 std::vector<std::string> linear_kernels_available();
 // The kernel in use: the best available unless set_linear_kernel() chose one
 // ("portable" when PALI_ENGINE_CPU_KERNELS=portable chose every op's portable path).

@@ -2,9 +2,9 @@
 // weight format: decode (m <= 8) streams each panel once with 16 outputs per
 // 512-bit register; prefill is a 12 x 32 register-blocked GEMM over two panels
 // at a time, on float32 slices (f32 weights as packed; the other formats
-// widened one K block at a time) or, for bf16 weights where the CPU has AVX-512
-// BF16, on the bfloat16 pairs themselves (vdpbf16ps; x rounded to bfloat16,
-// sums in float32). The x86-64-v3 build compiles them with target attributes
+// widened one K block at a time) or, for bf16 and i4 weights where the CPU has
+// AVX-512 BF16, on bfloat16 pairs (vdpbf16ps; x rounded to bfloat16, sums in
+// float32): bf16 weights as packed, i4 ones as q * scale rounded to bfloat16. The x86-64-v3 build compiles them with target attributes
 // and linear_cpu.cc runs them only where cpuid reports the instructions, so
 // the library still loads and runs on an AVX2-only CPU.
 #include "ops/linear_kernels.h"
@@ -115,42 +115,47 @@ PALI_INLINE_AVX512 void store_row(__m512 v, float* y, const PanelOut& o) {
 // ---------------------------------------------------------------------------
 // Decode: MR (<= 8) rows of x times one whole panel, each group of K (i4) or
 // all of K as one group summed on its own, then added times the group's
-// float16 scales (i4) into the totals. Below 3 rows two sets of accumulators
-// take alternate steps, to cover the FMA latency.
+// float16 scales (i4) into the totals. Each k of a step has accumulators of
+// its own, and below 3 rows two sets take alternate steps: the chains of
+// dependent FMAs stay short enough to cover their latency.
 template <WeightFormat F, int MR>
 PALI_INLINE_AVX512 void gemv_panel(const float* x, int64_t ldx, const unsigned char* w, int64_t k, int64_t group,
                                    const uint16_t* gscale, float* y, int64_t ldy, const PanelOut& o) {
   using S = Step<F>;
   constexpr int kSets = MR <= 2 ? 2 : 1;
   constexpr int kSpan = S::kSpan;
+  constexpr int kChains = kSets * kSpan;
   __m512 total[MR];
   for (int r = 0; r < MR; ++r) total[r] = _mm512_setzero_ps();
   for (int64_t g0 = 0; g0 < k; g0 += group) {
     const int64_t ge = std::min(k, g0 + group);
-    __m512 acc[kSets][MR];
-    for (int s = 0; s < kSets; ++s)
-      for (int r = 0; r < MR; ++r) acc[s][r] = _mm512_setzero_ps();
+    __m512 acc[kChains][MR];
+    for (int c = 0; c < kChains; ++c)
+      for (int r = 0; r < MR; ++r) acc[c][r] = _mm512_setzero_ps();
     int64_t kk = g0;
-    for (; kk + kSets * kSpan <= ge; kk += kSets * kSpan) {
+    const unsigned char* wk = w + (g0 / kSpan) * S::kStepBytes;
+    for (; kk + kSets * kSpan <= ge; kk += kSets * kSpan, wk += kSets * S::kStepBytes) {
       for (int s = 0; s < kSets; ++s) {
         __m512 v[kSpan];
-        S::load(w + ((kk + s * kSpan) / kSpan) * S::kStepBytes, v);
+        S::load(wk + s * S::kStepBytes, v);
         for (int r = 0; r < MR; ++r)
           for (int h = 0; h < kSpan; ++h)
-            acc[s][r] = _mm512_fmadd_ps(_mm512_set1_ps(x[r * ldx + kk + s * kSpan + h]), v[h], acc[s][r]);
+            acc[s * kSpan + h][r] =
+                _mm512_fmadd_ps(_mm512_set1_ps(x[r * ldx + kk + s * kSpan + h]), v[h], acc[s * kSpan + h][r]);
       }
     }
-    for (; kk < ge; kk += kSpan) {  // the steps left; x past the group's end counts as 0
+    for (; kk < ge; kk += kSpan, wk += S::kStepBytes) {  // the steps left; x past the group's end counts as 0
       __m512 v[kSpan];
-      S::load(w + (kk / kSpan) * S::kStepBytes, v);
+      S::load(wk, v);
       for (int r = 0; r < MR; ++r)
         for (int h = 0; h < kSpan; ++h)
-          if (kk + h < ge) acc[0][r] = _mm512_fmadd_ps(_mm512_set1_ps(x[r * ldx + kk + h]), v[h], acc[0][r]);
+          if (kk + h < ge) acc[h][r] = _mm512_fmadd_ps(_mm512_set1_ps(x[r * ldx + kk + h]), v[h], acc[h][r]);
     }
     __m512 scale = _mm512_set1_ps(1.0f);
     if (gscale) scale = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(gscale + (g0 / group) * P)));
     for (int r = 0; r < MR; ++r) {
-      const __m512 sum = kSets == 2 ? _mm512_add_ps(acc[0][r], acc[kSets - 1][r]) : acc[0][r];
+      __m512 sum = acc[0][r];
+      for (int c = 1; c < kChains; ++c) sum = _mm512_add_ps(sum, acc[c][r]);
       total[r] = gscale ? _mm512_fmadd_ps(sum, scale, total[r]) : _mm512_add_ps(total[r], sum);
     }
   }
@@ -369,18 +374,48 @@ PALI_INLINE_AVX512_BF16 void micro_bf16_rows(int64_t rows, const uint32_t* a, in
   }
 }
 
-PALI_AVX512_BF16 void gemm_block_bf16(const float* x, int64_t ldx, int64_t r0, int64_t r1, const LinearWeight& w,
+// The [kp pairs, 16] bfloat16-pair slice of panel p at pair q0 (a multiple of
+// kKC / 2, so of every i4 group): a pointer into the packed weights (bf16),
+// else i4's q * scale rounded to bfloat16 and interleaved into `scratch`.
+template <WeightFormat F>
+PALI_INLINE_AVX512_BF16 const unsigned char* slice_bf16_pairs(const LinearWeight& w, int64_t p, int64_t q0,
+                                                              int64_t kp, uint32_t* scratch) {
+  const auto* panel = static_cast<const unsigned char*>(w.packed.raw()) + p * w.panel_bytes();
+  if constexpr (F == WeightFormat::bf16) {
+    return panel + q0 * 64;
+  } else {
+    const int64_t group = int4_group_size(F);
+    const auto* gscales = static_cast<const uint16_t*>(w.scales.raw()) + p * (w.packed_k() / group) * P;
+    // [e0..e15 | o0..o15] -> (e_j, o_j) in 32-bit lane j.
+    alignas(64) static constexpr uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
+                                                             21, 6, 22, 7, 23, 8,  24, 9,  25, 10, 26,
+                                                             11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+    const __m512i interleave = _mm512_load_si512(kInterleave);
+    __m512 scale = _mm512_setzero_ps();
+    for (int64_t i = 0; i < kp; ++i) {
+      const int64_t kk = 2 * (q0 + i);
+      if (kk % group == 0)
+        scale = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(gscales + (kk / group) * P)));
+      __m512 v[2];
+      Step<F>::load(panel + (q0 + i) * Step<F>::kStepBytes, v);
+      const __m512bh halves = _mm512_cvtne2ps_pbh(_mm512_mul_ps(v[1], scale), _mm512_mul_ps(v[0], scale));
+      _mm512_store_si512(scratch + i * P, _mm512_permutexvar_epi16(interleave, (__m512i)halves));
+    }
+    return reinterpret_cast<const unsigned char*>(scratch);
+  }
+}
+
+// Rows [r0, r1) x panels [p0, p1) of the product, from x packed as bfloat16
+// pairs ([m][k2], pack_bf16_pairs) once for all threads.
+template <WeightFormat F>
+PALI_AVX512_BF16 void gemm_block_bf16(const uint32_t* pairs, int64_t r0, int64_t r1, const LinearWeight& w,
                                       int64_t p0, int64_t p1, float* y, int64_t ldy, bool accumulate) {
-  thread_local AlignedBuffer<uint32_t> pairs_storage;
-  const float* bias = w.has_bias ? w.bias.data<float>() : nullptr;
-  const int64_t k = w.k, k2 = (k + 1) / 2;
-  const auto* packed = static_cast<const unsigned char*>(w.packed.raw());
-  const int64_t panel_bytes = w.panel_bytes();
   constexpr int64_t kKP = kKC / 2;  // pairs per K block
+  alignas(64) uint32_t scratch[2][kKP * P];
+  const float* bias = w.has_bias ? w.bias.data<float>() : nullptr;
+  const int64_t k2 = (w.k + 1) / 2;
   for (int64_t mb = r0; mb < r1; mb += kMC) {
     const int64_t me = std::min(r1, mb + kMC);
-    uint32_t* a = pairs_storage.get((me - mb) * k2);
-    pack_bf16_pairs(x + mb * ldx, ldx, me - mb, k, a);
     for (int64_t p = p0; p < p1; p += 2) {
       const int np = p + 1 < p1 ? 2 : 1;
       PanelOut out[2];
@@ -389,11 +424,12 @@ PALI_AVX512_BF16 void gemm_block_bf16(const float* x, int64_t ldx, int64_t r0, i
                           static_cast<int>(std::min<int64_t>(P, w.n - (p + q) * P)), accumulate};
       for (int64_t q0 = 0; q0 < k2; q0 += kKP) {
         const int64_t kp = std::min(kKP, k2 - q0);
-        const unsigned char* b[2] = {packed + p * panel_bytes + q0 * 64,
-                                     packed + (p + np - 1) * panel_bytes + q0 * 64};
+        const unsigned char* b[2];
+        for (int q = 0; q < np; ++q) b[q] = slice_bf16_pairs<F>(w, p + q, q0, kp, scratch[q]);
+        if (np == 1) b[1] = b[0];
         const int mode = q0 > 0 ? 2 : (accumulate ? 1 : 0);
         for (int64_t m0 = mb; m0 < me; m0 += kMR) {
-          const uint32_t* am = a + (m0 - mb) * k2 + q0;
+          const uint32_t* am = pairs + m0 * k2 + q0;
           float* c = y + m0 * ldy + p * P;
           if (np == 2)
             micro_bf16_rows<kMR, 2>(me - m0, am, k2, b, kp, c, ldy, out, mode);
@@ -405,32 +441,42 @@ PALI_AVX512_BF16 void gemm_block_bf16(const float* x, int64_t ldx, int64_t r0, i
   }
 }
 
-// Threads over pairs of panels, or over rows when there are too few panels.
+// Threads over pairs of panels, or over rows when there are too few panels:
+// block(r0, r1, p0, p1) computes rows [r0, r1) x panels [p0, p1).
 template <typename Block>
-void gemm(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y, int64_t ldy, bool accumulate,
-          Block block) {
+void split_gemm(int64_t m, const LinearWeight& w, Block&& block) {
   const int64_t pairs = (w.num_panels() + 1) / 2;
   const int threads = op_threads();
   if (pairs >= 4 * threads || m <= kMC) {
     parallel_for(0, pairs, 1, [&](int64_t qb, int64_t qe) {
-      block(x, ldx, 0, m, w, 2 * qb, std::min(w.num_panels(), 2 * qe), y, ldy, accumulate);
+      block(0, m, 2 * qb, std::min(w.num_panels(), 2 * qe));
     });
   } else {
-    parallel_for_aligned(0, m, kMR, kMR, [&](int64_t rb, int64_t re) {
-      block(x, ldx, rb, re, w, 0, w.num_panels(), y, ldy, accumulate);
-    });
+    parallel_for_aligned(0, m, kMR, kMR, [&](int64_t rb, int64_t re) { block(rb, re, 0, w.num_panels()); });
   }
 }
 
 template <WeightFormat F>
 void run(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y, int64_t ldy, bool accumulate,
          bool bf16_dot) {
-  if (m <= kLinearDecodeMaxRows)
+  if (m <= kLinearDecodeMaxRows) {
     gemv<F>(x, ldx, m, w, y, ldy, accumulate);
-  else if (F == WeightFormat::bf16 && bf16_dot)
-    gemm(x, ldx, m, w, y, ldy, accumulate, gemm_block_bf16);
-  else
-    gemm(x, ldx, m, w, y, ldy, accumulate, gemm_block<F>);
+  } else if ((F == WeightFormat::bf16 || is_int4(F)) && bf16_dot) {
+    // x as bfloat16 pairs once, then every block reads them.
+    thread_local AlignedBuffer<uint32_t> pairs_storage;
+    const int64_t k2 = (w.k + 1) / 2;
+    uint32_t* pairs = pairs_storage.get(m * k2);
+    parallel_for(0, m, std::max<int64_t>(1, 16384 / std::max<int64_t>(w.k, 1)), [&](int64_t rb, int64_t re) {
+      pack_bf16_pairs(x + rb * ldx, ldx, re - rb, w.k, pairs + rb * k2);
+    });
+    split_gemm(m, w, [&](int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
+      gemm_block_bf16<F>(pairs, r0, r1, w, p0, p1, y, ldy, accumulate);
+    });
+  } else {
+    split_gemm(m, w, [&](int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
+      gemm_block<F>(x, ldx, r0, r1, w, p0, p1, y, ldy, accumulate);
+    });
+  }
 }
 
 }  // namespace
@@ -442,9 +488,9 @@ void linear(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float
     case WeightFormat::f16: run<WeightFormat::f16>(x, ldx, m, w, y, ldy, accumulate, false); break;
     case WeightFormat::bf16: run<WeightFormat::bf16>(x, ldx, m, w, y, ldy, accumulate, bf16_dot); break;
     case WeightFormat::i8: run<WeightFormat::i8>(x, ldx, m, w, y, ldy, accumulate, false); break;
-    case WeightFormat::i4_g32: run<WeightFormat::i4_g32>(x, ldx, m, w, y, ldy, accumulate, false); break;
-    case WeightFormat::i4_g64: run<WeightFormat::i4_g64>(x, ldx, m, w, y, ldy, accumulate, false); break;
-    case WeightFormat::i4_g128: run<WeightFormat::i4_g128>(x, ldx, m, w, y, ldy, accumulate, false); break;
+    case WeightFormat::i4_g32: run<WeightFormat::i4_g32>(x, ldx, m, w, y, ldy, accumulate, bf16_dot); break;
+    case WeightFormat::i4_g64: run<WeightFormat::i4_g64>(x, ldx, m, w, y, ldy, accumulate, bf16_dot); break;
+    case WeightFormat::i4_g128: run<WeightFormat::i4_g128>(x, ldx, m, w, y, ldy, accumulate, bf16_dot); break;
   }
 }
 

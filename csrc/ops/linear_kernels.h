@@ -16,8 +16,8 @@ bool cpu_has_avx512();
 bool cpu_has_avx512_bf16();
 
 // y (+)= x . Wᵀ + b for any weight format, row strides ldx and ldy; with
-// bf16_dot the prefill of bf16 weights takes x rounded to bfloat16 (needs
-// cpu_has_avx512_bf16()).
+// bf16_dot the prefill of bf16 and i4 weights multiplies x rounded to
+// bfloat16 (and i4's weights rounded to bfloat16; needs cpu_has_avx512_bf16()).
 void linear(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y, int64_t ldy, bool accumulate,
             bool bf16_dot);
 #endif
