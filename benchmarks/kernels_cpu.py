@@ -1,10 +1,13 @@
-"""Kernel sandbox: the CPU linear op against numpy matmul (OpenBLAS).
+"""Kernel sandbox: the CPU linear op against numpy matmul (OpenBLAS) and
+torch's bfloat16 matmul (oneDNN, when torch is installed).
 
 Times y = x @ W.T + b for decode (m = 1, 4) and prefill (m = 256) on a few
-weight shapes in every weight format, int8 with int8 activations (W8A8) once
-per integer kernel this CPU runs, and prints GFLOP/s (GOP/s for W8A8) and the
-weight read rate (GB/s: packed weight bytes / time; the number that matters
-for decode).
+weight shapes (the "pali" base size's and PaliGemma 2 3B's) in every weight
+format once per float kernel this CPU runs (avx2, avx512, avx512_bf16, ...),
+int8 with int8 activations (W8A8) once per integer kernel, and prints GFLOP/s
+(GOP/s for W8A8) and the weight read rate (GB/s: packed weight bytes / time;
+the number that matters for decode). The rows of one shape and m run one
+after another, so compare them as ratios.
 Then attention at ViT/T5 sizes against torch's scaled_dot_product_attention
 (when torch is installed).
 
@@ -25,7 +28,12 @@ SHAPES = {  # name: (N, K)
     "768x768": (768, 768),
     "ffn wi 4096x768": (2 * 2048, 768),
     "lm_head 32128x768": (32128, 768),
+    "siglip fc1 4304x1152": (4304, 1152),
+    "gemma2 gate_up 18432x2304": (18432, 2304),
+    "gemma2 down 2304x9216": (2304, 9216),
 }
+#: --quick's shapes.
+QUICK_SHAPES = ("768x768", "gemma2 down 2304x9216")
 
 
 def best_time(fn, reps: int, budget_s: float = 1.5) -> float:
@@ -45,17 +53,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--quick", action="store_true", help="m=1 and m=256 only, f32 and i8 only")
+    ap.add_argument("--quick", action="store_true", help="two shapes, m=1 and m=256, f32, bf16 and i4 only")
     ap.add_argument("--no-attention", action="store_true", help="skip the attention timings")
     args = ap.parse_args()
     ops.set_threads(args.threads)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
     rng = np.random.default_rng(0)
     ms = [1, 256] if args.quick else [1, 4, 256]
-    fmts = ["f32", "i8"] if args.quick else ["f32", "f16", "i8"]
+    fmts = ["f32", "bf16", "i4"] if args.quick else ["f32", "f16", "bf16", "i8", "i4", "i4_g128"]
+    try:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    except ImportError:
+        torch = None
     print(f"threads={args.threads}  (numpy: {np.__version__}, BLAS threads from OPENBLAS_NUM_THREADS)")
-    print(f"{'weight':<20}{'m':>5}  {'impl':<18}{'ms':>9}{'GFLOP/s':>10}{'GB/s':>8}")
+    print(f"{'weight':<27}{'m':>5}  {'impl':<20}{'ms':>9}{'GFLOP/s':>10}{'GB/s':>8}")
     for name, (n, k) in SHAPES.items():
+        if args.quick and name not in QUICK_SHAPES:
+            continue
         w = rng.standard_normal((n, k)).astype(np.float32)
         b = rng.standard_normal(n).astype(np.float32)
         prepared = {f: ops.prepare_linear(w, b, f) for f in fmts}
@@ -68,17 +84,26 @@ def main() -> None:
             rows = []
             t = best_time(lambda: np.add(x @ wt, b, out=y), args.reps)
             rows.append(("numpy", t, w.nbytes))
+            if torch is not None:
+                tw, tx, tb = (torch.from_numpy(a).bfloat16() for a in (w, x, b))
+                t = best_time(lambda: torch.nn.functional.linear(tx, tw, tb), args.reps)
+                rows.append(("torch bf16", t, w.nbytes // 2))
             for f in fmts:
                 lw = prepared[f]
-                t = best_time(lambda: ops.linear(x, lw, out=y), args.reps)
-                rows.append((f, t, lw.weight_bytes))
+                for kernel in ops.linear_kernels_available():
+                    if kernel == "portable" or (kernel == "avx512_bf16" and f not in ("bf16", "i4", "i4_g128")):
+                        continue
+                    ops.set_linear_kernel(kernel)
+                    t = best_time(lambda: ops.linear(x, lw, out=y), args.reps)
+                    rows.append((f"{f} {kernel}", t, lw.weight_bytes))
+                ops.set_linear_kernel("auto")
             for kernel in ops.int8_kernels_available():
                 ops.set_int8_kernel(kernel)
                 t = best_time(lambda: ops.linear(x, w8a8, out=y), args.reps)
                 rows.append((f"w8a8 {kernel}", t, w8a8.weight_bytes))
             ops.set_int8_kernel("auto")
             for impl, t, nbytes in rows:
-                print(f"{name:<20}{m:>5}  {impl:<18}{t * 1e3:>9.3f}{flops / t / 1e9:>10.1f}{nbytes / t / 1e9:>8.1f}")
+                print(f"{name:<27}{m:>5}  {impl:<20}{t * 1e3:>9.3f}{flops / t / 1e9:>10.1f}{nbytes / t / 1e9:>8.1f}")
     if not args.no_attention:
         bench_attention(args.threads, args.reps)
 

@@ -23,6 +23,7 @@
 #include "core/parallel.h"
 #include "generate/generation_options.h"
 #include "models/architectures.h"
+#include "models/dtypes.h"
 #include "onnx/onnx_file.h"
 #include "pali_engine/pali_engine.hpp"
 

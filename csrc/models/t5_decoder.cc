@@ -49,7 +49,7 @@ T5Decoder::T5Decoder(const T5Spec& config, WeightStore& weights, const Tensor& e
 
 DecoderState T5Decoder::start(const float* memory, const int32_t* mask, int64_t requests, int64_t enc_len,
                               int64_t beams, int64_t capacity) const {
-  const int64_t inner = config_.inner_dim(), heads = config_.num_heads;
+  const int64_t inner = config_.inner_dim();
   const double cache_bytes = sizeof(float) * 2.0 * static_cast<double>(inner) * static_cast<double>(layers_.size()) *
                              (static_cast<double>(requests) * beams * capacity + static_cast<double>(requests) * enc_len);
   require_available_memory(cache_bytes, [&] {

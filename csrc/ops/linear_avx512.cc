@@ -18,6 +18,10 @@
 #include "core/aligned_buffer.h"
 #include "core/parallel.h"
 
+// GCC 12 reports its own AVX-512 intrinsics' _mm512_undefined_ps() idiom, and
+// step arrays that every load fills, as maybe uninitialized.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 namespace pali::linear_avx512 {
 
 bool cpu_has_avx512() {
