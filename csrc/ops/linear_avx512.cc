@@ -20,7 +20,9 @@
 
 // GCC 12 reports its own AVX-512 intrinsics' _mm512_undefined_ps() idiom, and
 // step arrays that every load fills, as maybe uninitialized.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 namespace pali::linear_avx512 {
 
