@@ -23,8 +23,9 @@
 //         [-127, 127] (scale 1 for an all-zero row); y = scale[n] * (x · q[n]) + b;
 //   i4    weight-only int4, group-wise along K (groups of 32, 64 or 128 inputs:
 //         i4_g32, i4_g64, i4_g128), one float16 scale per output and group:
-//         with v the group's value of largest magnitude, scale = v / -8 and
-//         q = clamp(round_half_away(W / scale), -8, 7) (scale 1 for an all-zero
+//         with v the group's (first) value of largest magnitude, scale = v / -8
+//         and q = clamp(round_half_away(W / scale), -8, 7) (rounded as
+//         floor(|t| + 0.5) in float32; scale 1 for an all-zero
 //         group), stored as q + 8 in 4 bits, k even in the low nibble and k odd
 //         in the high one of one byte per output: [k2][16] bytes, K zero-padded
 //         to whole groups; y = sum over groups of scale[g, n] * (x_g · q_g[n]) + b.

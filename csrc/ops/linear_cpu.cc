@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "core/aligned_buffer.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/parallel.h"
@@ -144,9 +145,39 @@ inline int64_t int8_activations_offset(int64_t j, int64_t kk) { return (kk / 4) 
 
 // Output row `row` of the concatenated weight: which source and which of its rows.
 struct RowSource {
-  const unsigned char* data;
+  const unsigned char* data;  // null: a padding row of zeros
   DType dtype;
 };
+
+// Per-thread scratch `slot` of at least n elements, kept between calls: the
+// packing runs one panel per chunk, and a fresh buffer per panel (mmap'd and
+// zeroed by the kernel above 128 KB) cost more than the packing itself.
+template <typename T>
+T* scratch(int slot, int64_t n) {
+  thread_local AlignedBuffer<unsigned char> buffers[2];
+  return reinterpret_cast<T*>(buffers[slot].get(std::max<int64_t>(n, 1) * static_cast<int64_t>(sizeof(T))));
+}
+
+// Element kk of a row, as float32.
+inline float element(const RowSource& src, int64_t kk) { return src.data ? load_any(src.data, src.dtype, kk) : 0.0f; }
+
+// A whole row as float32 into out[k].
+void widen_row(const RowSource& src, int64_t k, float* out) {
+  if (!src.data) {
+    std::fill(out, out + k, 0.0f);
+  } else if (src.dtype == DType::f32) {
+    std::memcpy(out, src.data, k * sizeof(float));
+  } else if (src.dtype == DType::bf16) {
+    for (int64_t kk = 0; kk < k; ++kk) {
+      uint16_t b;
+      std::memcpy(&b, src.data + kk * 2, 2);
+      const uint32_t bits = static_cast<uint32_t>(b) << 16;
+      std::memcpy(out + kk, &bits, 4);
+    }
+  } else {
+    for (int64_t kk = 0; kk < k; ++kk) out[kk] = load_any(src.data, src.dtype, kk);
+  }
+}
 
 }  // namespace
 
@@ -226,62 +257,62 @@ LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
     std::memcpy(out.bias.data<float>(), bias.data(), n_pad * sizeof(float));
   }
 
+  // Each panel's 16 source rows are read once, row by row (sequentially, as
+  // the file stores them), into a tile, which is then written out in the
+  // panel's layout: reading the rows element by element at the panel's
+  // stride cost ~12 ns per weight.
   switch (format) {
-    case WeightFormat::f32: {
-      out.packed = allocate_packed(DType::f32, {panels, k, P}, arena);
-      float* dst = out.packed.data<float>();
-      parallel_for(0, panels, 1, [&](int64_t pb, int64_t pe) {
-        for (int64_t p = pb; p < pe; ++p)
-          for (int64_t j = 0; j < P; ++j) {
-            const RowSource& src = rows[p * P + j];
-            float* d = dst + p * k * P + j;
-            for (int64_t kk = 0; kk < k; ++kk) d[kk * P] = src.data ? load_any(src.data, src.dtype, kk) : 0.0f;
-          }
-      });
-      break;
-    }
+    case WeightFormat::f32:
     case WeightFormat::f16: {
-      out.packed = allocate_packed(DType::f16, {panels, k, P}, arena);
-      auto* dst = reinterpret_cast<uint16_t*>(out.packed.data<Half>());
+      const bool half = format == WeightFormat::f16;
+      out.packed = allocate_packed(half ? DType::f16 : DType::f32, {panels, k, P}, arena);
       parallel_for(0, panels, 1, [&](int64_t pb, int64_t pe) {
-        for (int64_t p = pb; p < pe; ++p)
+        float* tile = scratch<float>(0, P * k);
+        uint16_t* bits = scratch<uint16_t>(1, half ? P * k : 0);
+        for (int64_t p = pb; p < pe; ++p) {
           for (int64_t j = 0; j < P; ++j) {
             const RowSource& src = rows[p * P + j];
-            uint16_t* d = dst + p * k * P + j;
-            for (int64_t kk = 0; kk < k; ++kk) {
-              uint16_t h = 0;
-              if (src.data) {
-                if (src.dtype == DType::f16)
-                  std::memcpy(&h, src.data + kk * 2, 2);
-                else
-                  h = float_to_half(load_any(src.data, src.dtype, kk));
-              }
-              d[kk * P] = h;
-            }
+            if (half && src.data && src.dtype == DType::f16)
+              std::memcpy(bits + j * k, src.data, k * 2);  // a float16 source bit for bit
+            else if (half)
+              for (int64_t kk = 0; kk < k; ++kk) bits[j * k + kk] = float_to_half(element(src, kk));
+            else
+              widen_row(src, k, tile + j * k);
           }
+          if (half) {
+            auto* d = reinterpret_cast<uint16_t*>(out.packed.data<Half>()) + p * k * P;
+            for (int64_t kk = 0; kk < k; ++kk)
+              for (int64_t j = 0; j < P; ++j) d[kk * P + j] = bits[j * k + kk];
+          } else {
+            float* d = out.packed.data<float>() + p * k * P;
+            for (int64_t kk = 0; kk < k; ++kk)
+              for (int64_t j = 0; j < P; ++j) d[kk * P + j] = tile[j * k + kk];
+          }
+        }
       });
       break;
     }
     case WeightFormat::bf16: {
       const int64_t k_pad = out.packed_k();
       out.packed = allocate_packed(DType::bf16, {panels, k_pad, P}, arena);
-      auto* dst = reinterpret_cast<uint16_t*>(out.packed.data<BFloat16>());
       parallel_for(0, panels, 1, [&](int64_t pb, int64_t pe) {
+        uint16_t* bits = scratch<uint16_t>(0, P * k_pad);
         for (int64_t p = pb; p < pe; ++p) {
-          uint16_t* d = dst + p * k_pad * P;
-          std::memset(d, 0, k_pad * P * sizeof(uint16_t));
           for (int64_t j = 0; j < P; ++j) {
             const RowSource& src = rows[p * P + j];
-            if (!src.data) continue;
-            for (int64_t kk = 0; kk < k; ++kk) {
-              uint16_t b;
-              if (src.dtype == DType::bf16)
-                std::memcpy(&b, src.data + kk * 2, 2);
-              else
-                b = float_to_bfloat16(load_any(src.data, src.dtype, kk));
-              d[panel_offset(format, j, kk)] = b;
-            }
+            uint16_t* row = bits + j * k_pad;
+            std::fill(row + k, row + k_pad, uint16_t{0});
+            if (src.data && src.dtype == DType::bf16)
+              std::memcpy(row, src.data, k * 2);  // a bfloat16 source bit for bit
+            else
+              for (int64_t kk = 0; kk < k; ++kk) row[kk] = float_to_bfloat16(element(src, kk));
           }
+          auto* d = reinterpret_cast<uint16_t*>(out.packed.data<BFloat16>()) + p * k_pad * P;
+          for (int64_t kp = 0; kp < k_pad / 2; ++kp)
+            for (int64_t j = 0; j < P; ++j) {
+              d[(kp * P + j) * 2] = bits[j * k_pad + 2 * kp];
+              d[(kp * P + j) * 2 + 1] = bits[j * k_pad + 2 * kp + 1];
+            }
         }
       });
       break;
@@ -297,18 +328,24 @@ LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
       uint8_t* dst = out.packed.data<uint8_t>();
       auto* scales = reinterpret_cast<uint16_t*>(out.scales.data<Half>());
       parallel_for(0, panels, 1, [&](int64_t pb, int64_t pe) {
-        std::vector<float> row(k_pad);
+        float* row = scratch<float>(0, k_pad);
+        std::fill(row + k, row + k_pad, 0.0f);
+        uint8_t* codes = scratch<uint8_t>(1, P * k_pad);  // q + 8 per output and input
         for (int64_t p = pb; p < pe; ++p) {
-          uint8_t* d = dst + p * (k_pad / 2) * P;
-          std::memset(d, 0x88, (k_pad / 2) * P);  // q = 0 in both nibbles
           for (int64_t j = 0; j < P; ++j) {
-            const RowSource& src = rows[p * P + j];
-            for (int64_t kk = 0; kk < k_pad; ++kk) row[kk] = src.data && kk < k ? load_any(src.data, src.dtype, kk) : 0.0f;
+            widen_row(rows[p * P + j], k, row);
             for (int64_t g = 0; g < groups; ++g) {
-              const float* v = row.data() + g * group;
+              const float* v = row + g * group;
+              // The first value of largest magnitude: the largest magnitude
+              // first (a loop the compiler vectorizes), then where it is.
+              float largest = 0.0f;
+              for (int64_t i = 0; i < group; ++i) largest = std::max(largest, std::fabs(v[i]));
               float extreme = 0.0f;
               for (int64_t i = 0; i < group; ++i)
-                if (std::fabs(v[i]) > std::fabs(extreme)) extreme = v[i];
+                if (std::fabs(v[i]) == largest) {
+                  extreme = v[i];
+                  break;
+                }
               // The scale as stored (float16) is the one the values are divided by.
               uint16_t bits = float_to_half(std::max(-65504.0f, std::min(65504.0f, extreme / -8.0f)));
               float scale = half_to_float(bits);
@@ -317,16 +354,19 @@ LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
                 scale = 1.0f;
               }
               scales[(p * groups + g) * P + j] = bits;
+              uint8_t* c = codes + j * k_pad + g * group;
+              // Half away from zero, as floor(|t| + 0.5) in float32 (vectorized; std::round is not).
               for (int64_t i = 0; i < group; ++i) {
-                const int64_t kk = g * group + i;
-                if (kk >= k) break;
-                const float q = std::min(7.0f, std::max(-8.0f, std::round(v[i] / scale)));
-                const uint8_t u = static_cast<uint8_t>(static_cast<int>(q) + 8);
-                uint8_t& byte = d[panel_offset(format, j, kk)];
-                byte = kk % 2 ? static_cast<uint8_t>((byte & 0x0F) | (u << 4)) : static_cast<uint8_t>((byte & 0xF0) | u);
+                const float t = v[i] / scale;
+                const float q = std::copysign(std::floor(std::fabs(t) + 0.5f), t);
+                c[i] = static_cast<uint8_t>(static_cast<int>(std::min(7.0f, std::max(-8.0f, q))) + 8);
               }
             }
           }
+          uint8_t* d = dst + p * (k_pad / 2) * P;
+          for (int64_t kp = 0; kp < k_pad / 2; ++kp)
+            for (int64_t j = 0; j < P; ++j)
+              d[kp * P + j] = static_cast<uint8_t>(codes[j * k_pad + 2 * kp] | (codes[j * k_pad + 2 * kp + 1] << 4));
         }
       });
       break;
@@ -340,27 +380,28 @@ LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
       float* scales = out.scales.data<float>();
       int32_t* offsets = int8_activations ? out.unsigned_offsets.data<int32_t>() : nullptr;
       parallel_for(0, panels, 1, [&](int64_t pb, int64_t pe) {
-        std::vector<float> row(k);
+        float* row = scratch<float>(0, k);
+        int8_t* codes = scratch<int8_t>(1, P * k_pad);
         for (int64_t p = pb; p < pe; ++p) {
-          int8_t* d = dst + p * k_pad * P;
-          std::memset(d, 0, k_pad * P);
           for (int64_t j = 0; j < P; ++j) {
-            const RowSource& src = rows[p * P + j];
+            widen_row(rows[p * P + j], k, row);
             float amax = 0.0f;
-            for (int64_t kk = 0; kk < k; ++kk) {
-              row[kk] = src.data ? load_any(src.data, src.dtype, kk) : 0.0f;
-              amax = std::max(amax, std::fabs(row[kk]));
-            }
+            for (int64_t kk = 0; kk < k; ++kk) amax = std::max(amax, std::fabs(row[kk]));
             const float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
             scales[p * P + j] = scale;
             int32_t sum = 0;
+            int8_t* c = codes + j * k_pad;
+            std::fill(c + k, c + k_pad, int8_t{0});
             for (int64_t kk = 0; kk < k; ++kk) {
-              const float q = std::min(127.0f, std::max(-127.0f, std::round(row[kk] / scale)));
-              d[int8_activations ? int8_activations_offset(j, kk) : panel_offset(format, j, kk)] = static_cast<int8_t>(q);
-              sum += static_cast<int32_t>(q);
+              c[kk] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, std::round(row[kk] / scale))));
+              sum += c[kk];
             }
             if (offsets) offsets[p * P + j] = 128 * sum;
           }
+          int8_t* d = dst + p * k_pad * P;
+          for (int64_t kk = 0; kk < k_pad; ++kk)
+            for (int64_t j = 0; j < P; ++j)
+              d[int8_activations ? int8_activations_offset(j, kk) : kk * P + j] = codes[j * k_pad + kk];
         }
       });
       break;
