@@ -1010,6 +1010,22 @@ PALI_ALWAYS_INLINE void lane_panel_rows(const float* x, int64_t ldx, const typen
   }
 }
 
+// The lanes kernels' threads: block(p0, p1, r0, r1) over panels (decode: at
+// least 64 KB of weights per chunk), or over rows when there are fewer than 4
+// panels per thread.
+template <typename Block>
+void split_lanes(int64_t m, int64_t panels, int64_t panel_bytes, int64_t rows_per_block, const Block& block) {
+  if (m <= kLinearDecodeMaxRows) {
+    const int64_t grain = std::max<int64_t>(1, (64 << 10) / std::max<int64_t>(panel_bytes, 1));
+    parallel_for(0, panels, grain, [&](int64_t pb, int64_t pe) { block(pb, pe, 0, m); });
+  } else if (panels >= 4 * op_threads()) {
+    parallel_for(0, panels, 1, [&](int64_t pb, int64_t pe) { block(pb, pe, 0, m); });
+  } else {
+    parallel_for_aligned(0, m, rows_per_block, rows_per_block,
+                         [&](int64_t rb, int64_t re) { block(0, panels, rb, re); });
+  }
+}
+
 template <WeightFormat F, typename L>
 void linear_lanes(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y, int64_t ldy,
                   bool accumulate) {
@@ -1032,15 +1048,7 @@ void linear_lanes(const float* x, int64_t ldx, int64_t m, const LinearWeight& w,
         });
     }
   };
-  const int64_t panel_bytes = k * P * static_cast<int64_t>(sizeof(T));
-  if (m <= kLinearDecodeMaxRows) {
-    const int64_t grain = std::max<int64_t>(1, (64 << 10) / std::max<int64_t>(panel_bytes, 1));
-    parallel_for(0, panels, grain, [&](int64_t pb, int64_t pe) { block(pb, pe, 0, m); });
-  } else if (panels >= 4 * op_threads()) {
-    parallel_for(0, panels, 1, [&](int64_t pb, int64_t pe) { block(pb, pe, 0, m); });
-  } else {
-    parallel_for_aligned(0, m, kRows, kRows, [&](int64_t rb, int64_t re) { block(0, panels, rb, re); });
-  }
+  split_lanes(m, panels, k * P * static_cast<int64_t>(sizeof(T)), kRows, block);
 }
 
 // Pair formats (bf16, i4): two k (even, odd) of 16 outputs per load, as
@@ -1171,14 +1179,7 @@ void linear_pair_lanes(const float* x, int64_t ldx, int64_t m, const LinearWeigh
         });
     }
   };
-  if (m <= kLinearDecodeMaxRows) {
-    const int64_t grain = std::max<int64_t>(1, (64 << 10) / std::max<int64_t>(panel_bytes, 1));
-    parallel_for(0, panels, grain, [&](int64_t pb, int64_t pe) { block(pb, pe, 0, m); });
-  } else if (panels >= 4 * op_threads()) {
-    parallel_for(0, panels, 1, [&](int64_t pb, int64_t pe) { block(pb, pe, 0, m); });
-  } else {
-    parallel_for_aligned(0, m, kRows, kRows, [&](int64_t rb, int64_t re) { block(0, panels, rb, re); });
-  }
+  split_lanes(m, panels, panel_bytes, kRows, block);
 }
 
 enum class FloatKernel : int { avx2, avx512, avx512_bf16, neon, portable };
