@@ -625,11 +625,20 @@ template <> struct PairLoad<WeightFormat::i4_g32> : Int4PairLoad {};
 template <> struct PairLoad<WeightFormat::i4_g64> : Int4PairLoad {};
 template <> struct PairLoad<WeightFormat::i4_g128> : Int4PairLoad {};
 
+// Up to 2 rows the odd k have accumulators of their own (d), so that the
+// chains of dependent FMAs stay short enough to cover their latency.
 #define PALI_PAIR_ROW(r, xe, xo)                                                     \
   if constexpr (MR > r) {                                                            \
     const __m256 ve = _mm256_broadcast_ss(xe), vo = _mm256_broadcast_ss(xo);         \
-    c##r##0 = _mm256_fmadd_ps(vo, o0, _mm256_fmadd_ps(ve, e0, c##r##0));             \
-    c##r##1 = _mm256_fmadd_ps(vo, o1, _mm256_fmadd_ps(ve, e1, c##r##1));             \
+    if constexpr (MR <= 2) {                                                         \
+      c##r##0 = _mm256_fmadd_ps(ve, e0, c##r##0);                                    \
+      c##r##1 = _mm256_fmadd_ps(ve, e1, c##r##1);                                    \
+      d##r##0 = _mm256_fmadd_ps(vo, o0, d##r##0);                                    \
+      d##r##1 = _mm256_fmadd_ps(vo, o1, d##r##1);                                    \
+    } else {                                                                         \
+      c##r##0 = _mm256_fmadd_ps(vo, o0, _mm256_fmadd_ps(ve, e0, c##r##0));           \
+      c##r##1 = _mm256_fmadd_ps(vo, o1, _mm256_fmadd_ps(ve, e1, c##r##1));           \
+    }                                                                                \
   }
 #define PALI_GROUP_ROW(r)                                                            \
   if constexpr (MR > r) {                                                            \
@@ -655,6 +664,7 @@ PALI_ALWAYS_INLINE void gemv_pair_panel(const float* x, int64_t ldx, const unsig
     const int64_t ge = std::min(k, g0 + group);
     const __m256 z = _mm256_setzero_ps();
     __m256 c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z, c30 = z, c31 = z;
+    __m256 d00 = z, d01 = z, d10 = z, d11 = z, d20 = z, d21 = z, d30 = z, d31 = z;  // d2x, d3x unused
     int64_t kk = g0;
     for (; kk + 2 <= ge; kk += 2) {
       __m256 e0, e1, o0, o1;
@@ -672,6 +682,10 @@ PALI_ALWAYS_INLINE void gemv_pair_panel(const float* x, int64_t ldx, const unsig
       PALI_PAIR_ROW(2, x + 2 * ldx + kk, &zero)
       PALI_PAIR_ROW(3, x + 3 * ldx + kk, &zero)
     }
+    c00 = _mm256_add_ps(c00, d00);
+    c01 = _mm256_add_ps(c01, d01);
+    c10 = _mm256_add_ps(c10, d10);
+    c11 = _mm256_add_ps(c11, d11);
     __m256 s0 = z, s1 = z;
     if (gscale) {
       const uint16_t* sg = gscale + (g0 / group) * P;
