@@ -9,12 +9,17 @@ and 2 (PaliGemma 2's sliding window shorter than the sequences, so rows that
 joined late read their prompt at their own distance), for greedy search,
 logits processors, beam search and seeded sampling, with a long call that the
 others join while it generates. Also: a dropped stream frees its rows, a full
-queue refuses at once with EngineBusy, a bad call fails alone, and the limits
-are checked.
+queue refuses at once with EngineBusy, a bad call fails alone, the limits
+are checked, and calls from asyncio (``agenerate``, ``astream``: queued on the
+scheduler with no thread waiting, the event loop watching the request's
+descriptor) get what ``generate`` and ``stream`` get, and free their rows
+when cancelled.
 """
 
 from __future__ import annotations
 
+import asyncio
+import select
 import threading
 import time
 
@@ -181,3 +186,62 @@ def test_bad_limits_are_refused(limits, message):
 def test_limits_are_the_native_backends():
     with pytest.raises(ValueError, match="backend 'onnxruntime' has none"):
         Engine.load(backend="onnxruntime", max_batch=4)
+
+
+def test_calls_from_asyncio_get_what_generate_gets(case):
+    engine, prompts, max_new_tokens = case
+    pictures = images(3)
+    options = [{"max_new_tokens": max_new_tokens}, {"max_new_tokens": max_new_tokens, "num_beams": 2},
+               {"max_new_tokens": max_new_tokens, "do_sample": True, "seed": 5}]
+    want = [engine.generate(p, q, **o) for p, q, o in zip(pictures, prompts, options)]
+    want_stream = "".join(engine.stream(pictures[0], prompts[0], max_new_tokens=max_new_tokens))
+
+    async def run():
+        got = await asyncio.gather(*[engine.agenerate(p, q, **o) for p, q, o in zip(pictures, prompts, options)])
+        batch = await engine.agenerate(pictures[:2], prompts[:2], max_new_tokens=max_new_tokens)
+        async with engine.astream(pictures[0], prompts[0], max_new_tokens=max_new_tokens) as stream:
+            pieces = [piece async for piece in stream]
+        return got, batch, pieces
+
+    got, batch, pieces = asyncio.run(run())
+    assert [r.tokens for r in got] == [r.tokens for r in want]
+    assert [r.text for r in got] == [r.text for r in want]
+    assert [r.tokens for r in batch] == [r.tokens for r in want[:1]] + [engine.generate(pictures[1], prompts[1],
+                                                                         max_new_tokens=max_new_tokens).tokens]
+    assert "".join(pieces) == want_stream
+    assert wait_until(lambda: engine.scheduler_stats()["active_requests"] == 0)
+
+
+def test_a_cancelled_agenerate_frees_its_rows(case):
+    engine, prompts, _ = case
+    picture = images(1)[0]
+
+    async def run():
+        task = asyncio.ensure_future(engine.agenerate(picture, prompts[0], max_new_tokens=4000, min_new_tokens=4000))
+        assert await asyncio.to_thread(wait_until, lambda: engine.scheduler_stats()["active_requests"] == 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    start = time.monotonic()
+    asyncio.run(run())
+    # The call stops at its next step, far before its 4000 tokens.
+    assert wait_until(lambda: engine.scheduler_stats()["active_requests"] == 0, timeout=5)
+    assert time.monotonic() - start < 10
+
+
+def test_a_submitted_request_signals_its_descriptor(case):
+    engine, prompts, max_new_tokens = case
+    backend = engine._backend
+    request = backend.prepare(images(1)[0], prompts[0], {"max_new_tokens": max_new_tokens})
+    pending = backend.submit(request, stream=True)
+    tokens, ended = [], False
+    while not ended:
+        assert select.select([pending.fileno()], [], [], 20)[0], "the descriptor was never signalled"
+        chosen, ended = pending.poll()
+        tokens += [token for prompt, token in chosen if prompt == 0]
+    hypotheses, timings = backend.hypotheses(pending)
+    assert tokens == hypotheses[0][0].tokens[:len(tokens)] and len(tokens) >= len(hypotheses[0][0].tokens) - 1
+    assert hypotheses[0][0].tokens == engine.generate(images(1)[0], prompts[0],
+                                                      max_new_tokens=max_new_tokens).tokens
+    assert timings["steps"] >= 1

@@ -48,6 +48,13 @@ bool ScheduledRequest::take_tokens(std::vector<std::pair<int64_t, int64_t>>* tok
   return any || !ended_;
 }
 
+bool ScheduledRequest::poll_tokens(std::vector<std::pair<int64_t, int64_t>>* tokens) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  tokens->insert(tokens->end(), pending_.begin(), pending_.end());
+  pending_.clear();
+  return ended_;
+}
+
 void ScheduledRequest::stop(int64_t prompt, int64_t kept) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (kept_.empty()) kept_.assign(prompts_.batch, -1);
@@ -69,7 +76,7 @@ void ScheduledRequest::push_token(int64_t prompt, int64_t token) {
     std::lock_guard<std::mutex> lock(mutex_);
     pending_.emplace_back(prompt, token);
   }
-  changed_.notify_all();
+  changed_.notify_all();  if (notify_) notify_();
 }
 
 void ScheduledRequest::finish(std::vector<std::vector<Hypothesis>> results, const GenerationTimings& timings) {
@@ -79,7 +86,7 @@ void ScheduledRequest::finish(std::vector<std::vector<Hypothesis>> results, cons
     timings_ = timings;
     ended_ = true;
   }
-  changed_.notify_all();
+  changed_.notify_all();  if (notify_) notify_();
 }
 
 void ScheduledRequest::fail(std::exception_ptr error) {
@@ -88,7 +95,7 @@ void ScheduledRequest::fail(std::exception_ptr error) {
     error_ = std::move(error);
     ended_ = true;
   }
-  changed_.notify_all();
+  changed_.notify_all();  if (notify_) notify_();
 }
 
 // A request being generated: its search over its rows of the shared session.
@@ -116,11 +123,11 @@ Scheduler::~Scheduler() {
 }
 
 std::shared_ptr<ScheduledRequest> Scheduler::submit(OwnedPrompts prompts, const GenerationOptions& options,
-                                                    bool stream) {
+                                                    bool stream, std::function<void()> notify) {
   options.validate();
   PALI_CHECK_ARG(prompts.batch > 0 && prompts.length >= 0, "a request needs at least one prompt");
   std::shared_ptr<ScheduledRequest> request(
-      new ScheduledRequest(std::move(prompts), options, stream, rows_per_request(options)));
+      new ScheduledRequest(std::move(prompts), options, stream, rows_per_request(options), std::move(notify)));
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (stopping_) throw RuntimeFailure("the engine was closed");

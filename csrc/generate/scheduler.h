@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <deque>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -59,6 +60,9 @@ class ScheduledRequest {
   // (prompt index, token) pairs. Returns false once the request has ended and
   // every token was taken.
   bool take_tokens(std::vector<std::pair<int64_t, int64_t>>* tokens);
+  // take_tokens() without waiting: moves the tokens chosen so far and
+  // returns whether the request has ended (then wait() returns at once).
+  bool poll_tokens(std::vector<std::pair<int64_t, int64_t>>* tokens);
   // Stops the request at its next step; its rows leave the batch.
   void cancel() { cancelled_ = true; }
   bool cancelled() const { return cancelled_; }
@@ -71,12 +75,14 @@ class ScheduledRequest {
 
  private:
   friend class Scheduler;
-  ScheduledRequest(OwnedPrompts prompts, const GenerationOptions& options, bool stream, int64_t rows_per_prompt)
+  ScheduledRequest(OwnedPrompts prompts, const GenerationOptions& options, bool stream, int64_t rows_per_prompt,
+                   std::function<void()> notify)
       : prompts_(std::move(prompts)),
         options_(options),
         stream_(stream),
         rows_(prompts_.batch * rows_per_prompt),
-        rows_per_prompt_(rows_per_prompt) {}
+        rows_per_prompt_(rows_per_prompt),
+        notify_(std::move(notify)) {}
   void push_token(int64_t prompt, int64_t token);
   bool ended();
   void finish(std::vector<std::vector<Hypothesis>> results, const GenerationTimings& timings);
@@ -87,6 +93,10 @@ class ScheduledRequest {
   bool stream_;
   int64_t rows_;  // session rows at the start
   int64_t rows_per_prompt_;
+  // Called by the scheduler thread after tokens were pushed and when the
+  // request ends (without the request's lock), for a caller that waits on
+  // something else than wait(): an asyncio loop's file descriptor.
+  std::function<void()> notify_;
   std::atomic<bool> cancelled_{false};
   std::chrono::steady_clock::time_point submitted_ = std::chrono::steady_clock::now();
 
@@ -117,8 +127,11 @@ class Scheduler {
   Scheduler& operator=(const Scheduler&) = delete;
 
   // Queues a request; the options are checked here (InvalidArgument). Throws
-  // EngineBusy when max_queued requests are waiting.
-  std::shared_ptr<ScheduledRequest> submit(OwnedPrompts prompts, const GenerationOptions& options, bool stream);
+  // EngineBusy when max_queued requests are waiting. `notify` (may be empty):
+  // called from the scheduler thread whenever the request has new tokens or
+  // has ended; it must be cheap and must not call back into the scheduler.
+  std::shared_ptr<ScheduledRequest> submit(OwnedPrompts prompts, const GenerationOptions& options, bool stream,
+                                           std::function<void()> notify = {});
   SchedulerStats stats() const;
   const SchedulerLimits& limits() const { return limits_; }
 
