@@ -8,7 +8,8 @@ beside it and whenever it joins: checked here on "pali" and on PaliGemma 1
 and 2 (PaliGemma 2's sliding window shorter than the sequences, so rows that
 joined late read their prompt at their own distance), for greedy search,
 logits processors, beam search and seeded sampling, with a long call that the
-others join while it generates. Also: a dropped stream frees its rows, a full
+others join while it generates, and with calls prefilled together by the
+prefill thread while the decode thread steps the others. Also: a dropped stream frees its rows, a full
 queue refuses at once with EngineBusy, a bad call fails alone, the limits
 are checked, and calls from asyncio (``agenerate``, ``astream``: queued on the
 scheduler with no thread waiting, the event loop watching the request's
@@ -65,8 +66,9 @@ def test_concurrent_calls_get_what_they_get_alone(case):
     for i, prompt in enumerate(prompts):
         opts = dict(OPTIONS[i % len(OPTIONS)], max_new_tokens=max_new_tokens - i % 3)
         jobs.append((pictures[i], prompt, opts))
-    # A long call that the others join while it generates: forced past every eos.
-    long_opts = {"max_new_tokens": 300, "min_new_tokens": 300}
+    # A long call that the others join while it generates: forced past every eos, and long enough that
+    # it still runs once the others' prefills, beside its decoding, are done.
+    long_opts = {"max_new_tokens": 1500, "min_new_tokens": 1500}
     expected = [alone(engine, p, q, o) for p, q, o in jobs]
     expected_long = alone(engine, pictures[0], prompts[-1], long_opts)
 
@@ -186,6 +188,30 @@ def test_bad_limits_are_refused(limits, message):
 def test_limits_are_the_native_backends():
     with pytest.raises(ValueError, match="backend 'onnxruntime' has none"):
         Engine.load(backend="onnxruntime", max_batch=4)
+
+
+def test_calls_that_arrive_while_others_decode_prefill_together(case):
+    engine, prompts, max_new_tokens = case
+    backend = engine._backend
+    pictures = images(4)
+    jobs = [(pictures[i % 4], prompts[i % len(prompts)]) for i in range(12)]
+    want = [engine.generate(p, q, max_new_tokens=max_new_tokens).tokens for p, q in jobs]
+    # A long call keeps the decode thread stepping, so the others go to the prefill thread.
+    running = engine.stream(pictures[0], prompts[0], max_new_tokens=4000, min_new_tokens=4000)
+    next(running)
+    before = engine.scheduler_stats()
+    prepared = [backend.prepare(p, q, {"max_new_tokens": max_new_tokens}) for p, q in jobs]
+    pending = [backend.submit(request) for request in prepared]
+    for request in pending:
+        while not request.poll()[1]:
+            select.select([request.fileno()], [], [], 20)
+    got = [backend.results(r, *backend.hypotheses(p)).tokens for r, p in zip(prepared, pending)]
+    after = engine.scheduler_stats()
+    running.close()
+    assert got == want
+    # Submitted at once while the prefill thread was busy with the first: prefilled in fewer batches than calls.
+    assert after["prefills"] - before["prefills"] < len(jobs)
+    assert after["joined_requests"] > before["joined_requests"]
 
 
 def test_calls_from_asyncio_get_what_generate_gets(case):

@@ -402,6 +402,7 @@ void bind_models(py::module_& m) {
             out["active_rows"] = stats.active_rows;
             out["steps"] = stats.steps;
             out["joined_requests"] = stats.joined_requests;
+            out["prefills"] = stats.prefills;
             out["prefill_ms"] = stats.prefill_ms;
             out["decode_ms"] = stats.decode_ms;
             out["max_batch"] = self.limits.max_batch_rows;
@@ -409,8 +410,8 @@ void bind_models(py::module_& m) {
             return out;
           },
           "The scheduler's requests running and waiting, rows stepped together, steps so far, requests that "
-          "joined others already generating, its thread's milliseconds in prefills and in decode steps, and "
-          "its limits.");
+          "joined others already generating, prefill batches run, the milliseconds of its prefill thread in "
+          "prefills and of its decode thread in steps, and its limits.");
 
   m.def(
       "load_model",
