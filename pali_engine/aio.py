@@ -59,8 +59,9 @@ def _submitting_backend(engine):
     backend = getattr(engine, "_backend", None)
     if not getattr(backend, "can_submit", False):
         return None
-    loop = asyncio.get_running_loop()
-    return backend if hasattr(loop, "add_reader") else None
+    # Windows' proactor loop cannot watch a descriptor: calls there take a worker thread.
+    proactor = getattr(asyncio, "ProactorEventLoop", None)
+    return None if proactor is not None and isinstance(asyncio.get_running_loop(), proactor) else backend
 
 
 async def _prepare(backend, image, prompt, options: dict, executor: Optional[Executor]):
@@ -76,11 +77,7 @@ class _Watch:
     def __init__(self, pending, on_ready):
         self._loop = asyncio.get_running_loop()
         self._fd = pending.fileno()
-        try:
-            self._loop.add_reader(self._fd, on_ready)
-        except NotImplementedError:  # a loop that cannot watch descriptors (Windows' proactor)
-            self._fd = None
-            raise
+        self._loop.add_reader(self._fd, on_ready)
 
     def close(self) -> None:
         if self._fd is not None:
