@@ -85,8 +85,8 @@ class _Watch:
             self._fd = None
 
 
-async def _wait_for_end(pending) -> None:
-    """Returns once the pending request has ended; cancelling the wait cancels the request."""
+async def _run_to_end(pending) -> None:
+    """Starts the pending request and returns once it has ended; cancelling the wait cancels it."""
     loop = asyncio.get_running_loop()
     ended = loop.create_future()
 
@@ -94,8 +94,10 @@ async def _wait_for_end(pending) -> None:
         if pending.poll()[1] and not ended.done():
             ended.set_result(None)
 
+    # Everything the loop needs is in place before the scheduler starts computing.
     watch = _Watch(pending, on_ready)
     try:
+        pending.start()
         await ended
     except BaseException:
         pending.cancel()
@@ -118,7 +120,7 @@ async def agenerate(engine, image, prompt, *, executor: Optional[Executor] = Non
         return await loop.run_in_executor(executor, functools.partial(engine.generate, image, prompt, **options))
     request = await _prepare(backend, image, prompt, options, executor)
     pending = backend.submit(request)
-    await _wait_for_end(pending)
+    await _run_to_end(pending)
     hypotheses, timings = backend.hypotheses(pending)
     return backend.results(request, hypotheses, timings)
 
@@ -233,6 +235,7 @@ class SubmittedTextStream(AsyncTextStream):
                 return
             self._pending = backend.submit(request, stream=not self._beams)
             self._watch = _Watch(self._pending, self._on_ready)
+            self._pending.start()
         except BaseException as error:  # re-raised in the consuming coroutine
             self._items.put_nowait((_ERROR, error))
             self._end()

@@ -215,8 +215,10 @@ class Backend:
     can_submit = False
 
     def submit(self, request: "PreparedRequest", stream: bool = False):
-        """Queues a prepared request without waiting: the native scheduler's ``PendingRequest``
-        (``fileno()``, ``poll()``, ``result()``, ``cancel()``), for an event loop to wait on."""
+        """A prepared request for the native scheduler, for an event loop to wait on: a
+        ``PendingRequest`` (``start()`` queues it; ``fileno()``, ``poll()``, ``result()``, ``cancel()``).
+        Watch ``fileno()`` before ``start()``: the scheduler computes at once, and the caller's own
+        work after it would take a core from the scheduler's threads."""
         raise NotImplementedError(f"{type(self).__name__} has no scheduler to submit to")
 
     def hypotheses(self, pending) -> Tuple[List[List[Hypothesis]], Dict[str, float]]:

@@ -203,6 +203,8 @@ def test_calls_that_arrive_while_others_decode_prefill_together(case):
     prepared = [backend.prepare(p, q, {"max_new_tokens": max_new_tokens}) for p, q in jobs]
     pending = [backend.submit(request) for request in prepared]
     for request in pending:
+        request.start()
+    for request in pending:
         while not request.poll()[1]:
             select.select([request.fileno()], [], [], 20)
     got = [backend.results(r, *backend.hypotheses(p)).tokens for r, p in zip(prepared, pending)]
@@ -261,6 +263,8 @@ def test_a_submitted_request_signals_its_descriptor(case):
     backend = engine._backend
     request = backend.prepare(images(1)[0], prompts[0], {"max_new_tokens": max_new_tokens})
     pending = backend.submit(request, stream=True)
+    assert pending.poll() == ([], False) and not select.select([pending.fileno()], [], [], 0)[0]
+    pending.start()
     tokens, ended = [], False
     while not ended:
         assert select.select([pending.fileno()], [], [], 20)[0], "the descriptor was never signalled"

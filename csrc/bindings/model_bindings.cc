@@ -10,9 +10,10 @@
 // (generate/scheduler.h), started at the first call: concurrent calls from
 // any number of threads are batched together, and the calling thread only
 // waits (without the GIL) and runs its own token callback. submit() is the
-// same call for an event loop: it returns at once with a PendingRequest whose
-// file descriptor becomes readable when tokens arrive or the request ends, so
-// that asyncio waits for the scheduler with no thread of its own.
+// same call for an event loop: it returns at once with a PendingRequest, which
+// start() queues, whose file descriptor becomes readable when tokens arrive or
+// the request ends, so that asyncio waits for the scheduler with no thread of
+// its own.
 #include <fcntl.h>
 #include <pybind11/stl.h>
 #include <unistd.h>
@@ -203,10 +204,18 @@ class ReadySignal {
   int read_fd_ = -1, write_fd_ = -1;
 };
 
-// A request submitted with Model.submit: polled by its caller, never waited on.
+// A request made by Model.submit and queued by start(): polled by its caller, never waited on.
+// Queueing is a call of its own so that the caller can watch fileno() first: once the request is
+// queued the scheduler computes at once, and a caller still busy on a core then would take it
+// from the scheduler's threads.
 struct PendingRequest {
-  std::shared_ptr<ScheduledRequest> request;
+  std::shared_ptr<ScheduledRequest> request;  // null until start()
   std::shared_ptr<ReadySignal> ready;
+  // Until start(): what it queues.
+  OwnedPrompts prompts;
+  GenerationOptions options;
+  bool stream = false;
+  bool cancelled_before_start = false;
   // The scheduler and its model stay while a request is held (the slot goes first: it stops the scheduler).
   std::shared_ptr<const Model> model;
   std::shared_ptr<SchedulerSlot> slot;
@@ -216,14 +225,34 @@ struct PendingRequest {
 
 void bind_models(py::module_& m) {
   py::class_<PendingRequest>(m, "PendingRequest", py::module_local(),
-                             "A request on the model's scheduler (Model.submit), for an event loop: fileno() "
-                             "becomes readable when it has new tokens or has ended; poll() takes them.")
+                             "A request for the model's scheduler (Model.submit), for an event loop: start() "
+                             "queues it; fileno() becomes readable when it has new tokens or has ended; poll() "
+                             "takes them.")
       .def("fileno", [](const PendingRequest& self) { return self.ready->fd(); })
+      .def(
+          "start",
+          [](PendingRequest& self) {
+            PALI_CHECK_ARG(!self.request, "the request was started already");
+            if (self.cancelled_before_start) {
+              self.ready->signal();
+              return;
+            }
+            std::shared_ptr<const ReadySignal> ready = self.ready;
+            Scheduler* scheduler;
+            {
+              std::lock_guard<std::mutex> lock(self.slot->mutex);
+              scheduler = self.slot->scheduler.get();  // started by submit()
+            }
+            self.request = scheduler->submit(std::move(self.prompts), self.options, self.stream,
+                                             [ready] { ready->signal(); });
+          },
+          "Queues the request on the scheduler (EngineBusy when max_queue requests are already waiting).")
       .def(
           "poll",
           [](const PendingRequest& self) {
             self.ready->clear();
             std::vector<std::pair<int64_t, int64_t>> tokens;
+            if (!self.request) return py::make_tuple(py::cast(tokens), self.cancelled_before_start);
             const bool ended = self.request->poll_tokens(&tokens);
             return py::make_tuple(py::cast(tokens), ended);
           },
@@ -231,6 +260,7 @@ void bind_models(py::module_& m) {
       .def(
           "result",
           [](const PendingRequest& self) {
+            PALI_CHECK_ARG(self.request, "the request was not started");
             GenerationTimings timings;
             std::vector<std::vector<Hypothesis>> results =
                 without_gil([&] { return self.request->wait(&timings); });
@@ -238,12 +268,23 @@ void bind_models(py::module_& m) {
           },
           "What generate() returns; waits for the end (call it once poll() said the request has ended), or "
           "raises the request's error.")
-      .def("cancel", [](const PendingRequest& self) { self.request->cancel(); },
-           "Stops the request at its next step; it then ends with what it generated so far.")
-      .def("stop", [](const PendingRequest& self, int64_t prompt, int64_t kept) { self.request->stop(prompt, kept); },
-           py::arg("prompt"), py::arg("kept"),
-           "Stops one prompt's rows after the `kept` tokens its consumer took (generate's on_token returning "
-           "False).");
+      .def(
+          "cancel",
+          [](PendingRequest& self) {
+            if (self.request)
+              self.request->cancel();
+            else
+              self.cancelled_before_start = true;
+          },
+          "Stops the request at its next step; it then ends with what it generated so far.")
+      .def(
+          "stop",
+          [](const PendingRequest& self, int64_t prompt, int64_t kept) {
+            if (self.request) self.request->stop(prompt, kept);
+          },
+          py::arg("prompt"), py::arg("kept"),
+          "Stops one prompt's rows after the `kept` tokens its consumer took (generate's on_token returning "
+          "False).");
 
   m.def(
       "parse_json", [](const std::string& text) { return json_to_python(Json::parse(text)); }, py::arg("text"),
@@ -376,21 +417,21 @@ void bind_models(py::module_& m) {
           "submit",
           [](const LoadedModel& self, const py::array& pixel_values, const py::array& input_ids,
              const py::array& attention_mask, const py::dict& options, bool stream) {
-            OwnedPrompts prompts = owned_prompts(*self.model, pixel_values, input_ids, attention_mask);
-            GenerationOptions opts = generation_options_from_dict(options);
             PendingRequest pending;
+            pending.prompts = owned_prompts(*self.model, pixel_values, input_ids, attention_mask);
+            pending.options = generation_options_from_dict(options);
+            pending.options.validate();
+            pending.stream = stream;
             pending.ready = std::make_shared<ReadySignal>();
             pending.model = self.model;
             pending.slot = self.slot;
-            std::shared_ptr<const ReadySignal> ready = pending.ready;
-            pending.request = self.scheduler().submit(std::move(prompts), opts, stream, [ready] { ready->signal(); });
+            self.scheduler();  // started now, so that start() only queues
             return pending;
           },
           py::arg("pixel_values"), py::arg("input_ids"), py::arg("attention_mask"), py::arg("options"),
           py::arg("stream") = false,
-          "generate() without waiting: queues the request on the model's scheduler and returns a "
-          "PendingRequest at once (stream: its tokens are kept for poll() as they are chosen). EngineBusy "
-          "when max_queue requests are already waiting.")
+          "generate() without waiting: a PendingRequest for the inputs, checked, that start() queues on the "
+          "model's scheduler (stream: its tokens are kept for poll() as they are chosen).")
       .def(
           "scheduler_stats",
           [](const LoadedModel& self) {
