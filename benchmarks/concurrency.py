@@ -22,7 +22,7 @@ C: requests per second, median and p99 latency (ms), and the throughput over
 the same peer's with one caller.
 
     python -m pali_engine.benchmarks.concurrency [--callers 1,2,4,8,16] [--n 64] [--repeats 3]
-        [--threads N] [--peers engine,pytorch,onnxruntime] [--json FILE]
+        [--threads N] [--peers engine,pytorch,onnxruntime] [--shield NICE] [--json FILE]
 """
 
 from __future__ import annotations
@@ -179,8 +179,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--peers", default="engine,pytorch,onnxruntime")
+    parser.add_argument("--shield", type=int, default=None, metavar="NICE",
+                        help="run in an autogroup of this nice value (e.g. -15), away from other tenants' load")
     parser.add_argument("--json", help="write the result here")
     args = parser.parse_args(argv)
+    if args.shield is not None:
+        from .harness import shield
+
+        shield(args.shield)
     result = measure([int(c) for c in args.callers.split(",")], args.n, args.repeats, args.threads,
                      args.peers.split(","), log=lambda s: print(s, file=sys.stderr, flush=True))
     from .harness import report

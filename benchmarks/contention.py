@@ -309,17 +309,6 @@ def table(result: Dict) -> str:
     return "\n".join(lines)
 
 
-def shield(nice: int) -> None:
-    """Moves this process into a session (and so an autogroup) of its own with that nice value;
-    the processes it starts inherit both."""
-    try:
-        os.setsid()
-    except OSError:  # already a session leader
-        pass
-    with open("/proc/self/autogroup", "w") as f:
-        f.write(str(nice))
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -336,6 +325,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--json", default=None, help="also write the result here (with the command line)")
     args = ap.parse_args(argv)
     if args.shield is not None:
+        from .harness import shield
+
         shield(args.shield)
     result = measure(args.threads, args.n, args.rounds, args.peers.split(","), args.dtypes.split(","),
                      args.conditions.split(","), args.baseline, args.work_dir,

@@ -4,11 +4,20 @@ Why: a served engine's users see the server, not the engine. This starts
 ``pali-engine serve`` on the bundled model in a process of its own (on
 127.0.0.1, a free port) and, from this process, measures
 
-* the HTTP layer's cost: one client, one request at a time, ``POST
-  /v1/generate`` with the image as a PNG ``data:`` URL, against
-  ``Engine.generate`` on the same decoded image and prompt in this process
-  (the same threads), alternated request by request; reported: both
-  medians and their difference;
+* the HTTP layer's cost: one client (httpx, as the ``openai`` client uses),
+  one request at a time, ``POST /v1/generate`` and non-streamed ``POST
+  /v1/chat/completions`` with the image as a PNG ``data:`` URL, against the
+  same request in this process (the same threads): the same PNG bytes
+  decoded with PIL, as a user holding them would, then ``Engine.generate``
+  with the same prompt and options; and ``GET /health``, which does no work,
+  for what the round trip alone costs. Two layouts: ``blocks`` (``--block``
+  requests of one kind one after the other, as a client that sends its next
+  request when the last is answered, then the next kind) and ``alternated``
+  (the kinds alternate request by request, so that every HTTP request finds
+  the server's process asleep while the in-process engine ran). Either way
+  the kinds take turns, so that a slower spell of the machine falls on all
+  of them. Reported: each median and the HTTP medians over the in-process
+  one;
 * a bounded load: ``--clients`` concurrent clients (asyncio tasks sharing one
   connection pool) each sending ``--per-client`` streamed chat completions
   (``stream: true``, OpenAI's server-sent events) one after the other;
@@ -18,7 +27,7 @@ Why: a served engine's users see the server, not the engine. This starts
   not retried: the count is what a client would see.
 
     python -m pali_engine.benchmarks.http_load [--clients 64] [--per-client 8] [--sequential 64]
-        [--threads N] [--json FILE]
+        [--block 8] [--threads N] [--shield NICE] [--json FILE]
 """
 
 from __future__ import annotations
@@ -46,12 +55,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def png_data_url(image: np.ndarray) -> str:
+def png_bytes(image: np.ndarray) -> bytes:
     from PIL import Image
 
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return buffer.getvalue()
+
+
+def png_data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
 def start_server(port: int, threads: Optional[int], log) -> subprocess.Popen:
@@ -79,29 +92,62 @@ def percentile(values: List[float], q: float) -> Optional[float]:
     return float(np.percentile(values, q)) if values else None
 
 
-def sequential_overhead(base: str, requests, urls, threads: Optional[int], n: int) -> Dict:
-    """One request at a time, HTTP and in-process alternated."""
+def chat_body(url: str, prompt: str, stream: bool) -> Dict:
+    return {"model": "pali-default", "stream": stream, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": prompt}]}]}
+
+
+SEQUENTIAL_KINDS = ("in_process", "generate", "chat", "health")
+
+
+def sequential_overhead(base: str, requests, pngs: List[bytes], urls: List[str], threads: Optional[int],
+                        n: int, block: int) -> Dict:
+    """One request at a time, in blocks of ``block`` of each kind and alternated kind by kind."""
     import httpx
+    from PIL import Image
 
     from pali_engine import Engine
 
     engine = Engine.load(threads=threads)
-    http_ms, local_ms = [], []
-    with httpx.Client(timeout=60) as client:
-        for i in range(n + 2):
-            image, prompt = requests[i % len(requests)]
-            start = time.perf_counter()
-            answer = client.post(f"{base}/v1/generate", json={"image": urls[i % len(urls)], "prompt": prompt})
-            middle = time.perf_counter()
-            engine.generate(image, prompt)
-            end = time.perf_counter()
+    texts = [engine.generate(Image.open(io.BytesIO(png)), prompt).text for png, (_, prompt) in zip(pngs, requests)]
+
+    def one(client, kind: str, k: int) -> float:
+        prompt = requests[k][1]
+        start = time.perf_counter()
+        if kind == "in_process":
+            text = engine.generate(Image.open(io.BytesIO(pngs[k])), prompt).text
+        elif kind == "generate":
+            answer = client.post(f"{base}/v1/generate", json={"image": urls[k], "prompt": prompt})
+        elif kind == "chat":
+            answer = client.post(f"{base}/v1/chat/completions", json=chat_body(urls[k], prompt, False))
+        else:
+            answer = client.get(f"{base}/health")
+        elapsed = (time.perf_counter() - start) * 1e3
+        if kind != "in_process":
             answer.raise_for_status()
-            if i >= 2:  # the first two warm both up
-                http_ms.append((middle - start) * 1e3)
-                local_ms.append((end - middle) * 1e3)
-    return {"requests": n, "http_p50_ms": percentile(http_ms, 50), "in_process_p50_ms": percentile(local_ms, 50),
-            "http_overhead_p50_ms": percentile(http_ms, 50) - percentile(local_ms, 50),
-            "http_p99_ms": percentile(http_ms, 99), "in_process_p99_ms": percentile(local_ms, 99)}
+            text = {"generate": lambda a: a["text"], "chat": lambda a: a["choices"][0]["message"]["content"],
+                    "health": lambda a: texts[k]}[kind](answer.json())
+        if text != texts[k]:
+            raise RuntimeError(f"request {k} ({kind}): {text!r}, not the engine's {texts[k]!r}")
+        return elapsed
+
+    result: Dict = {"requests": n, "block": block}
+    with httpx.Client(timeout=60) as client:
+        for layout, size in (("blocks", block), ("alternated", 1)):
+            times: Dict[str, List[float]] = {kind: [] for kind in SEQUENTIAL_KINDS}
+            for kind in SEQUENTIAL_KINDS:  # warm-up
+                one(client, kind, 0)
+            for first in range(0, n, size):
+                for kind in SEQUENTIAL_KINDS:
+                    for i in range(first, min(first + size, n)):
+                        times[kind].append(one(client, kind, i % len(requests)))
+            local = percentile(times["in_process"], 50)
+            row = {f"{kind}_p50_ms": percentile(t, 50) for kind, t in times.items()}
+            row.update({f"{kind}_p99_ms": percentile(t, 99) for kind, t in times.items()})
+            row.update({f"{kind}_over_in_process_p50_ms": row[f"{kind}_p50_ms"] - local
+                        for kind in ("generate", "chat")})
+            result[layout] = row
+    return result
 
 
 async def _load(base: str, prompts, urls, clients: int, per_client: int) -> Dict:
@@ -114,9 +160,7 @@ async def _load(base: str, prompts, urls, clients: int, per_client: int) -> Dict
         failures[kind] = failures.get(kind, 0) + 1
 
     async def one(client, k: int) -> None:
-        body = {"model": "pali-default", "stream": True, "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": urls[k % len(urls)]}},
-            {"type": "text", "text": prompts[k % len(prompts)]}]}]}
+        body = chat_body(urls[k % len(urls)], prompts[k % len(prompts)], True)
         start = time.perf_counter()
         first = None
         done = False
@@ -164,20 +208,21 @@ async def _load(base: str, prompts, urls, clients: int, per_client: int) -> Dict
 
 
 def measure(clients: int = 64, per_client: int = 8, sequential: int = 64, threads: Optional[int] = None,
-            log=None) -> Dict:
+            log=None, block: int = 8) -> Dict:
     from pali_engine import Engine
 
     log = log or (lambda s: None)
     image_size = Engine.load(threads=1).config["image_size"]
     requests = _requests(max(sequential, 32), image_size, 0)
-    urls = [png_data_url(image) for image, _ in requests]
+    pngs = [png_bytes(image) for image, _ in requests]
+    urls = [png_data_url(png) for png in pngs]
     prompts = [prompt for _, prompt in requests]
     port = free_port()
     server = start_server(port, threads, log)
     base = f"http://127.0.0.1:{port}"
     try:
         log("[http] one request at a time, HTTP and in-process alternated ...")
-        overhead = sequential_overhead(base, requests, urls, threads, sequential)
+        overhead = sequential_overhead(base, requests, pngs, urls, threads, sequential, block)
         log(f"[http] {clients} clients x {per_client} streamed chat completions ...")
         load = asyncio.run(_load(base, prompts, urls, clients, per_client))
     finally:
@@ -189,8 +234,11 @@ def measure(clients: int = 64, per_client: int = 8, sequential: int = 64, thread
 def table(result: Dict) -> str:
     s, ld = result["sequential"], result["load"]
     return "\n".join([
-        f"one request at a time ({s['requests']}): HTTP p50 {s['http_p50_ms']:.2f} ms, in-process p50 "
-        f"{s['in_process_p50_ms']:.2f} ms, HTTP layer +{s['http_overhead_p50_ms']:.2f} ms",
+        *[f"one request at a time ({s['requests']}, {layout}): in-process p50 {r['in_process_p50_ms']:.2f} ms; "
+          f"/v1/generate p50 {r['generate_p50_ms']:.2f} ms (+{r['generate_over_in_process_p50_ms']:.2f} ms); "
+          f"/v1/chat/completions p50 {r['chat_p50_ms']:.2f} ms (+{r['chat_over_in_process_p50_ms']:.2f} ms); "
+          f"GET /health p50 {r['health_p50_ms']:.2f} ms"
+          for layout, r in ((layout, s[layout]) for layout in ("blocks", "alternated"))],
         f"{ld['clients']} clients, {ld['requests']} streamed requests: {ld['completed']} completed, "
         f"{ld['requests_per_s']:.1f} requests/s, time to first token p50 {ld['ttft_p50_ms']:.1f} ms / p99 "
         f"{ld['ttft_p99_ms']:.1f} ms, latency p50 {ld['latency_p50_ms']:.1f} ms / p99 {ld['latency_p99_ms']:.1f} ms, "
@@ -203,11 +251,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--per-client", type=int, default=8)
     parser.add_argument("--sequential", type=int, default=64)
+    parser.add_argument("--block", type=int, default=8, help="requests of one kind in a row (the blocks layout)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--shield", type=int, default=None, metavar="NICE",
+                        help="run in an autogroup of this nice value (e.g. -15), away from other tenants' load")
     parser.add_argument("--json", help="write the result here")
     args = parser.parse_args(argv)
+    if args.shield is not None:
+        from .harness import shield
+
+        shield(args.shield)
     result = measure(args.clients, args.per_client, args.sequential, args.threads,
-                     log=lambda s: print(s, file=sys.stderr, flush=True))
+                     log=lambda s: print(s, file=sys.stderr, flush=True), block=args.block)
     from .harness import report
 
     report(result, "http_load", argv, table(result), args.json)

@@ -12,6 +12,7 @@ errors and returns the same results.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import numbers
 import os
 import queue
@@ -100,6 +101,21 @@ def as_batch(image, prompt) -> Tuple[list, list, bool]:
     return images, prompts, True
 
 
+@dataclasses.dataclass
+class PreparedRequest:
+    """A generate() call with its inputs made (``Backend.prepare``): what the model takes, and what
+    ``Backend.results`` needs to build the answer."""
+
+    options: GenerationOptions
+    images: list
+    batched: bool
+    pixels: np.ndarray
+    ids: np.ndarray
+    mask: np.ndarray
+    start: float
+    prepared: float
+
+
 class Backend:
     """A checked model file with its architecture's processor; subclasses run the model."""
 
@@ -166,25 +182,48 @@ class Backend:
 
         With num_return_sequences > 1 each input gives a list of results instead of one.
         """
+        request = self.prepare(image, prompt, options)
+        hypotheses, timings = self._search(request.pixels, request.ids, request.mask, request.options, None)
+        return self.results(request, hypotheses, timings)
+
+    def prepare(self, image, prompt, options: Dict[str, Any]) -> "PreparedRequest":
+        """A generate() call up to the model: options parsed, prompts encoded, images preprocessed."""
         start = time.perf_counter()
         opts = generation.parse_options(options, self.config)
         images, prompts, batched = as_batch(image, prompt)
         ids, mask = self.encode_prompts(prompts)
         pixels = self.pixel_values(images)
-        prepared = time.perf_counter()
-        hypotheses, timings = self._search(pixels, ids, mask, opts, None)
+        return PreparedRequest(opts, images, batched, pixels, ids, mask, start, time.perf_counter())
+
+    def results(self, request: "PreparedRequest", hypotheses: List[List[Hypothesis]],
+                timings: Dict[str, float]):
+        """What generate() returns for a prepared request and the model's hypotheses."""
         done = time.perf_counter()
-        timings = {"preprocess_ms": (prepared - start) * 1e3, **timings,
-                   "generate_ms": (done - prepared) * 1e3, "total_ms": (done - start) * 1e3}
+        timings = {"preprocess_ms": (request.prepared - request.start) * 1e3, **timings,
+                   "generate_ms": (done - request.prepared) * 1e3, "total_ms": (done - request.start) * 1e3}
         results = []
-        for image_of, per_input in zip(images, hypotheses):
+        for image_of, per_input in zip(request.images, hypotheses):
             # A path's size is read only if the result's objects are asked for (a file open per request).
             path = os.fspath(image_of) if isinstance(image_of, (str, os.PathLike)) else None
             size = None if path is not None else image_size(image_of)
             rs = [GenerationResult(self.tokenizer.decode(h.tokens), list(h.tokens), float(h.score), dict(timings),
                                    size, self.parse_objects, path) for h in per_input]
-            results.append(rs if opts.num_return_sequences > 1 else rs[0])
-        return results if batched else results[0]
+            results.append(rs if request.options.num_return_sequences > 1 else rs[0])
+        return results if request.batched else results[0]
+
+    #: Whether ``submit`` queues calls on a native scheduler (else it raises NotImplementedError).
+    can_submit = False
+
+    def submit(self, request: "PreparedRequest", stream: bool = False):
+        """A prepared request for the native scheduler, for an event loop to wait on: a
+        ``PendingRequest`` (``start()`` queues it; ``fileno()``, ``poll()``, ``result()``, ``cancel()``).
+        Watch ``fileno()`` before ``start()``: the scheduler computes at once, and the caller's own
+        work after it would take a core from the scheduler's threads."""
+        raise NotImplementedError(f"{type(self).__name__} has no scheduler to submit to")
+
+    def hypotheses(self, pending) -> Tuple[List[List[Hypothesis]], Dict[str, float]]:
+        """(hypotheses per input, timings) of a submitted request that has ended; raises its error."""
+        raise NotImplementedError(f"{type(self).__name__} has no scheduler to submit to")
 
     def stream(self, image, prompt, **options) -> Iterator[str]:
         """Yields pieces of text as they are generated (one image, one prompt).

@@ -134,8 +134,9 @@ class Engine:
         return self._backend.stream(image, prompt, **options)
 
     async def agenerate(self, image, prompt, *, executor=None, **options):
-        """``generate`` awaited from asyncio: it runs in ``executor`` (default: the loop's), off
-        the event loop (``pali_engine.aio``)."""
+        """``generate`` awaited from asyncio (``pali_engine.aio``): on the native backends queued on
+        the engine's scheduler with no thread waiting for it (large images and paths are prepared in
+        ``executor``, default: the loop's); on the others run in ``executor``."""
         from .aio import agenerate
 
         return await agenerate(self, image, prompt, executor=executor, **options)

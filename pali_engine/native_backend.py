@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from . import _native
-from .backend import Backend, OnToken, check_scheduling, check_threads
+from .backend import Backend, OnToken, PreparedRequest, check_scheduling, check_threads
 from .dtypes import weight_format
 from .errors import ModelFileError
 from .generation import GenerationOptions, Hypothesis
@@ -62,7 +62,19 @@ class NativeBackend(Backend):
                 on_token: OnToken) -> Tuple[List[List[Hypothesis]], Dict[str, float]]:
         results, timings = self._model.generate(pixel_values, input_ids, attention_mask,
                                                 self._native_options(options), on_token)
+        return self._hypotheses(results), dict(timings)
+
+    def _hypotheses(self, results) -> List[List[Hypothesis]]:
         eos = int(self.config["eos_token_id"])
-        hypotheses = [[Hypothesis(list(tokens) + ([eos] if finished else []), float(score))
-                       for tokens, score, finished in per_input] for per_input in results]
-        return hypotheses, dict(timings)
+        return [[Hypothesis(list(tokens) + ([eos] if finished else []), float(score))
+                 for tokens, score, finished in per_input] for per_input in results]
+
+    can_submit = True
+
+    def submit(self, request: PreparedRequest, stream: bool = False):
+        return self._model.submit(request.pixels, request.ids, request.mask, self._native_options(request.options),
+                                  stream)
+
+    def hypotheses(self, pending) -> Tuple[List[List[Hypothesis]], Dict[str, float]]:
+        results, timings = pending.result()
+        return self._hypotheses(results), dict(timings)

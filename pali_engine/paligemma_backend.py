@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _native
-from .backend import Backend, OnToken, check_scheduling, check_threads
+from .backend import Backend, OnToken, PreparedRequest, check_scheduling, check_threads
 from .dtypes import weight_format
 from .errors import ModelFileError
 from .generation import OPTION_NAMES, GenerationOptions, Hypothesis
@@ -57,10 +57,27 @@ class PaliGemmaBackend(Backend):
 
     def _search(self, pixel_values, input_ids, attention_mask, options: GenerationOptions,
                 on_token: OnToken) -> Tuple[List[List[Hypothesis]], Dict[str, float]]:
+        results, timings = self._model.generate(pixel_values, input_ids, attention_mask,
+                                                self._native_options(options), on_token)
+        return self._hypotheses(results), dict(timings)
+
+    @staticmethod
+    def _native_options(options: GenerationOptions) -> dict:
         native = {name: getattr(options, name) for name in OPTION_NAMES if name != "seed"}
         native["seed"] = options.seed if options.seed is not None else int.from_bytes(os.urandom(8), "little")
-        results, timings = self._model.generate(pixel_values, input_ids, attention_mask, native, on_token)
+        return native
+
+    def _hypotheses(self, results) -> List[List[Hypothesis]]:
         eos = self.processor.eos_id
-        hypotheses = [[Hypothesis(list(tokens) + ([eos] if finished else []), float(score))
-                       for tokens, score, finished in per_input] for per_input in results]
-        return hypotheses, dict(timings)
+        return [[Hypothesis(list(tokens) + ([eos] if finished else []), float(score))
+                 for tokens, score, finished in per_input] for per_input in results]
+
+    can_submit = True
+
+    def submit(self, request: PreparedRequest, stream: bool = False):
+        return self._model.submit(request.pixels, request.ids, request.mask, self._native_options(request.options),
+                                  stream)
+
+    def hypotheses(self, pending) -> Tuple[List[List[Hypothesis]], Dict[str, float]]:
+        results, timings = pending.result()
+        return self._hypotheses(results), dict(timings)

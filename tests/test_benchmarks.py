@@ -561,10 +561,11 @@ def test_http_load_benchmark_loses_no_request():
     pytest.importorskip("uvicorn")
     from pali_engine.benchmarks import http_load
 
-    result = http_load.measure(clients=6, per_client=2, sequential=2, threads=1)
+    result = http_load.measure(clients=6, per_client=2, sequential=4, threads=1, block=2)
     load = result["load"]
     assert load["completed"] == load["requests"] == 12 and load["failures"] == {} and load["server_errors"] == 0
-    assert result["sequential"]["http_p50_ms"] > 0
+    for layout in ("blocks", "alternated"):
+        assert all(result["sequential"][layout][f"{kind}_p50_ms"] > 0 for kind in http_load.SEQUENTIAL_KINDS)
     assert "12 completed" in http_load.table(result)
 
 

@@ -8,13 +8,19 @@ beside it and whenever it joins: checked here on "pali" and on PaliGemma 1
 and 2 (PaliGemma 2's sliding window shorter than the sequences, so rows that
 joined late read their prompt at their own distance), for greedy search,
 logits processors, beam search and seeded sampling, with a long call that the
-others join while it generates. Also: a dropped stream frees its rows, a full
-queue refuses at once with EngineBusy, a bad call fails alone, and the limits
-are checked.
+others join while it generates, and with calls prefilled together by the
+prefill thread while the decode thread steps the others. Also: a dropped stream frees its rows, a full
+queue refuses at once with EngineBusy, a bad call fails alone, the limits
+are checked, and calls from asyncio (``agenerate``, ``astream``: queued on the
+scheduler with no thread waiting, the event loop watching the request's
+descriptor) get what ``generate`` and ``stream`` get, and free their rows
+when cancelled.
 """
 
 from __future__ import annotations
 
+import asyncio
+import select
 import threading
 import time
 
@@ -60,8 +66,9 @@ def test_concurrent_calls_get_what_they_get_alone(case):
     for i, prompt in enumerate(prompts):
         opts = dict(OPTIONS[i % len(OPTIONS)], max_new_tokens=max_new_tokens - i % 3)
         jobs.append((pictures[i], prompt, opts))
-    # A long call that the others join while it generates: forced past every eos.
-    long_opts = {"max_new_tokens": 300, "min_new_tokens": 300}
+    # A long call that the others join while it generates: forced past every eos, and long enough that
+    # it still runs once the others' prefills, beside its decoding, are done.
+    long_opts = {"max_new_tokens": 1500, "min_new_tokens": 1500}
     expected = [alone(engine, p, q, o) for p, q, o in jobs]
     expected_long = alone(engine, pictures[0], prompts[-1], long_opts)
 
@@ -181,3 +188,90 @@ def test_bad_limits_are_refused(limits, message):
 def test_limits_are_the_native_backends():
     with pytest.raises(ValueError, match="backend 'onnxruntime' has none"):
         Engine.load(backend="onnxruntime", max_batch=4)
+
+
+def test_calls_that_arrive_while_others_decode_prefill_together(case):
+    engine, prompts, max_new_tokens = case
+    backend = engine._backend
+    pictures = images(4)
+    jobs = [(pictures[i % 4], prompts[i % len(prompts)]) for i in range(12)]
+    want = [engine.generate(p, q, max_new_tokens=max_new_tokens).tokens for p, q in jobs]
+    # A long call keeps the decode thread stepping, so the others go to the prefill thread.
+    running = engine.stream(pictures[0], prompts[0], max_new_tokens=4000, min_new_tokens=4000)
+    next(running)
+    before = engine.scheduler_stats()
+    prepared = [backend.prepare(p, q, {"max_new_tokens": max_new_tokens}) for p, q in jobs]
+    pending = [backend.submit(request) for request in prepared]
+    for request in pending:
+        request.start()
+    for request in pending:
+        while not request.poll()[1]:
+            select.select([request.fileno()], [], [], 20)
+    got = [backend.results(r, *backend.hypotheses(p)).tokens for r, p in zip(prepared, pending)]
+    after = engine.scheduler_stats()
+    running.close()
+    assert got == want
+    # Submitted at once while the prefill thread was busy with the first: prefilled in fewer batches than calls.
+    assert after["prefills"] - before["prefills"] < len(jobs)
+    assert after["joined_requests"] > before["joined_requests"]
+
+
+def test_calls_from_asyncio_get_what_generate_gets(case):
+    engine, prompts, max_new_tokens = case
+    pictures = images(3)
+    options = [{"max_new_tokens": max_new_tokens}, {"max_new_tokens": max_new_tokens, "num_beams": 2},
+               {"max_new_tokens": max_new_tokens, "do_sample": True, "seed": 5}]
+    want = [engine.generate(p, q, **o) for p, q, o in zip(pictures, prompts, options)]
+    want_stream = "".join(engine.stream(pictures[0], prompts[0], max_new_tokens=max_new_tokens))
+
+    async def run():
+        got = await asyncio.gather(*[engine.agenerate(p, q, **o) for p, q, o in zip(pictures, prompts, options)])
+        batch = await engine.agenerate(pictures[:2], prompts[:2], max_new_tokens=max_new_tokens)
+        async with engine.astream(pictures[0], prompts[0], max_new_tokens=max_new_tokens) as stream:
+            pieces = [piece async for piece in stream]
+        return got, batch, pieces
+
+    got, batch, pieces = asyncio.run(run())
+    assert [r.tokens for r in got] == [r.tokens for r in want]
+    assert [r.text for r in got] == [r.text for r in want]
+    assert [r.tokens for r in batch] == [r.tokens for r in want[:1]] + [engine.generate(pictures[1], prompts[1],
+                                                                         max_new_tokens=max_new_tokens).tokens]
+    assert "".join(pieces) == want_stream
+    assert wait_until(lambda: engine.scheduler_stats()["active_requests"] == 0)
+
+
+def test_a_cancelled_agenerate_frees_its_rows(case):
+    engine, prompts, _ = case
+    picture = images(1)[0]
+
+    async def run():
+        task = asyncio.ensure_future(engine.agenerate(picture, prompts[0], max_new_tokens=4000, min_new_tokens=4000))
+        assert await asyncio.to_thread(wait_until, lambda: engine.scheduler_stats()["active_requests"] == 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    start = time.monotonic()
+    asyncio.run(run())
+    # The call stops at its next step, far before its 4000 tokens.
+    assert wait_until(lambda: engine.scheduler_stats()["active_requests"] == 0, timeout=5)
+    assert time.monotonic() - start < 10
+
+
+def test_a_submitted_request_signals_its_descriptor(case):
+    engine, prompts, max_new_tokens = case
+    backend = engine._backend
+    request = backend.prepare(images(1)[0], prompts[0], {"max_new_tokens": max_new_tokens})
+    pending = backend.submit(request, stream=True)
+    assert pending.poll() == ([], False) and not select.select([pending.fileno()], [], [], 0)[0]
+    pending.start()
+    tokens, ended = [], False
+    while not ended:
+        assert select.select([pending.fileno()], [], [], 20)[0], "the descriptor was never signalled"
+        chosen, ended = pending.poll()
+        tokens += [token for prompt, token in chosen if prompt == 0]
+    hypotheses, timings = backend.hypotheses(pending)
+    assert tokens == hypotheses[0][0].tokens[:len(tokens)] and len(tokens) >= len(hypotheses[0][0].tokens) - 1
+    assert hypotheses[0][0].tokens == engine.generate(images(1)[0], prompts[0],
+                                                      max_new_tokens=max_new_tokens).tokens
+    assert timings["steps"] >= 1

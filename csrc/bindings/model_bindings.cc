@@ -9,10 +9,21 @@
 // and converts results. generate() goes through the model's scheduler
 // (generate/scheduler.h), started at the first call: concurrent calls from
 // any number of threads are batched together, and the calling thread only
-// waits (without the GIL) and runs its own token callback.
+// waits (without the GIL) and runs its own token callback. submit() is the
+// same call for an event loop: it returns at once with a PendingRequest, which
+// start() queues, whose file descriptor becomes readable when tokens arrive or
+// the request ends, so that asyncio waits for the scheduler with no thread of
+// its own.
+#include <fcntl.h>
 #include <pybind11/stl.h>
+#include <unistd.h>
+#if defined(__linux__)
+#include <sys/eventfd.h>
+#endif
 
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <mutex>
 
 #include "bindings/bindings.h"
@@ -131,9 +142,151 @@ I64Array checked_ids(const py::array& array, const std::string& name, int64_t ba
   return ids;
 }
 
+OwnedPrompts owned_prompts(const Model& model, const py::array& pixel_values, const py::array& input_ids,
+                           const py::array& attention_mask) {
+  F32Array pixels = checked_pixels(model, pixel_values);
+  const int64_t batch = pixels.shape(0);
+  I64Array ids = checked_ids(input_ids, "input_ids", batch);
+  I64Array mask = checked_ids(attention_mask, "attention_mask", batch);
+  PALI_CHECK_ARG(mask.shape(1) == ids.shape(1), "attention_mask must have the shape of input_ids");
+  OwnedPrompts prompts;
+  prompts.batch = batch;
+  prompts.length = ids.shape(1);
+  prompts.pixels = copied(pixels.data(), pixels.size());
+  prompts.input_ids = copied(ids.data(), ids.size());
+  prompts.attention_mask = copied(mask.data(), mask.size());
+  return prompts;
+}
+
+// A descriptor that becomes readable when signalled: an eventfd on Linux, a
+// pipe elsewhere. Shared by the request's notifier and its PendingRequest, so
+// it stays open until both are gone.
+class ReadySignal {
+ public:
+  ReadySignal() {
+#if defined(__linux__)
+    read_fd_ = write_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (read_fd_ < 0) throw RuntimeFailure(str_cat("eventfd: ", std::strerror(errno)));
+#else
+    int fds[2];
+    if (::pipe(fds) != 0) throw RuntimeFailure(str_cat("pipe: ", std::strerror(errno)));
+    for (int fd : fds) {
+      ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+      ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+    }
+    read_fd_ = fds[0];
+    write_fd_ = fds[1];
+#endif
+  }
+  ~ReadySignal() {
+    ::close(read_fd_);
+    if (write_fd_ != read_fd_) ::close(write_fd_);
+  }
+  ReadySignal(const ReadySignal&) = delete;
+  ReadySignal& operator=(const ReadySignal&) = delete;
+
+  int fd() const { return read_fd_; }
+  void signal() const {
+#if defined(__linux__)
+    const uint64_t one = 1;
+    (void)!::write(write_fd_, &one, sizeof one);
+#else
+    const char one = 1;
+    (void)!::write(write_fd_, &one, 1);  // a full pipe is signalled already
+#endif
+  }
+  void clear() const {
+    char buffer[64];
+    while (::read(read_fd_, buffer, sizeof buffer) > 0) {
+    }
+  }
+
+ private:
+  int read_fd_ = -1, write_fd_ = -1;
+};
+
+// A request made by Model.submit and queued by start(): polled by its caller, never waited on.
+// Queueing is a call of its own so that the caller can watch fileno() first: once the request is
+// queued the scheduler computes at once, and a caller still busy on a core then would take it
+// from the scheduler's threads.
+struct PendingRequest {
+  std::shared_ptr<ScheduledRequest> request;  // null until start()
+  std::shared_ptr<ReadySignal> ready;
+  // Until start(): what it queues.
+  OwnedPrompts prompts;
+  GenerationOptions options;
+  bool stream = false;
+  bool cancelled_before_start = false;
+  // The scheduler and its model stay while a request is held (the slot goes first: it stops the scheduler).
+  std::shared_ptr<const Model> model;
+  std::shared_ptr<SchedulerSlot> slot;
+};
+
 }  // namespace
 
 void bind_models(py::module_& m) {
+  py::class_<PendingRequest>(m, "PendingRequest", py::module_local(),
+                             "A request for the model's scheduler (Model.submit), for an event loop: start() "
+                             "queues it; fileno() becomes readable when it has new tokens or has ended; poll() "
+                             "takes them.")
+      .def("fileno", [](const PendingRequest& self) { return self.ready->fd(); })
+      .def(
+          "start",
+          [](PendingRequest& self) {
+            PALI_CHECK_ARG(!self.request, "the request was started already");
+            if (self.cancelled_before_start) {
+              self.ready->signal();
+              return;
+            }
+            std::shared_ptr<const ReadySignal> ready = self.ready;
+            Scheduler* scheduler;
+            {
+              std::lock_guard<std::mutex> lock(self.slot->mutex);
+              scheduler = self.slot->scheduler.get();  // started by submit()
+            }
+            self.request = scheduler->submit(std::move(self.prompts), self.options, self.stream,
+                                             [ready] { ready->signal(); });
+          },
+          "Queues the request on the scheduler (EngineBusy when max_queue requests are already waiting).")
+      .def(
+          "poll",
+          [](const PendingRequest& self) {
+            self.ready->clear();
+            std::vector<std::pair<int64_t, int64_t>> tokens;
+            if (!self.request) return py::make_tuple(py::cast(tokens), self.cancelled_before_start);
+            const bool ended = self.request->poll_tokens(&tokens);
+            return py::make_tuple(py::cast(tokens), ended);
+          },
+          "([(prompt, token), ...] chosen since the last poll, whether the request has ended); clears fileno().")
+      .def(
+          "result",
+          [](const PendingRequest& self) {
+            PALI_CHECK_ARG(self.request, "the request was not started");
+            GenerationTimings timings;
+            std::vector<std::vector<Hypothesis>> results =
+                without_gil([&] { return self.request->wait(&timings); });
+            return generation_results(results, timings);
+          },
+          "What generate() returns; waits for the end (call it once poll() said the request has ended), or "
+          "raises the request's error.")
+      .def(
+          "cancel",
+          [](PendingRequest& self) {
+            if (self.request)
+              self.request->cancel();
+            else
+              self.cancelled_before_start = true;
+          },
+          "Stops the request at its next step; it then ends with what it generated so far.")
+      .def(
+          "stop",
+          [](const PendingRequest& self, int64_t prompt, int64_t kept) {
+            if (self.request) self.request->stop(prompt, kept);
+          },
+          py::arg("prompt"), py::arg("kept"),
+          "Stops one prompt's rows after the `kept` tokens its consumer took (generate's on_token returning "
+          "False).");
+
   m.def(
       "parse_json", [](const std::string& text) { return json_to_python(Json::parse(text)); }, py::arg("text"),
       "Reads JSON text with the engine's strict reader (the one that reads `pali.config`); ValueError says "
@@ -218,19 +371,9 @@ void bind_models(py::module_& m) {
           "generate",
           [](const LoadedModel& self, const py::array& pixel_values, const py::array& input_ids,
              const py::array& attention_mask, const py::dict& options, const py::object& on_token) {
-            const Model& model = *self.model;
-            F32Array pixels = checked_pixels(model, pixel_values);
-            const int64_t batch = pixels.shape(0);
-            I64Array ids = checked_ids(input_ids, "input_ids", batch);
-            I64Array mask = checked_ids(attention_mask, "attention_mask", batch);
-            PALI_CHECK_ARG(mask.shape(1) == ids.shape(1), "attention_mask must have the shape of input_ids");
+            OwnedPrompts prompts = owned_prompts(*self.model, pixel_values, input_ids, attention_mask);
+            const int64_t batch = prompts.batch;
             GenerationOptions opts = generation_options_from_dict(options);
-            OwnedPrompts prompts;
-            prompts.batch = batch;
-            prompts.length = ids.shape(1);
-            prompts.pixels = copied(pixels.data(), pixels.size());
-            prompts.input_ids = copied(ids.data(), ids.size());
-            prompts.attention_mask = copied(mask.data(), mask.size());
             Scheduler& scheduler = self.scheduler();
             std::shared_ptr<ScheduledRequest> request =
                 scheduler.submit(std::move(prompts), opts, /*stream=*/!on_token.is_none());
@@ -272,6 +415,25 @@ void bind_models(py::module_& m) {
           "in the calling thread as tokens are chosen (returning False stops that prompt). RuntimeError "
           "(pali_engine.errors.EngineBusy) when max_queue requests are already waiting.")
       .def(
+          "submit",
+          [](const LoadedModel& self, const py::array& pixel_values, const py::array& input_ids,
+             const py::array& attention_mask, const py::dict& options, bool stream) {
+            PendingRequest pending;
+            pending.prompts = owned_prompts(*self.model, pixel_values, input_ids, attention_mask);
+            pending.options = generation_options_from_dict(options);
+            pending.options.validate();
+            pending.stream = stream;
+            pending.ready = std::make_shared<ReadySignal>();
+            pending.model = self.model;
+            pending.slot = self.slot;
+            self.scheduler();  // started now, so that start() only queues
+            return pending;
+          },
+          py::arg("pixel_values"), py::arg("input_ids"), py::arg("attention_mask"), py::arg("options"),
+          py::arg("stream") = false,
+          "generate() without waiting: a PendingRequest for the inputs, checked, that start() queues on the "
+          "model's scheduler (stream: its tokens are kept for poll() as they are chosen).")
+      .def(
           "scheduler_stats",
           [](const LoadedModel& self) {
             py::dict out;
@@ -282,6 +444,7 @@ void bind_models(py::module_& m) {
             out["active_rows"] = stats.active_rows;
             out["steps"] = stats.steps;
             out["joined_requests"] = stats.joined_requests;
+            out["prefills"] = stats.prefills;
             out["prefill_ms"] = stats.prefill_ms;
             out["decode_ms"] = stats.decode_ms;
             out["max_batch"] = self.limits.max_batch_rows;
@@ -289,8 +452,8 @@ void bind_models(py::module_& m) {
             return out;
           },
           "The scheduler's requests running and waiting, rows stepped together, steps so far, requests that "
-          "joined others already generating, its thread's milliseconds in prefills and in decode steps, and "
-          "its limits.");
+          "joined others already generating, prefill batches run, the milliseconds of its prefill thread in "
+          "prefills and of its decode thread in steps, and its limits.");
 
   m.def(
       "engine_dtypes",

@@ -23,6 +23,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <utility>
 
@@ -32,12 +33,15 @@ namespace pali {
 
 namespace detail {
 inline thread_local int op_threads_setting = 0;
+// When set, read at every op instead of op_threads_setting: another thread may change it while this one computes.
+inline thread_local const std::atomic<int>* op_threads_source = nullptr;
 }  // namespace detail
 
 // Threads that ops called from this thread use; 0 (the default) means
 // default_op_threads() (OMP_NUM_THREADS if set, else the cores this process may run on).
 inline int op_threads() {
-  const int n = detail::op_threads_setting;
+  const int n = detail::op_threads_source ? detail::op_threads_source->load(std::memory_order_relaxed)
+                                          : detail::op_threads_setting;
   return n > 0 ? n : default_op_threads();
 }
 inline void set_op_threads(int n) { detail::op_threads_setting = n < 0 ? 0 : n; }
@@ -52,6 +56,21 @@ class ScopedOpThreads {
 
  private:
   int previous_;
+};
+
+// For the scope, this thread's ops take their thread count from `source` at
+// every op (the engine's scheduler lowers it while its other thread computes).
+class ScopedOpThreadsSource {
+ public:
+  explicit ScopedOpThreadsSource(const std::atomic<int>& source) : previous_(detail::op_threads_source) {
+    detail::op_threads_source = &source;
+  }
+  ~ScopedOpThreadsSource() { detail::op_threads_source = previous_; }
+  ScopedOpThreadsSource(const ScopedOpThreadsSource&) = delete;
+  ScopedOpThreadsSource& operator=(const ScopedOpThreadsSource&) = delete;
+
+ private:
+  const std::atomic<int>* previous_;
 };
 
 inline bool in_parallel_region() { return ThreadPool::in_parallel_region(); }

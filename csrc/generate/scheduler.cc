@@ -1,5 +1,6 @@
-// The scheduler of scheduler.h: one thread that admits queued requests
-// between decode steps and steps every active request together.
+// The scheduler of scheduler.h: a prefill thread that prefills queued requests
+// in batches, and a decode thread that joins them between decode steps and
+// steps every active request together.
 #include "generate/scheduler.h"
 
 #include <algorithm>
@@ -48,6 +49,13 @@ bool ScheduledRequest::take_tokens(std::vector<std::pair<int64_t, int64_t>>* tok
   return any || !ended_;
 }
 
+bool ScheduledRequest::poll_tokens(std::vector<std::pair<int64_t, int64_t>>* tokens) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  tokens->insert(tokens->end(), pending_.begin(), pending_.end());
+  pending_.clear();
+  return ended_;
+}
+
 void ScheduledRequest::stop(int64_t prompt, int64_t kept) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (kept_.empty()) kept_.assign(prompts_.batch, -1);
@@ -70,6 +78,7 @@ void ScheduledRequest::push_token(int64_t prompt, int64_t token) {
     pending_.emplace_back(prompt, token);
   }
   changed_.notify_all();
+  if (notify_) notify_();
 }
 
 void ScheduledRequest::finish(std::vector<std::vector<Hypothesis>> results, const GenerationTimings& timings) {
@@ -80,6 +89,7 @@ void ScheduledRequest::finish(std::vector<std::vector<Hypothesis>> results, cons
     ended_ = true;
   }
   changed_.notify_all();
+  if (notify_) notify_();
 }
 
 void ScheduledRequest::fail(std::exception_ptr error) {
@@ -89,6 +99,7 @@ void ScheduledRequest::fail(std::exception_ptr error) {
     ended_ = true;
   }
   changed_.notify_all();
+  if (notify_) notify_();
 }
 
 // A request being generated: its search over its rows of the shared session.
@@ -99,11 +110,20 @@ struct Scheduler::Active {
   Clock::time_point first_token;
 };
 
+// Requests prefilled together, up to their first token, for the decode thread to join.
+struct Scheduler::Admission {
+  std::unique_ptr<DecoderSession> session;  // the rows of `active`, in their order; null when none goes on
+  std::vector<Active> active;
+  std::vector<int64_t> tokens;  // each row's next input token
+  int64_t taken_rows = 0;       // the rows taken from the queue for these requests (prefill_rows_)
+};
+
 Scheduler::Scheduler(const Model& model, int threads, SchedulerLimits limits)
-    : model_(model), threads_(threads), limits_(limits) {
+    : model_(model), threads_(threads), limits_(limits), prefill_op_threads_(threads), decode_op_threads_(threads) {
   PALI_CHECK_ARG(limits.max_batch_rows >= 1, "max_batch must be >= 1, got ", limits.max_batch_rows);
   PALI_CHECK_ARG(limits.max_queued >= 0, "max_queue must be >= 0, got ", limits.max_queued);
-  thread_ = std::thread([this] { run(); });
+  decode_thread_ = std::thread([this] { run_decoding(); });
+  prefill_thread_ = std::thread([this] { run_prefills(); });
 }
 
 Scheduler::~Scheduler() {
@@ -111,16 +131,27 @@ Scheduler::~Scheduler() {
     std::lock_guard<std::mutex> lock(mutex_);
     stopping_ = true;
   }
-  work_.notify_all();
-  thread_.join();
+  prefill_work_.notify_all();
+  decode_work_.notify_all();
+  prefill_thread_.join();
+  decode_thread_.join();
+  // What neither thread got to: admissions not joined, requests not taken.
+  const auto closed = std::make_exception_ptr(RuntimeFailure("the engine was closed"));
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (Admission& admission : ready_)
+    for (Active& a : admission.active) a.request->fail(closed);
+  ready_.clear();
+  for (auto& request : queue_) request->fail(closed);
+  queue_.clear();
 }
 
 std::shared_ptr<ScheduledRequest> Scheduler::submit(OwnedPrompts prompts, const GenerationOptions& options,
-                                                    bool stream) {
+                                                    bool stream, std::function<void()> notify) {
   options.validate();
   PALI_CHECK_ARG(prompts.batch > 0 && prompts.length >= 0, "a request needs at least one prompt");
   std::shared_ptr<ScheduledRequest> request(
-      new ScheduledRequest(std::move(prompts), options, stream, rows_per_request(options)));
+      new ScheduledRequest(std::move(prompts), options, stream, rows_per_request(options), std::move(notify)));
+  bool decoding = false;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (stopping_) throw RuntimeFailure("the engine was closed");
@@ -129,8 +160,13 @@ std::shared_ptr<ScheduledRequest> Scheduler::submit(OwnedPrompts prompts, const 
                                limits_.max_queued, "); retry later"));
     queue_.push_back(request);
     stats_.queued_requests = static_cast<int64_t>(queue_.size());
+    // The prefill thread takes requests only beside a decode thread that steps; an idle one takes its own.
+    decoding = decoding_rows_ > 0;
   }
-  work_.notify_one();
+  if (decoding)
+    prefill_work_.notify_one();
+  else
+    decode_work_.notify_one();
   return request;
 }
 
@@ -166,9 +202,7 @@ class DecoderSlice final : public Decoder {
   bool left_;
 };
 
-void Scheduler::admit(const std::vector<std::shared_ptr<ScheduledRequest>>& requests,
-                      std::unique_ptr<DecoderSession>& session, std::vector<Active>& active,
-                      std::vector<int64_t>& tokens) {
+Scheduler::Admission Scheduler::prefill(const std::vector<std::shared_ptr<ScheduledRequest>>& requests) {
   const Clock::time_point start = Clock::now();
   const OwnedPrompts* prompts = &requests.front()->prompts_;
   OwnedPrompts joined;
@@ -230,7 +264,8 @@ void Scheduler::admit(const std::vector<std::shared_ptr<ScheduledRequest>>& requ
   std::vector<float> logits(rows * decoder->vocab_size());
   joining->first(logits.data());
   const Clock::time_point first_token = Clock::now();
-  std::vector<int64_t> sources, next, group_sources;
+  Admission admission;
+  std::vector<int64_t> sources, group_sources;
   int64_t offset = 0;
   for (Active& a : admitted) {
     a.timings.vision_ms = decoder->vision_ms;
@@ -241,11 +276,11 @@ void Scheduler::admit(const std::vector<std::shared_ptr<ScheduledRequest>>& requ
     const int64_t group_rows = a.search->rows();
     group_sources.clear();
     try {
-      a.search->advance(logits.data() + offset * decoder->vocab_size(), group_sources, next);
+      a.search->advance(logits.data() + offset * decoder->vocab_size(), group_sources, admission.tokens);
     } catch (...) {
       a.request->fail(std::current_exception());
       a.request.reset();
-      next.resize(sources.size());
+      admission.tokens.resize(sources.size());
       offset += group_rows;
       continue;
     }
@@ -253,31 +288,24 @@ void Scheduler::admit(const std::vector<std::shared_ptr<ScheduledRequest>>& requ
       a.timings.decode_ms = ms_between(prepared, Clock::now());
       a.request->finish(a.search->results(), a.timings);
       a.request.reset();
-      next.resize(sources.size());
+      admission.tokens.resize(sources.size());
     } else {
       for (int64_t s : group_sources) sources.push_back(offset + s);
     }
     offset += group_rows;
   }
-  if (sources.empty()) return;
+  if (sources.empty()) return admission;
   if (!keeps_rows_in_place(sources, rows)) joining->reorder(sources.data(), static_cast<int64_t>(sources.size()));
-  if (session) {
-    session->append(*joining);
-    std::lock_guard<std::mutex> lock(mutex_);
-    stats_.joined_requests += static_cast<int64_t>(requests.size());
-  } else {
-    session = std::move(joining);
-  }
-  tokens.insert(tokens.end(), next.begin(), next.end());
+  admission.session = std::move(joining);
   for (Active& a : admitted)
-    if (a.request) active.push_back(std::move(a));
+    if (a.request) admission.active.push_back(std::move(a));
+  return admission;
 }
 
-void Scheduler::admit_or_fail(const std::vector<std::shared_ptr<ScheduledRequest>>& requests,
-                              std::unique_ptr<DecoderSession>& session, std::vector<Active>& active,
-                              std::vector<int64_t>& tokens) {
+void Scheduler::prefill_or_fail(const std::vector<std::shared_ptr<ScheduledRequest>>& requests,
+                                std::vector<Admission>& admissions) {
   try {
-    admit(requests, session, active, tokens);
+    admissions.push_back(prefill(requests));
     return;
   } catch (...) {
     if (requests.size() == 1) {
@@ -288,71 +316,159 @@ void Scheduler::admit_or_fail(const std::vector<std::shared_ptr<ScheduledRequest
   for (const auto& request : requests) {
     if (request->ended()) continue;  // it ended within the batch, before the failure
     try {
-      admit({request}, session, active, tokens);
+      admissions.push_back(prefill({request}));
     } catch (...) {
       request->fail(std::current_exception());
     }
   }
 }
 
-void Scheduler::run() {
-  ScopedOpThreads scoped(threads_);
+bool Scheduler::queued_fits(int64_t taken) const {
+  // Requests join in the order they came while their rows fit; the first
+  // always runs when nothing else does, however many rows it has.
+  const int64_t rows = decoding_rows_ + prefill_rows_ + taken;
+  return !queue_.empty() && (rows == 0 || rows + queue_.front()->rows_ <= limits_.max_batch_rows);
+}
+
+std::vector<std::shared_ptr<ScheduledRequest>> Scheduler::take_queued(int64_t* taken_rows) {
+  std::vector<std::shared_ptr<ScheduledRequest>> taken;
+  *taken_rows = 0;
+  while (queued_fits(*taken_rows)) {
+    *taken_rows += queue_.front()->rows_;
+    taken.push_back(std::move(queue_.front()));
+    queue_.pop_front();
+  }
+  prefill_rows_ += *taken_rows;
+  stats_.queued_requests = static_cast<int64_t>(queue_.size());
+  return taken;
+}
+
+std::vector<Scheduler::Admission> Scheduler::prefill_taken(std::vector<std::shared_ptr<ScheduledRequest>> taken,
+                                                           int64_t taken_rows) {
+  const Clock::time_point prefilling = Clock::now();
+  // Requests taken together run their prefill as one batch (their prompts
+  // padded to the longest) when their rows per prompt are alike.
+  std::vector<std::vector<std::shared_ptr<ScheduledRequest>>> batches;
+  for (auto& request : taken) {
+    if (request->cancelled()) {
+      request->finish({}, {});
+      continue;
+    }
+    auto fits = [&](const std::vector<std::shared_ptr<ScheduledRequest>>& batch) {
+      const ScheduledRequest& other = *batch.front();
+      return other.rows_per_prompt_ == request->rows_per_prompt_ &&
+             other.prompts_.pixels.size() / other.prompts_.batch ==
+                 request->prompts_.pixels.size() / request->prompts_.batch;
+    };
+    auto batch = std::find_if(batches.begin(), batches.end(), fits);
+    if (batch == batches.end())
+      batches.push_back({std::move(request)});
+    else
+      batch->push_back(std::move(request));
+  }
+  std::vector<Admission> admissions;
+  for (const auto& batch : batches) prefill_or_fail(batch, admissions);
+  // The rows taken go with the admissions: the decode thread counts them as its own when it joins them.
+  if (admissions.empty()) admissions.emplace_back();
+  admissions.front().taken_rows = taken_rows;
+  std::lock_guard<std::mutex> lock(mutex_);
+  stats_.prefill_ms += ms_between(prefilling, Clock::now());
+  stats_.prefills += static_cast<int64_t>(batches.size());
+  return admissions;
+}
+
+void Scheduler::run_prefills() {
+  ScopedOpThreadsSource op_threads(prefill_op_threads_);
+  for (;;) {
+    decode_op_threads_ = threads_;
+    std::vector<std::shared_ptr<ScheduledRequest>> taken;
+    int64_t taken_rows = 0;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      // Only beside a decode thread that is stepping: an idle one prefills for itself.
+      prefill_work_.wait(lock, [&] { return stopping_ || (decoding_rows_ > 0 && queued_fits(0)); });
+      if (stopping_) break;
+      taken = take_queued(&taken_rows);
+    }
+    decode_op_threads_ = 1;
+    std::vector<Admission> admissions = prefill_taken(std::move(taken), taken_rows);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (Admission& admission : admissions) ready_.push_back(std::move(admission));
+    }
+    decode_work_.notify_one();
+  }
+}
+
+void Scheduler::join(Admission& admission, std::unique_ptr<DecoderSession>& session, std::vector<Active>& active,
+                     std::vector<int64_t>& tokens) {
+  if (!admission.session) return;
+  // A request cancelled while it waited to join leaves at the next step, as any other.
+  if (session) {
+    session->append(*admission.session);
+    std::lock_guard<std::mutex> lock(mutex_);
+    stats_.joined_requests += static_cast<int64_t>(admission.active.size());
+  } else {
+    session = std::move(admission.session);
+  }
+  tokens.insert(tokens.end(), admission.tokens.begin(), admission.tokens.end());
+  for (Active& a : admission.active) active.push_back(std::move(a));
+}
+
+void Scheduler::run_decoding() {
+  ScopedOpThreadsSource op_threads(decode_op_threads_);
   std::unique_ptr<DecoderSession> session;  // every active request's rows, in the order of `active`
   std::vector<Active> active, still_active;
   std::vector<int64_t> tokens, next_tokens, sources, group_sources, group_tokens;
   std::vector<float> logits;
+  std::vector<Admission> admissions;
   const int64_t vocab = model_.vocab_size();
-  for (;;) {
-    std::vector<std::shared_ptr<ScheduledRequest>> admitted;
-    {
-      std::unique_lock<std::mutex> lock(mutex_);
-      stats_.active_requests = static_cast<int64_t>(active.size());
-      stats_.active_rows = static_cast<int64_t>(tokens.size());
-      if (active.empty()) work_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-      if (stopping_) break;
-      // Requests join in the order they came while their rows fit; the first
-      // always runs when nothing else does, however many rows it has.
-      int64_t rows = static_cast<int64_t>(tokens.size());
-      while (!queue_.empty() && (rows == 0 || rows + queue_.front()->rows_ <= limits_.max_batch_rows)) {
-        rows += queue_.front()->rows_;
-        admitted.push_back(std::move(queue_.front()));
-        queue_.pop_front();
-      }
-      stats_.queued_requests = static_cast<int64_t>(queue_.size());
-    }
-    const Clock::time_point admitting = Clock::now();
-    // Requests that arrived together run their prefill as one batch (their
-    // prompts padded to the longest) when their rows per prompt are alike.
-    std::vector<std::vector<std::shared_ptr<ScheduledRequest>>> batches;
-    for (auto& request : admitted) {
-      if (request->cancelled()) {
-        request->finish({}, {});
-        continue;
-      }
-      auto fits = [&](const std::vector<std::shared_ptr<ScheduledRequest>>& batch) {
-        const ScheduledRequest& other = *batch.front();
-        return other.rows_per_prompt_ == request->rows_per_prompt_ &&
-               other.prompts_.pixels.size() / other.prompts_.batch ==
-                   request->prompts_.pixels.size() / request->prompts_.batch;
-      };
-      auto batch = std::find_if(batches.begin(), batches.end(), fits);
-      if (batch == batches.end())
-        batches.push_back({std::move(request)});
-      else
-        batch->push_back(std::move(request));
-    }
-    for (const auto& batch : batches) admit_or_fail(batch, session, active, tokens);
+  // The decode batch's rows now, for the prefill thread's limit; it is woken when queued requests fit.
+  const auto publish_rows = [&](int64_t joined_rows) {
+    bool wake;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (!admitted.empty()) stats_.prefill_ms += ms_between(admitting, Clock::now());
+      prefill_rows_ -= joined_rows;
+      decoding_rows_ = static_cast<int64_t>(tokens.size());
       stats_.active_requests = static_cast<int64_t>(active.size());
-      stats_.active_rows = static_cast<int64_t>(tokens.size());
+      stats_.active_rows = decoding_rows_;
+      wake = decoding_rows_ > 0 && queued_fits(0);
     }
+    if (wake) prefill_work_.notify_one();
+  };
+  for (;;) {
+    std::vector<std::shared_ptr<ScheduledRequest>> taken;
+    int64_t taken_rows = 0;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      if (active.empty()) {
+        prefill_op_threads_ = threads_;
+        decode_work_.wait(lock, [&] { return stopping_ || !ready_.empty() || queued_fits(0); });
+        if (!stopping_ && ready_.empty()) taken = take_queued(&taken_rows);
+      }
+      if (stopping_) break;
+      admissions.swap(ready_);
+    }
+    prefill_op_threads_ = 1;
+    if (!taken.empty()) admissions = prefill_taken(std::move(taken), taken_rows);
+    int64_t joined_rows = 0;
+    for (Admission& admission : admissions) {
+      joined_rows += admission.taken_rows;
+      try {
+        join(admission, session, active, tokens);
+      } catch (...) {
+        // Joining needs memory for the larger caches: without it, the admission's requests fail.
+        for (Active& a : admission.active)
+          if (a.request) a.request->fail(std::current_exception());
+      }
+    }
+    admissions.clear();
     if (active.empty()) {
       session.reset();
       tokens.clear();
-      continue;
     }
+    if (joined_rows > 0 || active.empty()) publish_rows(joined_rows);
+    if (active.empty()) continue;
 
     const int64_t rows = static_cast<int64_t>(tokens.size());
     logits.resize(rows * vocab);
@@ -365,6 +481,7 @@ void Scheduler::run() {
       active.clear();
       session.reset();
       tokens.clear();
+      publish_rows(0);
       continue;
     }
     sources.clear();
@@ -418,12 +535,10 @@ void Scheduler::run() {
         tokens.clear();
       }
     }
+    publish_rows(0);
   }
   const auto closed = std::make_exception_ptr(RuntimeFailure("the engine was closed"));
   for (Active& a : active) a.request->fail(closed);
-  std::lock_guard<std::mutex> lock(mutex_);
-  for (auto& request : queue_) request->fail(closed);
-  queue_.clear();
 }
 
 }  // namespace pali

@@ -1,4 +1,4 @@
-"""The HTTP server of ``pali-engine serve``: one Engine behind FastAPI (needs ``pip install fastapi uvicorn``).
+"""The HTTP server of ``pali-engine serve``: one Engine behind FastAPI (needs ``pip install fastapi "uvicorn[standard]"``).
 
     from pali_engine import Engine
     from pali_engine.server import ServerSettings, create_app

@@ -17,7 +17,7 @@ import sys
 
 from .images import ImageLimits
 
-SERVE_INSTALL_HINT = "pip install fastapi uvicorn"
+SERVE_INSTALL_HINT = 'pip install fastapi "uvicorn[standard]"'
 RAY_INSTALL_HINT = 'pip install "ray[serve]"'
 
 

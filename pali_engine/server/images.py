@@ -119,8 +119,13 @@ async def fetch_url(url: str, limits: ImageLimits, param: str) -> bytes:
                           code="image_fetch_failed") from None
 
 
-def open_image(data: bytes, limits: ImageLimits, param: str) -> Image.Image:
-    """Bytes -> a decoded PIL image; the pixel count is checked from the header first."""
+#: Images of at most this many pixels are decoded on the event loop (well under a millisecond, less
+#: than a hop to a worker thread and back); larger ones in a thread, so that the loop is not held up.
+INLINE_DECODE_PIXELS = 256 * 256
+
+
+def read_header(data: bytes, limits: ImageLimits, param: str) -> Image.Image:
+    """Bytes -> a PIL image whose header is read and whose pixel count is checked, not yet decoded."""
     try:
         picture = Image.open(io.BytesIO(data))
         width, height = picture.size
@@ -133,6 +138,11 @@ def open_image(data: bytes, limits: ImageLimits, param: str) -> Image.Image:
     if width * height > limits.max_pixels:
         raise APIError(413, f"the image is {width} x {height} = {width * height:,} pixels; this server takes at "
                        f"most {limits.max_pixels:,} (--max-image-pixels)", param=param, code="image_too_large")
+    return picture
+
+
+def decode_pixels(picture: Image.Image, param: str) -> Image.Image:
+    """The pixels of an image whose header ``read_header`` checked, upright."""
     try:
         picture.load()
         # Upright as a browser shows it (a phone photo's EXIF orientation), so that boxes match the view.
@@ -140,6 +150,11 @@ def open_image(data: bytes, limits: ImageLimits, param: str) -> Image.Image:
     except Exception as error:
         raise bad_request(f"the image cannot be decoded: {type(error).__name__}: {error}", param=param,
                           code="invalid_image") from None
+
+
+def open_image(data: bytes, limits: ImageLimits, param: str) -> Image.Image:
+    """Bytes -> a decoded PIL image; the pixel count is checked from the header first."""
+    return decode_pixels(read_header(data, limits, param), param)
 
 
 async def load_image(source, limits: ImageLimits, param: str, *, bare_base64: bool) -> Image.Image:
@@ -159,8 +174,12 @@ async def load_image(source, limits: ImageLimits, param: str, *, bare_base64: bo
     else:
         raise bad_request("the image must be a data: URL (data:image/png;base64,...) or an http(s) URL",
                           param=param, code="invalid_image")
+    picture = read_header(data, limits, param)
+    width, height = picture.size
+    if width * height <= INLINE_DECODE_PIXELS:
+        return decode_pixels(picture, param)
     # Decoding a large image takes long enough to hold up every other request on the loop.
-    return await asyncio.to_thread(open_image, data, limits, param)
+    return await asyncio.to_thread(decode_pixels, picture, param)
 
 
 def image_limits(max_bytes: int, max_pixels: int, url_hosts: Optional[str], url_timeout_s: float) -> ImageLimits:
