@@ -48,6 +48,7 @@ import math
 import os
 import re
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -411,8 +412,21 @@ class TransformersRunner:
                 "tokens": [row[:new_tokens] for row in out[:, length:].tolist()]}
 
 
+class Stopped(BaseException):
+    """SIGTERM arrived: the worker reports the cases it finished (not an Exception: no case failed)."""
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped()
+
+
 def worker_main(spec: Dict) -> int:
-    """In a fresh process: load one peer, run every case (warm-up, then the timed runs); JSON on stdout."""
+    """In a fresh process: load one peer, run every case (warm-up, then the timed runs); JSON on stdout.
+
+    SIGTERM stops it between two steps of its work: the cases it finished are reported, the others
+    listed as not run (so a peer that would run past the time one can give it still counts).
+    """
+    signal.signal(signal.SIGTERM, _raise_stopped)
     threads = spec["threads"]
     if spec["peer"] != "engine":
         import torch
@@ -424,10 +438,14 @@ def worker_main(spec: Dict) -> int:
     report["load_s"] = round(time.perf_counter() - t0, 2)
     report["rss_after_load_mb"] = _rss_mb()
     started = time.perf_counter()
+    stopped_at = None
     for index, (batch, beams) in enumerate(spec["cases"]):
         name = case_name(batch, beams)
         warmup = spec["warmup"] if index == 0 or not spec["warmup_once"] else 0
         budget = spec.get("budget_s")
+        if stopped_at is not None:
+            report["not_run"][name] = f"not run: the peer was stopped (SIGTERM) after {stopped_at:.0f} s of cases"
+            continue
         if budget is not None and time.perf_counter() - started > budget:
             report["not_run"][name] = f"not run: this peer's time budget ({budget:.0f} s) was spent"
             continue
@@ -443,6 +461,10 @@ def worker_main(spec: Dict) -> int:
                     report.setdefault("warmup_ms", {})[name] = round(res["wall_ms"], 1)
                 _log(f"  [{spec['label']}] {name} run {r + 1}/{warmup + spec['repeats']}: "
                      f"TTFT {res['ttft_ms']:.0f} ms, total {res['total_ms']:.0f} ms")
+        except Stopped:
+            stopped_at = time.perf_counter() - started
+            report["not_run"][name] = f"not run: the peer was stopped (SIGTERM) after {stopped_at:.0f} s of cases"
+            continue
         except Exception as error:
             report["failed"][name] = f"{type(error).__name__}: {error}"
             _log(traceback.format_exc())

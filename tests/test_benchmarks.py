@@ -684,3 +684,33 @@ def test_full_size_bad_arguments_fail_cleanly(tmp_path, capsys):
     assert paligemma_full_size.main([str(tmp_path), "--engine-dtypes", "float64"]) == 2
     assert paligemma_full_size.main([]) == 2
     assert "unknown case" in capsys.readouterr().err
+
+
+def test_full_size_worker_stopped_reports_the_cases_it_finished(full_size_run, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from pali_engine.benchmarks import paligemma_full_size as full_size
+    from pali_engine.export.paligemma.checkpoint import read_config, read_tokenizer
+
+    _, _, _, root, _ = full_size_run
+    hf_dir = str(root / "hf")
+    inputs = str(tmp_path / "inputs.npz")
+    full_size.prepare_inputs(read_config(hf_dir), read_tokenizer(hf_dir), 2, 0, inputs)
+    spec = {"peer": "engine", "dtype": "float32", "label": "engine float32", "onnx": str(root / "hf.onnx"),
+            "hf_dir": hf_dir, "inputs": inputs, "threads": 1, "cases": [[1, 1], [2, 2], [2, 1]],
+            "new_tokens": 4, "warmup": 0, "warmup_once": True, "repeats": 50, "budget_s": None}
+    # b1-greedy finishes; b2-beam2 is stopped after its first run, long before its 50th
+    worker = subprocess.Popen([sys.executable, "-m", "pali_engine.benchmarks.paligemma_full_size", "--worker",
+                               json.dumps(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in worker.stderr:
+        if "b2-beam2 run 1/" in line:
+            worker.send_signal(signal.SIGTERM)
+            break
+    out, _ = worker.communicate(timeout=60)
+    assert worker.returncode == 0
+    report = json.loads(out.strip().splitlines()[-1])
+    assert list(report["cases"]) == ["b1-greedy"] and len(report["cases"]["b1-greedy"]) == 50
+    assert set(report["not_run"]) == {"b2-beam2", "b2-greedy"}
+    assert all("stopped (SIGTERM)" in why for why in report["not_run"].values())
