@@ -1,5 +1,6 @@
-"""The benchmark harness (its --quick path on the tiny model, with whatever peers are installed)
-and the mapping of the text model onto transformers' T5."""
+"""The benchmark harness (its --quick path on the tiny model, with whatever peers are installed),
+the mapping of the text model onto transformers' T5, and the full-size PaliGemma benchmark on a tiny
+PaliGemma 2 checkpoint."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from export_fixtures import tiny_model  # noqa: E402
+from paligemma_fixtures import build_checkpoint, tokenizer_path  # noqa: E402,F401 (a fixture)
 
 from pali_engine.export import hf_t5  # noqa: E402
 
@@ -578,3 +580,138 @@ def test_contention_benchmark_runs_every_condition(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["command"].startswith("python -m pali_engine.benchmarks.contention --threads 1")
     assert "| engine int8 | 1 |" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------
+# the full-size PaliGemma benchmark, on a tiny PaliGemma 2 checkpoint
+
+FULL_SIZE_SUMMARY_KEYS = {"model", "peer", "precision", "case", "ms_per_token", "floor_ms_per_token", "ttft_ms",
+                          "floor_ttft_ms", "peak_rss_mb", "weights_mb"}
+
+
+@pytest.fixture(scope="module")
+def full_size_run(tmp_path_factory, tokenizer_path):  # noqa: F811 (the fixture imported above)
+    pytest.importorskip("transformers")
+    if not _native_engine_available():
+        pytest.skip("the native engine is not built")
+    import contextlib
+    import io
+
+    from pali_engine.benchmarks import paligemma_full_size
+
+    root = tmp_path_factory.mktemp("full-size")
+    model, _ = build_checkpoint(2, str(root / "hf"), tokenizer_path)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = paligemma_full_size.main([str(root / "hf"), "--threads", "2", "--cases", "b1-greedy,b2-beam2",
+                                       "--new-tokens", "4", "--repeats", "1", "--warmup", "1", "--warmup-once",
+                                       "--engine-dtypes", "float32,bfloat16,int8,int4",
+                                       "--transformers-dtypes", "float32", "--quick-floors",
+                                       "--out-dir", str(root / "out")])
+    files = sorted(glob.glob(str(root / "out" / "paligemma-full-size-*.json")))
+    return rc, buf.getvalue(), files, root, model
+
+
+def test_full_size_run_converts_and_reports_every_peer(full_size_run):
+    rc, text, files, root, _ = full_size_run
+    assert rc == 0
+    assert os.path.isfile(root / "hf.onnx")  # converted, since it was missing
+    assert len(files) == 1
+    result = json.load(open(files[0]))
+    assert result["command"].startswith("python -m pali_engine.benchmarks.paligemma_full_size hf --threads 2")
+    assert "cpu_flags" in result["machine"] and result["versions"]["pali-engine"]
+    assert set(result["peers"]) == {"engine float32", "engine bfloat16", "engine int8", "engine int4",
+                                    "transformers float32"}
+    for name, peer in result["peers"].items():
+        assert peer["failed"] == {} and peer["not_run"] == {}, name
+        assert peer["load_s"] > 0 and peer["peak_rss_mb"] >= peer["rss_after_load_mb"] > 0, name
+        for case in ("b1-greedy", "b2-beam2"):
+            stats = peer["cases"][case]
+            assert stats["steps"] == 4, (name, case)
+            for metric in ("vision_ms", "ttft_ms", "ms_per_token", "total_ms", "tokens_per_s"):
+                assert 0 < stats[metric]["min"] <= stats[metric]["median"] <= stats[metric]["max"], (name, metric)
+            assert stats["ttft_ms"]["median"] < stats["total_ms"]["median"]
+    assert any(name.startswith("onnxruntime split graphs") and why.startswith("not run:")
+               for name, why in result["not_run"].items())
+    assert len(result["summary"]) == 2 * 5
+    for row in result["summary"]:
+        assert set(row) == FULL_SIZE_SUMMARY_KEYS
+        assert row["model"] == result["model"]["name"]
+        assert row["floor_ms_per_token"] > 0 and row["floor_ttft_ms"] > 0 and row["weights_mb"] > 0
+    assert "| engine | int4 | b2-beam2 |" in text and "| transformers | float32 | b1-greedy |" in text
+    assert "onnxruntime split graphs" in text
+    assert not glob.glob(str(root / "out" / "*.npz"))  # the inputs file is removed
+
+
+def test_full_size_engine_answers_as_transformers(full_size_run):
+    _, _, files, _, _ = full_size_run
+    agreement = json.load(open(files[0]))["agreement"]
+    assert agreement["reference"] == "transformers float32"
+    assert agreement["cases"]["b1-greedy"]["engine float32"] == "1/1"
+    assert agreement["cases"]["b2-beam2"]["engine float32"] == "2/2"
+
+
+def test_full_size_plot(full_size_run):
+    pytest.importorskip("matplotlib")
+    _, _, files, _, _ = full_size_run
+    png = files[0][:-len(".json")] + ".png"
+    assert os.path.getsize(png) > 1000
+
+
+def test_full_size_parameter_counts_and_weight_bytes(full_size_run):
+    from pali_engine._core import ops
+    from pali_engine.benchmarks import paligemma_full_size as full_size
+    from pali_engine.export.paligemma.checkpoint import read_config
+
+    _, _, _, root, model = full_size_run
+    sizes = full_size.model_sizes(read_config(str(root / "hf")))
+    assert sizes["parameters"] == sum(p.numel() for p in model.parameters())  # the tied head counted once
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    conv = model.model.vision_tower.embeddings.patch_embedding.weight.numel()
+    assert sizes["vision_matmul"] + sizes["language_matmul"] + np.prod(sizes["head"]) == linear + conv
+    # the packed weights the engine streams: the formula without its scales
+    n, k = 64, 256
+    weight = np.random.default_rng(0).standard_normal((n, k), dtype=np.float32)
+    for precision, fmt, scale_bytes in (("float32", "f32", 0), ("bfloat16", "bf16", 0), ("int8", "i8", 4 * n),
+                                        ("int4", "i4", 2 * n * k // 32), ("int4_g128", "i4_g128", 2 * n * k // 128)):
+        packed = ops.prepare_linear(weight, None, fmt).weight_bytes
+        assert full_size.bytes_per_parameter(precision, k) * n * k == packed + scale_bytes, precision
+
+
+def test_full_size_bad_arguments_fail_cleanly(tmp_path, capsys):
+    from pali_engine.benchmarks import paligemma_full_size
+
+    assert paligemma_full_size.main([str(tmp_path), "--cases", "b1-sampling"]) == 2
+    assert paligemma_full_size.main([str(tmp_path), "--engine-dtypes", "float64"]) == 2
+    assert paligemma_full_size.main([]) == 2
+    assert "unknown case" in capsys.readouterr().err
+
+
+def test_full_size_worker_stopped_reports_the_cases_it_finished(full_size_run, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from pali_engine.benchmarks import paligemma_full_size as full_size
+    from pali_engine.export.paligemma.checkpoint import read_config, read_tokenizer
+
+    _, _, _, root, _ = full_size_run
+    hf_dir = str(root / "hf")
+    inputs = str(tmp_path / "inputs.npz")
+    full_size.prepare_inputs(read_config(hf_dir), read_tokenizer(hf_dir), 2, 0, inputs)
+    spec = {"peer": "engine", "dtype": "float32", "label": "engine float32", "onnx": str(root / "hf.onnx"),
+            "hf_dir": hf_dir, "inputs": inputs, "threads": 1, "cases": [[1, 1], [2, 2], [2, 1]],
+            "new_tokens": 4, "warmup": 0, "warmup_once": True, "repeats": 50, "budget_s": None}
+    # b1-greedy finishes; b2-beam2 is stopped after its first run, long before its 50th
+    worker = subprocess.Popen([sys.executable, "-m", "pali_engine.benchmarks.paligemma_full_size", "--worker",
+                               json.dumps(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in worker.stderr:
+        if "b2-beam2 run 1/" in line:
+            worker.send_signal(signal.SIGTERM)
+            break
+    out, _ = worker.communicate(timeout=60)
+    assert worker.returncode == 0
+    report = json.loads(out.strip().splitlines()[-1])
+    assert list(report["cases"]) == ["b1-greedy"] and len(report["cases"]["b1-greedy"]) == 50
+    assert set(report["not_run"]) == {"b2-beam2", "b2-greedy"}
+    assert all("stopped (SIGTERM)" in why for why in report["not_run"].values())
