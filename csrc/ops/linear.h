@@ -91,6 +91,17 @@ struct LinearWeight {
   }
   // Bytes of one packed panel.
   int64_t panel_bytes() const { return packed_k() * kLinearPanel * weight_format_bits(format) / 8; }
+  // The packed bytes of panel p.
+  const unsigned char* panel(int64_t p) const {
+    return static_cast<const unsigned char*>(packed.raw()) + p * panel_bytes();
+  }
+  // The inputs one partial sum of the kernels covers: an i4 group, else all of K (as packed).
+  int64_t sum_group() const { return is_int4(format) ? int4_group_size(format) : packed_k(); }
+  // i4: the float16 scale bits of panel p, [groups][16]; null for the other formats.
+  const uint16_t* group_scales(int64_t p) const {
+    if (!is_int4(format)) return nullptr;
+    return static_cast<const uint16_t*>(scales.raw()) + p * (packed_k() / sum_group()) * kLinearPanel;
+  }
   // Bytes of packed weights (what a decode step streams), scales and bias excluded.
   size_t weight_bytes() const { return packed.nbytes(); }
 };

@@ -185,20 +185,14 @@ PALI_INLINE_AVX512 void gemv_rows(int64_t rows, const float* x, int64_t ldx, con
 template <WeightFormat F>
 PALI_AVX512 void gemv_panels(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, int64_t pb, int64_t pe,
                              float* y, int64_t ldy, bool accumulate) {
-  const auto* packed = static_cast<const unsigned char*>(w.packed.raw());
   const float* bias = w.has_bias ? w.bias.data<float>() : nullptr;
   const float* oscale = F == WeightFormat::i8 ? w.scales.data<float>() : nullptr;
-  const int64_t group = is_int4(F) ? int4_group_size(F) : w.packed_k();
-  const int64_t groups = w.packed_k() / group;
-  const auto* gscales = is_int4(F) ? static_cast<const uint16_t*>(w.scales.raw()) : nullptr;
-  const int64_t panel_bytes = w.panel_bytes();
   for (int64_t p = pb; p < pe; ++p) {
     const PanelOut o{oscale ? oscale + p * P : nullptr, bias ? bias + p * P : nullptr,
                      static_cast<int>(std::min<int64_t>(P, w.n - p * P)), accumulate};
-    const uint16_t* gs = gscales ? gscales + p * groups * P : nullptr;
     for (int64_t r0 = 0; r0 < m; r0 += 8)
-      gemv_rows<F, 8>(m - r0, x + r0 * ldx, ldx, packed + p * panel_bytes, w.k, group, gs, y + r0 * ldy + p * P,
-                      ldy, o);
+      gemv_rows<F, 8>(m - r0, x + r0 * ldx, ldx, w.panel(p), w.k, w.sum_group(), w.group_scales(p),
+                      y + r0 * ldy + p * P, ldy, o);
   }
 }
 
@@ -262,12 +256,12 @@ PALI_INLINE_AVX512 void micro_f32_rows(int64_t rows, const float* a, int64_t lda
 template <WeightFormat F>
 PALI_INLINE_AVX512 const float* slice_f32(const LinearWeight& w, int64_t p, int64_t k0, int64_t kc, float* scratch) {
   using S = Step<F>;
-  const auto* panel = static_cast<const unsigned char*>(w.packed.raw()) + p * w.panel_bytes();
+  const unsigned char* panel = w.panel(p);
   if constexpr (F == WeightFormat::f32) {
     return reinterpret_cast<const float*>(panel) + k0 * P;
   } else {
     const int64_t group = is_int4(F) ? int4_group_size(F) : 0;
-    const auto* gscales = group ? static_cast<const uint16_t*>(w.scales.raw()) + p * (w.packed_k() / group) * P : nullptr;
+    const uint16_t* gscales = w.group_scales(p);
     __m512 scale = F == WeightFormat::i8 ? _mm512_load_ps(w.scales.data<float>() + p * P) : _mm512_set1_ps(1.0f);
     for (int64_t kk = 0; kk < kc; kk += S::kSpan) {
       if (group && (k0 + kk) % group == 0)
@@ -386,12 +380,12 @@ PALI_INLINE_AVX512_BF16 void micro_bf16_rows(int64_t rows, const uint32_t* a, in
 template <WeightFormat F>
 PALI_INLINE_AVX512_BF16 const unsigned char* slice_bf16_pairs(const LinearWeight& w, int64_t p, int64_t q0,
                                                               int64_t kp, uint32_t* scratch) {
-  const auto* panel = static_cast<const unsigned char*>(w.packed.raw()) + p * w.panel_bytes();
+  const unsigned char* panel = w.panel(p);
   if constexpr (F == WeightFormat::bf16) {
     return panel + q0 * 64;
   } else {
     const int64_t group = int4_group_size(F);
-    const auto* gscales = static_cast<const uint16_t*>(w.scales.raw()) + p * (w.packed_k() / group) * P;
+    const uint16_t* gscales = w.group_scales(p);
     // [e0..e15 | o0..o15] -> (e_j, o_j) in 32-bit lane j.
     alignas(64) static constexpr uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
                                                              21, 6, 22, 7, 23, 8,  24, 9,  25, 10, 26,

@@ -439,13 +439,13 @@ void linear_weight_row(const LinearWeight& w, int64_t row, float* out) {
       break;
     }
     default: {
-      const int64_t group = int4_group_size(w.format);
-      const uint8_t* panel = w.packed.data<uint8_t>() + p * (k_pad / 2) * P;
-      const Half* scales = w.scales.data<Half>() + p * (k_pad / group) * P;
+      const int64_t group = w.sum_group();
+      const unsigned char* panel = w.panel(p);
+      const uint16_t* scales = w.group_scales(p);
       for (int64_t kk = 0; kk < w.k; ++kk) {
         const uint8_t byte = panel[panel_offset(w.format, j, kk)];
         const int q = (kk % 2 ? byte >> 4 : byte & 0x0F) - 8;
-        out[kk] = static_cast<float>(q) * half_to_float(scales[(kk / group) * P + j].bits);
+        out[kk] = static_cast<float>(q) * half_to_float(scales[(kk / group) * P + j]);
       }
       break;
     }
@@ -703,23 +703,17 @@ PALI_ALWAYS_INLINE void gemv_pair_panel(const float* x, int64_t ldx, const unsig
 template <WeightFormat F>
 void gemv_pair_rows(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y, int64_t ldy,
                     bool accumulate) {
-  const auto* packed = static_cast<const unsigned char*>(w.packed.raw());
   const float* bias = w.has_bias ? w.bias.data<float>() : nullptr;
-  const bool grouped = is_int4(F);
-  const int64_t group = grouped ? int4_group_size(F) : w.packed_k();
-  const int64_t groups = w.packed_k() / group;
-  const auto* scales = grouped ? reinterpret_cast<const uint16_t*>(w.scales.raw()) : nullptr;
-  const int64_t panel_bytes = w.panel_bytes();
-  const int64_t grain = std::max<int64_t>(1, (64 << 10) / std::max<int64_t>(panel_bytes, 1));
+  const int64_t grain = std::max<int64_t>(1, (64 << 10) / std::max<int64_t>(w.panel_bytes(), 1));
   parallel_for(0, w.num_panels(), grain, [&](int64_t pb, int64_t pe) {
     for (int64_t p = pb; p < pe; ++p) {
       const int nvalid = static_cast<int>(std::min<int64_t>(P, w.n - p * P));
       const float* bp = bias ? bias + p * P : nullptr;
-      const uint16_t* sp = scales ? scales + p * groups * P : nullptr;
       for (int64_t r0 = 0; r0 < m; r0 += 4)
         dispatch_rows<4>(m - r0, [&](auto rows) {
-          gemv_pair_panel<F, decltype(rows)::value>(x + r0 * ldx, ldx, packed + p * panel_bytes, w.k, group, sp,
-                                                    y + r0 * ldy + p * P, ldy, nvalid, bp, accumulate);
+          gemv_pair_panel<F, decltype(rows)::value>(x + r0 * ldx, ldx, w.panel(p), w.k, w.sum_group(),
+                                                    w.group_scales(p), y + r0 * ldy + p * P, ldy, nvalid, bp,
+                                                    accumulate);
         });
     }
   });
@@ -805,7 +799,7 @@ inline void micro_dispatch(int64_t mr, const float* a, int64_t lda, const float*
 template <WeightFormat F>
 inline const float* panel_slice(const LinearWeight& w, int64_t p, int64_t k0, int64_t kc,
                                 float* scratch) {
-  const auto* panel = static_cast<const unsigned char*>(w.packed.raw()) + p * w.panel_bytes();
+  const unsigned char* panel = w.panel(p);
   if constexpr (F == WeightFormat::f32) {
     return reinterpret_cast<const float*>(panel) + k0 * P;
   } else if constexpr (F == WeightFormat::f16 || F == WeightFormat::i8) {
@@ -831,8 +825,7 @@ inline const float* panel_slice(const LinearWeight& w, int64_t p, int64_t k0, in
     // Pair formats: kc is even except at the end of K, where the pair's odd
     // half (padding) is not stored.
     const int64_t group = is_int4(F) ? int4_group_size(F) : 0;
-    const uint16_t* scales =
-        group ? reinterpret_cast<const uint16_t*>(w.scales.raw()) + p * (w.packed_k() / group) * P : nullptr;
+    const uint16_t* scales = w.group_scales(p);
     __m256 s0 = _mm256_set1_ps(1.0f), s1 = s0;
     for (int64_t kk = 0; kk < kc; kk += 2) {
       if (group && (k0 + kk) % group == 0) {
@@ -1174,26 +1167,19 @@ template <WeightFormat F, typename L>
 void linear_pair_lanes(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y, int64_t ldy,
                        bool accumulate) {
   constexpr int kRows = L::kWidth > 1 ? 6 : 4;
-  const auto* packed = static_cast<const unsigned char*>(w.packed.raw());
   const float* bias = w.has_bias ? w.bias.data<float>() : nullptr;
-  const bool grouped = is_int4(F);
-  const int64_t group = grouped ? int4_group_size(F) : w.packed_k();
-  const int64_t groups = w.packed_k() / group;
-  const auto* scales = grouped ? reinterpret_cast<const uint16_t*>(w.scales.raw()) : nullptr;
-  const int64_t panels = w.num_panels(), panel_bytes = w.panel_bytes();
   const auto block = [&](int64_t pb, int64_t pe, int64_t rb, int64_t re) {
     for (int64_t p = pb; p < pe; ++p) {
       const int nvalid = static_cast<int>(std::min<int64_t>(P, w.n - p * P));
       for (int64_t r0 = rb; r0 < re; r0 += kRows)
         dispatch_rows<kRows>(re - r0, [&](auto rows) {
-          lane_pair_rows<F, L, decltype(rows)::value>(x + r0 * ldx, ldx, packed + p * panel_bytes, w.k, group,
-                                                      scales ? scales + p * groups * P : nullptr,
-                                                      y + r0 * ldy + p * P, ldy, nvalid,
+          lane_pair_rows<F, L, decltype(rows)::value>(x + r0 * ldx, ldx, w.panel(p), w.k, w.sum_group(),
+                                                      w.group_scales(p), y + r0 * ldy + p * P, ldy, nvalid,
                                                       bias ? bias + p * P : nullptr, accumulate);
         });
     }
   };
-  split_lanes(m, panels, panel_bytes, kRows, block);
+  split_lanes(m, w.num_panels(), w.panel_bytes(), kRows, block);
 }
 
 enum class FloatKernel : int { avx2, avx512, avx512_bf16, neon, portable };
