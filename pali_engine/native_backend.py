@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import numpy as np
 
 from . import _native
-from .backend import Backend, OnToken, PreparedRequest, check_scheduling, check_threads
+from .backend import check_scheduling, check_threads
 from .dtypes import weight_format
 from .errors import ModelFileError
-from .generation import GenerationOptions, Hypothesis
+from .generation import GenerationOptions
+from .native_model_backend import NativeModelBackend
 
 
-class NativeBackend(Backend):
+class NativeBackend(NativeModelBackend):
     def __init__(self, path: str | os.PathLike, *, device: str = "cpu", threads: Optional[int] = None,
                  dtype: str = "float32", info: Optional[Dict[str, Any]] = None,
                  max_batch: Optional[int] = None, max_queue: Optional[int] = None):
@@ -46,9 +47,6 @@ class NativeBackend(Backend):
         except ValueError as error:  # the arguments are checked above: what is left is the file's config
             raise ModelFileError(f"{self.path}: the native engine refuses 'pali.config': {error}") from None
 
-    def scheduler_stats(self) -> Dict[str, int]:
-        return dict(self._model.scheduler_stats())
-
     def _logits(self, pixel_values: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray,
                 decoder_input_ids: np.ndarray) -> np.ndarray:
         """The teacher-forced forward: float32[B, T, V], as the ONNX graph computes it."""
@@ -58,23 +56,5 @@ class NativeBackend(Backend):
         # The options as parsed (a seed of None: the native search draws one).
         return dataclasses.asdict(options)
 
-    def _search(self, pixel_values, input_ids, attention_mask, options: GenerationOptions,
-                on_token: OnToken) -> Tuple[List[List[Hypothesis]], Dict[str, float]]:
-        results, timings = self._model.generate(pixel_values, input_ids, attention_mask,
-                                                self._native_options(options), on_token)
-        return self._hypotheses(results), dict(timings)
-
-    def _hypotheses(self, results) -> List[List[Hypothesis]]:
-        eos = int(self.config["eos_token_id"])
-        return [[Hypothesis(list(tokens) + ([eos] if finished else []), float(score))
-                 for tokens, score, finished in per_input] for per_input in results]
-
-    can_submit = True
-
-    def submit(self, request: PreparedRequest, stream: bool = False):
-        return self._model.submit(request.pixels, request.ids, request.mask, self._native_options(request.options),
-                                  stream)
-
-    def hypotheses(self, pending) -> Tuple[List[List[Hypothesis]], Dict[str, float]]:
-        results, timings = pending.result()
-        return self._hypotheses(results), dict(timings)
+    def _eos_id(self) -> int:
+        return int(self.config["eos_token_id"])

@@ -13,18 +13,19 @@ batching, streaming and results are the shared ones of ``backend.Backend``.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional
 
 import numpy as np
 
 from . import _native
-from .backend import Backend, OnToken, PreparedRequest, check_scheduling, check_threads
+from .backend import check_scheduling, check_threads
 from .dtypes import weight_format
 from .errors import ModelFileError
-from .generation import OPTION_NAMES, GenerationOptions, Hypothesis
+from .generation import OPTION_NAMES, GenerationOptions
+from .native_model_backend import NativeModelBackend
 
 
-class PaliGemmaBackend(Backend):
+class PaliGemmaBackend(NativeModelBackend):
     """A "paligemma" file on the engine's own kernels (CPU)."""
 
     resize_modes = ("stretch",)
@@ -49,35 +50,13 @@ class PaliGemmaBackend(Backend):
         except ValueError as error:
             raise ModelFileError(f"{self.path}: {error}") from None
 
-    def scheduler_stats(self) -> Dict[str, int]:
-        return dict(self._model.scheduler_stats())
-
     def _logits(self, pixel_values, input_ids, attention_mask, token_type_ids) -> np.ndarray:
         return self._model.forward(pixel_values, input_ids, attention_mask, token_type_ids)
 
-    def _search(self, pixel_values, input_ids, attention_mask, options: GenerationOptions,
-                on_token: OnToken) -> Tuple[List[List[Hypothesis]], Dict[str, float]]:
-        results, timings = self._model.generate(pixel_values, input_ids, attention_mask,
-                                                self._native_options(options), on_token)
-        return self._hypotheses(results), dict(timings)
-
-    @staticmethod
-    def _native_options(options: GenerationOptions) -> dict:
+    def _native_options(self, options: GenerationOptions) -> dict:
         native = {name: getattr(options, name) for name in OPTION_NAMES if name != "seed"}
         native["seed"] = options.seed if options.seed is not None else int.from_bytes(os.urandom(8), "little")
         return native
 
-    def _hypotheses(self, results) -> List[List[Hypothesis]]:
-        eos = self.processor.eos_id
-        return [[Hypothesis(list(tokens) + ([eos] if finished else []), float(score))
-                 for tokens, score, finished in per_input] for per_input in results]
-
-    can_submit = True
-
-    def submit(self, request: PreparedRequest, stream: bool = False):
-        return self._model.submit(request.pixels, request.ids, request.mask, self._native_options(request.options),
-                                  stream)
-
-    def hypotheses(self, pending) -> Tuple[List[List[Hypothesis]], Dict[str, float]]:
-        results, timings = pending.result()
-        return self._hypotheses(results), dict(timings)
+    def _eos_id(self) -> int:
+        return self.processor.eos_id
