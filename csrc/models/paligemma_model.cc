@@ -63,13 +63,13 @@ void PaliGemmaModel::build(WeightStore& weights) {
   const Tensor stored = weights.raw(embedding_name, {t.vocab_size, t.hidden_size});
   // Tied to an output layer of float weights, the table is read back from it
   // (embed()): no second copy of the largest tensor (1.2 GB in bfloat16 at
-  // 3B). Quantized, the inputs keep the checkpoint's precision from a copy,
-  // bfloat16 as the released checkpoints store it (else float32): the tokens'
-  // embeddings would move by a step of int8 or int4 too.
-  if (!config_.tie_word_embeddings || stored.dtype() != DType::bf16)
-    embedding_ = embeds_from_head() ? Tensor() : weights.f32(embedding_name, {t.vocab_size, t.hidden_size});
-  else if (!embeds_from_head() && !weights.listing())
-    embedding_ = stored.clone();
+  // 3B). Otherwise (untied, or quantized: the tokens' embeddings would move by
+  // a step of int8 or int4 too) the table is a copy in the checkpoint's
+  // precision: bfloat16 as the released checkpoints store it, else float32.
+  if (!embeds_from_head())
+    embedding_ = stored.dtype() == DType::bf16 && !weights.listing()
+                     ? stored.clone()
+                     : weights.f32(embedding_name, {t.vocab_size, t.hidden_size});
   vision_ = std::make_unique<VisionTower>(siglip_spec(config_), weights, format_);
   decoder_ = std::make_unique<GemmaDecoder>(config_.text, weights, "model.language_model.", stored,
                                             config_.tie_word_embeddings, format_);
