@@ -11,10 +11,11 @@ from typing import Dict
 
 from . import _native
 
+_TABLE = _native.core_for("cpu").engine_dtypes()
 #: dtype name -> weight format of the native linear layers, the default first.
-WEIGHT_FORMATS: Dict[str, str] = {name: fmt for name, fmt, _ in _native.core_for("cpu").engine_dtypes()}
+WEIGHT_FORMATS: Dict[str, str] = {name: fmt for name, fmt, _ in _TABLE}
 #: dtype name -> what it means, for help texts.
-DTYPE_DOCS: Dict[str, str] = {name: doc for name, _, doc in _native.core_for("cpu").engine_dtypes()}
+DTYPE_DOCS: Dict[str, str] = {name: doc for name, _, doc in _TABLE}
 DTYPES = tuple(WEIGHT_FORMATS)
 
 
