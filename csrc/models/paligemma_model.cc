@@ -67,9 +67,8 @@ void PaliGemmaModel::build(WeightStore& weights) {
   // a step of int8 or int4 too) the table is a copy in the checkpoint's
   // precision: bfloat16 as the released checkpoints store it, else float32.
   if (!embeds_from_head())
-    embedding_ = stored.dtype() == DType::bf16 && !weights.listing()
-                     ? stored.clone()
-                     : weights.f32(embedding_name, {t.vocab_size, t.hidden_size});
+    embedding_ = stored.dtype() == DType::bf16 ? weights.copy(stored)
+                                               : weights.f32(embedding_name, {t.vocab_size, t.hidden_size});
   vision_ = std::make_unique<VisionTower>(siglip_spec(config_), weights, format_);
   decoder_ = std::make_unique<GemmaDecoder>(config_.text, weights, "model.language_model.", stored,
                                             config_.tie_word_embeddings, format_);

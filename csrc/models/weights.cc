@@ -1,5 +1,6 @@
 #include "models/weights.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "core/error.h"
@@ -17,14 +18,19 @@ int64_t first_non_finite(const void* data, int64_t count, Bits exponent_mask) {
   return -1;
 }
 
-int64_t first_non_finite(const Tensor& t) {
-  switch (t.dtype()) {
-    case DType::f32: return first_non_finite<uint32_t>(t.raw(), t.numel(), 0x7f800000u);
-    case DType::f16: return first_non_finite<uint16_t>(t.raw(), t.numel(), 0x7c00u);
-    case DType::bf16: return first_non_finite<uint16_t>(t.raw(), t.numel(), 0x7f80u);
+int64_t first_non_finite(const void* data, DType dtype, int64_t count) {
+  switch (dtype) {
+    case DType::f32: return first_non_finite<uint32_t>(data, count, 0x7f800000u);
+    case DType::f16: return first_non_finite<uint16_t>(data, count, 0x7c00u);
+    case DType::bf16: return first_non_finite<uint16_t>(data, count, 0x7f80u);
     default: return -1;
   }
 }
+
+// Tensors above this size are scanned, copied and packed in chunks whose file
+// pages are dropped as they go; smaller ones are released whole once used.
+constexpr size_t kLargeTensorBytes = size_t{64} << 20;
+constexpr size_t kChunkBytes = size_t{16} << 20;
 
 }  // namespace
 
@@ -46,7 +52,16 @@ Tensor WeightStore::raw(const std::string& name, const Shape& shape) {
   used_.insert(name);
   Tensor t = file_->tensor(name);
   // A NaN or infinite weight makes every answer garbage: refuse the file.
-  const int64_t bad = first_non_finite(t);
+  int64_t bad = -1;
+  const size_t element = dtype_size(t.dtype());
+  const int64_t chunk = static_cast<int64_t>(kChunkBytes / element);
+  for (int64_t begin = 0; begin < t.numel() && bad < 0; begin += chunk) {
+    const auto* p = static_cast<const unsigned char*>(t.raw()) + static_cast<size_t>(begin) * element;
+    const int64_t n = std::min(chunk, t.numel() - begin);
+    const int64_t at = first_non_finite(p, t.dtype(), n);
+    if (at >= 0) bad = begin + at;
+    if (t.nbytes() > kLargeTensorBytes) file_->release_bytes(p, static_cast<size_t>(n) * element);
+  }
   if (bad >= 0) {
     file_->check_unchanged();
     throw ModelFileError(str_cat(path(), ": tensor '", name, "' holds a non-finite value (NaN or infinity) at ",
@@ -61,14 +76,33 @@ Tensor WeightStore::f32(const std::string& name, const Shape& shape) {
   // Always a copy the model owns, so that the model does not keep the file mapped.
   Tensor out = Tensor::empty(DType::f32, shape);
   float* dst = out.data<float>();
-  if (t.dtype() == DType::f32) {
-    std::memcpy(dst, t.raw(), t.numel() * sizeof(float));
-  } else {
-    const uint16_t* src = static_cast<const uint16_t*>(t.raw());
-    const bool half = t.dtype() == DType::f16;
-    for (int64_t i = 0; i < t.numel(); ++i) dst[i] = half ? half_to_float(src[i]) : bfloat16_to_float(src[i]);
+  const int64_t chunk = static_cast<int64_t>(kChunkBytes / dtype_size(t.dtype()));
+  for (int64_t begin = 0; begin < t.numel(); begin += chunk) {
+    const int64_t n = std::min(chunk, t.numel() - begin);
+    const size_t bytes = static_cast<size_t>(n) * dtype_size(t.dtype());
+    const auto* src = static_cast<const unsigned char*>(t.raw()) + static_cast<size_t>(begin) * dtype_size(t.dtype());
+    if (t.dtype() == DType::f32) {
+      std::memcpy(dst + begin, src, bytes);
+    } else {
+      const auto* bits = reinterpret_cast<const uint16_t*>(src);
+      const bool half = t.dtype() == DType::f16;
+      for (int64_t i = 0; i < n; ++i) dst[begin + i] = half ? half_to_float(bits[i]) : bfloat16_to_float(bits[i]);
+    }
+    file_->release_bytes(src, bytes);
   }
-  file_->release(name);
+  return out;
+}
+
+Tensor WeightStore::copy(const Tensor& stored) {
+  if (listing()) return stored;
+  Tensor out = Tensor::empty(stored.dtype(), stored.shape());
+  const auto* src = static_cast<const unsigned char*>(stored.raw());
+  auto* dst = static_cast<unsigned char*>(out.raw_mutable());
+  for (size_t begin = 0; begin < stored.nbytes(); begin += kChunkBytes) {
+    const size_t n = std::min(kChunkBytes, stored.nbytes() - begin);
+    std::memcpy(dst + begin, src + begin, n);
+    release_bytes(src + begin, n);
+  }
   return out;
 }
 
@@ -88,7 +122,8 @@ LinearWeight WeightStore::linear_concat(const std::vector<std::string>& weights,
   std::vector<const Tensor*> wp, bp;
   for (const auto& t : ws) wp.push_back(&t);
   for (const auto& t : bs) bp.push_back(&t);
-  LinearWeight packed = prepare_linear_concat(wp, bp, format, &arena_, format == WeightFormat::i8);
+  LinearWeight packed = prepare_linear_concat(wp, bp, format, &arena_, format == WeightFormat::i8,
+                                              [this](const void* p, size_t n) { release_bytes(p, n); });
   for (const auto& name : weights) file_->release(name);
   for (const auto& name : biases) file_->release(name);
   return packed;
@@ -96,11 +131,16 @@ LinearWeight WeightStore::linear_concat(const std::vector<std::string>& weights,
 
 LinearWeight WeightStore::prepare(const Tensor& weight, const Tensor* bias, WeightFormat format) {
   if (listing()) return {};
-  return prepare_linear(weight, bias, format, &arena_, format == WeightFormat::i8);
+  return prepare_linear(weight, bias, format, &arena_, format == WeightFormat::i8,
+                        [this](const void* p, size_t n) { release_bytes(p, n); });
 }
 
 void WeightStore::release(const std::string& name) const {
   if (!listing()) file_->release(name);
+}
+
+void WeightStore::release_bytes(const void* p, size_t n) const {
+  if (!listing()) file_->release_bytes(p, n);
 }
 
 void WeightStore::check_all_used() const {

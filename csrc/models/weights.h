@@ -39,8 +39,10 @@ class WeightStore {
 
   // The tensor as stored (any float dtype), checked against `shape`.
   Tensor raw(const std::string& name, const Shape& shape);
-  // The tensor converted to a float32 CPU tensor (a view when already float32 and aligned).
+  // The tensor converted to a float32 CPU tensor the model owns.
   Tensor f32(const std::string& name, const Shape& shape);
+  // A copy of a tensor taken with raw(), in memory the model owns.
+  Tensor copy(const Tensor& stored);
   // A linear layer's weight [out, in] (and bias [out] when `bias` is non-empty),
   // prepared as prepare() does.
   LinearWeight linear(const std::string& weight, int64_t out, int64_t in, const std::string& bias,
@@ -59,6 +61,10 @@ class WeightStore {
   // Drops the resident pages of a tensor taken with raw() once the model holds
   // what it derived from it (no-op for a listing store).
   void release(const std::string& name) const;
+  // The same for n bytes of such a tensor: copying, converting and packing
+  // drop the pages of what they have read as they go, so that loading never
+  // holds a large tensor of the file resident beside its copy.
+  void release_bytes(const void* p, size_t n) const;
 
  private:
   std::shared_ptr<const onnx::OnnxFile> file_;

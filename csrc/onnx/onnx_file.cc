@@ -449,4 +449,10 @@ void OnnxFile::release(const std::string& name) const {
   if (info.location != DataLocation::typed && info.file) info.file->release(info.bytes, info.size);
 }
 
+void OnnxFile::release_bytes(const void* p, size_t n) const {
+  // MappedFile::release ignores ranges outside its own mapping.
+  file_->release(p, n);
+  for (const auto& [location, file] : external_files_) file->release(p, n);
+}
+
 }  // namespace pali::onnx

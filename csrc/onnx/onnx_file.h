@@ -63,6 +63,10 @@ class OnnxFile {
   // Drops the resident pages of the tensor's bytes (MappedFile::release); views
   // of it stay valid. Call when the values have been copied elsewhere.
   void release(const std::string& name) const;
+  // The same for n bytes at p, part of a tensor's values read from a mapping
+  // (a no-op for memory that is not): packing a large tensor drops its pages
+  // as it goes.
+  void release_bytes(const void* p, size_t n) const;
   // Throws ModelFileError when the file or one of its external data files
   // changed since it was opened (MappedFile::check_unchanged). Call after
   // copying what was read from the mappings.

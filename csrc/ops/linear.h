@@ -37,6 +37,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -125,12 +126,20 @@ class PackedArena {
   size_t size_ = 0;
 };
 
+// Told of source bytes (a run of whole rows of one weight) once they are
+// packed: the packing goes in waves of about 64 MB of rows, so that a caller
+// reading the weights from a mapped file can drop each wave's pages while the
+// rest is packed, and a 1.2 GB embedding never stays resident beside its
+// packed copy.
+using ConsumedBytes = std::function<void(const void* bytes, size_t n)>;
+
 // Prepares a weight [N, K] (float32, float16 or bfloat16, CPU) and an optional
 // bias [N] (same dtypes) for linear(). Throws InvalidArgument on bad shapes/dtypes,
 // and for int8_activations with a format other than i8.
 // With an arena, small packed weights go into it (see PackedArena).
 LinearWeight prepare_linear(const Tensor& weight, const Tensor* bias, WeightFormat format,
-                            PackedArena* arena = nullptr, bool int8_activations = false);
+                            PackedArena* arena = nullptr, bool int8_activations = false,
+                            const ConsumedBytes& consumed = {});
 
 // Concatenates several weights [N_i, K] along N at prepare time (fused QKV, or
 // wi_0 + wi_1 of a gated FFN): the result computes [y_0 | y_1 | ...] along N.
@@ -140,7 +149,7 @@ LinearWeight prepare_linear(const Tensor& weight, const Tensor* bias, WeightForm
 LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
                                    const std::vector<const Tensor*>& biases,
                                    WeightFormat format, PackedArena* arena = nullptr,
-                                   bool int8_activations = false);
+                                   bool int8_activations = false, const ConsumedBytes& consumed = {});
 
 // y[m, N] = x[m, K] · Wᵀ + b; with accumulate, y += x · Wᵀ + b (fuses a residual add).
 // x and y are dense row-major (row strides K and N) and must not overlap.

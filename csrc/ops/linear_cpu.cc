@@ -149,6 +149,29 @@ struct RowSource {
   DType dtype;
 };
 
+constexpr size_t kWaveBytes = size_t{64} << 20;
+
+// Tells `consumed` of the source bytes of rows [begin, end), one call per run
+// of rows that lie one after another in memory.
+void report_consumed(const std::vector<RowSource>& rows, int64_t begin, int64_t end, int64_t k,
+                     const ConsumedBytes& consumed) {
+  const unsigned char* run = nullptr;
+  size_t run_bytes = 0;
+  for (int64_t r = begin; r < end; ++r) {
+    const RowSource& src = rows[r];
+    if (!src.data) continue;
+    const size_t n = static_cast<size_t>(k) * dtype_size(src.dtype);
+    if (run && src.data == run + run_bytes) {
+      run_bytes += n;
+      continue;
+    }
+    if (run) consumed(run, run_bytes);
+    run = src.data;
+    run_bytes = n;
+  }
+  if (run) consumed(run, run_bytes);
+}
+
 // Per-thread scratch `slot` of at least n elements, kept between calls: the
 // packing runs one panel per chunk, and a fresh buffer per panel (mmap'd and
 // zeroed by the kernel above 128 KB) cost more than the packing itself.
@@ -198,7 +221,7 @@ Tensor PackedArena::allocate(DType dtype, const Shape& shape) {
 
 LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
                                    const std::vector<const Tensor*>& biases, WeightFormat format,
-                                   PackedArena* arena, bool int8_activations) {
+                                   PackedArena* arena, bool int8_activations, const ConsumedBytes& consumed) {
   PALI_CHECK_ARG(!weights.empty(), "prepare_linear: no weights");
   PALI_CHECK_ARG(!int8_activations || format == WeightFormat::i8,
                  "prepare_linear: int8 activations need the i8 weight format, got ", weight_format_name(format));
@@ -257,6 +280,19 @@ LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
     std::memcpy(out.bias.data<float>(), bias.data(), n_pad * sizeof(float));
   }
 
+  // Panels in waves of about kWaveBytes of source rows, each wave's rows told
+  // to `consumed` once it is packed.
+  size_t row_bytes = 0;
+  for (const Tensor* w : weights) row_bytes = std::max(row_bytes, static_cast<size_t>(k) * dtype_size(w->dtype()));
+  const int64_t wave_panels = std::max<int64_t>(1, static_cast<int64_t>(kWaveBytes / (row_bytes * P)));
+  auto in_waves = [&](const std::function<void(int64_t, int64_t)>& pack) {
+    for (int64_t wb = 0; wb < panels; wb += wave_panels) {
+      const int64_t we = std::min(panels, wb + wave_panels);
+      parallel_for(wb, we, 1, pack);
+      if (consumed) report_consumed(rows, wb * P, std::min(we * P, n_total), k, consumed);
+    }
+  };
+
   // Each panel's 16 source rows are read once, row by row (sequentially, as
   // the file stores them), into a tile, which is then written out in the
   // panel's layout: reading the rows element by element at the panel's
@@ -266,7 +302,7 @@ LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
     case WeightFormat::f16: {
       const bool half = format == WeightFormat::f16;
       out.packed = allocate_packed(half ? DType::f16 : DType::f32, {panels, k, P}, arena);
-      parallel_for(0, panels, 1, [&](int64_t pb, int64_t pe) {
+      in_waves([&](int64_t pb, int64_t pe) {
         float* tile = scratch<float>(0, P * k);
         uint16_t* bits = scratch<uint16_t>(1, half ? P * k : 0);
         for (int64_t p = pb; p < pe; ++p) {
@@ -295,7 +331,7 @@ LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
     case WeightFormat::bf16: {
       const int64_t k_pad = out.packed_k();
       out.packed = allocate_packed(DType::bf16, {panels, k_pad, P}, arena);
-      parallel_for(0, panels, 1, [&](int64_t pb, int64_t pe) {
+      in_waves([&](int64_t pb, int64_t pe) {
         uint16_t* bits = scratch<uint16_t>(0, P * k_pad);
         for (int64_t p = pb; p < pe; ++p) {
           for (int64_t j = 0; j < P; ++j) {
@@ -327,7 +363,7 @@ LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
       out.scales = Tensor::empty(DType::f16, {panels, groups, P});
       uint8_t* dst = out.packed.data<uint8_t>();
       auto* scales = reinterpret_cast<uint16_t*>(out.scales.data<Half>());
-      parallel_for(0, panels, 1, [&](int64_t pb, int64_t pe) {
+      in_waves([&](int64_t pb, int64_t pe) {
         float* row = scratch<float>(0, k_pad);
         std::fill(row + k, row + k_pad, 0.0f);
         uint8_t* codes = scratch<uint8_t>(1, P * k_pad);  // q + 8 per output and input
@@ -379,7 +415,7 @@ LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
       int8_t* dst = out.packed.data<int8_t>();
       float* scales = out.scales.data<float>();
       int32_t* offsets = int8_activations ? out.unsigned_offsets.data<int32_t>() : nullptr;
-      parallel_for(0, panels, 1, [&](int64_t pb, int64_t pe) {
+      in_waves([&](int64_t pb, int64_t pe) {
         float* row = scratch<float>(0, k);
         int8_t* codes = scratch<int8_t>(1, P * k_pad);
         for (int64_t p = pb; p < pe; ++p) {
@@ -411,10 +447,10 @@ LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
 }
 
 LinearWeight prepare_linear(const Tensor& weight, const Tensor* bias, WeightFormat format,
-                            PackedArena* arena, bool int8_activations) {
+                            PackedArena* arena, bool int8_activations, const ConsumedBytes& consumed) {
   std::vector<const Tensor*> biases;
   if (bias) biases.push_back(bias);
-  return prepare_linear_concat({&weight}, biases, format, arena, int8_activations);
+  return prepare_linear_concat({&weight}, biases, format, arena, int8_activations, consumed);
 }
 
 void linear_weight_row(const LinearWeight& w, int64_t row, float* out) {
