@@ -11,6 +11,7 @@ the converter only checks its special ids) — one tensor at a time, in chunks,
 never holding a tensor whole.
 
     python -m pali_engine.benchmarks.paligemma_checkpoint OUT_DIR [--shape paligemma2-3b-224]
+                                                                  [--shape paligemma-3b-224]  # PaliGemma 1
 
 The weights are random bfloat16 values of magnitude about 0.01 (random signs
 and mantissas), seeded: the same directory each time.
@@ -29,7 +30,7 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-#: The released checkpoints' config.json (PaliGemma 2 at 224 px); the shapes follow from them.
+#: The released checkpoints' config.json (PaliGemma 1 and 2 at 224 px); the shapes follow from them.
 _VISION_224 = {"hidden_size": 1152, "intermediate_size": 4304, "model_type": "siglip_vision_model",
                "num_attention_heads": 16, "num_hidden_layers": 27, "num_image_tokens": 256, "num_positions": 256,
                "patch_size": 14, "torch_dtype": "bfloat16", "vision_use_head": False}
@@ -50,7 +51,21 @@ def _paligemma2(hidden: int, intermediate: int, layers: int, heads: int, kv_head
     }
 
 
+def _paligemma1() -> Dict[str, Any]:
+    """PaliGemma 1 3B at 224 px (Gemma 2B: multi-query attention), as its bfloat16 revision spells it."""
+    return {
+        "architectures": ["PaliGemmaForConditionalGeneration"], "bos_token_id": 2, "eos_token_id": 1,
+        "hidden_size": 2048, "ignore_index": -100, "image_token_index": 257152, "model_type": "paligemma",
+        "pad_token_id": 0, "projection_dim": 2048, "torch_dtype": "bfloat16", "transformers_version": "4.41.0.dev0",
+        "text_config": {"hidden_size": 2048, "intermediate_size": 16384, "model_type": "gemma",
+                        "num_attention_heads": 8, "num_hidden_layers": 18, "num_image_tokens": 256,
+                        "num_key_value_heads": 1, "torch_dtype": "bfloat16", "vocab_size": 257216},
+        "vision_config": dict(_VISION_224, projection_dim=2048, projector_hidden_act="gelu_fast"),
+    }
+
+
 SHAPES: Dict[str, Dict[str, Any]] = {
+    "paligemma-3b-224": _paligemma1(),
     "paligemma2-3b-224": _paligemma2(2304, 9216, 26, 8, 4, 256, 256),
     "paligemma2-10b-224": _paligemma2(3584, 14336, 42, 16, 8, 256, 256),
     "paligemma2-28b-224": _paligemma2(4608, 36864, 46, 32, 16, 128, 144),
