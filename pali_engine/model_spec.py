@@ -36,6 +36,11 @@ META_TOKENIZER = "pali.tokenizer"
 
 #: dtypes a parameter may be stored in.
 FLOAT_DTYPES = ("float32", "float16", "bfloat16")
+#: A linear weight stored quantized (``pali-engine convert --dtype int8|int4``): int8 or int4 codes under its
+#: name, its scales under the name + QUANTIZED_SCALE_SUFFIX (docs/paligemma.md, "Quantized files").
+QUANTIZED_DTYPES = ("int8", "int4")
+QUANTIZED_SCALE_SUFFIX = "_scale"
+STORED_DTYPES = FLOAT_DTYPES + QUANTIZED_DTYPES
 
 Shape = Tuple[int, ...]
 
@@ -155,9 +160,12 @@ def check_tensors(path: str, config: Any, tensors: Mapping[str, Tuple[str, Shape
             raise ModelFileError(
                 f"{path}: tensor {name!r} has shape {_fmt(actual)} but the config implies {_fmt(shape)}"
             )
-        if dtype not in FLOAT_DTYPES:
-            raise ModelFileError(f"{path}: tensor {name!r} has dtype {dtype}; expected one of {FLOAT_DTYPES}")
-    unused = [name for name in tensors if name not in expected]
+        if dtype not in STORED_DTYPES:
+            raise ModelFileError(f"{path}: tensor {name!r} has dtype {dtype}; expected one of {STORED_DTYPES}")
+    # A quantized weight's scales (QUANTIZED_SCALE_SUFFIX) belong to it; the engine checks them as it loads.
+    unused = [name for name in tensors if name not in expected and not (
+        name.endswith(QUANTIZED_SCALE_SUFFIX) and tensors.get(name[:-len(QUANTIZED_SCALE_SUFFIX)], ("",))[0]
+        in QUANTIZED_DTYPES)]
     if unused:
         more = f" (and {len(unused) - 1} more)" if len(unused) > 1 else ""
         raise ModelFileError(

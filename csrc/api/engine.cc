@@ -157,15 +157,21 @@ void check_tensors(const std::string& path, const pali::onnx::OnnxFile& file,
     if (info.shape != spec.shape)
       throw pali::ModelFileError(str_cat(path, ": tensor ", pali::api::py_str_repr(spec.name), " has shape ",
                                          shape_text(info.shape), " but the config implies ", shape_text(spec.shape)));
-    const std::string dtype = pali::dtype_name(info.dtype);
-    if (dtype != "float32" && dtype != "float16" && dtype != "bfloat16")
+    const std::string dtype = file.dtype_label(spec.name);
+    if (dtype != "float32" && dtype != "float16" && dtype != "bfloat16" && dtype != "int8" && dtype != "int4")
       throw pali::ModelFileError(str_cat(path, ": tensor ", pali::api::py_str_repr(spec.name), " has dtype ", dtype,
-                                         "; expected one of ('float32', 'float16', 'bfloat16')"));
+                                         "; expected one of ('float32', 'float16', 'bfloat16', 'int8', 'int4')"));
   }
+  // A quantized weight's scales ("<name>_scale") belong to it.
+  const auto quantized = [&](const std::string& name) {
+    const std::string dtype = file.dtype_label(name);
+    return dtype == "int8" || dtype == "int4";
+  };
   std::vector<std::string> unused;
   for (const auto& tensor : tensors) {
     bool known = false;
-    for (const auto& spec : expected) known |= spec.name == tensor.name;
+    for (const auto& spec : expected)
+      known |= spec.name == tensor.name || (tensor.name == spec.name + "_scale" && quantized(spec.name));
     if (!known) unused.push_back(tensor.name);
   }
   if (!unused.empty())

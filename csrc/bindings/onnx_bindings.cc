@@ -36,9 +36,10 @@ void bind_onnx(py::module_& m) {
           "tensor_info",
           [](const OnnxFile& f, const std::string& name) {
             const auto& info = f.info(name);
-            return py::make_tuple(dtype_name(info.dtype), py::tuple(py::cast(info.shape)));
+            return py::make_tuple(f.dtype_label(name), py::tuple(py::cast(info.shape)));
           },
-          py::arg("name"), "(dtype name, shape) of an initializer.")
+          py::arg("name"), "(dtype name, shape) of an initializer; int4 values come from tensor() as "
+                           "uint8 pairs, the even index in the low nibble.")
       .def(
           "tensor",
           [](const OnnxFile& f, const std::string& name) {

@@ -1,9 +1,11 @@
 #include "models/weights.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "core/error.h"
+#include "models/dtypes.h"
 
 namespace pali {
 namespace {
@@ -112,11 +114,140 @@ LinearWeight WeightStore::linear(const std::string& weight, int64_t out, int64_t
   return linear_concat({weight}, {out}, in, {bias}, format);
 }
 
+std::optional<QuantizedRows> WeightStore::quantized(const std::string& name, int64_t out, int64_t in,
+                                                    WeightFormat* format) {
+  if (listing() || !file_->has_tensor(name)) return std::nullopt;
+  const auto& info = file_->info(name);
+  if (!info.int4 && info.dtype != DType::i8) return std::nullopt;  // a float tensor, or raw() says what is wrong
+  const std::string declared = file_->find_metadata("pali.weights_dtype") ? *file_->find_metadata("pali.weights_dtype")
+                                                                          : std::string();
+  const EngineDtype* stored = nullptr;
+  for (const auto& d : engine_dtypes())
+    if (declared == d.name) stored = &d;
+  const bool matches = stored && (info.int4 ? is_int4(stored->format) : stored->format == WeightFormat::i8);
+  if (!matches)
+    throw ModelFileError(str_cat(path(), ": tensor '", name, "' is ", file_->dtype_label(name),
+                                 " but 'pali.weights_dtype' is '", declared, "'"));
+  *format = stored->format;
+  if (info.shape != Shape{out, in})
+    throw ModelFileError(str_cat(path(), ": tensor '", name, "' has shape ", shape_str(info.shape),
+                                 " but the config implies ", shape_str({out, in})));
+  const std::string scale = name + "_scale";
+  const int64_t groups = info.int4 ? (in + int4_group_size(*format) - 1) / int4_group_size(*format) : 0;
+  const Shape scale_shape = info.int4 ? Shape{out, groups} : Shape{out};
+  const DType scale_dtype = info.int4 ? DType::f16 : DType::f32;
+  if (!file_->has_tensor(scale))
+    throw ModelFileError(str_cat(path(), ": tensor '", name, "' is ", file_->dtype_label(name), " but its scales '",
+                                 scale, "' are missing"));
+  const auto& scale_info = file_->info(scale);
+  if (scale_info.int4 || scale_info.dtype != scale_dtype || scale_info.shape != scale_shape)
+    throw ModelFileError(str_cat(path(), ": tensor '", scale, "' is ", file_->dtype_label(scale),
+                                 shape_str(scale_info.shape), "; expected ", dtype_name(scale_dtype),
+                                 shape_str(scale_shape)));
+  used_.insert(name);
+  used_.insert(scale);
+  QuantizedRows rows{file_->tensor(name), file_->tensor(scale)};
+  // A zero, negative (int8), NaN or infinite scale, or an int8 code of -128,
+  // is nothing the engine's quantization writes: refuse the file.
+  const int64_t count = rows.scales.numel();
+  for (int64_t i = 0; i < count; ++i) {
+    const float v = info.int4 ? half_to_float(static_cast<const uint16_t*>(rows.scales.raw())[i])
+                              : rows.scales.data<float>()[i];
+    if (!std::isfinite(v) || v == 0.0f || (!info.int4 && v < 0.0f))
+      throw ModelFileError(str_cat(path(), ": tensor '", scale, "' holds an invalid scale (", v, ") at flat index ", i));
+  }
+  if (!info.int4) {
+    const int8_t* codes = rows.codes.data<int8_t>();
+    for (int64_t i = 0; i < rows.codes.numel(); ++i)
+      if (codes[i] == -128)
+        throw ModelFileError(str_cat(path(), ": tensor '", name, "' holds the code -128 at flat index ", i,
+                                     "; int8 weights are symmetric, in [-127, 127]"));
+  }
+  return rows;
+}
+
+namespace {
+
+// The float32 values a quantized weight stands for: code * scale, as
+// DequantizeLinear computes them.
+Tensor dequantize(const QuantizedRows& q, WeightFormat format, int64_t out, int64_t in) {
+  Tensor w = Tensor::empty(DType::f32, {out, in});
+  float* dst = w.data<float>();
+  if (format == WeightFormat::i8) {
+    const int8_t* codes = q.codes.data<int8_t>();
+    const float* scales = q.scales.data<float>();
+    for (int64_t r = 0; r < out; ++r)
+      for (int64_t c = 0; c < in; ++c) dst[r * in + c] = static_cast<float>(codes[r * in + c]) * scales[r];
+  } else {
+    const int64_t group = int4_group_size(format), groups = (in + group - 1) / group;
+    const auto* bytes = static_cast<const uint8_t*>(q.codes.raw());
+    const auto* scales = static_cast<const uint16_t*>(q.scales.raw());
+    for (int64_t r = 0; r < out; ++r)
+      for (int64_t c = 0; c < in; ++c) {
+        const int nibble = (bytes[(r * in + c) / 2] >> (4 * (c % 2))) & 0xF;
+        dst[r * in + c] = static_cast<float>((nibble ^ 8) - 8) * half_to_float(scales[r * groups + c / group]);
+      }
+  }
+  return w;
+}
+
+const char* dtype_of_format(WeightFormat format) {
+  for (const auto& d : engine_dtypes())
+    if (d.format == format) return d.name;
+  return weight_format_name(format);
+}
+
+}  // namespace
+
 LinearWeight WeightStore::linear_concat(const std::vector<std::string>& weights,
                                         const std::vector<int64_t>& outs, int64_t in,
                                         const std::vector<std::string>& biases, WeightFormat format) {
-  std::vector<Tensor> ws, bs;
-  for (size_t i = 0; i < weights.size(); ++i) ws.push_back(raw(weights[i], {outs[i], in}));
+  std::vector<std::optional<QuantizedRows>> quantized_weights;
+  WeightFormat stored = format;
+  for (size_t i = 0; i < weights.size(); ++i) quantized_weights.push_back(quantized(weights[i], outs[i], in, &stored));
+  const size_t quantized_count = static_cast<size_t>(
+      std::count_if(quantized_weights.begin(), quantized_weights.end(), [](const auto& q) { return q.has_value(); }));
+  if (quantized_count == 0) {
+    std::vector<Tensor> ws;
+    for (size_t i = 0; i < weights.size(); ++i) ws.push_back(raw(weights[i], {outs[i], in}));
+    return pack(ws, weights, outs, in, biases, format);
+  }
+  if (quantized_count != weights.size())
+    throw ModelFileError(str_cat(path(), ": tensors '", weights.front(), "' ... '", weights.back(),
+                                 "' feed one layer but only some are quantized"));
+  std::vector<Tensor> bs;
+  for (size_t i = 0; i < biases.size(); ++i) bs.push_back(raw(biases[i], {outs[i]}));
+  LinearWeight packed;
+  if (format == stored) {
+    std::vector<QuantizedRows> rows;
+    for (auto& q : quantized_weights) rows.push_back(std::move(*q));
+    std::vector<const Tensor*> bp;
+    for (const auto& t : bs) bp.push_back(&t);
+    packed = prepare_quantized_concat(rows, bp, format, in, &arena_, format == WeightFormat::i8,
+                                      [this](const void* p, size_t n) { release_bytes(p, n); });
+  } else if (format == WeightFormat::f32 || format == WeightFormat::f16 || format == WeightFormat::bf16) {
+    std::vector<Tensor> ws;
+    for (size_t i = 0; i < weights.size(); ++i) ws.push_back(dequantize(*quantized_weights[i], stored, outs[i], in));
+    std::vector<const Tensor*> wp, bp;
+    for (const auto& t : ws) wp.push_back(&t);
+    for (const auto& t : bs) bp.push_back(&t);
+    packed = prepare_linear_concat(wp, bp, format, &arena_, false);
+  } else {
+    throw InvalidArgument(str_cat(path(), " holds ", dtype_of_format(stored), " weights: load it with dtype '",
+                                  dtype_of_format(stored), "' or a float dtype, not '", dtype_of_format(format), "'"));
+  }
+  for (const auto& name : weights) {
+    file_->release(name);
+    file_->release(name + "_scale");
+  }
+  for (const auto& name : biases) file_->release(name);
+  return packed;
+}
+
+LinearWeight WeightStore::pack(const std::vector<Tensor>& ws, const std::vector<std::string>& weights,
+                               const std::vector<int64_t>& outs, int64_t in, const std::vector<std::string>& biases,
+                               WeightFormat format) {
+  std::vector<Tensor> bs;
   for (size_t i = 0; i < biases.size(); ++i) bs.push_back(raw(biases[i], {outs[i]}));
   if (listing()) return {};
   std::vector<const Tensor*> wp, bp;

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -44,7 +45,10 @@ class WeightStore {
   // A copy of a tensor taken with raw(), in memory the model owns.
   Tensor copy(const Tensor& stored);
   // A linear layer's weight [out, in] (and bias [out] when `bias` is non-empty),
-  // prepared as prepare() does.
+  // prepared as prepare() does. A weight the file stores quantized (int8 or
+  // int4 codes beside `<name>_scale`, as `pali-engine convert --dtype
+  // int8|int4` writes them) is packed as it is when `format` is the file's,
+  // and dequantized for a float format; another quantized format is refused.
   LinearWeight linear(const std::string& weight, int64_t out, int64_t in, const std::string& bias,
                       WeightFormat format);
   // Several linear layers sharing an input, fused along the output dimension.
@@ -67,6 +71,13 @@ class WeightStore {
   void release_bytes(const void* p, size_t n) const;
 
  private:
+  // Float weights taken with raw(), with their biases, packed.
+  LinearWeight pack(const std::vector<Tensor>& ws, const std::vector<std::string>& weights,
+                    const std::vector<int64_t>& outs, int64_t in, const std::vector<std::string>& biases,
+                    WeightFormat format);
+  // The codes and scales of a weight the file stores quantized, checked; nullopt when it is a float tensor.
+  std::optional<QuantizedRows> quantized(const std::string& name, int64_t out, int64_t in, WeightFormat* format);
+
   std::shared_ptr<const onnx::OnnxFile> file_;
   PackedArena arena_;
   std::set<std::string> used_;

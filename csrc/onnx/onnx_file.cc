@@ -32,6 +32,8 @@ namespace opset_field {
 constexpr uint32_t domain = 1, version = 2;
 }
 
+constexpr int kOnnxInt4 = 22;
+
 // ONNX TensorProto.DataType values the engine can hold.
 bool dtype_from_onnx(int onnx_type, DType* out) {
   switch (onnx_type) {
@@ -45,6 +47,7 @@ bool dtype_from_onnx(int onnx_type, DType* out) {
     case 10: *out = DType::f16; return true;
     case 11: *out = DType::f64; return true;
     case 16: *out = DType::bf16; return true;
+    case kOnnxInt4: *out = DType::u8; return true;  // packed pairs (InitializerInfo::int4)
     default: return false;
   }
 }
@@ -316,6 +319,10 @@ void OnnxFile::parse_tensor(const uint8_t* bytes, size_t size) {
   if (data_type > 0x7fffffff || !dtype_from_onnx(static_cast<int>(data_type), &info.dtype))
     fail(str_cat(label, " has unsupported data type ", data_type));
   info.onnx_data_type = static_cast<int>(data_type);
+  info.int4 = data_type == kOnnxInt4;
+  if (info.int4 && (info.shape.empty() || info.shape.back() % 2 != 0))
+    fail(str_cat(label, " is int4 with shape ", shape_str(info.shape),
+                 "; the engine reads int4 tensors whose last dimension is even"));
   for (int64_t d : info.shape)
     if (d < 0 || d > (int64_t{1} << 48)) fail(str_cat(label, " has an invalid dimension ", d));
   int64_t numel;
@@ -327,7 +334,8 @@ void OnnxFile::parse_tensor(const uint8_t* bytes, size_t size) {
   const size_t element = dtype_size(info.dtype);
   if (static_cast<uint64_t>(numel) > (uint64_t{1} << 62) / element)
     fail(str_cat(label, " is too large: ", shape_str(info.shape)));
-  const size_t expected_bytes = static_cast<size_t>(numel) * element;
+  const size_t expected_bytes = info.int4 ? static_cast<size_t>(numel) / 2 : static_cast<size_t>(numel) * element;
+  const std::string type_label = info.int4 ? std::string("int4") : std::string(dtype_name(info.dtype));
 
   if (external) {
     if (have_raw) fail(str_cat(label, " has both raw_data and external data"));
@@ -359,17 +367,19 @@ void OnnxFile::parse_tensor(const uint8_t* bytes, size_t size) {
       fail(str_cat(label, ": external data [", offset, ", ", offset + length, ") is past the end of '",
                    location, "' (", file_size, " bytes); the file is truncated"));
     if (length != expected_bytes)
-      fail(str_cat(label, ": external data has ", length, " bytes but ", dtype_name(info.dtype),
+      fail(str_cat(label, ": external data has ", length, " bytes but ", type_label,
                    shape_str(info.shape), " needs ", expected_bytes));
     info.location = DataLocation::external;
     info.bytes = info.file->data() + offset;
     info.size = static_cast<size_t>(length);
   } else if (have_raw) {
     if (info.size != expected_bytes)
-      fail(str_cat(label, ": raw_data has ", info.size, " bytes but ", dtype_name(info.dtype),
+      fail(str_cat(label, ": raw_data has ", info.size, " bytes but ", type_label,
                    shape_str(info.shape), " needs ", expected_bytes));
     info.location = DataLocation::raw;
     info.file = file_;
+  } else if (info.int4) {
+    fail(str_cat(label, " is int4 in typed fields; the engine reads int4 tensors from raw_data or external data"));
   } else {
     info.location = DataLocation::typed;
     info.bytes = bytes;
@@ -422,13 +432,20 @@ const InitializerInfo& OnnxFile::info(const std::string& name) const {
   return initializers_[it->second];
 }
 
+const char* OnnxFile::dtype_label(const std::string& name) const {
+  const InitializerInfo& info = this->info(name);
+  return info.int4 ? "int4" : dtype_name(info.dtype);
+}
+
 Tensor OnnxFile::tensor(const std::string& name) const {
   const InitializerInfo& info = this->info(name);
   const size_t element = dtype_size(info.dtype);
   if (info.location != DataLocation::typed) {
+    Shape shape = info.shape;
+    if (info.int4) shape.back() /= 2;  // the bytes: two values each
     const bool aligned = reinterpret_cast<uintptr_t>(info.bytes) % element == 0;
-    if (aligned) return Tensor::view(info.bytes, info.dtype, info.shape, info.file);
-    Tensor copy = Tensor::empty(info.dtype, info.shape);
+    if (aligned) return Tensor::view(info.bytes, info.dtype, shape, info.file);
+    Tensor copy = Tensor::empty(info.dtype, shape);
     std::memcpy(copy.raw_mutable(), info.bytes, info.size);
     return copy;
   }

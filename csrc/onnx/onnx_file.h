@@ -30,6 +30,10 @@ struct InitializerInfo {
   DType dtype = DType::f32;
   int onnx_data_type = 0;
   Shape shape;
+  // ONNX INT4: two signed 4-bit values a byte, the even index in the low
+  // nibble; `dtype` is then u8, `shape` the values' shape (its last dimension
+  // even, so that rows start on bytes) and tensor() gives u8 [..., last / 2].
+  bool int4 = false;
   DataLocation location = DataLocation::raw;
   // raw and external: the bytes themselves; typed: the whole TensorProto message,
   // decoded on demand.
@@ -60,6 +64,8 @@ class OnnxFile {
   const InitializerInfo& info(const std::string& name) const;
   // The tensor's values: a view of the mapping when possible, else a decoded copy.
   Tensor tensor(const std::string& name) const;
+  // "int4" for an INT4 initializer, else its dtype's name.
+  const char* dtype_label(const std::string& name) const;
   // Drops the resident pages of the tensor's bytes (MappedFile::release); views
   // of it stay valid. Call when the values have been copied elsewhere.
   void release(const std::string& name) const;

@@ -151,6 +151,25 @@ LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
                                    WeightFormat format, PackedArena* arena = nullptr,
                                    bool int8_activations = false, const ConsumedBytes& consumed = {});
 
+// A weight quantized already by the engine's own rule, as `pali-engine convert
+// --dtype int8|int4` writes it (docs/paligemma.md, "Quantized files"):
+//   i8:    codes int8 [N, K] and scales float32 [N];
+//   i4_g*: codes uint8 [N, K / 2], ONNX INT4 (two signed values a byte, the
+//          even k in the low nibble), scales float16 [N, ceil(K / group)].
+struct QuantizedRows {
+  Tensor codes;
+  Tensor scales;
+};
+
+// Packs quantized weights as they are (concatenated along N like
+// prepare_linear_concat), without quantizing again: the result is the one
+// prepare_linear_concat gives for the weights they were quantized from.
+// `format` is the codes' (i8 or i4_g*); `k` the weights' K.
+LinearWeight prepare_quantized_concat(const std::vector<QuantizedRows>& weights,
+                                      const std::vector<const Tensor*>& biases, WeightFormat format, int64_t k,
+                                      PackedArena* arena = nullptr, bool int8_activations = false,
+                                      const ConsumedBytes& consumed = {});
+
 // y[m, N] = x[m, K] · Wᵀ + b; with accumulate, y += x · Wᵀ + b (fuses a residual add).
 // x and y are dense row-major (row strides K and N) and must not overlap.
 // Threads: op_threads() of the calling thread (core/parallel.h).

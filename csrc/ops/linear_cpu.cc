@@ -446,6 +446,126 @@ LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
   return out;
 }
 
+LinearWeight prepare_quantized_concat(const std::vector<QuantizedRows>& weights,
+                                      const std::vector<const Tensor*>& biases, WeightFormat format, int64_t k,
+                                      PackedArena* arena, bool int8_activations, const ConsumedBytes& consumed) {
+  const bool int4 = is_int4(format);
+  PALI_CHECK_ARG(format == WeightFormat::i8 || int4, "prepare_quantized: format must be i8 or i4, got ",
+                 weight_format_name(format));
+  PALI_CHECK_ARG(!int8_activations || format == WeightFormat::i8, "prepare_quantized: int8 activations need i8");
+  PALI_CHECK_ARG(!weights.empty() && k > 0 && (!int4 || k % 2 == 0), "prepare_quantized: no weights, or K = ", k);
+  PALI_CHECK_ARG(biases.empty() || biases.size() == weights.size(), "prepare_quantized: ", biases.size(),
+                 " biases for ", weights.size(), " weights");
+  const int64_t group = int4 ? int4_group_size(format) : 0;
+  const int64_t file_groups = int4 ? (k + group - 1) / group : 1;
+  LinearWeight out;
+  out.k = k;
+  out.format = format;
+  out.int8_activations = int8_activations;
+  // Per output row: its codes and scales (null: a padding row), its bias.
+  struct Row {
+    const unsigned char* codes = nullptr;
+    const void* scales = nullptr;
+  };
+  std::vector<Row> rows;
+  std::vector<float> bias;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const Tensor& codes = weights[i].codes;
+    const Tensor& scales = weights[i].scales;
+    const int64_t n = codes.rank() == 2 ? codes.dim(0) : -1;
+    PALI_CHECK_ARG(n > 0 && codes.dim(1) == (int4 ? k / 2 : k) && codes.dtype() == (int4 ? DType::u8 : DType::i8),
+                   "prepare_quantized: codes ", codes.describe(), " for K = ", k);
+    PALI_CHECK_ARG(int4 ? scales.dtype() == DType::f16 && scales.rank() == 2 && scales.dim(0) == n &&
+                              scales.dim(1) == file_groups
+                        : scales.dtype() == DType::f32 && scales.rank() == 1 && scales.dim(0) == n,
+                   "prepare_quantized: scales ", scales.describe(), " for codes ", codes.describe());
+    const Tensor* b = biases.empty() ? nullptr : biases[i];
+    if (b) {
+      check_float_tensor(*b, "linear bias");
+      PALI_CHECK_ARG(b->rank() == 1 && b->dim(0) == n, "linear bias must be [", n, "], got ", b->describe());
+      out.has_bias = true;
+    }
+    const auto* c = static_cast<const unsigned char*>(codes.raw());
+    const auto* sc = static_cast<const unsigned char*>(scales.raw());
+    const size_t code_row = static_cast<size_t>(codes.dim(1)), scale_row = static_cast<size_t>(int4 ? file_groups * 2 : 4);
+    for (int64_t j = 0; j < n; ++j) {
+      rows.push_back({c + j * code_row, sc + j * scale_row});
+      bias.push_back(b ? load_any(static_cast<const unsigned char*>(b->raw()), b->dtype(), j) : 0.0f);
+    }
+  }
+  out.n = static_cast<int64_t>(rows.size());
+  const int64_t panels = out.num_panels(), n_pad = panels * P, k_pad = out.packed_k();
+  rows.resize(n_pad);
+  bias.resize(n_pad, 0.0f);
+  if (out.has_bias) {
+    out.bias = Tensor::empty(DType::f32, {n_pad});
+    std::memcpy(out.bias.data<float>(), bias.data(), n_pad * sizeof(float));
+  }
+  const size_t code_bytes = static_cast<size_t>(int4 ? k / 2 : k);
+  const int64_t wave_panels = std::max<int64_t>(1, static_cast<int64_t>(kWaveBytes / (code_bytes * P)));
+  auto in_waves = [&](const std::function<void(int64_t, int64_t)>& pack) {
+    for (int64_t wb = 0; wb < panels; wb += wave_panels) {
+      const int64_t we = std::min(panels, wb + wave_panels);
+      parallel_for(wb, we, 1, pack);
+      if (consumed)
+        for (int64_t r = wb * P; r < std::min(we * P, out.n); ++r) consumed(rows[r].codes, code_bytes);
+    }
+  };
+  if (int4) {
+    const int64_t groups = k_pad / group;  // == file_groups
+    out.packed = allocate_packed(DType::u8, {panels, k_pad / 2, P}, arena);
+    out.scales = Tensor::empty(DType::f16, {panels, groups, P});
+    uint8_t* dst = out.packed.data<uint8_t>();
+    auto* scales = reinterpret_cast<uint16_t*>(out.scales.data<Half>());
+    in_waves([&](int64_t pb, int64_t pe) {
+      for (int64_t p = pb; p < pe; ++p) {
+        for (int64_t j = 0; j < P; ++j) {
+          const Row& row = rows[p * P + j];
+          for (int64_t g = 0; g < groups; ++g) {
+            uint16_t bits = 0x3C00;  // 1.0: a padding row's, as prepare_linear gives an all-zero group
+            if (row.scales) std::memcpy(&bits, static_cast<const unsigned char*>(row.scales) + g * 2, 2);
+            scales[(p * groups + g) * P + j] = bits;
+          }
+        }
+        // The engine's nibble is q + 8, ONNX's q in two's complement: one XOR with 8 apart.
+        uint8_t* d = dst + p * (k_pad / 2) * P;
+        for (int64_t kp = 0; kp < k_pad / 2; ++kp)
+          for (int64_t j = 0; j < P; ++j) {
+            const Row& row = rows[p * P + j];
+            d[kp * P + j] = row.codes && 2 * kp < k ? static_cast<uint8_t>(row.codes[kp] ^ 0x88) : 0x88;
+          }
+      }
+    });
+  } else {
+    out.packed = allocate_packed(DType::i8, {panels, k_pad, P}, arena);
+    out.scales = Tensor::empty(DType::f32, {n_pad});
+    if (int8_activations) out.unsigned_offsets = Tensor::empty(DType::i32, {n_pad});
+    int8_t* dst = out.packed.data<int8_t>();
+    float* scales = out.scales.data<float>();
+    int32_t* offsets = int8_activations ? out.unsigned_offsets.data<int32_t>() : nullptr;
+    in_waves([&](int64_t pb, int64_t pe) {
+      for (int64_t p = pb; p < pe; ++p) {
+        int8_t* d = dst + p * k_pad * P;
+        for (int64_t j = 0; j < P; ++j) {
+          const Row& row = rows[p * P + j];
+          float scale = 1.0f;
+          if (row.scales) std::memcpy(&scale, row.scales, 4);
+          scales[p * P + j] = scale;
+          const auto* codes = reinterpret_cast<const int8_t*>(row.codes);
+          int32_t sum = 0;
+          for (int64_t kk = 0; kk < k_pad; ++kk) {
+            const int8_t c = codes && kk < k ? codes[kk] : int8_t{0};
+            sum += c;
+            d[int8_activations ? int8_activations_offset(j, kk) : kk * P + j] = c;
+          }
+          if (offsets) offsets[p * P + j] = 128 * sum;
+        }
+      }
+    });
+  }
+  return out;
+}
+
 LinearWeight prepare_linear(const Tensor& weight, const Tensor* bias, WeightFormat format,
                             PackedArena* arena, bool int8_activations, const ConsumedBytes& consumed) {
   std::vector<const Tensor*> biases;

@@ -6,7 +6,7 @@ against; so the file holds the teacher-forced graph, every weight once under
 its Hugging Face name (docs/paligemma.md), and the config, tokenizer and image
 settings in ``metadata_props``.
 
-    pali-engine convert HF_DIR -o paligemma.onnx [--dtype float32|bfloat16|float16]
+    pali-engine convert HF_DIR -o paligemma.onnx [--dtype float32|bfloat16|float16|int8|int4|int4_g64|int4_g128]
 
 A checkpoint may be larger than memory (PaliGemma 2 at 10B is 20 GB in
 bfloat16), so nothing holds the model: the graph is built from the config
@@ -30,6 +30,13 @@ each is read through a ``Cast`` to float32, so the graph computes in float32
 with the weights rounded to the storage dtype (exact for a checkpoint that is
 already in it).  Rounding is torch's: the source values widened to float32,
 then ``Tensor.to(torch.bfloat16)``, or NumPy's ``astype(float16)``.
+
+int8/int4 (``quantize``): the linear layers' weights (and an untied output
+layer) are stored as the engine quantizes them at load, codes beside their
+scales, each read through ``DequantizeLinear``; the other weights keep the
+checkpoint's float type (float32 for float64 or mixed checkpoints).  The
+engine loads such a file in its own dtype without quantizing again, or in a
+float dtype with the dequantized weights.
 """
 
 from __future__ import annotations
@@ -48,10 +55,14 @@ import numpy as np
 
 from ..onnx_export import EXTERNAL_DATA_BYTES, FORMAT_VERSION, MAX_CONSTANT_ELEMENTS, OPSET, ExportError
 from . import checkpoint as ckpt
-from .graph import INPUT_NAMES, STORAGE_TYPES, build_graph
+from . import quantize
+from .graph import INPUT_NAMES, SCALE_SUFFIX, STORAGE_TYPES, build_graph
 from .writer import StreamedTensor, checker_twin, digest, write_model
 
-DTYPES = ("float32", "bfloat16", "float16")
+FLOAT_DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = FLOAT_DTYPES + tuple(quantize.GROUPS)
+#: ONNX data types of the quantized codes and scales.
+ONNX_INT8, ONNX_INT4, ONNX_FLOAT, ONNX_FLOAT16 = 3, 22, 1, 10
 #: Max abs error of onnxruntime logits vs the PyTorch module (both float32 compute).
 LOGITS_TOLERANCE = 1e-4
 #: Without an explicit choice, the onnxruntime check runs only up to this many parameters: it holds the
@@ -88,6 +99,76 @@ def _streamed(entry: ckpt.WeightEntry, dtype: str) -> StreamedTensor:
 
     elements = int(np.prod(entry.shape, dtype=np.int64))
     return StreamedTensor(entry.name, list(entry.shape), STORAGE_TYPES[dtype], elements * itemsize, chunks)
+
+
+class _QuantizedWeight:
+    """A linear layer's weight quantized as it streams: its codes, then its scales (kept from the codes' pass)."""
+
+    def __init__(self, entry: ckpt.WeightEntry, dtype: str):
+        self.entry, self.group = entry, quantize.GROUPS[dtype]
+        self.rows, self.k = int(entry.shape[0]), int(entry.shape[1])
+        if self.group is not None and self.k % 2:
+            raise ExportError(f"tensor {entry.name}: int4 needs an even number of inputs, it has {self.k}")
+        self._scales: List[np.ndarray] = []
+
+    def _quantized_chunks(self):
+        row_bytes = self.k * ckpt.FLOAT_DTYPES[self.entry.dtype]
+        for chunk in ckpt.read_chunks(self.entry, max(1, CHUNK_BYTES // row_bytes) * row_bytes):
+            rows = stored_chunk(chunk, self.entry.dtype, "float32").reshape(-1, self.k)
+            if not np.isfinite(rows).all():
+                raise ExportError(f"tensor {self.entry.name} holds a non-finite value (NaN or infinity)")
+            if self.group is None:
+                yield quantize.quantize_int8(rows)
+            else:
+                codes, scales = quantize.quantize_int4(rows, self.group)
+                yield quantize.pack_int4(codes), scales
+
+    def codes(self) -> StreamedTensor:
+        def chunks():
+            self._scales = []
+            for codes, scales in self._quantized_chunks():
+                self._scales.append(scales)
+                yield memoryview(np.ascontiguousarray(codes)).cast("B")
+
+        int4 = self.group is not None
+        return StreamedTensor(self.entry.name, [self.rows, self.k], ONNX_INT4 if int4 else ONNX_INT8,
+                              self.rows * self.k // (2 if int4 else 1), chunks)
+
+    def scales(self) -> StreamedTensor:
+        int4 = self.group is not None
+        shape = [self.rows, -(-self.k // self.group)] if int4 else [self.rows]
+
+        def chunks():
+            if not self._scales:  # written before the codes: one pass of its own
+                self._scales = [scales for _, scales in self._quantized_chunks()]
+            for scales in self._scales:
+                yield memoryview(np.ascontiguousarray(scales)).cast("B")
+
+        return StreamedTensor(self.entry.name + SCALE_SUFFIX, shape, ONNX_FLOAT16 if int4 else ONNX_FLOAT,
+                              int(np.prod(shape)) * (2 if int4 else 4), chunks)
+
+
+def float_storage(dtype: str, source: Optional[str]) -> str:
+    """How the weights that are not quantized are stored: ``dtype`` itself for a float dtype; for a
+    quantized one, the checkpoint's float type (float32 for float64 or mixed checkpoints)."""
+    if dtype in FLOAT_DTYPES:
+        return dtype
+    return source if source in ("bfloat16", "float16") else "float32"
+
+
+def stored_tensors(expected: Dict[str, Tuple[int, ...]], storage: str, quantized: Sequence[str],
+                   dtype: str) -> Dict[str, Tuple[str, Tuple[int, ...]]]:
+    """{initializer name: (dtype name as the engine's reader gives it, shape)}, scales included."""
+    group = quantize.GROUPS.get(dtype)
+    out = {}
+    for name, shape in expected.items():
+        if name not in quantized:
+            out[name] = (storage, tuple(shape))
+            continue
+        out[name] = ("int4" if group else "int8", tuple(shape))
+        out[name + SCALE_SUFFIX] = (("float16", (shape[0], -(-shape[1] // group))) if group
+                                    else ("float32", (shape[0],)))
+    return out
 
 
 def sample_inputs(config: dict, prompt_lens: Sequence[int], suffix_lens: Sequence[int], seed: int):
@@ -163,7 +244,7 @@ def check_graph(model, weight_names: Sequence[str], expected: Dict[str, Tuple[in
                                   f"{list(attr.t.dims)}: a folded copy of a weight?")
 
 
-def check_file(path: str, expected: Dict[str, Tuple[int, ...]], dtype: str, hashes: Dict[str, str],
+def check_file(path: str, stored: Dict[str, Tuple[str, Tuple[int, ...]]], hashes: Dict[str, str],
                meta: Dict[str, str]) -> None:
     """Reads the written file back with the engine's own reader: metadata, names, dtypes, shapes, and each
     tensor's bytes against the hash of what was written.
@@ -179,9 +260,9 @@ def check_file(path: str, expected: Dict[str, Tuple[int, ...]], dtype: str, hash
         if info["metadata"].get(key) != value:
             raise ExportError(f"{path}: metadata {key} read back differs from what was written")
     tensors = info["tensors"]
-    if sorted(tensors) != sorted(expected) or len(tensors) != len(expected):
+    if sorted(tensors) != sorted(stored) or len(tensors) != len(stored):
         raise ExportError(f"{path}: tensors read back differ from the parameters")
-    for name, shape in expected.items():
+    for name, (dtype, shape) in stored.items():
         stored_dtype, stored_shape = tensors[name]
         if stored_dtype != dtype or tuple(stored_shape) != tuple(shape):
             raise ExportError(f"{path}: tensor {name} read back as {stored_dtype}{list(stored_shape)}, "
@@ -210,8 +291,23 @@ def reference_model(path: str, config: dict):
     model.to_empty(device="cpu")
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            parameter.copy_(torch.from_numpy(np.asarray(load_tensor(path, name), dtype=np.float32)))
+            parameter.copy_(torch.from_numpy(stored_values(path, name, load_tensor)))
     return model.eval()
+
+
+def stored_values(path: str, name: str, load_tensor) -> np.ndarray:
+    """A weight's float32 values as the file stores them: widened, or dequantized."""
+    from pali_engine.model_file import inspect
+
+    info = inspect(path)
+    dtype, shape = info["tensors"][name]
+    if dtype not in ("int8", "int4"):
+        return np.asarray(load_tensor(path, name), dtype=np.float32)
+    scales = np.asarray(load_tensor(path, name + SCALE_SUFFIX))
+    if dtype == "int8":
+        return quantize.dequantize(np.asarray(load_tensor(path, name)), scales, None)
+    codes = quantize.unpack_int4(np.asarray(load_tensor(path, name)).reshape(shape[0], -1))
+    return quantize.dequantize(codes, scales, quantize.GROUPS[info["metadata"]["pali.weights_dtype"]])
 
 def compare_logits(path: str, model, threads: Optional[int] = None) -> float:
     """Max abs error of onnxruntime running ``path`` vs ``model`` on VALIDATION_CASES (real tokens only)."""
@@ -243,7 +339,8 @@ def convert(hf_dir: str | os.PathLike, path: str | os.PathLike, *, dtype: str = 
     """Converts the Hugging Face PaliGemma directory ``hf_dir`` to ``path`` and checks the file.
 
     Args:
-      dtype: storage of the weights: "float32", "bfloat16" or "float16" (the graph computes in float32).
+      dtype: storage of the weights: "float32", "bfloat16" or "float16" (the graph computes in float32), or
+        "int8", "int4", "int4_g64", "int4_g128": the linear layers quantized as the engine does it (``quantize``).
       external_data: True: weights to ``path + ".data"``; None: only when they exceed ~2 GB.
       validate: run onnxruntime against the PyTorch module (tolerance LOGITS_TOLERANCE); None: only for
         models of at most VALIDATE_MAX_PARAMETERS parameters (the check holds the model in memory twice).
@@ -267,11 +364,15 @@ def convert(hf_dir: str | os.PathLike, path: str | os.PathLike, *, dtype: str = 
         f"{parameters:,} parameters ({source or 'mixed dtypes'})")
     if validate is None:
         validate = parameters <= VALIDATE_MAX_PARAMETERS
-    itemsize = 4 if dtype == "float32" else 2
+    storage = float_storage(dtype, source)
+    itemsize = 4 if storage == "float32" else 2
     external = parameters * itemsize > EXTERNAL_DATA_BYTES if external_data is None else bool(external_data)
 
-    model, weight_names = build_graph(checkpoint.config, dtype, opset)
+    quantization = None if dtype in FLOAT_DTYPES else ("int8" if dtype == "int8" else "int4",
+                                                       quantize.GROUPS[dtype])
+    model, weight_names, quantized = build_graph(checkpoint.config, storage, opset, quantization)
     check_graph(model, weight_names, expected)
+    stored = stored_tensors(expected, storage, quantized, dtype)
     meta = metadata(checkpoint.config, checkpoint.tokenizer, dtype)
     _set_metadata(model, meta)
 
@@ -284,7 +385,13 @@ def convert(hf_dir: str | os.PathLike, path: str | os.PathLike, *, dtype: str = 
     stage = tempfile.mkdtemp(prefix=".pali-convert-", dir=folder)
     try:
         staged = os.path.join(stage, os.path.basename(path))
-        tensors = [_streamed(entries[name], dtype) for name in weight_names]
+        tensors = []
+        for name in weight_names:
+            if name in quantized:
+                weight = _QuantizedWeight(entries[name], dtype)
+                tensors += [weight.codes(), weight.scales()]
+            else:
+                tensors.append(_streamed(entries[name], storage))
         hashes, raw_offsets = write_model(model, tensors, staged, external)
         report["export_s"] = round(time.perf_counter() - t0, 3)
         report["bytes"] = os.path.getsize(staged)
@@ -293,7 +400,7 @@ def convert(hf_dir: str | os.PathLike, path: str | os.PathLike, *, dtype: str = 
             f"in {report['export_s']:.1f} s")
         onnx.checker.check_model(staged if external else checker_twin(model, tensors, staged, raw_offsets))
         del model
-        check_file(staged, expected, dtype, hashes, meta)
+        check_file(staged, stored, hashes, meta)
         log(f"checked names, shapes and values of {len(tensors)} weights")
         if validate:
             err = compare_logits(staged, reference_model(staged, checkpoint.config))
@@ -321,7 +428,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                        "tokenizer.model, preprocessor_config.json)")
     parser.add_argument("-o", "--output", required=True, help="the ONNX file to write (NAME.onnx)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32",
-                        help="storage of the weights; the graph computes in float32 either way")
+                        help="storage of the weights (the graph computes in float32 either way); int8 and "
+                             "int4 quantize the linear layers as the engine does at load, which then loads "
+                             "the file in that dtype without quantizing again")
     parser.add_argument("--external-data", action="store_true",
                         help="write the weights to NAME.onnx.data (automatic above ~2 GB)")
     check = parser.add_mutually_exclusive_group()

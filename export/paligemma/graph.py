@@ -18,14 +18,19 @@ wrote it from that module (tests check the logits against both):
 
 Weights are initializers named as in ``paligemma_spec.expected_parameter_shapes``;
 with float16 or bfloat16 storage each is read through a ``Cast`` to float32,
-so the graph computes in float32.  Constants are scalars or short shape
+so the graph computes in float32.  Quantized (``convert --dtype int8|int4``),
+the weights of the linear layers (and an untied output layer) are int8 or
+int4 codes beside ``<name>_scale`` (export/paligemma/quantize.py), each read
+through ``DequantizeLinear``: per output row for int8, in blocks along K for
+int4 (opset 21), its float16 scales first cast to float32 so that the weight
+is ``code * scale`` exactly.  Constants are scalars or short shape
 vectors (at most ``MAX_CONSTANT_ELEMENTS`` elements).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -34,17 +39,25 @@ OUTPUT_NAMES = ("logits",)
 #: ONNX data types of the storage dtypes.
 STORAGE_TYPES = {"float32": 1, "float16": 10, "bfloat16": 16}
 IR_VERSION = 8
+#: int4 DequantizeLinear (blocked) needs opset 21, which needs IR 10.
+INT4_OPSET, INT4_IR_VERSION = 21, 10
 GRAPH_NAME = "main_graph"
+SCALE_SUFFIX = "_scale"  # pali_engine.model_spec.QUANTIZED_SCALE_SUFFIX
 
 
 class _Builder:
     """Appends nodes; names each output after its op, reuses constants and weight casts."""
 
-    def __init__(self, storage: str):
+    def __init__(self, storage: str, opset: int, quantization: Optional[Tuple[str, Optional[int]]] = None):
         from onnx import helper, numpy_helper
 
         self._helper, self._numpy_helper = helper, numpy_helper
         self.storage = storage
+        self.opset = opset
+        #: ("int8", None) or ("int4", group): how the linear layers' weights are stored; None: like the rest.
+        self.quantization = quantization
+        #: The weights stored quantized, in the order the graph reads them.
+        self.quantized: List[str] = []
         self.casts: List[Any] = []
         self.nodes: List[Any] = []
         self.weights: List[str] = []
@@ -90,11 +103,33 @@ class _Builder:
             self._cast_of[name] = out
         return self._cast_of[name]
 
+    def linear_weight(self, name: str) -> str:
+        """The float32 value of a linear layer's weight [out, in]: dequantized when the layers are quantized."""
+        if self.quantization is None:
+            return self.weight(name)
+        if name not in self.weights:
+            self.weights.append(name)
+            self.quantized.append(name)
+        if name not in self._cast_of:
+            kind, group = self.quantization
+            out, scale = f"{name}::float32", name + SCALE_SUFFIX
+            if kind == "int8":
+                self.casts.append(self._helper.make_node("DequantizeLinear", [name, scale], [out],
+                                                         name=f"DequantizeLinear::{name}", axis=0))
+            else:
+                self.casts.append(self._helper.make_node("Cast", [scale], [f"{scale}::float32"],
+                                                         name=f"Cast::{scale}", to=1))
+                self.casts.append(self._helper.make_node("DequantizeLinear", [name, f"{scale}::float32"], [out],
+                                                         name=f"DequantizeLinear::{name}", axis=1,
+                                                         block_size=group))
+            self._cast_of[name] = out
+        return self._cast_of[name]
+
     # ---------------------------------------------------------------- layers
 
     def linear(self, x: str, prefix: str, bias: bool = True) -> str:
         """x @ W.T (+ b), W in PyTorch's [out, in] layout."""
-        y = self.op("MatMul", x, self.op("Transpose", self.weight(prefix + ".weight"), perm=[1, 0]))
+        y = self.op("MatMul", x, self.op("Transpose", self.linear_weight(prefix + ".weight"), perm=[1, 0]))
         return self.op("Add", self.weight(prefix + ".bias"), y) if bias else y
 
     def layer_norm(self, x: str, prefix: str, eps: float) -> str:
@@ -103,7 +138,10 @@ class _Builder:
 
     def rms_norm(self, x: str, prefix: str, eps: float) -> str:
         """x / sqrt(mean(x²) + eps) × (1 + w), in float32 (Gemma)."""
-        mean = self.op("ReduceMean", self.op("Pow", x, self.const(2.0)), axes=[-1], keepdims=1)
+        square = self.op("Pow", x, self.const(2.0))
+        # ReduceMean takes its axes as an input from opset 18 on.
+        mean = (self.op("ReduceMean", square, self.ints([-1]), keepdims=1) if self.opset >= 18
+                else self.op("ReduceMean", square, axes=[-1], keepdims=1))
         inverse = self.op("Div", self.const(1.0), self.op("Sqrt", self.op("Add", mean, self.const(eps))))
         scale = self.op("Add", self.weight(prefix + ".weight"), self.const(1.0))
         return self.op("Mul", self.op("Mul", x, inverse), scale)
@@ -269,23 +307,29 @@ def _logits(g: _Builder, config: Dict[str, Any]) -> str:
     for i in range(t["num_hidden_layers"]):
         x = _gemma_layer(g, x, t, i, cos, sin, full, sliding)
     x = g.rms_norm(x, lm + ".norm", t["rms_norm_eps"])
-    head = embed if config["tie_word_embeddings"] else g.weight("lm_head.weight")
+    head = embed if config["tie_word_embeddings"] else g.linear_weight("lm_head.weight")
     logits = g.op("MatMul", x, g.op("Transpose", head, perm=[1, 0]))
     if t.get("final_logit_softcapping") is not None:
         logits = g.softcap(logits, t["final_logit_softcapping"])
     return logits
 
 
-def build_graph(config: Dict[str, Any], storage: str, opset: int):
+def build_graph(config: Dict[str, Any], storage: str, opset: int,
+                quantization: Optional[Tuple[str, Optional[int]]] = None):
     """The ModelProto of ``config`` (a converted ``pali.config``) with no initializers yet.
 
-    Returns (model, weight names in the order the graph first reads them).  The
-    caller adds one initializer per weight (``storage``: "float32", "float16"
-    or "bfloat16"), named as the graph reads them.
+    Returns (model, weight names in the order the graph first reads them, the
+    names among them stored quantized).  The caller adds one initializer per
+    weight (``storage``: "float32", "float16" or "bfloat16"), named as the
+    graph reads them; with ``quantization`` (("int8", None) or ("int4",
+    group)) the linear layers' weights are codes, each with its scales.
     """
     from onnx import TensorProto, helper
 
-    g = _Builder(storage)
+    ir_version = IR_VERSION
+    if quantization is not None and quantization[0] == "int4":
+        opset, ir_version = max(opset, INT4_OPSET), INT4_IR_VERSION
+    g = _Builder(storage, opset, quantization)
     logits = _logits(g, config)
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="/logits"))
     v, t = config["vision_config"], config["text_config"]
@@ -297,5 +341,5 @@ def build_graph(config: Dict[str, Any], storage: str, opset: int):
     ]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence", t["vocab_size"]])]
     graph = helper.make_graph(g.casts + g.nodes, GRAPH_NAME, inputs, outputs)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSION)
-    return model, list(g.weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
+    return model, list(g.weights), list(g.quantized)
