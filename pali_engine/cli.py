@@ -98,8 +98,9 @@ def _run_add_arguments(parser: argparse.ArgumentParser) -> None:
     from .dtypes import DTYPES
 
     parser.add_argument("--backend", default="native", choices=backend_names())
-    parser.add_argument("--dtype", default="float32", choices=DTYPES,
-                        help="weight storage of the native engine")
+    parser.add_argument("--dtype", default=None, choices=DTYPES,
+                        help="weight storage of the native engine (default: the file's own when it is "
+                             "quantized, else float32)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     parser.add_argument("--beams", type=int, default=1, help="beam search width (1: greedy)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the model's limit")

@@ -43,7 +43,7 @@ class Engine:
         *,
         backend: str = "native",
         device: str = "cpu",
-        dtype: str = "float32",
+        dtype: str | None = None,
         threads: int | None = None,
         resize: str | None = None,
         max_batch: int | None = None,
@@ -51,7 +51,9 @@ class Engine:
     ) -> "Engine":
         """Opens a model file (the bundled default model when ``path`` is None).
 
-        ``dtype`` (native backend): how the weights are stored and multiplied.
+        ``dtype`` (native backend): how the weights are stored and multiplied
+        (``pali_engine.dtypes``; None: the file's own when it is quantized, as
+        ``pali-engine convert --dtype int8|int4`` writes it, else float32).
         ``float32``; ``float16`` (weights rounded to half, float32 arithmetic);
         ``int8`` (weights per output channel, and every linear layer's input per
         row at run time, multiplied in integers: the fastest, with AVX-512 VNNI
@@ -93,6 +95,10 @@ class Engine:
             raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
         # Read once: the architecture is picked from it and the backend checks it.
         info = inspect(path)
+        if dtype is None:
+            from .dtypes import default_dtype
+
+            dtype = default_dtype(info["metadata"].get("pali.weights_dtype")) if backend == "native" else "float32"
         architecture = backends.file_architecture(path, info["metadata"])
         backend_class = backends.backend_class(architecture, backend)
         if resize is not None and resize not in backend_class.resize_modes:

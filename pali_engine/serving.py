@@ -83,7 +83,7 @@ class PaliEngineDeployment:
 
 
 def build_app(model: Optional[str] = None, *, model_name: Optional[str] = None, backend: str = "native",
-              device: str = "cpu", dtype: str = "float32", threads: Optional[int] = None,
+              device: str = "cpu", dtype: Optional[str] = None, threads: Optional[int] = None,
               resize: Optional[str] = None, vae: Optional[str] = None, settings: Optional[ServerSettings] = None,
               num_replicas: Optional[int] = 1, autoscaling_config: Optional[Dict[str, Any]] = None,
               num_cpus: float = 1, num_gpus: float = 0, max_ongoing_requests: Optional[int] = None,

@@ -156,3 +156,25 @@ def test_broken_quantized_files_are_refused(files, tmp_path):
             pali_engine.Engine.load(broken, dtype="int8")
     # The process is healthy after the refusals.
     assert pali_engine.Engine.load(source, dtype="int8") is not None
+
+
+@pytest.mark.parametrize("dtype", QUANTIZED)
+def test_a_quantized_file_loads_in_its_own_dtype_by_default(files, dtype):
+    assert pali_engine.Engine.load(files[dtype]).dtype == dtype
+    assert pali_engine.Engine.load(files["float32"]).dtype == "float32"
+    assert pali_engine.Engine.load(files[dtype], backend="onnxruntime").dtype == "float32"
+
+
+def test_the_command_line_loads_a_quantized_file_in_its_dtype(files, capsys):
+    from pali_engine.cli import main
+
+    image = str(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "shapes.png"))
+    assert main(["run", "--model", files["int4"], image, "caption en", "--max-new-tokens", "4", "--json"]) == 0
+    by_default = capsys.readouterr().out
+    assert main(["run", "--model", files["int4"], image, "caption en", "--max-new-tokens", "4", "--json",
+                 "--dtype", "int4"]) == 0
+    explicit = capsys.readouterr().out
+    import json
+
+    strip = lambda text: {k: v for k, v in json.loads(text).items() if k != "timings"}  # noqa: E731
+    assert strip(by_default) == strip(explicit)

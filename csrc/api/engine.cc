@@ -353,13 +353,14 @@ Engine Engine::load(const std::string& path, const LoadOptions& options) {
   return translated([&] {
     auto impl = std::make_shared<Impl>();
     impl->path = path;
-    impl->dtype = options.dtype;
     struct stat info {};
     if (::stat(path.c_str(), &info) != 0 || !S_ISREG(info.st_mode))
       throw pali::ModelFileError(str_cat(path, ": no such model file"));
     // Open for the load only: the model keeps what it needs of the file.
     const std::shared_ptr<const pali::onnx::OnnxFile> file = pali::onnx::OnnxFile::open(path);
     impl->architecture = file_architecture(path, *file);
+    impl->dtype = options.dtype ? *options.dtype
+                                : dtype_from_name(pali::default_engine_dtype(file->find_metadata("pali.weights_dtype")).name);
     const bool paligemma = impl->paligemma();
     if (paligemma && options.resize == Resize::pad)
       throw pali::InvalidArgument(str_cat("a 'paligemma' model takes resize='stretch', as it was trained; got 'pad'"));
@@ -417,7 +418,7 @@ Engine Engine::load(const std::string& path, const LoadOptions& options) {
 
     pali::ScopedOpThreads scoped(impl->threads);
     try {
-      impl->model = architecture.load(file, config, weight_format(options.dtype));
+      impl->model = architecture.load(file, config, weight_format(impl->dtype));
     } catch (const pali::ModelFileError&) {
       throw;
     } catch (const pali::InvalidArgument& error) {

@@ -465,6 +465,15 @@ void bind_models(py::module_& m) {
       "The engine's dtypes, the default first: (name, weight format of the linear layers, what it means).");
 
   m.def(
+      "default_engine_dtype",
+      [](const std::optional<std::string>& weights_dtype) {
+        return std::string(default_engine_dtype(weights_dtype ? &*weights_dtype : nullptr).name);
+      },
+      py::arg("weights_dtype"),
+      "The dtype a model loads in when none is asked for, from its file's 'pali.weights_dtype' (or None): "
+      "the file's own when it is quantized, else float32.");
+
+  m.def(
       "load_model",
       [](const std::shared_ptr<onnx::OnnxFile>& file, const std::string& weight_format, int threads,
          const py::object& config, int64_t max_batch, int64_t max_queue) {

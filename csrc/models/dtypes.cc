@@ -33,4 +33,10 @@ const EngineDtype& engine_dtype(const std::string& name) {
   throw InvalidArgument(str_cat("dtype must be one of ", engine_dtype_names(), ", got '", name, "'"));
 }
 
+const EngineDtype& default_engine_dtype(const std::string* weights_dtype) {
+  for (const auto& d : engine_dtypes())
+    if (weights_dtype && *weights_dtype == d.name && (d.format == WeightFormat::i8 || is_int4(d.format))) return d;
+  return engine_dtypes().front();
+}
+
 }  // namespace pali

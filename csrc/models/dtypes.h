@@ -20,6 +20,11 @@ struct EngineDtype {
 const std::vector<EngineDtype>& engine_dtypes();
 // The dtype named `name`; InvalidArgument "dtype must be one of ..., got 'name'" otherwise.
 const EngineDtype& engine_dtype(const std::string& name);
+// The dtype a model loads in when none is asked for: the file's own when its
+// `pali.weights_dtype` names a quantized one (a file that `pali-engine convert
+// --dtype int8|int4` quantized), else float32. `weights_dtype`: that
+// metadata's value, or null.
+const EngineDtype& default_engine_dtype(const std::string* weights_dtype);
 // "float32, float16, ...": the names, for messages and usage lines.
 std::string engine_dtype_names(const char* separator = ", ");
 

@@ -59,8 +59,9 @@ PALI_ENGINE_C_API const char* pali_last_error(void);
 
 /* ---- engines ---- */
 
-/* Loads and checks a model file. dtype: "float32" (NULL), "float16", "bfloat16",
- * "int8", "int4", "int4_g64" or "int4_g128";
+/* Loads and checks a model file. dtype: "float32", "float16", "bfloat16",
+ * "int8", "int4", "int4_g64" or "int4_g128" (NULL: the file's own when it
+ * stores quantized weights, else "float32");
  * threads: CPU threads of each call, 0 for all cores; resize: how a
  * non-square image becomes square, "pad" or "stretch" (NULL: the model's
  * convention). */

@@ -213,7 +213,9 @@ PALI_ENGINE_API const char* dtype_name(Dtype dtype);
 PALI_ENGINE_API Resize resize_from_name(const std::string& name);
 
 struct LoadOptions {
-  Dtype dtype = Dtype::float32;
+  // Unset: the file's own dtype when it stores quantized weights (written by
+  // `pali-engine convert --dtype int8|int4`), else float32.
+  std::optional<Dtype> dtype;
   int threads = 0;  // CPU threads of each call; 0: all cores (OMP_NUM_THREADS)
   Resize resize = Resize::model_default;
 };

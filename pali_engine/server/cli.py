@@ -43,8 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--model", help="an ONNX model file (default: the bundled model)")
     model.add_argument("--model-name", help="the model's id in the API (default: the file's name without .onnx)")
     model.add_argument("--backend", default="native", choices=backend_names())
-    model.add_argument("--dtype", default="float32", choices=DTYPES,
-                       help="weight storage of the native engine")
+    model.add_argument("--dtype", default=None, choices=DTYPES,
+                       help="weight storage of the native engine (default: the file's own when it is "
+                            "quantized, else float32)")
     model.add_argument("--threads", type=_count(1), default=None, help="CPU threads per engine call (default: all)")
     model.add_argument("--resize", default=None, choices=("pad", "stretch"),
                        help="how a non-square image becomes square (default: the model's convention)")
