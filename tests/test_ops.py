@@ -413,6 +413,24 @@ def test_gelu_matches_torch():
     np.testing.assert_allclose(ops.activation(x, "gelu_new"), ref, rtol=2e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("cap", [30.0, 50.0, 0.5])
+@pytest.mark.parametrize("n", [1, 7, 8, 33, 5000, 257216 + 3])
+def test_softcap(cap, n):
+    rng = rng_for("softcap", cap, n)
+    x = randn(rng, n, scale=3 * cap)
+    x[: min(n, 6)] = np.array([0.0, -0.0, 1e-30, -1e4, 1e4, -cap], np.float32)[: min(n, 6)]
+    ref = cap * np.tanh(x.astype(np.float64) / cap)
+    y = ops.softcap(x, cap)
+    # A few float32 ulps of cap (1 - e and 1 + e round on the scale of 1), and of the result.
+    np.testing.assert_allclose(y, ref, rtol=2e-6, atol=cap * 4e-7)
+    assert np.all(y * x >= 0) and np.all(np.abs(y) <= cap)  # never the other sign, never past the cap
+
+
+def test_softcap_errors():
+    with pytest.raises(ValueError, match="softcap: bad arguments"):
+        ops.softcap(np.ones(3, np.float32), 0.0)
+
+
 @pytest.mark.parametrize("act", ["gelu_tanh", "silu"])
 @pytest.mark.parametrize("m,f", [(1, 1), (3, 9), (4, 64), (5, 1027)])
 def test_gated_activation(act, m, f):

@@ -326,6 +326,16 @@ void bind_ops(py::module_& parent) {
     return y;
   }, py::arg("x"), py::arg("act") = "gelu_tanh");
 
+  m.def("softcap", [](FArray x, float cap) {
+    FArray y = new_like(x);
+    std::memcpy(y.mutable_data(), x.data(), x.size() * sizeof(float));
+    float* yp = y.mutable_data();
+    const int64_t n = y.size();
+    py::gil_scoped_release release;
+    softcap_inplace(yp, n, cap);
+    return y;
+  }, py::arg("x"), py::arg("cap"), "cap * tanh(x / cap).");
+
   m.def("gated_activation", [](FArray x, const std::string& act) {
     const Activation a = activation_from_name(act);
     auto [rows, f2] = rows_cols(x);

@@ -99,11 +99,8 @@ void GemmaDecoder::finish_layer(const Layer& l, float* x, int64_t rows, const Sc
 void GemmaDecoder::head(const float* x, int64_t rows, float* h, float* logits) const {
   rms_norm(x, rows, config_.hidden_size, final_norm_.data<float>(), config_.rms_norm_eps, h);
   linear(h, rows, lm_head_, logits);
-  const float cap = config_.final_logit_softcapping;
-  if (cap > 0) {
-    const int64_t n = rows * config_.vocab_size;
-    for (int64_t i = 0; i < n; ++i) logits[i] = cap * std::tanh(logits[i] / cap);
-  }
+  if (config_.final_logit_softcapping > 0)
+    softcap_inplace(logits, rows * config_.vocab_size, config_.final_logit_softcapping);
 }
 
 void GemmaDecoder::run_prompt(float* x, int64_t batch, int64_t length, const int32_t* key_mask,

@@ -1,5 +1,5 @@
 // Activations: tanh-approximated GELU (T5 v1.1 / mT5 "gelu_new", ViT MLP in
-// PaLI) and the gated FFN activation act(gate) * up.
+// PaLI), the gated FFN activation act(gate) * up, and Gemma 2's soft-capping.
 #pragma once
 
 #include <cstdint>
@@ -22,5 +22,11 @@ void activation_inplace(float* x, int64_t n, Activation act);
 // output: the layout prepare_linear_concat({wi_0, wi_1}) produces);
 // out: [m, f] dense = act(gate) * up. out must not overlap in.
 void gated_activation(const float* in, int64_t m, int64_t f, float* out, Activation act);
+
+// cap * tanh(x / cap), in place on n floats (Gemma 2's final logits: 257216
+// a row, a decode step's largest elementwise pass, so vectorized and
+// threaded). tanh(u) = sign(u) (1 - e) / (1 + e) with e = exp(-2 |u|): within
+// a few float32 ulps of cap, not of the result, near 0.
+void softcap_inplace(float* x, int64_t n, float cap);
 
 }  // namespace pali

@@ -1,5 +1,6 @@
-// CPU activations: tanh-GELU, SiLU, ReLU and the gated FFN activation; AVX2
-// kernels on x86-64, NEON and portable ones from one template (ops/simd_lanes.h).
+// CPU activations: tanh-GELU, SiLU, ReLU, the gated FFN activation and
+// soft-capping; AVX2 kernels on x86-64, NEON and portable ones from one
+// template (ops/simd_lanes.h).
 #include <cmath>
 
 #include "core/error.h"
@@ -64,6 +65,27 @@ void activation_avx2(float* x, int64_t n, Activation act) {
   });
 }
 
+inline __m256 softcap_vec(__m256 x, __m256 cap, __m256 inverse_cap) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  const __m256 u = _mm256_mul_ps(x, inverse_cap);
+  const __m256 e = simd::exp(_mm256_mul_ps(_mm256_set1_ps(-2.0f), _mm256_andnot_ps(sign, u)));
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 t = _mm256_div_ps(_mm256_sub_ps(one, e), _mm256_add_ps(one, e));
+  return _mm256_mul_ps(cap, _mm256_or_ps(t, _mm256_and_ps(sign, u)));
+}
+
+void softcap_avx2(float* x, int64_t n, float cap) {
+  const __m256 c = _mm256_set1_ps(cap), inverse = _mm256_set1_ps(1.0f / cap);
+  for_vectors(n, [&](int64_t i, int64_t count) {
+    if (count == 8) {
+      _mm256_storeu_ps(x + i, softcap_vec(_mm256_loadu_ps(x + i), c, inverse));
+    } else {
+      const __m256i mk = simd::tail_mask(count);
+      _mm256_maskstore_ps(x + i, mk, softcap_vec(_mm256_maskload_ps(x + i, mk), c, inverse));
+    }
+  });
+}
+
 void gated_row_avx2(const float* g, const float* u, float* o, int64_t f, Activation act) {
   int64_t j = 0;
   for (; j + 8 <= f; j += 8)
@@ -90,6 +112,23 @@ inline typename L::V act_lanes(typename L::V x, Activation act) {
     case Activation::silu: return L::div(x, L::add(L::set1(1.0f), L::exp(L::sub(L::zero(), x))));
     default: return L::max(x, L::zero());
   }
+}
+
+template <typename L>
+inline typename L::V softcap_lanes(typename L::V x, float cap) {
+  using V = typename L::V;
+  const V u = L::mul(x, L::set1(1.0f / cap));
+  const V magnitude = L::max(u, L::sub(L::zero(), u));
+  const V e = L::exp(L::mul(L::set1(-2.0f), magnitude));
+  const V t = L::div(L::sub(L::set1(1.0f), e), L::add(L::set1(1.0f), e));
+  return L::mul(L::set1(cap), L::copysign(t, u));
+}
+
+template <typename L>
+void softcap_span(float* x, int64_t n, float cap) {
+  int64_t i = 0;
+  for (; i + L::kWidth <= n; i += L::kWidth) L::store(x + i, softcap_lanes<L>(L::load(x + i), cap));
+  for (; i < n; ++i) x[i] = softcap_lanes<simd::ScalarLanes>(x[i], cap);
 }
 
 template <typename L>
@@ -124,6 +163,20 @@ void activation_inplace(float* x, int64_t n, Activation act) {
 }
 
 void gelu_tanh_inplace(float* x, int64_t n) { activation_inplace(x, n, Activation::gelu_tanh); }
+
+void softcap_inplace(float* x, int64_t n, float cap) {
+  PALI_CHECK_ARG(n >= 0 && (n == 0 || x) && cap > 0 && std::isfinite(cap), "softcap: bad arguments");
+#if defined(PALI_CPU_AVX2)
+  if (simd::avx2_chosen()) {
+    softcap_avx2(x, n, cap);
+    return;
+  }
+#endif
+  simd::with_lanes([&](auto lanes) {
+    using L = decltype(lanes);
+    parallel_for_aligned(0, n, 8, 1 << 14, [&](int64_t b, int64_t e) { softcap_span<L>(x + b, e - b, cap); });
+  });
+}
 
 void gated_activation(const float* in, int64_t m, int64_t f, float* out, Activation act) {
   PALI_CHECK_ARG(m >= 0 && f >= 0, "gated_activation: bad sizes");

@@ -37,6 +37,8 @@ struct ScalarLanes {
   static V max(V a, V b) { return a > b ? a : b; }
   static float hsum(V v) { return v; }
   static float hmax(V v) { return v; }
+  // |a| with the sign of b
+  static V copysign(V a, V b) { return std::copysign(a, b); }
   // exp(x) with the vector kernels' contract: exactly 0 below -87.33 (and for
   // -inf and NaN), inputs above 88 clamped to exp(88).
   static V exp(V x) { return x >= -87.33f ? std::exp(x < 88.0f ? x : 88.0f) : 0.0f; }
@@ -58,6 +60,7 @@ struct NeonLanes {
   static V max(V a, V b) { return vmaxq_f32(a, b); }
   static float hsum(V v) { return vaddvq_f32(v); }
   static float hmax(V v) { return vmaxvq_f32(v); }
+  static V copysign(V a, V b) { return vbslq_f32(vdupq_n_u32(0x80000000u), b, vabsq_f32(a)); }
   // The Cephes-style polynomial of the AVX2 kernels (about 2 ulp), same contract.
   static V exp(V x) {
     const uint32x4_t keep = vcgeq_f32(x, vdupq_n_f32(-87.33f));

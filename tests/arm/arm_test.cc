@@ -289,6 +289,21 @@ void check_activations() {
   }
 }
 
+void check_softcap() {
+  for (int64_t n : {1, 3, 8, 33, 1001}) {
+    for (float cap : {30.0f, 0.5f}) {
+      const std::vector<float> x0 = uniform(n, -3 * cap, 3 * cap);
+      for_each_path([&](const std::string& path) {
+        std::vector<float> x = x0;
+        pali::softcap_inplace(x.data(), n, cap);
+        Error e;
+        for (int64_t i = 0; i < n; ++i) e.add(x[i], cap * std::tanh(static_cast<double>(x0[i]) / cap), cap * 4e-7, 2e-6);
+        record("softcap", path, e);
+      });
+    }
+  }
+}
+
 void check_log_softmax() {
   const std::pair<int64_t, int64_t> sizes[] = {{1, 1}, {2, 7}, {3, 100}, {2, 1003}};
   for (const auto& [m, v] : sizes) {
@@ -547,6 +562,7 @@ int main(int argc, char** argv) {
     check_linear_int8_activations();
     check_norms();
     check_activations();
+    check_softcap();
     check_log_softmax();
     check_attention();
     check_patch_embed();
