@@ -199,21 +199,29 @@ def test_calls_that_arrive_while_others_decode_prefill_together(case):
     # A long call keeps the decode thread stepping, so the others go to the prefill thread.
     running = engine.stream(pictures[0], prompts[0], max_new_tokens=4000, min_new_tokens=4000)
     next(running)
-    before = engine.scheduler_stats()
-    prepared = [backend.prepare(p, q, {"max_new_tokens": max_new_tokens}) for p, q in jobs]
-    pending = [backend.submit(request) for request in prepared]
-    for request in pending:
-        request.start()
-    for request in pending:
-        while not request.poll()[1]:
-            select.select([request.fileno()], [], [], 20)
-    got = [backend.results(r, *backend.hypotheses(p)).tokens for r, p in zip(prepared, pending)]
-    after = engine.scheduler_stats()
+    first = engine.scheduler_stats()
+    batched = []
+    # Submitted at once while the prefill thread is busy with the first, the calls are prefilled in fewer
+    # batches than calls. On a loaded machine this thread may be descheduled between two submissions for
+    # longer than a prefill takes, so a round may see none joined: up to three rounds.
+    for _ in range(3):
+        before = engine.scheduler_stats()
+        prepared = [backend.prepare(p, q, {"max_new_tokens": max_new_tokens}) for p, q in jobs]
+        pending = [backend.submit(request) for request in prepared]
+        for request in pending:
+            request.start()
+        for request in pending:
+            while not request.poll()[1]:
+                select.select([request.fileno()], [], [], 20)
+        got = [backend.results(r, *backend.hypotheses(p)).tokens for r, p in zip(prepared, pending)]
+        after = engine.scheduler_stats()
+        assert got == want
+        batched.append(after["prefills"] - before["prefills"] < len(jobs))
+        if batched[-1]:
+            break
     running.close()
-    assert got == want
-    # Submitted at once while the prefill thread was busy with the first: prefilled in fewer batches than calls.
-    assert after["prefills"] - before["prefills"] < len(jobs)
-    assert after["joined_requests"] > before["joined_requests"]
+    assert any(batched), "every round prefilled each call on its own"
+    assert after["joined_requests"] > first["joined_requests"]
 
 
 def test_calls_from_asyncio_get_what_generate_gets(case):
