@@ -53,6 +53,18 @@ FArray new_like(const py::array& a) {
   return FArray(shape);
 }
 
+// A copy of x with the in-place op `apply(data, n)` run on it without the GIL.
+template <typename F>
+FArray applied_to_copy(const FArray& x, F&& apply) {
+  FArray y = new_like(x);
+  std::memcpy(y.mutable_data(), x.data(), x.size() * sizeof(float));
+  float* yp = y.mutable_data();
+  const int64_t n = y.size();
+  py::gil_scoped_release release;
+  apply(yp, n);
+  return y;
+}
+
 Tensor weight_tensor(const py::array& a) {
   // float16/float32 through numpy_to_tensor; anything else is rejected by prepare_linear.
   return numpy_to_tensor(a);
@@ -317,23 +329,11 @@ void bind_ops(py::module_& parent) {
   // ---- activations ----------------------------------------------------------
   m.def("activation", [](FArray x, const std::string& act) {
     const Activation a = activation_from_name(act);
-    FArray y = new_like(x);
-    std::memcpy(y.mutable_data(), x.data(), x.size() * sizeof(float));
-    float* yp = y.mutable_data();
-    const int64_t n = y.size();
-    py::gil_scoped_release release;
-    activation_inplace(yp, n, a);
-    return y;
+    return applied_to_copy(x, [a](float* y, int64_t n) { activation_inplace(y, n, a); });
   }, py::arg("x"), py::arg("act") = "gelu_tanh");
 
   m.def("softcap", [](FArray x, float cap) {
-    FArray y = new_like(x);
-    std::memcpy(y.mutable_data(), x.data(), x.size() * sizeof(float));
-    float* yp = y.mutable_data();
-    const int64_t n = y.size();
-    py::gil_scoped_release release;
-    softcap_inplace(yp, n, cap);
-    return y;
+    return applied_to_copy(x, [cap](float* y, int64_t n) { softcap_inplace(y, n, cap); });
   }, py::arg("x"), py::arg("cap"), "cap * tanh(x / cap).");
 
   m.def("gated_activation", [](FArray x, const std::string& act) {

@@ -119,16 +119,13 @@ std::optional<QuantizedRows> WeightStore::quantized(const std::string& name, int
   if (listing() || !file_->has_tensor(name)) return std::nullopt;
   const auto& info = file_->info(name);
   if (!info.int4 && info.dtype != DType::i8) return std::nullopt;  // a float tensor, or raw() says what is wrong
-  const std::string declared = file_->find_metadata("pali.weights_dtype") ? *file_->find_metadata("pali.weights_dtype")
-                                                                          : std::string();
-  const EngineDtype* stored = nullptr;
-  for (const auto& d : engine_dtypes())
-    if (declared == d.name) stored = &d;
-  const bool matches = stored && (info.int4 ? is_int4(stored->format) : stored->format == WeightFormat::i8);
-  if (!matches)
+  // The quantized dtype the metadata declares (float32 when it declares none).
+  const std::string* declared = file_->find_metadata("pali.weights_dtype");
+  const WeightFormat stored = default_engine_dtype(declared).format;
+  if (info.int4 ? !is_int4(stored) : stored != WeightFormat::i8)
     throw ModelFileError(str_cat(path(), ": tensor '", name, "' is ", file_->dtype_label(name),
-                                 " but 'pali.weights_dtype' is '", declared, "'"));
-  *format = stored->format;
+                                 " but 'pali.weights_dtype' is '", declared ? *declared : std::string(), "'"));
+  *format = stored;
   if (info.shape != Shape{out, in})
     throw ModelFileError(str_cat(path(), ": tensor '", name, "' has shape ", shape_str(info.shape),
                                  " but the config implies ", shape_str({out, in})));
@@ -207,55 +204,38 @@ LinearWeight WeightStore::linear_concat(const std::vector<std::string>& weights,
   for (size_t i = 0; i < weights.size(); ++i) quantized_weights.push_back(quantized(weights[i], outs[i], in, &stored));
   const size_t quantized_count = static_cast<size_t>(
       std::count_if(quantized_weights.begin(), quantized_weights.end(), [](const auto& q) { return q.has_value(); }));
-  if (quantized_count == 0) {
-    std::vector<Tensor> ws;
-    for (size_t i = 0; i < weights.size(); ++i) ws.push_back(raw(weights[i], {outs[i], in}));
-    return pack(ws, weights, outs, in, biases, format);
-  }
-  if (quantized_count != weights.size())
+  if (quantized_count != 0 && quantized_count != weights.size())
     throw ModelFileError(str_cat(path(), ": tensors '", weights.front(), "' ... '", weights.back(),
                                  "' feed one layer but only some are quantized"));
-  std::vector<Tensor> bs;
+  std::vector<Tensor> ws, bs;
+  if (quantized_count == 0)
+    for (size_t i = 0; i < weights.size(); ++i) ws.push_back(raw(weights[i], {outs[i], in}));
   for (size_t i = 0; i < biases.size(); ++i) bs.push_back(raw(biases[i], {outs[i]}));
+  if (listing()) return {};
+  std::vector<const Tensor*> bp;
+  for (const auto& t : bs) bp.push_back(&t);
+  const auto release = [this](const void* p, size_t n) { release_bytes(p, n); };
   LinearWeight packed;
-  if (format == stored) {
+  if (quantized_count != 0 && format == stored) {
     std::vector<QuantizedRows> rows;
     for (auto& q : quantized_weights) rows.push_back(std::move(*q));
-    std::vector<const Tensor*> bp;
-    for (const auto& t : bs) bp.push_back(&t);
-    packed = prepare_quantized_concat(rows, bp, format, in, &arena_, format == WeightFormat::i8,
-                                      [this](const void* p, size_t n) { release_bytes(p, n); });
-  } else if (format == WeightFormat::f32 || format == WeightFormat::f16 || format == WeightFormat::bf16) {
-    std::vector<Tensor> ws;
-    for (size_t i = 0; i < weights.size(); ++i) ws.push_back(dequantize(*quantized_weights[i], stored, outs[i], in));
-    std::vector<const Tensor*> wp, bp;
-    for (const auto& t : ws) wp.push_back(&t);
-    for (const auto& t : bs) bp.push_back(&t);
-    packed = prepare_linear_concat(wp, bp, format, &arena_, false);
+    packed = prepare_quantized_concat(rows, bp, format, in, &arena_, format == WeightFormat::i8, release);
   } else {
-    throw InvalidArgument(str_cat(path(), " holds ", dtype_of_format(stored), " weights: load it with dtype '",
-                                  dtype_of_format(stored), "' or a float dtype, not '", dtype_of_format(format), "'"));
+    if (quantized_count != 0) {
+      if (format != WeightFormat::f32 && format != WeightFormat::f16 && format != WeightFormat::bf16)
+        throw InvalidArgument(str_cat(path(), " holds ", dtype_of_format(stored), " weights: load it with dtype '",
+                                      dtype_of_format(stored), "' or a float dtype, not '", dtype_of_format(format),
+                                      "'"));
+      for (size_t i = 0; i < weights.size(); ++i) ws.push_back(dequantize(*quantized_weights[i], stored, outs[i], in));
+    }
+    std::vector<const Tensor*> wp;
+    for (const auto& t : ws) wp.push_back(&t);
+    packed = prepare_linear_concat(wp, bp, format, &arena_, format == WeightFormat::i8, release);
   }
   for (const auto& name : weights) {
     file_->release(name);
-    file_->release(name + "_scale");
+    if (quantized_count != 0) file_->release(name + "_scale");
   }
-  for (const auto& name : biases) file_->release(name);
-  return packed;
-}
-
-LinearWeight WeightStore::pack(const std::vector<Tensor>& ws, const std::vector<std::string>& weights,
-                               const std::vector<int64_t>& outs, int64_t in, const std::vector<std::string>& biases,
-                               WeightFormat format) {
-  std::vector<Tensor> bs;
-  for (size_t i = 0; i < biases.size(); ++i) bs.push_back(raw(biases[i], {outs[i]}));
-  if (listing()) return {};
-  std::vector<const Tensor*> wp, bp;
-  for (const auto& t : ws) wp.push_back(&t);
-  for (const auto& t : bs) bp.push_back(&t);
-  LinearWeight packed = prepare_linear_concat(wp, bp, format, &arena_, format == WeightFormat::i8,
-                                              [this](const void* p, size_t n) { release_bytes(p, n); });
-  for (const auto& name : weights) file_->release(name);
   for (const auto& name : biases) file_->release(name);
   return packed;
 }

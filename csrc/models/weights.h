@@ -71,10 +71,6 @@ class WeightStore {
   void release_bytes(const void* p, size_t n) const;
 
  private:
-  // Float weights taken with raw(), with their biases, packed.
-  LinearWeight pack(const std::vector<Tensor>& ws, const std::vector<std::string>& weights,
-                    const std::vector<int64_t>& outs, int64_t in, const std::vector<std::string>& biases,
-                    WeightFormat format);
   // The codes and scales of a weight the file stores quantized, checked; nullopt when it is a float tensor.
   std::optional<QuantizedRows> quantized(const std::string& name, int64_t out, int64_t in, WeightFormat* format);
 

@@ -172,6 +172,26 @@ void report_consumed(const std::vector<RowSource>& rows, int64_t begin, int64_t 
   if (run) consumed(run, run_bytes);
 }
 
+// Packs panels [0, panels) in waves of about kWaveBytes of source rows
+// (`row_bytes` each), calling `done(first_row, end_row)` after each wave.
+void pack_in_waves(int64_t panels, size_t row_bytes, const std::function<void(int64_t, int64_t)>& pack,
+                   const std::function<void(int64_t, int64_t)>& done) {
+  const int64_t wave_panels = std::max<int64_t>(1, static_cast<int64_t>(kWaveBytes / (row_bytes * P)));
+  for (int64_t wb = 0; wb < panels; wb += wave_panels) {
+    const int64_t we = std::min(panels, wb + wave_panels);
+    parallel_for(wb, we, 1, pack);
+    done(wb * P, we * P);
+  }
+}
+
+// The i8 format's tensors of `out` (packed [panels][k_pad][16], a scale per
+// output, the unsigned offsets of int8 activations), allocated.
+void allocate_int8(LinearWeight& out, int64_t panels, int64_t k_pad, PackedArena* arena) {
+  out.packed = allocate_packed(DType::i8, {panels, k_pad, P}, arena);
+  out.scales = Tensor::empty(DType::f32, {panels * P});
+  if (out.int8_activations) out.unsigned_offsets = Tensor::empty(DType::i32, {panels * P});
+}
+
 // Per-thread scratch `slot` of at least n elements, kept between calls: the
 // packing runs one panel per chunk, and a fresh buffer per panel (mmap'd and
 // zeroed by the kernel above 128 KB) cost more than the packing itself.
@@ -284,13 +304,10 @@ LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
   // to `consumed` once it is packed.
   size_t row_bytes = 0;
   for (const Tensor* w : weights) row_bytes = std::max(row_bytes, static_cast<size_t>(k) * dtype_size(w->dtype()));
-  const int64_t wave_panels = std::max<int64_t>(1, static_cast<int64_t>(kWaveBytes / (row_bytes * P)));
   auto in_waves = [&](const std::function<void(int64_t, int64_t)>& pack) {
-    for (int64_t wb = 0; wb < panels; wb += wave_panels) {
-      const int64_t we = std::min(panels, wb + wave_panels);
-      parallel_for(wb, we, 1, pack);
-      if (consumed) report_consumed(rows, wb * P, std::min(we * P, n_total), k, consumed);
-    }
+    pack_in_waves(panels, row_bytes, pack, [&](int64_t begin, int64_t end) {
+      if (consumed) report_consumed(rows, begin, std::min(end, n_total), k, consumed);
+    });
   };
 
   // Each panel's 16 source rows are read once, row by row (sequentially, as
@@ -409,9 +426,7 @@ LinearWeight prepare_linear_concat(const std::vector<const Tensor*>& weights,
     }
     case WeightFormat::i8: {
       const int64_t k_pad = out.packed_k();  // zero padding past k
-      out.packed = allocate_packed(DType::i8, {panels, k_pad, P}, arena);
-      out.scales = Tensor::empty(DType::f32, {n_pad});
-      if (int8_activations) out.unsigned_offsets = Tensor::empty(DType::i32, {n_pad});
+      allocate_int8(out, panels, k_pad, arena);
       int8_t* dst = out.packed.data<int8_t>();
       float* scales = out.scales.data<float>();
       int32_t* offsets = int8_activations ? out.unsigned_offsets.data<int32_t>() : nullptr;
@@ -502,14 +517,11 @@ LinearWeight prepare_quantized_concat(const std::vector<QuantizedRows>& weights,
     std::memcpy(out.bias.data<float>(), bias.data(), n_pad * sizeof(float));
   }
   const size_t code_bytes = static_cast<size_t>(int4 ? k / 2 : k);
-  const int64_t wave_panels = std::max<int64_t>(1, static_cast<int64_t>(kWaveBytes / (code_bytes * P)));
   auto in_waves = [&](const std::function<void(int64_t, int64_t)>& pack) {
-    for (int64_t wb = 0; wb < panels; wb += wave_panels) {
-      const int64_t we = std::min(panels, wb + wave_panels);
-      parallel_for(wb, we, 1, pack);
+    pack_in_waves(panels, code_bytes, pack, [&](int64_t begin, int64_t end) {
       if (consumed)
-        for (int64_t r = wb * P; r < std::min(we * P, out.n); ++r) consumed(rows[r].codes, code_bytes);
-    }
+        for (int64_t r = begin; r < std::min(end, out.n); ++r) consumed(rows[r].codes, code_bytes);
+    });
   };
   if (int4) {
     const int64_t groups = k_pad / group;  // == file_groups
@@ -537,9 +549,7 @@ LinearWeight prepare_quantized_concat(const std::vector<QuantizedRows>& weights,
       }
     });
   } else {
-    out.packed = allocate_packed(DType::i8, {panels, k_pad, P}, arena);
-    out.scales = Tensor::empty(DType::f32, {n_pad});
-    if (int8_activations) out.unsigned_offsets = Tensor::empty(DType::i32, {n_pad});
+    allocate_int8(out, panels, k_pad, arena);
     int8_t* dst = out.packed.data<int8_t>();
     float* scales = out.scales.data<float>();
     int32_t* offsets = int8_activations ? out.unsigned_offsets.data<int32_t>() : nullptr;

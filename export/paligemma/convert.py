@@ -289,17 +289,18 @@ def reference_model(path: str, config: dict):
         model = PaliGemma(config)
     check_names(model)
     model.to_empty(device="cpu")
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            parameter.copy_(torch.from_numpy(stored_values(path, name, load_tensor)))
-    return model.eval()
-
-
-def stored_values(path: str, name: str, load_tensor) -> np.ndarray:
-    """A weight's float32 values as the file stores them: widened, or dequantized."""
     from pali_engine.model_file import inspect
 
     info = inspect(path)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            parameter.copy_(torch.from_numpy(stored_values(path, info, name, load_tensor)))
+    return model.eval()
+
+
+def stored_values(path: str, info: Dict, name: str, load_tensor) -> np.ndarray:
+    """A weight's float32 values as the file stores them: widened, or dequantized (``info``: the file as
+    ``pali_engine.inspect`` describes it)."""
     dtype, shape = info["tensors"][name]
     if dtype not in ("int8", "int4"):
         return np.asarray(load_tensor(path, name), dtype=np.float32)
