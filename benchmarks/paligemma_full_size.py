@@ -15,12 +15,15 @@ by default, bfloat16) is made with the converter when it is missing.  Peers,
 one subprocess each, in turn: the engine (``Engine.load(file, dtype=D)`` for
 each of ``--engine-dtypes``), transformers eager
 (``PaliGemmaForConditionalGeneration`` in each of ``--transformers-dtypes``)
+onnxruntime on transformers.js-style split graphs (vision encoder, token
+embeddings, decoder with past key/values: benchmarks/paligemma_split_peer.py)
+in each of ``--ort-dtypes`` (float32, and int8: onnxruntime's own dynamic
+quantization of those graphs; written beside the checkpoint when missing)
 and, with ``--compile``, transformers with its forward compiled by
 ``torch.compile`` (dynamic shapes).  Each subprocess reports its load time,
 peak RSS (the kernel's high-water mark VmHWM, imports included; ru_maxrss
 beside it), RSS after load and, per case,
-every timed run, as JSON on stdout.  onnxruntime on transformers.js-style
-split graphs is not run (``NOT_RUN`` says why).
+every timed run, as JSON on stdout.
 
 Inputs: one random 224x224 image per prompt, the prompt "caption en"; cases
 batch 1 and 4 x greedy and beam 4; ``--new-tokens`` (32) forced in every peer
@@ -63,6 +66,7 @@ PROMPT = "caption en"
 DEFAULT_CASES = "b1-greedy,b1-beam4,b4-greedy,b4-beam4"
 DEFAULT_ENGINE_DTYPES = "bfloat16,int8,int4,float32"
 DEFAULT_TRANSFORMERS_DTYPES = "bfloat16,float32"
+DEFAULT_ORT_DTYPES = "float32,int8"
 #: Where each peer's arithmetic can run at best: the floor of a precision uses the best rate among these.
 FLOOR_RATES = {
     "float32": ("float32",),
@@ -72,13 +76,6 @@ FLOOR_RATES = {
     "int4": ("int4", "int8", "bfloat16", "float32"),
     "int4_g64": ("int4", "int8", "bfloat16", "float32"),
     "int4_g128": ("int4", "int8", "bfloat16", "float32"),
-}
-NOT_RUN = {
-    "onnxruntime split graphs (vision encoder, token embeddings, decoder with past key/values)":
-        "not run: not written yet. Exporting the 3B decoder with past key/values through torch.onnx needs the "
-        "float32 PyTorch model (12 GB) in memory and about as much again for the exported weights, about all "
-        "of a 24 GB machine; the way is to build those graphs from the config and stream their weights, as "
-        "pali-engine convert does for its one graph, which remains to be done.",
 }
 FORMULAS = {
     "weight_bytes_per_parameter": "float32 4; float16 and bfloat16 2; int8 1 + 4/K (a float32 scale per output "
@@ -102,7 +99,10 @@ FORMULAS = {
     "weights_mb": "engine: linear layers (vision, projector, language, output) at the precision's bytes per "
                   "parameter, the other parameters (norms, biases, position embeddings) at 4 bytes, and for int8 "
                   "and int4 the bfloat16 copy of the token embedding kept for lookups (the float formats read "
-                  "it from the output layer); transformers: every parameter once at its dtype's size",
+                  "it from the output layer); transformers: every parameter once at its dtype's size; "
+                  "onnxruntime: every parameter at 4 bytes and the token table twice (the embedding graph's "
+                  "and the decoder's output layer), for int8 the matmul weights and the output layer at 1 "
+                  "byte (one scale per tensor)",
 }
 
 
@@ -196,6 +196,14 @@ def engine_weight_bytes(sizes: Dict, precision: str) -> float:
 
 def torch_weight_bytes(sizes: Dict, precision: str) -> float:
     return float(sizes["parameters"]) * {"float32": 4, "bfloat16": 2, "float16": 2}[precision]
+
+
+def ort_weight_bytes(sizes: Dict, precision: str) -> float:
+    """The split graphs' weights (FORMULAS["weights_mb"])."""
+    head_n, head_k = sizes["head"]
+    matmul = sizes["vision_matmul"] + sizes["language_matmul"] + head_n * head_k
+    linear_bytes = 1.0 if precision == "int8" else 4.0
+    return float(matmul * linear_bytes + 4.0 * (sizes["embedding"] + sizes["other"]))
 
 
 def prefill_flops(config: Dict, sizes: Dict, prompt_tokens: int) -> float:
@@ -412,6 +420,27 @@ class TransformersRunner:
                 "tokens": [row[:new_tokens] for row in out[:, length:].tolist()]}
 
 
+class OrtRunner:
+    """onnxruntime on the split graphs: SplitGraphGenerator.generate on the processed inputs."""
+
+    def __init__(self, spec: Dict):
+        from .paligemma_split_peer import SplitGraphGenerator
+
+        self.generator = SplitGraphGenerator(spec["split_dir"], spec["threads"])
+        data = np.load(spec["inputs"])
+        self.inputs = {k: data[k] for k in ("pixel_values", "input_ids", "attention_mask")}
+
+    def run(self, batch: int, beams: int, new_tokens: int) -> Dict:
+        out = self.generator.generate(self.inputs["pixel_values"][:batch], self.inputs["input_ids"][:batch],
+                                      self.inputs["attention_mask"][:batch], new_tokens, num_beams=beams)
+        return {"vision_ms": out["vision_ms"], "ttft_ms": out["ttft_ms"], "total_ms": out["total_ms"],
+                "steps": out["steps"], "tokens": out["tokens"].tolist()}
+
+
+RUNNERS = {"engine": EngineRunner, "transformers": TransformersRunner, "torch.compile": TransformersRunner,
+           "onnxruntime": OrtRunner}
+
+
 class Stopped(BaseException):
     """SIGTERM arrived: the worker reports the cases it finished (not an Exception: no case failed)."""
 
@@ -428,13 +457,13 @@ def worker_main(spec: Dict) -> int:
     """
     signal.signal(signal.SIGTERM, _raise_stopped)
     threads = spec["threads"]
-    if spec["peer"] != "engine":
+    if spec["peer"] in ("transformers", "torch.compile"):
         import torch
 
         torch.set_num_threads(threads)
     report: Dict = {"rss_before_load_mb": _rss_mb(), "cases": {}, "failed": {}, "not_run": {}}
     t0 = time.perf_counter()
-    runner = EngineRunner(spec) if spec["peer"] == "engine" else TransformersRunner(spec)
+    runner = RUNNERS[spec["peer"]](spec)
     report["load_s"] = round(time.perf_counter() - t0, 2)
     report["rss_after_load_mb"] = _rss_mb()
     started = time.perf_counter()
@@ -494,7 +523,7 @@ def run_peer(spec: Dict, timeout_s: float) -> Dict:
 
 
 def missing_package(peer: str) -> Optional[str]:
-    needs = ("transformers", "torch") if peer != "engine" else ()
+    needs = {"engine": (), "onnxruntime": ("onnxruntime",)}.get(peer, ("transformers", "torch"))
     for module in needs:
         try:
             __import__(module)
@@ -637,7 +666,7 @@ def plot(result: Dict, path: str) -> Optional[str]:
     handles, labels = axes[2].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=8)
     m = result["machine"]
-    fig.suptitle(f"{result['model']['name']} (random weights): pali-engine vs transformers, {m.get('cpu', '')}, "
+    fig.suptitle(f"{result['model']['name']} (random weights): pali-engine and its peers, {m.get('cpu', '')}, "
                  f"{result['threads']} threads ({result['date']})", fontsize=10)
     fig.tight_layout(rect=(0, 0.1, 1, 0.95))
     fig.savefig(path, dpi=110)
@@ -690,6 +719,23 @@ def convert_if_missing(hf_dir: str, onnx_path: str) -> Optional[float]:
     return round(time.perf_counter() - t0, 1)
 
 
+def split_graphs_if_missing(hf_dir: str, folder: str, int8_folder: Optional[str]) -> Dict:
+    """Writes the split graphs (and their int8 quantization) in a subprocess where missing:
+    {"seconds": s or None} or {"failed": why}."""
+    from .paligemma_split_peer import have_graphs
+
+    if have_graphs(folder) and (int8_folder is None or have_graphs(int8_folder)):
+        return {"seconds": None}
+    _log(f"writing onnxruntime's split graphs to {os.path.basename(folder)} ...")
+    command = [sys.executable, "-m", "pali_engine.benchmarks.paligemma_split_peer", "export", hf_dir, folder]
+    t0 = time.perf_counter()
+    done = subprocess.run(command + (["--int8", int8_folder] if int8_folder else []))
+    if done.returncode != 0:
+        return {"failed": f"failed: writing the split graphs exited with status {done.returncode} "
+                          f"(its error is in the log above)"}
+    return {"seconds": round(time.perf_counter() - t0, 1)}
+
+
 def _recorded_command(argv: List[str]) -> str:
     """The command line as the JSON records it: folders and files by their last name only."""
     words = [os.path.basename(a.rstrip(os.sep)) if os.sep in a and not a.startswith("-") else a for a in argv]
@@ -704,6 +750,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"the engine's dtypes, one peer each (default {DEFAULT_ENGINE_DTYPES}; '' for none)")
     parser.add_argument("--transformers-dtypes", default=DEFAULT_TRANSFORMERS_DTYPES,
                         help=f"transformers' dtypes (default {DEFAULT_TRANSFORMERS_DTYPES}; '' for none)")
+    parser.add_argument("--ort-dtypes", default=DEFAULT_ORT_DTYPES,
+                        help=f"onnxruntime on the split graphs: float32 and/or int8 (its dynamic quantization; "
+                             f"default {DEFAULT_ORT_DTYPES}; '' for none)")
+    parser.add_argument("--split-dir", default=None,
+                        help="the split graphs' folder (default HF_DIR-split, and HF_DIR-split-int8 for int8; "
+                             "written when missing)")
     parser.add_argument("--compile", action="store_true",
                         help="add transformers with torch.compile (its forward, dynamic shapes) in "
                              "--compile-dtype; skipped with the reason when it fails or runs out of time")
@@ -734,6 +786,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
 
 
+def split_folders(args) -> Dict[str, str]:
+    base = os.path.abspath(args.split_dir or args.hf_dir.rstrip(os.sep) + "-split")
+    return {"float32": base, "int8": base + "-int8"}
+
+
 def peer_specs(args, onnx_path: str, inputs_path: str, threads: int,
                cases: List[Tuple[int, int]]) -> List[Dict]:
     common = {"onnx": onnx_path, "hf_dir": os.path.abspath(args.hf_dir), "inputs": inputs_path,
@@ -742,10 +799,16 @@ def peer_specs(args, onnx_path: str, inputs_path: str, threads: int,
     specs = [dict(common, peer="engine", dtype=d, label=f"engine {d}") for d in _csv(args.engine_dtypes)]
     specs += [dict(common, peer="transformers", dtype=d, label=f"transformers {d}")
               for d in _csv(args.transformers_dtypes)]
+    split = split_folders(args)
+    specs += [dict(common, peer="onnxruntime", dtype=d, label=f"onnxruntime {d}", split_dir=split[d])
+              for d in _csv(args.ort_dtypes)]
     if args.compile:
         specs.append(dict(common, peer="torch.compile", dtype=args.compile_dtype,
                           label=f"torch.compile {args.compile_dtype}"))
     return specs
+
+
+WEIGHT_BYTES = {"engine": engine_weight_bytes, "onnxruntime": ort_weight_bytes}
 
 
 def _write_json(result: Dict, path: str) -> None:
@@ -770,6 +833,9 @@ def run(args: argparse.Namespace, argv: List[str]) -> int:
         for d in _csv(args.transformers_dtypes) + ([args.compile_dtype] if args.compile else []):
             if d not in ("float32", "bfloat16", "float16"):
                 raise ValueError(f"transformers dtype {d!r}: choose from float32, bfloat16, float16")
+        for d in _csv(args.ort_dtypes):
+            if d not in ("float32", "int8"):
+                raise ValueError(f"onnxruntime dtype {d!r}: choose from float32, int8")
         if args.new_tokens < 2:
             raise ValueError("--new-tokens must be at least 2")
     except ValueError as error:
@@ -809,8 +875,17 @@ def run(args: argparse.Namespace, argv: List[str]) -> int:
         "inputs": {"prompt": PROMPT, "images": f"random uint8 {config['image_size']}x{config['image_size']} "
                                                f"RGB, one per prompt (seed {args.seed})",
                    "prompt_tokens": prompt_tokens, "image_tokens": config["num_image_tokens"]},
-        "formulas": FORMULAS, "floors": {"start": floors_start}, "peers": {}, "not_run": dict(NOT_RUN),
+        "formulas": FORMULAS, "floors": {"start": floors_start}, "peers": {}, "not_run": {},
     }
+    ort_dtypes = _csv(args.ort_dtypes)
+    if ort_dtypes and not missing_package("onnxruntime"):
+        folders = split_folders(args)
+        written = split_graphs_if_missing(os.path.abspath(args.hf_dir), folders["float32"],
+                                          folders["int8"] if "int8" in ort_dtypes else None)
+        result["model"]["split_graphs_s"] = written.get("seconds")
+        if "failed" in written:
+            result["not_run"].update({f"onnxruntime {d}": written["failed"] for d in ort_dtypes})
+            args.ort_dtypes = ""
     for spec in peer_specs(args, onnx_path, inputs_path, threads, cases):
         label = spec["label"]
         why = missing_package(spec["peer"])
@@ -829,8 +904,7 @@ def run(args: argparse.Namespace, argv: List[str]) -> int:
         peer = {"peer": spec["peer"], "precision": precision, "load_s": report["load_s"],
                 "peak_rss_mb": report["peak_rss_mb"], "rss_after_load_mb": report["rss_after_load_mb"],
                 "rss_before_load_mb": report["rss_before_load_mb"], "wall_s": round(time.time() - t0, 1),
-                "weights_mb": (engine_weight_bytes(sizes, precision) if spec["peer"] == "engine"
-                               else torch_weight_bytes(sizes, precision)) / 2 ** 20,
+                "weights_mb": WEIGHT_BYTES.get(spec["peer"], torch_weight_bytes)(sizes, precision) / 2 ** 20,
                 "failed": report["failed"], "not_run": report["not_run"],
                 "warmup_ms": report.get("warmup_ms", {}), "cases": {}, "runs": {}, "tokens": {}}
         for cname, runs in report["cases"].items():

@@ -621,7 +621,9 @@ def test_full_size_run_converts_and_reports_every_peer(full_size_run):
     assert result["command"].startswith("python -m pali_engine.benchmarks.paligemma_full_size hf --threads 2")
     assert "cpu_flags" in result["machine"] and result["versions"]["pali-engine"]
     assert set(result["peers"]) == {"engine float32", "engine bfloat16", "engine int8", "engine int4",
-                                    "transformers float32"}
+                                    "transformers float32", "onnxruntime float32", "onnxruntime int8"}
+    assert os.path.isfile(root / "hf-split" / "decoder.onnx") and os.path.isfile(root / "hf-split-int8" /
+                                                                                  "decoder.onnx")
     for name, peer in result["peers"].items():
         assert peer["failed"] == {} and peer["not_run"] == {}, name
         assert peer["load_s"] > 0 and peer["peak_rss_mb"] >= peer["rss_after_load_mb"] > 0, name
@@ -631,15 +633,14 @@ def test_full_size_run_converts_and_reports_every_peer(full_size_run):
             for metric in ("vision_ms", "ttft_ms", "ms_per_token", "total_ms", "tokens_per_s"):
                 assert 0 < stats[metric]["min"] <= stats[metric]["median"] <= stats[metric]["max"], (name, metric)
             assert stats["ttft_ms"]["median"] < stats["total_ms"]["median"]
-    assert any(name.startswith("onnxruntime split graphs") and why.startswith("not run:")
-               for name, why in result["not_run"].items())
-    assert len(result["summary"]) == 2 * 5
+    assert result["not_run"] == {}
+    assert len(result["summary"]) == 2 * 7
     for row in result["summary"]:
         assert set(row) == FULL_SIZE_SUMMARY_KEYS
         assert row["model"] == result["model"]["name"]
         assert row["floor_ms_per_token"] > 0 and row["floor_ttft_ms"] > 0 and row["weights_mb"] > 0
     assert "| engine | int4 | b2-beam2 |" in text and "| transformers | float32 | b1-greedy |" in text
-    assert "onnxruntime split graphs" in text
+    assert "| onnxruntime | int8 | b2-beam2 |" in text
     assert not glob.glob(str(root / "out" / "*.npz"))  # the inputs file is removed
 
 
@@ -649,6 +650,8 @@ def test_full_size_engine_answers_as_transformers(full_size_run):
     assert agreement["reference"] == "transformers float32"
     assert agreement["cases"]["b1-greedy"]["engine float32"] == "1/1"
     assert agreement["cases"]["b2-beam2"]["engine float32"] == "2/2"
+    assert agreement["cases"]["b1-greedy"]["onnxruntime float32"] == "1/1"
+    assert agreement["cases"]["b2-beam2"]["onnxruntime float32"] == "2/2"
 
 
 def test_full_size_plot(full_size_run):

@@ -43,17 +43,22 @@ IR_VERSION = 8
 INT4_OPSET, INT4_IR_VERSION = 21, 10
 GRAPH_NAME = "main_graph"
 SCALE_SUFFIX = "_scale"  # pali_engine.model_spec.QUANTIZED_SCALE_SUFFIX
+#: A linear layer's weight stored as [in, out] (the split graphs') is named ``<prefix>.weight_t``.
+TRANSPOSED_SUFFIX = "_t"
 
 
 class _Builder:
     """Appends nodes; names each output after its op, reuses constants and weight casts."""
 
-    def __init__(self, storage: str, opset: int, quantization: Optional[Tuple[str, Optional[int]]] = None):
+    def __init__(self, storage: str, opset: int, quantization: Optional[Tuple[str, Optional[int]]] = None,
+                 transposed_weights: bool = False):
         from onnx import helper, numpy_helper
 
         self._helper, self._numpy_helper = helper, numpy_helper
         self.storage = storage
         self.opset = opset
+        #: The linear layers read ``<prefix>.weight_t`` [in, out] (no Transpose node): see split_graphs.
+        self.transposed_weights = transposed_weights
         #: ("int8", None) or ("int4", group): how the linear layers' weights are stored; None: like the rest.
         self.quantization = quantization
         #: The weights stored quantized, in the order the graph reads them.
@@ -128,8 +133,11 @@ class _Builder:
     # ---------------------------------------------------------------- layers
 
     def linear(self, x: str, prefix: str, bias: bool = True) -> str:
-        """x @ W.T (+ b), W in PyTorch's [out, in] layout."""
-        y = self.op("MatMul", x, self.op("Transpose", self.linear_weight(prefix + ".weight"), perm=[1, 0]))
+        """x @ W.T (+ b), W in PyTorch's [out, in] layout (or stored as W.T: ``transposed_weights``)."""
+        if self.transposed_weights:
+            y = self.op("MatMul", x, self.weight(prefix + ".weight" + TRANSPOSED_SUFFIX))
+        else:
+            y = self.op("MatMul", x, self.op("Transpose", self.linear_weight(prefix + ".weight"), perm=[1, 0]))
         return self.op("Add", self.weight(prefix + ".bias"), y) if bias else y
 
     def layer_norm(self, x: str, prefix: str, eps: float) -> str:
@@ -205,12 +213,17 @@ def _rotate_half(g: _Builder, x: str, head_dim: int) -> str:
     return g.op("Concat", g.op("Neg", second), first, axis=-1)
 
 
-def _rope(g: _Builder, t: Dict[str, Any], length: str):
-    """(cos, sin) [1, 1, L, head_dim] at positions 1..L; the frequencies computed in the graph."""
+def _inverse_frequencies(g: _Builder, t: Dict[str, Any]) -> str:
+    """RoPE's [head_dim / 2] inverse frequencies, computed in the graph as transformers computes them."""
     hd = t["head_dim"]
     steps = g.op("Range", g.const(0.0), g.const(float(hd // 2)), g.const(1.0))
     exponent = g.op("Div", g.op("Mul", steps, g.const(2.0)), g.const(float(hd)))
-    inv_freq = g.op("Reciprocal", g.op("Pow", g.const(t["rope_theta"]), exponent))
+    return g.op("Reciprocal", g.op("Pow", g.const(t["rope_theta"]), exponent))
+
+
+def _rope(g: _Builder, t: Dict[str, Any], length: str):
+    """(cos, sin) [1, 1, L, head_dim] at positions 1..L; the frequencies computed in the graph."""
+    inv_freq = _inverse_frequencies(g, t)
     positions = g.op("Add", g.op("Range", g.const(0.0), g.op("Cast", length, to=1), g.const(1.0)), g.const(1.0))
     freqs = g.op("Mul", g.op("Unsqueeze", positions, g.ints([1])), g.op("Unsqueeze", inv_freq, g.ints([0])))
     angles = g.op("Concat", freqs, freqs, axis=-1)
@@ -240,7 +253,11 @@ def _masks(g: _Builder, t: Dict[str, Any], length: str):
 
 
 def _gemma_layer(g: _Builder, x: str, t: Dict[str, Any], index: int, cos: str, sin: str, full: str,
-                 sliding: str) -> str:
+                 sliding: str, past: Optional[Tuple[str, str]] = None) -> Tuple[str, Tuple[str, str]]:
+    """One decoder layer; returns (x, (keys, values) [b, kv_heads, L, head_dim] after RoPE).
+
+    ``past``: the keys and values of earlier positions, put before this call's (a decoder with a cache).
+    """
     prefix = f"model.language_model.layers.{index}"
     heads, kv_heads, hd = t["num_attention_heads"], t["num_key_value_heads"], t["head_dim"]
     gemma2 = t["model_type"] == "gemma2"
@@ -253,6 +270,9 @@ def _gemma_layer(g: _Builder, x: str, t: Dict[str, Any], index: int, cos: str, s
     v = g.heads(g.linear(h, attn + ".v_proj", bias=False), kv_heads, hd)
     q = g.op("Add", g.op("Mul", q, cos), g.op("Mul", _rotate_half(g, q, hd), sin))
     k = g.op("Add", g.op("Mul", k, cos), g.op("Mul", _rotate_half(g, k, hd), sin))
+    if past is not None:
+        k, v = g.op("Concat", past[0], k, axis=2), g.op("Concat", past[1], v, axis=2)
+    present = (k, v)
     groups = heads // kv_heads
     if groups > 1:  # each key/value head serves `groups` query heads
         def repeat(y):
@@ -280,9 +300,9 @@ def _gemma_layer(g: _Builder, x: str, t: Dict[str, Any], index: int, cos: str, s
     if gemma2:
         x = g.op("Add", x, g.rms_norm(h, prefix + ".post_attention_layernorm", eps))
         h = mlp(g.rms_norm(x, prefix + ".pre_feedforward_layernorm", eps))
-        return g.op("Add", x, g.rms_norm(h, prefix + ".post_feedforward_layernorm", eps))
+        return g.op("Add", x, g.rms_norm(h, prefix + ".post_feedforward_layernorm", eps)), present
     x = g.op("Add", x, h)
-    return g.op("Add", x, mlp(g.rms_norm(x, prefix + ".post_attention_layernorm", eps)))
+    return g.op("Add", x, mlp(g.rms_norm(x, prefix + ".post_attention_layernorm", eps))), present
 
 
 def _logits(g: _Builder, config: Dict[str, Any]) -> str:
@@ -305,7 +325,7 @@ def _logits(g: _Builder, config: Dict[str, Any]) -> str:
     cos, sin = _rope(g, t, length)
     full, sliding = _masks(g, t, length)
     for i in range(t["num_hidden_layers"]):
-        x = _gemma_layer(g, x, t, i, cos, sin, full, sliding)
+        x, _ = _gemma_layer(g, x, t, i, cos, sin, full, sliding)
     x = g.rms_norm(x, lm + ".norm", t["rms_norm_eps"])
     head = embed if config["tie_word_embeddings"] else g.linear_weight("lm_head.weight")
     logits = g.op("MatMul", x, g.op("Transpose", head, perm=[1, 0]))
