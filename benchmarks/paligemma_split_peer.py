@@ -3,8 +3,9 @@
 Why: issue 20 compares the engine with onnxruntime on transformers.js-style
 graphs (export/paligemma/split_graphs.py: vision encoder, token embeddings,
 decoder with past key/values), in float32 and with onnxruntime's own int8
-dynamic quantization (``quantize_dynamic``, its defaults: int8 weights per
-tensor, activations quantized at run time, MatMulInteger).  The loop is what
+dynamic quantization (``quantize_dynamic``'s defaults: int8 weights, one
+symmetric scale per tensor, activations quantized at run time,
+MatMulInteger; ``quantize_graphs``).  The loop is what
 transformers.js runs: the image and the prompt once, then one token a step,
 the keys and values of the earlier steps fed back; for beams the cache is
 repeated per beam after the prompt and reordered with a gather each step.
@@ -30,29 +31,31 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from pali_engine.export.paligemma.split_graphs import (CONFIG_FILE, FILES, past_names, read_split_config,
-                                                       write_split_graphs)
+                                                       write_int8_decoder, write_split_graphs)
 
 
 def have_graphs(folder: str) -> bool:
     return all(os.path.isfile(os.path.join(folder, f)) for f in FILES + (CONFIG_FILE,))
 
 
-def quantize_graphs(folder: str, out_folder: str, log=print) -> None:
-    """onnxruntime's int8 dynamic quantization of the vision and decoder graphs (the embedding table stays
-    float32, as transformers.js's quantized PaliGemma keeps it), one graph at a time."""
+def quantize_graphs(hf_dir: str, folder: str, out_folder: str, log=print) -> None:
+    """onnxruntime's int8 dynamic quantization of the split graphs in ``folder``: the vision graph by
+    ``quantize_dynamic`` (its defaults), the decoder as quantize_dynamic makes it but streamed from the
+    checkpoint (``write_int8_decoder``: quantize_dynamic needs more memory than a 3B decoder leaves), the
+    embedding table kept in float32 (quantize_dynamic would make its Gather int8 too; transformers.js's
+    quantized PaliGemma keeps it float)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     os.makedirs(out_folder, exist_ok=True)
-    for file in FILES:
-        source, target = os.path.join(folder, file), os.path.join(out_folder, file)
-        if file == "embed.onnx":
-            shutil.copy(source, target)
-            shutil.copy(source + ".data", target + ".data")
-            continue
-        t0 = time.perf_counter()
-        quantize_dynamic(source, target, weight_type=QuantType.QInt8, use_external_data_format=True)
-        log(f"quantized {file} in {time.perf_counter() - t0:.0f} s")
-    shutil.copy(os.path.join(folder, CONFIG_FILE), os.path.join(out_folder, CONFIG_FILE))
+    for file in ("embed.onnx", "embed.onnx.data", CONFIG_FILE):
+        shutil.copy(os.path.join(folder, file), os.path.join(out_folder, file))
+    t0 = time.perf_counter()
+    quantize_dynamic(os.path.join(folder, "vision.onnx"), os.path.join(out_folder, "vision.onnx"),
+                     weight_type=QuantType.QInt8, use_external_data_format=True)
+    log(f"quantized vision.onnx in {time.perf_counter() - t0:.0f} s")
+    t0 = time.perf_counter()
+    write_int8_decoder(hf_dir, os.path.join(out_folder, "decoder.onnx"))
+    log(f"wrote the int8 decoder.onnx in {time.perf_counter() - t0:.0f} s")
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -165,7 +168,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         write_split_graphs(args.hf_dir, args.out_dir, log)
         log(f"split graphs written in {time.perf_counter() - t0:.0f} s")
     if args.int8 and not have_graphs(args.int8):
-        quantize_graphs(args.out_dir, args.int8, log)
+        quantize_graphs(args.hf_dir, args.out_dir, args.int8, log)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The float linear kernels (avx2, avx512, avx512_bf16, neon, portable) in every
+"""The float linear kernels (avx2, avx512, avx512_bf16, amx, neon, portable) in every
 weight format (f32, f16, bf16, i8, i4 in groups of 32, 64 and 128) against
 float64 references, and the bf16 and i4 formats' rounding against NumPy.
 
@@ -18,6 +18,8 @@ import pytest
 from pali_engine._core import ops
 
 KERNELS = ops.linear_kernels_available()
+#: The kernels whose prefill of bf16 and i4 weights multiplies bfloat16 pairs (vdpbf16ps, AMX tiles).
+BF16_PREFILL_KERNELS = ("avx512_bf16", "amx")
 FORMATS = ["f32", "f16", "bf16", "i8", "i4", "i4_g64", "i4_g128"]
 SIZES = [  # (m, n, k)
     (1, 1, 1),
@@ -33,6 +35,7 @@ SIZES = [  # (m, n, k)
     (64, 257, 65),
     (97, 33, 300),
     (200, 130, 520),
+    (41, 35, 3333),  # K in several of amx's blocks
 ]
 
 
@@ -59,8 +62,8 @@ def linear_kernel():
 
 
 def rounds_x_to_bf16(kernel: str, fmt: str, m: int) -> bool:
-    """avx512_bf16's prefill of bf16 and i4 weights multiplies bfloat16 pairs."""
-    return kernel == "avx512_bf16" and (fmt == "bf16" or fmt.startswith("i4")) and m > 8
+    """avx512_bf16's and amx's prefill of bf16 and i4 weights multiplies bfloat16 pairs."""
+    return kernel in BF16_PREFILL_KERNELS and (fmt == "bf16" or fmt.startswith("i4")) and m > 8
 
 
 @pytest.mark.parametrize("m,n,k", SIZES)
@@ -73,8 +76,8 @@ def test_every_kernel_against_the_effective_weight(m, n, k, fmt, linear_kernel):
     we = lw.effective_weight().astype(np.float64)
     for kernel in KERNELS:
         linear_kernel(kernel)
-        # avx512_bf16's prefill of bf16 and i4 weights multiplies x (and i4's
-        # weights) rounded to bfloat16.
+        # avx512_bf16's and amx's prefill of bf16 and i4 weights multiplies x
+        # (and i4's weights) rounded to bfloat16.
         rounded = rounds_x_to_bf16(kernel, fmt, m)
         xr = bf16_round(x) if rounded else x
         wr = bf16_round(we.astype(np.float32)).astype(np.float64) if rounded else we
@@ -182,7 +185,7 @@ def test_kernels_agree_with_each_other(linear_kernel):
 def test_kernel_choice_errors(linear_kernel):
     assert KERNELS[-1] == "portable" and ops.linear_kernel() in KERNELS
     with pytest.raises(ValueError, match="not available"):
-        linear_kernel("amx")
+        linear_kernel("sse2")
     linear_kernel("auto")
     best = [k for k in KERNELS if k != "portable"][-1:] or ["portable"]
     expected = "portable" if os.environ.get("PALI_ENGINE_CPU_KERNELS") == "portable" else best[0]

@@ -369,10 +369,10 @@ def _int4_like_the_engine(model, weight_format):
 
 @pytest.fixture
 def exact_float_kernel():
-    """The best float kernel whose products are exact float32 ones (not avx512_bf16's bfloat16 pairs)."""
+    """The best float kernel whose products are exact float32 ones (not avx512_bf16's or amx's bfloat16 pairs)."""
     from pali_engine._core import ops
 
-    ops.set_linear_kernel([k for k in ops.linear_kernels_available() if k != "avx512_bf16"][-2])
+    ops.set_linear_kernel([k for k in ops.linear_kernels_available() if k not in ("avx512_bf16", "amx")][-2])
     yield
     ops.set_linear_kernel("auto")
 
@@ -389,12 +389,13 @@ def test_int4_logits_equal_transformers_on_the_same_quantized_weights(converted,
     assert np.abs(ours - theirs)[real].max() < TOLERANCE * max(1.0, np.abs(theirs).max())
 
 
-def test_int4_prefill_in_bfloat16_is_as_close_as_transformers_in_bfloat16(converted, converted_bf16):
-    # Where the CPU has AVX-512 BF16 the int4 prefill multiplies bfloat16 pairs.
+@pytest.mark.parametrize("kernel", ["avx512_bf16", "amx"])
+def test_int4_prefill_in_bfloat16_is_as_close_as_transformers_in_bfloat16(converted, converted_bf16, kernel):
+    # Where the CPU has AVX-512 BF16 (or AMX) the int4 prefill multiplies bfloat16 pairs.
     from pali_engine._core import ops
 
-    if "avx512_bf16" not in ops.linear_kernels_available():
-        pytest.skip("this CPU has no AVX-512 BF16")
+    if kernel not in ops.linear_kernels_available():
+        pytest.skip(f"this CPU has no {kernel} kernel")
     model, _, _ = converted
     processor, path = converted_bf16
     inputs = _batch(processor)
@@ -402,7 +403,7 @@ def test_int4_prefill_in_bfloat16_is_as_close_as_transformers_in_bfloat16(conver
     reference = _int4_like_the_engine(model, "i4")
     exact = _logits(reference, inputs)
     theirs = _logits(reference.bfloat16(), inputs)
-    ops.set_linear_kernel("avx512_bf16")
+    ops.set_linear_kernel(kernel)
     try:
         ours, _ = _forward(path, "i4", processor)
     finally:

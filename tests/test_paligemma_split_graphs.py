@@ -6,7 +6,8 @@ the decoder's logits step by step equal transformers' forward over the whole
 sequence, a left-padded batch included; greedy and beam search with the
 length forced give transformers' generate() tokens; onnxruntime's int8
 dynamic quantization of the graphs quantizes their MatMuls, stays near
-the float32 logits and generates.
+the float32 logits and generates, and the int8 decoder streamed from the
+checkpoint is the one quantize_dynamic makes.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from PIL import Image  # noqa: E402
 from pali_engine.benchmarks.paligemma_split_peer import (SplitGraphGenerator, have_graphs,  # noqa: E402
                                                          quantize_graphs)
 from pali_engine.export.paligemma.split_graphs import (FILES, past_names, present_names,  # noqa: E402
-                                                       write_split_graphs)
+                                                       write_int8_decoder, write_split_graphs)
 
 PROMPTS = ["caption en", "answer en how many circles are there?"]
 NEW_TOKENS = 6
@@ -32,14 +33,14 @@ NEW_TOKENS = 6
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["paligemma1", "paligemma2"])
 def split(request, tmp_path_factory, tokenizer_path):  # noqa: F811 (the fixture imported above)
-    """(transformers' model, processor, the folder of split graphs, its generator)."""
+    """(transformers' model, processor, the folder of split graphs, its generator, the checkpoint)."""
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp(f"split{request.param}")
     model, processor = build_checkpoint(request.param, str(root / "hf"), tokenizer_path)
     folder = str(root / "split")
     sizes = write_split_graphs(str(root / "hf"), folder)
     assert set(sizes) == set(FILES) and have_graphs(folder)
-    return model, processor, folder, SplitGraphGenerator(folder, threads=1)
+    return model, processor, folder, SplitGraphGenerator(folder, threads=1), str(root / "hf")
 
 
 def _inputs(processor, prompts):
@@ -51,7 +52,7 @@ def _inputs(processor, prompts):
 def test_graphs_pass_the_onnx_checker_and_name_the_cache(split):
     import onnx
 
-    model, _, folder, _ = split
+    model, _, folder, _, _ = split
     layers = model.config.text_config.num_hidden_layers
     for file in FILES:
         onnx.checker.check_model(f"{folder}/{file}")
@@ -67,7 +68,7 @@ def test_graphs_pass_the_onnx_checker_and_name_the_cache(split):
 def test_step_by_step_logits_equal_transformers_forward(split):
     # A left-padded batch of two prompts, the prompt at once and then four tokens one by one, against
     # transformers' forward over the whole sequence (its prefix-LM mask, sliding windows and soft-caps).
-    model, processor, _, generator = split
+    model, processor, _, generator, _ = split
     inputs = _inputs(processor, PROMPTS)
     ids, mask = inputs["input_ids"].numpy(), inputs["attention_mask"].numpy()
     B, L = ids.shape
@@ -102,7 +103,7 @@ def test_step_by_step_logits_equal_transformers_forward(split):
 def test_generation_equals_transformers_generate(split, beams):
     import warnings
 
-    model, processor, _, generator = split
+    model, processor, _, generator, _ = split
     inputs = _inputs(processor, PROMPTS)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -129,9 +130,9 @@ def _prompt_logits(generator, inputs):
 def test_int8_dynamic_quantization_quantizes_and_generates(split, tmp_path):
     import onnx
 
-    _, processor, folder, generator = split
+    _, processor, folder, generator, hf_dir = split
     quantized = str(tmp_path / "int8")
-    quantize_graphs(folder, quantized, log=lambda s: None)
+    quantize_graphs(hf_dir, folder, quantized, log=lambda s: None)
     assert have_graphs(quantized)
     for file in ("vision.onnx", "decoder.onnx"):
         ops = {n.op_type for n in onnx.load(f"{quantized}/{file}", load_external_data=False).graph.node}
@@ -144,3 +145,31 @@ def test_int8_dynamic_quantization_quantizes_and_generates(split, tmp_path):
     out = int8.generate(inputs["pixel_values"].numpy(), inputs["input_ids"].numpy(),
                         inputs["attention_mask"].numpy(), NEW_TOKENS)
     assert out["tokens"].shape == (2, NEW_TOKENS) and np.isfinite(out["scores"]).all()
+
+
+def test_streamed_int8_decoder_is_quantize_dynamics(split, tmp_path):
+    # write_int8_decoder streams what quantize_dynamic makes of the float32 decoder: the same initializers
+    # (names, types, values) and the same logits.
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    _, processor, folder, generator, hf_dir = split
+    theirs, ours = tmp_path / "theirs", tmp_path / "ours"
+    for out in (theirs, ours):
+        out.mkdir()
+        for file in ("vision.onnx", "vision.onnx.data", "embed.onnx", "embed.onnx.data", "config.json"):
+            (out / file).symlink_to(f"{folder}/{file}")
+    quantize_dynamic(f"{folder}/decoder.onnx", str(theirs / "decoder.onnx"), weight_type=QuantType.QInt8,
+                     use_external_data_format=True)
+    write_int8_decoder(hf_dir, str(ours / "decoder.onnx"))
+    values = [{i.name: numpy_helper.to_array(i, base_dir=str(d)) for i in
+               onnx.load(str(d / "decoder.onnx"), load_external_data=False).graph.initializer}
+              for d in (theirs, ours)]
+    assert set(values[0]) == set(values[1])
+    for name, value in values[0].items():
+        assert value.dtype == values[1][name].dtype and np.array_equal(value, values[1][name]), name
+    inputs = _inputs(processor, PROMPTS)
+    a = _prompt_logits(SplitGraphGenerator(str(theirs), threads=1), inputs)
+    b = _prompt_logits(SplitGraphGenerator(str(ours), threads=1), inputs)
+    np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)

@@ -181,11 +181,12 @@ void linear_strided(const float* x, int64_t x_stride, int64_t m, const LinearWei
                     int64_t y_stride, bool accumulate = false);
 
 // The float kernels (every format but W8A8) this CPU runs: on x86-64 "avx2"
-// always, "avx512" and "avx512_bf16" where present; on aarch64 "neon";
+// always, "avx512", "avx512_bf16" and "amx" where present; on aarch64 "neon";
 // "portable" everywhere (last in the list). avx512_bf16 is avx512 but for the
 // prefill (m > 8) of bf16 and i4 weights, which multiplies bfloat16 pairs (x
-// rounded to bfloat16, i4's effective weights too; float32 sums); the others
-// agree to float32 rounding.
+// rounded to bfloat16, i4's effective weights too; float32 sums); amx is
+// avx512_bf16 with that prefill on AMX tiles; the others agree to float32
+// rounding.
 std::vector<std::string> linear_kernels_available();
 // The kernel in use: the best available unless set_linear_kernel() chose one
 // ("portable" when PALI_ENGINE_CPU_KERNELS=portable chose every op's portable path).

@@ -4,13 +4,19 @@
 // at a time, on float32 slices (f32 weights as packed; the other formats
 // widened one K block at a time) or, for bf16 and i4 weights where the CPU has
 // AVX-512 BF16, on bfloat16 pairs (vdpbf16ps; x rounded to bfloat16, sums in
-// float32): bf16 weights as packed, i4 ones as q * scale rounded to bfloat16. The x86-64-v3 build compiles them with target attributes
+// float32): bf16 weights as packed, i4 ones as q * scale rounded to bfloat16.
+// Where the CPU has AMX, that bfloat16 prefill can run on its tiles instead
+// (TDPBF16PS on 32 x 32 blocks of the output: the packed [k2][16][2] panels
+// are the tiles' VNNI layout as they are). The x86-64-v3 build compiles them with target attributes
 // and linear_cpu.cc runs them only where cpuid reports the instructions, so
 // the library still loads and runs on an AVX2-only CPU.
 #include "ops/linear_kernels.h"
 
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -34,6 +40,20 @@ bool cpu_has_avx512() {
 
 bool cpu_has_avx512_bf16() {
   static const bool has = cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
+  return has;
+}
+
+bool cpu_has_amx_bf16() {
+  static const bool has = [] {
+    if (!cpu_has_avx512_bf16()) return false;
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+    constexpr unsigned kAmxBf16 = 1u << 22, kAmxTile = 1u << 24;
+    if ((edx & kAmxBf16) == 0 || (edx & kAmxTile) == 0) return false;
+    // Linux hands out the tiles' 8 KB of register state only to a process that asks.
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
   return has;
 }
 
@@ -317,12 +337,12 @@ PALI_AVX512 void gemm_block(const float* x, int64_t ldx, int64_t r0, int64_t r1,
 // Prefill of bf16 weights on AVX-512 BF16: x rounded to bfloat16 pairs (one
 // 32-bit word per two k, as the weights are), c (+)= a . b with vdpbf16ps.
 
-// Rows [0, rows) of x, columns [0, k), as bfloat16 pairs [rows][k2] (k2 = ceil(k / 2)).
-PALI_AVX512_BF16 void pack_bf16_pairs(const float* x, int64_t ldx, int64_t rows, int64_t k, uint32_t* out) {
-  const int64_t k2 = (k + 1) / 2;
+// Rows [0, rows) of x, columns [0, k), as bfloat16 pairs [rows][ld] (the first ceil(k / 2) words of each row).
+PALI_AVX512_BF16 void pack_bf16_pairs(const float* x, int64_t ldx, int64_t rows, int64_t k, uint32_t* out,
+                                      int64_t ld) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * ldx;
-    uint32_t* o = out + r * k2;
+    uint32_t* o = out + r * ld;
     int64_t kk = 0;
     for (; kk + 32 <= k; kk += 32) {
       const __m512bh pairs = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(xr + kk + 16), _mm512_loadu_ps(xr + kk));
@@ -446,6 +466,109 @@ PALI_AVX512_BF16 void gemm_block_bf16(const uint32_t* pairs, int64_t r0, int64_t
   }
 }
 
+// ---------------------------------------------------------------------------
+// Prefill of bf16 (and i4) weights on AMX: tiles 0-3 hold a 32 x 32 block of
+// the output in float32, 4-5 two 16-row slices of x's bfloat16 pairs (16
+// pairs = 32 k each), 6-7 the same 16 pairs of two panels, which the packed
+// [k2][16][2] layout stores as a tile's rows (64 bytes: 16 outputs x 2 k).
+// x is packed with its pairs zero-padded to whole tiles (kAmxPairs) and 32
+// rows more than it has, so every tile load is in bounds and the padding
+// adds zeros; a panel's last, partial tile of pairs (and all of an i4
+// panel, widened to bfloat16 pairs) is copied into zero-padded scratch,
+// since reading past a panel would multiply those zeros by whatever lies
+// there (0 x NaN is NaN).
+
+constexpr int64_t kAmxPairs = 16;  // pairs per tile row of x: 32 k, 64 bytes
+constexpr int64_t kAmxRows = 32;   // rows of x per block of tiles
+constexpr int64_t kAmxBlockTiles = 80;  // at most this many tiles (2560 k) of K per block
+
+#define PALI_AMX \
+  __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+template <WeightFormat F>
+PALI_AMX void gemm_block_amx(const uint32_t* pairs, int64_t ld, int64_t r0, int64_t r1, const LinearWeight& w,
+                             int64_t p0, int64_t p1, float* y, int64_t ldy, bool accumulate) {
+  TileConfig config;
+  for (int t = 0; t < 8; ++t) {
+    config.rows[t] = 16;
+    config.colsb[t] = 64;
+  }
+  _tile_loadconfig(&config);
+  const int64_t k2 = (w.k + 1) / 2;
+  const int64_t tiles = ld / kAmxPairs;
+  // K in blocks of whole i4 groups (4 tiles = 128 k) short enough that the
+  // block's slices of x's rows stay in L2 while the panels pass over them.
+  const int64_t blocks = (tiles + kAmxBlockTiles - 1) / kAmxBlockTiles;
+  const int64_t per_block = ((tiles + blocks - 1) / blocks + 3) / 4 * 4;
+  const int64_t full = F == WeightFormat::bf16 ? k2 / kAmxPairs : 0;  // tiles read from the panel in place
+  thread_local AlignedBuffer<uint32_t> scratch_storage;
+  uint32_t* scratch = scratch_storage.get(2 * per_block * kAmxPairs * P);
+  alignas(64) float c[kAmxRows][2 * P];
+  const float* bias = w.has_bias ? w.bias.data<float>() : nullptr;
+  for (int64_t t0 = 0; t0 < tiles; t0 += per_block) {
+    const int64_t t1 = std::min(tiles, t0 + per_block);
+    const int64_t own0 = std::max(t0, full);  // the block's first tile from scratch
+    for (int64_t p = p0; p < p1; p += 2) {
+      const int np = p + 1 < p1 ? 2 : 1;
+      const void* tile[2][kAmxBlockTiles + 4];
+      for (int q = 0; q < np; ++q) {
+        uint32_t* own = scratch + q * per_block * kAmxPairs * P;
+        const int64_t first = own0 * kAmxPairs, copied = std::max<int64_t>(0, std::min(k2, t1 * kAmxPairs) - first);
+        if (own0 < t1) {
+          if constexpr (F == WeightFormat::bf16)
+            std::memcpy(own, w.panel(p + q) + first * 64, copied * 64);
+          else
+            slice_bf16_pairs<F>(w, p + q, first, copied, own);
+          std::memset(own + copied * P, 0, ((t1 - own0) * kAmxPairs - copied) * 64);
+        }
+        for (int64_t t = t0; t < t1; ++t)
+          tile[q][t - t0] = t < own0 ? static_cast<const void*>(w.panel(p + q) + t * kAmxPairs * 64)
+                                     : static_cast<const void*>(own + (t - own0) * kAmxPairs * P);
+      }
+      if (np == 1)
+        for (int64_t t = t0; t < t1; ++t) tile[1][t - t0] = tile[0][t - t0];
+      PanelOut out[2];
+      for (int q = 0; q < np; ++q)
+        out[q] = PanelOut{nullptr, bias && t0 == 0 ? bias + (p + q) * P : nullptr,
+                          static_cast<int>(std::min<int64_t>(P, w.n - (p + q) * P)), accumulate || t0 > 0};
+      for (int64_t m0 = r0; m0 < r1; m0 += kAmxRows) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        const uint32_t* a = pairs + m0 * ld;
+        for (int64_t t = t0; t < t1; ++t) {
+          _tile_loadd(4, a + t * kAmxPairs, ld * 4);
+          _tile_loadd(5, a + 16 * ld + t * kAmxPairs, ld * 4);
+          _tile_loadd(6, tile[0][t - t0], 64);
+          _tile_loadd(7, tile[1][t - t0], 64);
+          _tile_dpbf16ps(0, 4, 6);
+          _tile_dpbf16ps(1, 4, 7);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(3, 5, 7);
+        }
+        _tile_stored(0, &c[0][0], sizeof(c[0]));
+        _tile_stored(1, &c[0][P], sizeof(c[0]));
+        _tile_stored(2, &c[16][0], sizeof(c[0]));
+        _tile_stored(3, &c[16][P], sizeof(c[0]));
+        const int64_t rows = std::min(kAmxRows, r1 - m0);
+        for (int64_t r = 0; r < rows; ++r)
+          for (int q = 0; q < np; ++q)
+            store_row(_mm512_load_ps(&c[r][q * P]), y + (m0 + r) * ldy + (p + q) * P, out[q]);
+      }
+    }
+  }
+  _tile_release();
+}
+
 // Threads over pairs of panels, or over rows when there are too few panels:
 // block(r0, r1, p0, p1) computes rows [r0, r1) x panels [p0, p1).
 template <typename Block>
@@ -463,16 +586,31 @@ void split_gemm(int64_t m, const LinearWeight& w, Block&& block) {
 
 template <WeightFormat F>
 void run(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y, int64_t ldy, bool accumulate,
-         bool bf16_dot) {
+         Bf16Prefill bf16_prefill) {
+  const bool bf16_pairs = F == WeightFormat::bf16 || is_int4(F);
   if (m <= kLinearDecodeMaxRows) {
     gemv<F>(x, ldx, m, w, y, ldy, accumulate);
-  } else if ((F == WeightFormat::bf16 || is_int4(F)) && bf16_dot) {
+  } else if (bf16_pairs && bf16_prefill == Bf16Prefill::amx) {
+    // x as bfloat16 pairs, zero-padded to whole tiles and kAmxRows rows more.
+    thread_local AlignedBuffer<uint32_t> pairs_storage;
+    const int64_t ld = ((w.k + 1) / 2 + kAmxPairs - 1) / kAmxPairs * kAmxPairs;
+    uint32_t* pairs = pairs_storage.get((m + kAmxRows) * ld);
+    std::memset(pairs + m * ld, 0, kAmxRows * ld * 4);
+    parallel_for(0, m, std::max<int64_t>(1, 16384 / std::max<int64_t>(w.k, 1)), [&](int64_t rb, int64_t re) {
+      pack_bf16_pairs(x + rb * ldx, ldx, re - rb, w.k, pairs + rb * ld, ld);
+      const int64_t k2 = (w.k + 1) / 2;
+      for (int64_t r = rb; r < re; ++r) std::memset(pairs + r * ld + k2, 0, (ld - k2) * 4);
+    });
+    split_gemm(m, w, [&](int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
+      gemm_block_amx<F>(pairs, ld, r0, r1, w, p0, p1, y, ldy, accumulate);
+    });
+  } else if (bf16_pairs && bf16_prefill == Bf16Prefill::avx512_bf16) {
     // x as bfloat16 pairs once, then every block reads them.
     thread_local AlignedBuffer<uint32_t> pairs_storage;
     const int64_t k2 = (w.k + 1) / 2;
     uint32_t* pairs = pairs_storage.get(m * k2);
     parallel_for(0, m, std::max<int64_t>(1, 16384 / std::max<int64_t>(w.k, 1)), [&](int64_t rb, int64_t re) {
-      pack_bf16_pairs(x + rb * ldx, ldx, re - rb, w.k, pairs + rb * k2);
+      pack_bf16_pairs(x + rb * ldx, ldx, re - rb, w.k, pairs + rb * k2, k2);
     });
     split_gemm(m, w, [&](int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
       gemm_block_bf16<F>(pairs, r0, r1, w, p0, p1, y, ldy, accumulate);
@@ -487,15 +625,15 @@ void run(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y
 }  // namespace
 
 void linear(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y, int64_t ldy, bool accumulate,
-            bool bf16_dot) {
+            Bf16Prefill bf16_prefill) {
   switch (w.format) {
-    case WeightFormat::f32: run<WeightFormat::f32>(x, ldx, m, w, y, ldy, accumulate, false); break;
-    case WeightFormat::f16: run<WeightFormat::f16>(x, ldx, m, w, y, ldy, accumulate, false); break;
-    case WeightFormat::bf16: run<WeightFormat::bf16>(x, ldx, m, w, y, ldy, accumulate, bf16_dot); break;
-    case WeightFormat::i8: run<WeightFormat::i8>(x, ldx, m, w, y, ldy, accumulate, false); break;
-    case WeightFormat::i4_g32: run<WeightFormat::i4_g32>(x, ldx, m, w, y, ldy, accumulate, bf16_dot); break;
-    case WeightFormat::i4_g64: run<WeightFormat::i4_g64>(x, ldx, m, w, y, ldy, accumulate, bf16_dot); break;
-    case WeightFormat::i4_g128: run<WeightFormat::i4_g128>(x, ldx, m, w, y, ldy, accumulate, bf16_dot); break;
+    case WeightFormat::f32: run<WeightFormat::f32>(x, ldx, m, w, y, ldy, accumulate, bf16_prefill); break;
+    case WeightFormat::f16: run<WeightFormat::f16>(x, ldx, m, w, y, ldy, accumulate, bf16_prefill); break;
+    case WeightFormat::bf16: run<WeightFormat::bf16>(x, ldx, m, w, y, ldy, accumulate, bf16_prefill); break;
+    case WeightFormat::i8: run<WeightFormat::i8>(x, ldx, m, w, y, ldy, accumulate, bf16_prefill); break;
+    case WeightFormat::i4_g32: run<WeightFormat::i4_g32>(x, ldx, m, w, y, ldy, accumulate, bf16_prefill); break;
+    case WeightFormat::i4_g64: run<WeightFormat::i4_g64>(x, ldx, m, w, y, ldy, accumulate, bf16_prefill); break;
+    case WeightFormat::i4_g128: run<WeightFormat::i4_g128>(x, ldx, m, w, y, ldy, accumulate, bf16_prefill); break;
   }
 }
 

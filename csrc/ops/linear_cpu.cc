@@ -1348,15 +1348,16 @@ void linear_pair_lanes(const float* x, int64_t ldx, int64_t m, const LinearWeigh
   split_lanes(m, w.num_panels(), w.panel_bytes(), kRows, block);
 }
 
-enum class FloatKernel : int { avx2, avx512, avx512_bf16, neon, portable };
+enum class FloatKernel : int { avx2, avx512, avx512_bf16, amx, neon, portable };
 constexpr FloatKernel kAllFloatKernels[] = {FloatKernel::avx2, FloatKernel::avx512, FloatKernel::avx512_bf16,
-                                            FloatKernel::neon, FloatKernel::portable};
+                                            FloatKernel::amx, FloatKernel::neon, FloatKernel::portable};
 
 const char* kernel_name(FloatKernel k) {
   switch (k) {
     case FloatKernel::avx2: return "avx2";
     case FloatKernel::avx512: return "avx512";
     case FloatKernel::avx512_bf16: return "avx512_bf16";
+    case FloatKernel::amx: return "amx";
     case FloatKernel::neon: return "neon";
     case FloatKernel::portable: return "portable";
   }
@@ -1369,6 +1370,7 @@ bool kernel_available(FloatKernel k) {
     case FloatKernel::avx2: return true;
     case FloatKernel::avx512: return linear_avx512::cpu_has_avx512();
     case FloatKernel::avx512_bf16: return linear_avx512::cpu_has_avx512_bf16();
+    case FloatKernel::amx: return linear_avx512::cpu_has_amx_bf16();
 #endif
 #if defined(PALI_CPU_NEON)
     case FloatKernel::neon: return true;
@@ -1381,7 +1383,8 @@ bool kernel_available(FloatKernel k) {
 std::atomic<int> forced_float_kernel{-1};
 
 FloatKernel best_float_kernel() {
-  for (FloatKernel k : {FloatKernel::avx512_bf16, FloatKernel::avx512, FloatKernel::avx2, FloatKernel::neon})
+  for (FloatKernel k : {FloatKernel::amx, FloatKernel::avx512_bf16, FloatKernel::avx512, FloatKernel::avx2,
+                        FloatKernel::neon})
     if (kernel_available(k)) return k;
   return FloatKernel::portable;
 }
@@ -1400,8 +1403,12 @@ void linear_chosen(const float* x, int64_t ldx, int64_t m, const LinearWeight& w
                    bool accumulate) {
   const FloatKernel kernel = active_float_kernel();
 #if defined(PALI_CPU_AVX2)
-  if (kernel == FloatKernel::avx512 || kernel == FloatKernel::avx512_bf16) {
-    linear_avx512::linear(x, ldx, m, w, y, ldy, accumulate, kernel == FloatKernel::avx512_bf16);
+  if (kernel == FloatKernel::avx512 || kernel == FloatKernel::avx512_bf16 || kernel == FloatKernel::amx) {
+    using linear_avx512::Bf16Prefill;
+    linear_avx512::linear(x, ldx, m, w, y, ldy, accumulate,
+                          kernel == FloatKernel::amx           ? Bf16Prefill::amx
+                          : kernel == FloatKernel::avx512_bf16 ? Bf16Prefill::avx512_bf16
+                                                               : Bf16Prefill::none);
     return;
   }
   if (kernel == FloatKernel::avx2) {

@@ -14,12 +14,21 @@ namespace pali::linear_avx512 {
 bool cpu_has_avx512();
 // And AVX-512 BF16 (vdpbf16ps), for the prefill of bf16 weights.
 bool cpu_has_avx512_bf16();
+// And AMX tiles with bfloat16 products (TDPBF16PS), the operating system
+// letting this process use them (asked once, arch_prctl ARCH_REQ_XCOMP_PERM).
+bool cpu_has_amx_bf16();
 
-// y (+)= x . Wᵀ + b for any weight format, row strides ldx and ldy; with
-// bf16_dot the prefill of bf16 and i4 weights multiplies x rounded to
-// bfloat16 (and i4's weights rounded to bfloat16; needs cpu_has_avx512_bf16()).
+// How the prefill of bf16 and i4 weights multiplies: widened to float32
+// (FMA), as bfloat16 pairs in vectors (vdpbf16ps), or as bfloat16 pairs in
+// AMX tiles (TDPBF16PS); both bfloat16 ways round x (and i4's q * scale) to
+// bfloat16 and sum in float32.
+enum class Bf16Prefill { none, avx512_bf16, amx };
+
+// y (+)= x . Wᵀ + b for any weight format, row strides ldx and ldy; the
+// prefill of bf16 and i4 weights as `bf16_prefill` says (avx512_bf16 needs
+// cpu_has_avx512_bf16(), amx cpu_has_amx_bf16()).
 void linear(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y, int64_t ldy, bool accumulate,
-            bool bf16_dot);
+            Bf16Prefill bf16_prefill);
 #endif
 
 }  // namespace pali::linear_avx512

@@ -135,10 +135,14 @@ class _Builder:
     def linear(self, x: str, prefix: str, bias: bool = True) -> str:
         """x @ W.T (+ b), W in PyTorch's [out, in] layout (or stored as W.T: ``transposed_weights``)."""
         if self.transposed_weights:
-            y = self.op("MatMul", x, self.weight(prefix + ".weight" + TRANSPOSED_SUFFIX))
+            y = self.matmul_weight(x, prefix + ".weight" + TRANSPOSED_SUFFIX)
         else:
             y = self.op("MatMul", x, self.op("Transpose", self.linear_weight(prefix + ".weight"), perm=[1, 0]))
         return self.op("Add", self.weight(prefix + ".bias"), y) if bias else y
+
+    def matmul_weight(self, x: str, name: str) -> str:
+        """x @ the initializer ``name``, stored as the MatMul's B."""
+        return self.op("MatMul", x, self.weight(name))
 
     def layer_norm(self, x: str, prefix: str, eps: float) -> str:
         return self.op("LayerNormalization", x, self.weight(prefix + ".weight"), self.weight(prefix + ".bias"),

@@ -35,6 +35,14 @@ Weights are float32, and each linear layer's is stored transposed, [in, out],
 named ``<prefix>.weight_t``, so that every MatMul reads an initializer
 directly: what torch.onnx writes for a Linear and what onnxruntime's
 ``quantize_dynamic`` needs to find the weights it quantizes.
+
+``write_int8_decoder`` writes the decoder as ``quantize_dynamic`` makes it
+(int8 weights, one symmetric scale per tensor, activations quantized at run
+time: DynamicQuantizeLinear, MatMulInteger, Cast, two Mul), its weights
+quantized by onnxruntime's own ``quantize_data`` as they stream:
+``quantize_dynamic`` itself loads the whole float32 model into memory more
+than once, which for a 3B decoder (10 GB) is more than a 24 GB machine has.
+Tests check that the two give the same weights and logits.
 """
 
 from __future__ import annotations
@@ -59,6 +67,31 @@ EMBED = "model.language_model.embed_tokens.weight"
 HEAD = "lm_head.weight" + TRANSPOSED_SUFFIX
 #: Rows of a transposed tensor written per chunk.
 TRANSPOSED_ROWS_PER_CHUNK = 256
+
+
+class _DynamicInt8Builder(_Builder):
+    """The linear layers as onnxruntime's quantize_dynamic rewrites a MatMul whose B is an initializer."""
+
+    def __init__(self):
+        super().__init__("float32", OPSET, transposed_weights=True)
+        self._quantized_input: Dict[str, Tuple[str, str, str]] = {}
+
+    def matmul_weight(self, x: str, name: str) -> str:
+        if x not in self._quantized_input:  # one DynamicQuantizeLinear per activation, shared by its MatMuls
+            outputs = [f"{x}_quantized", f"{x}_scale", f"{x}_zero_point"]
+            self.nodes.append(self._helper.make_node("DynamicQuantizeLinear", [x], outputs,
+                                                     name=f"{x}_QuantizeLinear"))
+            self._quantized_input[x] = tuple(outputs)
+        quantized, scale, zero_point = self._quantized_input[x]
+        for suffix in QUANTIZED_SUFFIXES:
+            self.weights.append(name + suffix)
+        product = self.op("MatMulInteger", quantized, name + "_quantized", zero_point, name + "_zero_point")
+        scales = self.op("Mul", scale, name + "_scale")
+        return self.op("Mul", self.op("Cast", product, to=1), scales)
+
+
+#: The initializers quantize_dynamic makes of a weight W: W_quantized (int8), W_scale, W_zero_point.
+QUANTIZED_SUFFIXES = ("_quantized", "_scale", "_zero_point")
 
 
 def past_names(layers: int) -> List[str]:
@@ -124,12 +157,14 @@ def _in_window_or_prompt(g: _Builder, window: int) -> str:
     return g.op("Or", in_window, g.op("Equal", past, g.const(0, np.int64)))
 
 
-def decoder_graph(config: Dict[str, Any]):
+def decoder_graph(config: Dict[str, Any], int8: bool = False):
+    """The decoder; ``int8``: its MatMuls as quantize_dynamic rewrites them (weights W_quantized, W_scale,
+    W_zero_point for each W)."""
     from onnx import TensorProto, helper
 
     t = config["text_config"]
     layers, kv_heads, hd = t["num_hidden_layers"], t["num_key_value_heads"], t["head_dim"]
-    g = _Builder("float32", OPSET, transposed_weights=True)
+    g = _DynamicInt8Builder() if int8 else _Builder("float32", OPSET, transposed_weights=True)
     # RoPE at the given positions: angles [b, n, head_dim] -> [b, 1, n, head_dim].
     freqs = g.op("Mul", g.op("Unsqueeze", g.op("Cast", "position_ids", to=1), g.ints([2])),
                  _inverse_frequencies(g, t))
@@ -146,7 +181,7 @@ def decoder_graph(config: Dict[str, Any]):
         presents += present
     last = g.op("Slice", x, g.ints([-1]), g.ints([np.iinfo(np.int64).max]), g.ints([1]))
     last = g.rms_norm(g.op("Squeeze", last, g.ints([1])), "model.language_model.norm", t["rms_norm_eps"])
-    logits = g.op("MatMul", last, g.weight(HEAD))
+    logits = g.matmul_weight(last, HEAD)
     if t.get("final_logit_softcapping") is not None:
         logits = g.softcap(logits, t["final_logit_softcapping"])
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="/logits"))
@@ -167,6 +202,9 @@ def decoder_graph(config: Dict[str, Any]):
 
 def _source_name(name: str, config: Dict[str, Any]) -> Tuple[str, bool]:
     """The checkpoint tensor a graph weight is made of, and whether it is stored transposed."""
+    for suffix in QUANTIZED_SUFFIXES:
+        if name.endswith(TRANSPOSED_SUFFIX + suffix):
+            name = name[:-len(suffix)]
     if name == HEAD:
         return (EMBED if config["tie_word_embeddings"] else "lm_head.weight"), True
     if name.endswith(".weight" + TRANSPOSED_SUFFIX):
@@ -196,6 +234,49 @@ def _streamed(name: str, entry: ckpt.WeightEntry, transposed: bool) -> StreamedT
             yield memoryview(np.ascontiguousarray(values[start:start + TRANSPOSED_ROWS_PER_CHUNK])).cast("B")
 
     return StreamedTensor(name, shape, TensorProto.FLOAT, int(np.prod(shape, dtype=np.int64)) * 4, chunks)
+
+
+def _int8_tensors(name: str, entry: ckpt.WeightEntry) -> List[StreamedTensor]:
+    """W_quantized, W_scale and W_zero_point of the transposed weight ``name``, by onnxruntime's quantize_data
+    rule for quantize_dynamic's weights (int8, symmetric, per tensor, no reduced range)."""
+    from onnx import TensorProto
+    from onnxruntime.quantization.quant_utils import compute_data_quant_params, quantize_nparray
+
+    values = _float32(entry).T
+    zero_point, scale = compute_data_quant_params(values.reshape(-1), TensorProto.INT8, True, reduce_range=False)
+    shape = list(values.shape)
+
+    def codes():
+        for start in range(0, shape[0], TRANSPOSED_ROWS_PER_CHUNK):
+            rows = np.ascontiguousarray(values[start:start + TRANSPOSED_ROWS_PER_CHUNK])
+            yield memoryview(quantize_nparray(TensorProto.INT8, rows, scale, zero_point)).cast("B")
+
+    def scalar(value, data_type):
+        return StreamedTensor(name + ("_scale" if data_type == TensorProto.FLOAT else "_zero_point"), [],
+                              data_type, value.nbytes, lambda: [memoryview(np.ascontiguousarray(value)).cast("B")])
+
+    return [StreamedTensor(name + "_quantized", shape, TensorProto.INT8, values.size, codes),
+            scalar(np.asarray(scale, np.float32), TensorProto.FLOAT),
+            scalar(np.asarray(zero_point, np.int8), TensorProto.INT8)]
+
+
+def write_int8_decoder(hf_dir: str | os.PathLike, path: str | os.PathLike) -> int:
+    """Writes ``decoder.onnx`` as quantize_dynamic makes it of the float32 one, weights streamed; its bytes."""
+    from pali_engine.paligemma_spec import expected_parameter_shapes
+
+    checkpoint = ckpt.read_checkpoint(hf_dir)
+    config = checkpoint.config
+    entries = ckpt.select_weights(checkpoint, expected_parameter_shapes(config))
+    model, names = decoder_graph(config, int8=True)
+    tensors = []
+    for name in names:
+        source, transposed = _source_name(name, config)
+        if name.endswith("_quantized"):
+            tensors += _int8_tensors(name[:-len("_quantized")], entries[source])
+        elif not name.endswith(("_scale", "_zero_point")):
+            tensors.append(_streamed(name, entries[source], transposed))
+    write_model(model, tensors, os.fspath(path), external=True)
+    return sum(t.nbytes for t in tensors)
 
 
 def write_split_graphs(hf_dir: str | os.PathLike, folder: str | os.PathLike,
