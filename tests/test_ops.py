@@ -256,7 +256,8 @@ def prepare_w8a8(w, b):
     return lw
 
 
-@pytest.mark.parametrize("m,n,k", LINEAR_SIZES + [(9, 1, 1), (16, 5, 4), (67, 48, 640), (6, 1280, 256)])
+@pytest.mark.parametrize("m,n,k", LINEAR_SIZES + [(9, 1, 1), (16, 5, 4), (67, 48, 640), (6, 1280, 256), (300, 70, 1001),
+                                                  (140, 600, 200)])
 def test_linear_int8_activations_against_integer_reference(m, n, k, int8_kernel):
     x, w, b = linear_case(m, n, k, "w8a8")
     x[m // 2] = 0.0  # an all-zero row: scale 1, every q 0
@@ -334,7 +335,7 @@ def test_linear_int8_activations_errors(int8_kernel):
         with pytest.raises(ValueError, match="i8"):
             ops.prepare_linear(np.ones((4, 3), np.float32), None, fmt, int8_activations=True)
     with pytest.raises(ValueError, match="not available"):
-        int8_kernel("amx")
+        int8_kernel("sse2")
     assert ops.int8_kernel() in INT8_KERNELS and "avx2" in INT8_KERNELS
 
 

@@ -43,18 +43,29 @@ bool cpu_has_avx512_bf16() {
   return has;
 }
 
-bool cpu_has_amx_bf16() {
-  static const bool has = [] {
-    if (!cpu_has_avx512_bf16()) return false;
+namespace {
+
+// CPUID leaf 7's EDX bits of the AMX features.
+constexpr unsigned kAmxBf16 = 1u << 22, kAmxTile = 1u << 24, kAmxInt8 = 1u << 25;
+
+unsigned amx_features() {
+  static const unsigned features = [] {
     unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
-    constexpr unsigned kAmxBf16 = 1u << 22, kAmxTile = 1u << 24;
-    if ((edx & kAmxBf16) == 0 || (edx & kAmxTile) == 0) return false;
+    if (!cpu_has_avx512() || !__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) || (edx & kAmxTile) == 0) return 0u;
     // Linux hands out the tiles' 8 KB of register state only to a process that asks.
     constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
-    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+    if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0) return 0u;
+    return edx & (kAmxBf16 | kAmxInt8);
   }();
-  return has;
+  return features;
+}
+
+}  // namespace
+
+bool cpu_has_amx_bf16() { return cpu_has_avx512_bf16() && (amx_features() & kAmxBf16) != 0; }
+
+bool cpu_has_amx_int8() {
+  return __builtin_cpu_supports("avx512vnni") && (amx_features() & kAmxInt8) != 0;
 }
 
 namespace {

@@ -14,6 +14,9 @@
 //     the prepared 128 * sum_k qw[n,k] is taken off each sum.
 //   * avx2: vpmaddubsw(|qx|, sign(qx) * qw) then vpmaddwd with ones; pairs of
 //     products stay within int16 (2 * 127 * 127 < 32767), so nothing saturates.
+//   * amx: the prefill (m > 8) on AMX tiles, TDPBSSD (signed x and weights,
+//     64 k per tile row; the panels are the tiles' layout as they are); its
+//     decode is avx512_vnni's.
 //   * neon (aarch64, Armv8.0): vmull_s8 products into int16, pairwise added into int32.
 //   * neon_dotprod (aarch64 with the Armv8.2 dot product, HWCAP_ASIMDDP): sdot,
 //     four byte products per 32-bit lane, signed x and weights.
@@ -35,6 +38,7 @@
 #include "core/error.h"
 #include "core/parallel.h"
 #include "ops/linear_int8.h"
+#include "ops/linear_kernels.h"
 #include "ops/row_dispatch.h"
 #include "ops/simd_lanes.h"
 
@@ -45,14 +49,15 @@ namespace {
 constexpr int64_t P = kLinearPanel;
 #define PALI_ALWAYS_INLINE inline __attribute__((always_inline))
 
-enum class Int8Kernel : int { avx2, avx512_vnni, neon, neon_dotprod, portable };
-constexpr Int8Kernel kAllKernels[] = {Int8Kernel::avx2, Int8Kernel::avx512_vnni, Int8Kernel::neon,
+enum class Int8Kernel : int { avx2, avx512_vnni, amx, neon, neon_dotprod, portable };
+constexpr Int8Kernel kAllKernels[] = {Int8Kernel::avx2, Int8Kernel::avx512_vnni, Int8Kernel::amx, Int8Kernel::neon,
                                       Int8Kernel::neon_dotprod, Int8Kernel::portable};
 
 const char* kernel_name(Int8Kernel k) {
   switch (k) {
     case Int8Kernel::avx2: return "avx2";
     case Int8Kernel::avx512_vnni: return "avx512_vnni";
+    case Int8Kernel::amx: return "amx";
     case Int8Kernel::neon: return "neon";
     case Int8Kernel::neon_dotprod: return "neon_dotprod";
     case Int8Kernel::portable: return "portable";
@@ -72,6 +77,7 @@ bool kernel_available(Int8Kernel k) {
 #if defined(PALI_CPU_AVX2)
     case Int8Kernel::avx2: return true;
     case Int8Kernel::avx512_vnni: return cpu_has_vnni();
+    case Int8Kernel::amx: return cpu_has_vnni() && linear_avx512::cpu_has_amx_int8();
 #endif
 #if defined(PALI_CPU_NEON)
     case Int8Kernel::neon: return true;
@@ -86,7 +92,8 @@ std::atomic<int> forced_kernel{-1};
 
 // The best kernel this CPU runs.
 Int8Kernel best_kernel() {
-  for (Int8Kernel k : {Int8Kernel::avx512_vnni, Int8Kernel::avx2, Int8Kernel::neon_dotprod, Int8Kernel::neon})
+  for (Int8Kernel k : {Int8Kernel::amx, Int8Kernel::avx512_vnni, Int8Kernel::avx2, Int8Kernel::neon_dotprod,
+                       Int8Kernel::neon})
     if (kernel_available(k)) return k;
   return Int8Kernel::portable;
 }
@@ -317,6 +324,117 @@ PALI_TARGET_VNNI void quads_block(const uint8_t* xq, int64_t ldq, const float* x
     dispatch_rows<kQuadsMR>(rows - r, [&](auto mr) {
       quads_rows<decltype(mr)::value>(xq + r * ldq, ldq, x_scales + r, wp, k4, offset, o, y + r * ldy, ldy);
     });
+}
+
+// ---------------------------------------------------------------------------
+// AMX prefill: tiles 0-3 hold 32 rows x 32 outputs (two panels) of int32
+// sums, 4-5 two 16-row slices of signed x (64 k each), 6-7 the same 64 k of
+// two panels: 16 rows of [16 outputs][4 k], the packed layout. x is quantized
+// with its rows zero-padded to whole tiles and 32 rows more than it has, so
+// every load is in bounds and the padding adds zeros; a panel's last,
+// partial tile is copied into zero-padded scratch (reading past the panel
+// would add whatever lies there times those zeros: zero, but past the end of
+// the weights it may not be mapped). Rows go in blocks whose x stays in L2
+// while the panels pass over them. The integer sums are every kernel's.
+#define PALI_TARGET_AMX_INT8 __attribute__((target("amx-tile,amx-int8")))
+
+constexpr int64_t kAmxK = 64;           // k per tile row
+constexpr int64_t kAmxRows = 32;        // rows of x per block of tiles
+constexpr int64_t kAmxRowBlock = 128;   // rows per pass over the panels
+
+struct alignas(64) AmxTileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+PALI_TARGET_AMX_INT8 void amx_block(const int8_t* xq, int64_t ld, const float* x_scales, int64_t r0, int64_t r1,
+                                    const LinearWeight& w, int64_t p0, int64_t p1, float* y, int64_t ldy,
+                                    bool accumulate) {
+  AmxTileConfig config;
+  for (int t = 0; t < 8; ++t) {
+    config.rows[t] = 16;
+    config.colsb[t] = 64;
+  }
+  _tile_loadconfig(&config);
+  const int64_t k_pad = w.packed_k(), tiles = ld / kAmxK, full = k_pad / kAmxK;
+  const int8_t* packed = w.packed.data<int8_t>();
+  const float* bias = w.has_bias ? w.bias.data<float>() : nullptr;
+  const float* w_scales = w.scales.data<float>();
+  alignas(64) int8_t tail[2][kAmxK * P];
+  alignas(64) int32_t c[kAmxRows][2 * P];
+  for (int64_t mb = r0; mb < r1; mb += kAmxRowBlock) {
+    const int64_t me = std::min(r1, mb + kAmxRowBlock);
+    for (int64_t p = p0; p < p1; p += 2) {
+      const int np = p + 1 < p1 ? 2 : 1;
+      const int8_t* b[2];
+      RowOutput out[2];
+      for (int q = 0; q < np; ++q) {
+        b[q] = packed + (p + q) * k_pad * P;
+        if (full < tiles) {
+          const int64_t bytes = (k_pad - full * kAmxK) * P;
+          std::memcpy(tail[q], b[q] + full * kAmxK * P, bytes);
+          std::memset(tail[q] + bytes, 0, sizeof(tail[q]) - bytes);
+        }
+        out[q] = RowOutput{w_scales + (p + q) * P, bias ? bias + (p + q) * P : nullptr,
+                           static_cast<int>(std::min<int64_t>(P, w.n - (p + q) * P)), accumulate};
+      }
+      const int second = np == 2 ? 1 : 0;
+      for (int64_t m0 = mb; m0 < me; m0 += kAmxRows) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        const int8_t* a = xq + m0 * ld;
+        for (int64_t t = 0; t < tiles; ++t) {
+          _tile_loadd(4, a + t * kAmxK, ld);
+          _tile_loadd(5, a + 16 * ld + t * kAmxK, ld);
+          _tile_loadd(6, t < full ? b[0] + t * kAmxK * P : tail[0], 64);
+          _tile_loadd(7, t < full ? b[second] + t * kAmxK * P : tail[second], 64);
+          _tile_dpbssd(0, 4, 6);
+          _tile_dpbssd(1, 4, 7);
+          _tile_dpbssd(2, 5, 6);
+          _tile_dpbssd(3, 5, 7);
+        }
+        _tile_stored(0, &c[0][0], sizeof(c[0]));
+        _tile_stored(1, &c[0][P], sizeof(c[0]));
+        _tile_stored(2, &c[16][0], sizeof(c[0]));
+        _tile_stored(3, &c[16][P], sizeof(c[0]));
+        const int64_t rows = std::min(kAmxRows, me - m0);
+        for (int64_t r = 0; r < rows; ++r)
+          for (int q = 0; q < np; ++q)
+            store_sums(&c[r][q * P], x_scales[m0 + r], out[q], y + (m0 + r) * ldy + (p + q) * P);
+      }
+    }
+  }
+  _tile_release();
+}
+
+// The prefill (m > 8) on AMX: x quantized once for all threads, then threads
+// over pairs of panels, or over rows when there are too few panels.
+void run_amx(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y, int64_t ldy,
+             bool accumulate) {
+  const int64_t k = w.k, ld = (w.packed_k() + kAmxK - 1) / kAmxK * kAmxK;
+  thread_local AlignedBuffer<int8_t> q_storage;
+  thread_local AlignedBuffer<float> scale_storage;
+  int8_t* xq = q_storage.get((m + kAmxRows) * ld);
+  float* x_scales = scale_storage.get(m);
+  std::memset(xq + m * ld, 0, kAmxRows * ld);
+  parallel_for(0, m, std::max<int64_t>(1, 8192 / k), [&](int64_t rb, int64_t re) {
+    for (int64_t r = rb; r < re; ++r) x_scales[r] = quantize_row(x + r * ldx, k, xq + r * ld, ld);
+  });
+  const int64_t pairs = (w.num_panels() + 1) / 2;
+  if (pairs >= 4 * op_threads() || m <= kAmxRowBlock) {
+    parallel_for(0, pairs, 1, [&](int64_t qb, int64_t qe) {
+      amx_block(xq, ld, x_scales, 0, m, w, 2 * qb, std::min(w.num_panels(), 2 * qe), y, ldy, accumulate);
+    });
+  } else {
+    parallel_for_aligned(0, m, kAmxRows, kAmxRows, [&](int64_t rb, int64_t re) {
+      amx_block(xq, ld, x_scales, rb, re, w, 0, w.num_panels(), y, ldy, accumulate);
+    });
+  }
 }
 
 #endif
@@ -606,6 +724,12 @@ void linear_int8_activations(const float* x, int64_t ldx, int64_t m, const Linea
                              int64_t ldy, bool accumulate) {
   switch (active_kernel()) {
 #if defined(PALI_CPU_AVX2)
+    case Int8Kernel::amx:
+      if (m > kLinearDecodeMaxRows) {
+        run_amx(x, ldx, m, w, y, ldy, accumulate);
+        break;
+      }
+      [[fallthrough]];
     case Int8Kernel::avx512_vnni: run<VnniInt8>(x, ldx, m, w, y, ldy, accumulate); break;
     case Int8Kernel::avx2: run<Avx2Int8>(x, ldx, m, w, y, ldy, accumulate); break;
 #endif

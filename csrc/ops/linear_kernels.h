@@ -17,6 +17,9 @@ bool cpu_has_avx512_bf16();
 // And AMX tiles with bfloat16 products (TDPBF16PS), the operating system
 // letting this process use them (asked once, arch_prctl ARCH_REQ_XCOMP_PERM).
 bool cpu_has_amx_bf16();
+// And AMX tiles with int8 products (TDPBSSD), for the W8A8 prefill
+// (ops/linear_int8_cpu.cc), with AVX-512 VNNI for its decode.
+bool cpu_has_amx_int8();
 
 // How the prefill of bf16 and i4 weights multiplies: widened to float32
 // (FMA), as bfloat16 pairs in vectors (vdpbf16ps), or as bfloat16 pairs in
