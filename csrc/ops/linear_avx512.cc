@@ -482,7 +482,8 @@ PALI_AVX512_BF16 void gemm_block_bf16(const uint32_t* pairs, int64_t r0, int64_t
 // the output in float32, 4-5 two 16-row slices of x's bfloat16 pairs (16
 // pairs = 32 k each), 6-7 the same 16 pairs of two panels, which the packed
 // [k2][16][2] layout stores as a tile's rows (64 bytes: 16 outputs x 2 k).
-// x is packed with its pairs zero-padded to whole tiles (kAmxPairs) and 32
+// Blocks of K and of rows keep the slice of x that the panels pass over in
+// L2. x is packed with its pairs zero-padded to whole tiles (kAmxPairs) and 32
 // rows more than it has, so every tile load is in bounds and the padding
 // adds zeros; a panel's last, partial tile of pairs (and all of an i4
 // panel, widened to bfloat16 pairs) is copied into zero-padded scratch,
@@ -492,6 +493,7 @@ PALI_AVX512_BF16 void gemm_block_bf16(const uint32_t* pairs, int64_t r0, int64_t
 constexpr int64_t kAmxPairs = 16;  // pairs per tile row of x: 32 k, 64 bytes
 constexpr int64_t kAmxRows = 32;   // rows of x per block of tiles
 constexpr int64_t kAmxBlockTiles = 80;  // at most this many tiles (2560 k) of K per block
+constexpr int64_t kAmxRowBlock = 256;   // rows per pass of the panels: x's block (<= 1.3 MB) stays in L2
 
 #define PALI_AMX \
   __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
@@ -527,53 +529,57 @@ PALI_AMX void gemm_block_amx(const uint32_t* pairs, int64_t ld, int64_t r0, int6
   for (int64_t t0 = 0; t0 < tiles; t0 += per_block) {
     const int64_t t1 = std::min(tiles, t0 + per_block);
     const int64_t own0 = std::max(t0, full);  // the block's first tile from scratch
-    for (int64_t p = p0; p < p1; p += 2) {
-      const int np = p + 1 < p1 ? 2 : 1;
-      const void* tile[2][kAmxBlockTiles + 4];
-      for (int q = 0; q < np; ++q) {
-        uint32_t* own = scratch + q * per_block * kAmxPairs * P;
-        const int64_t first = own0 * kAmxPairs, copied = std::max<int64_t>(0, std::min(k2, t1 * kAmxPairs) - first);
-        if (own0 < t1) {
-          if constexpr (F == WeightFormat::bf16)
-            std::memcpy(own, w.panel(p + q) + first * 64, copied * 64);
-          else
-            slice_bf16_pairs<F>(w, p + q, first, copied, own);
-          std::memset(own + copied * P, 0, ((t1 - own0) * kAmxPairs - copied) * 64);
+    for (int64_t mb = r0; mb < r1; mb += kAmxRowBlock) {
+      const int64_t me = std::min(r1, mb + kAmxRowBlock);
+      for (int64_t p = p0; p < p1; p += 2) {
+        const int np = p + 1 < p1 ? 2 : 1;
+        const void* tile[2][kAmxBlockTiles + 4];
+        for (int q = 0; q < np; ++q) {
+          uint32_t* own = scratch + q * per_block * kAmxPairs * P;
+          const int64_t first = own0 * kAmxPairs;
+          const int64_t copied = std::max<int64_t>(0, std::min(k2, t1 * kAmxPairs) - first);
+          if (own0 < t1) {
+            if constexpr (F == WeightFormat::bf16)
+              std::memcpy(own, w.panel(p + q) + first * 64, copied * 64);
+            else
+              slice_bf16_pairs<F>(w, p + q, first, copied, own);
+            std::memset(own + copied * P, 0, ((t1 - own0) * kAmxPairs - copied) * 64);
+          }
+          for (int64_t t = t0; t < t1; ++t)
+            tile[q][t - t0] = t < own0 ? static_cast<const void*>(w.panel(p + q) + t * kAmxPairs * 64)
+                                       : static_cast<const void*>(own + (t - own0) * kAmxPairs * P);
         }
-        for (int64_t t = t0; t < t1; ++t)
-          tile[q][t - t0] = t < own0 ? static_cast<const void*>(w.panel(p + q) + t * kAmxPairs * 64)
-                                     : static_cast<const void*>(own + (t - own0) * kAmxPairs * P);
-      }
-      if (np == 1)
-        for (int64_t t = t0; t < t1; ++t) tile[1][t - t0] = tile[0][t - t0];
-      PanelOut out[2];
-      for (int q = 0; q < np; ++q)
-        out[q] = PanelOut{nullptr, bias && t0 == 0 ? bias + (p + q) * P : nullptr,
-                          static_cast<int>(std::min<int64_t>(P, w.n - (p + q) * P)), accumulate || t0 > 0};
-      for (int64_t m0 = r0; m0 < r1; m0 += kAmxRows) {
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        const uint32_t* a = pairs + m0 * ld;
-        for (int64_t t = t0; t < t1; ++t) {
-          _tile_loadd(4, a + t * kAmxPairs, ld * 4);
-          _tile_loadd(5, a + 16 * ld + t * kAmxPairs, ld * 4);
-          _tile_loadd(6, tile[0][t - t0], 64);
-          _tile_loadd(7, tile[1][t - t0], 64);
-          _tile_dpbf16ps(0, 4, 6);
-          _tile_dpbf16ps(1, 4, 7);
-          _tile_dpbf16ps(2, 5, 6);
-          _tile_dpbf16ps(3, 5, 7);
+        if (np == 1)
+          for (int64_t t = t0; t < t1; ++t) tile[1][t - t0] = tile[0][t - t0];
+        PanelOut out[2];
+        for (int q = 0; q < np; ++q)
+          out[q] = PanelOut{nullptr, bias && t0 == 0 ? bias + (p + q) * P : nullptr,
+                            static_cast<int>(std::min<int64_t>(P, w.n - (p + q) * P)), accumulate || t0 > 0};
+        for (int64_t m0 = mb; m0 < me; m0 += kAmxRows) {
+          _tile_zero(0);
+          _tile_zero(1);
+          _tile_zero(2);
+          _tile_zero(3);
+          const uint32_t* a = pairs + m0 * ld;
+          for (int64_t t = t0; t < t1; ++t) {
+            _tile_loadd(4, a + t * kAmxPairs, ld * 4);
+            _tile_loadd(5, a + 16 * ld + t * kAmxPairs, ld * 4);
+            _tile_loadd(6, tile[0][t - t0], 64);
+            _tile_loadd(7, tile[1][t - t0], 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+          }
+          _tile_stored(0, &c[0][0], sizeof(c[0]));
+          _tile_stored(1, &c[0][P], sizeof(c[0]));
+          _tile_stored(2, &c[16][0], sizeof(c[0]));
+          _tile_stored(3, &c[16][P], sizeof(c[0]));
+          const int64_t rows = std::min(kAmxRows, me - m0);
+          for (int64_t r = 0; r < rows; ++r)
+            for (int q = 0; q < np; ++q)
+              store_row(_mm512_load_ps(&c[r][q * P]), y + (m0 + r) * ldy + (p + q) * P, out[q]);
         }
-        _tile_stored(0, &c[0][0], sizeof(c[0]));
-        _tile_stored(1, &c[0][P], sizeof(c[0]));
-        _tile_stored(2, &c[16][0], sizeof(c[0]));
-        _tile_stored(3, &c[16][P], sizeof(c[0]));
-        const int64_t rows = std::min(kAmxRows, r1 - m0);
-        for (int64_t r = 0; r < rows; ++r)
-          for (int q = 0; q < np; ++q)
-            store_row(_mm512_load_ps(&c[r][q * P]), y + (m0 + r) * ldy + (p + q) * P, out[q]);
       }
     }
   }
