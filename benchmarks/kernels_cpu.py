@@ -91,7 +91,7 @@ def main() -> None:
             for f in fmts:
                 lw = prepared[f]
                 for kernel in ops.linear_kernels_available():
-                    if kernel == "portable" or (kernel == "avx512_bf16" and f not in ("bf16", "i4", "i4_g128")):
+                    if kernel == "portable" or (kernel in ("avx512_bf16", "amx") and f not in ("bf16", "i4", "i4_g128")):
                         continue
                     ops.set_linear_kernel(kernel)
                     t = best_time(lambda: ops.linear(x, lw, out=y), args.reps)
