@@ -141,10 +141,25 @@ def have_graphs(folder: str) -> bool:
     return all(os.path.isfile(os.path.join(folder, f)) for f in FILES)
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
+def log_softmax(x: np.ndarray) -> np.ndarray:
     m = x.max(axis=-1, keepdims=True)
     y = x - m
     return y - np.log(np.exp(y).sum(axis=-1, keepdims=True))
+
+
+def beam_step(scores: np.ndarray, logp: np.ndarray, batch: int, beams: int):
+    """One step of beam search over ``batch`` x ``beams`` rows: the ``beams`` best sums of log-probabilities
+    over beams x vocabulary per input, best first (ties: the lower index).
+
+    Returns (the row each new beam continues, i64[R]; its token, i64[R]; its score, f64[R]).
+    """
+    V = logp.shape[-1]
+    candidates = (scores[:, None] + logp).reshape(batch, beams * V)
+    top = np.argpartition(-candidates, beams, axis=1)[:, :beams]
+    order = np.argsort(-np.take_along_axis(candidates, top, 1), axis=1, kind="stable")
+    top = np.take_along_axis(top, order, 1)
+    source = (np.arange(batch)[:, None] * beams + top // V).reshape(-1)
+    return source, (top % V).reshape(-1), np.take_along_axis(candidates, top, 1).reshape(-1)
 
 
 class OrtGenerator:
@@ -200,7 +215,7 @@ class OrtGenerator:
             feeds["tokens"] = tok
             feeds["positions"] = np.arange(step + 1, dtype=np.int64)
             out = self.decoder.run(None, feeds)
-            logp = _log_softmax(out[0].astype(np.float32))
+            logp = log_softmax(out[0].astype(np.float32))
             if not stop_at_eos:
                 logp[:, cfg.eos_token_id] = -np.inf  # the length is forced
             past = out[1:]
@@ -212,14 +227,7 @@ class OrtGenerator:
                 seqs = np.concatenate([seqs, nxt[:, None]], 1)
                 tok = nxt[:, None].astype(np.int64)
             else:
-                V = logp.shape[-1]
-                cand = (scores[:, None] + logp).reshape(B, K * V)
-                top = np.argpartition(-cand, K, axis=1)[:, :K]
-                order = np.argsort(-np.take_along_axis(cand, top, 1), axis=1, kind="stable")
-                top = np.take_along_axis(top, order, 1)
-                src = (np.arange(B)[:, None] * K + top // V).reshape(-1)
-                new_tok = (top % V).reshape(-1)
-                scores = np.take_along_axis(cand, top, 1).reshape(-1)
+                src, new_tok, scores = beam_step(scores, logp, B, K)
                 past = [p[src] for p in past]
                 seqs = np.concatenate([seqs[src], new_tok[:, None]], 1)
                 tok = new_tok[:, None].astype(np.int64)

@@ -30,6 +30,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from pali_engine.benchmarks.ort_graphs import beam_step, log_softmax
 from pali_engine.export.paligemma.split_graphs import (CONFIG_FILE, FILES, past_names, read_split_config,
                                                        write_int8_decoder, write_split_graphs)
 
@@ -56,12 +57,6 @@ def quantize_graphs(hf_dir: str, folder: str, out_folder: str, log=print) -> Non
     t0 = time.perf_counter()
     write_int8_decoder(hf_dir, os.path.join(out_folder, "decoder.onnx"))
     log(f"wrote the int8 decoder.onnx in {time.perf_counter() - t0:.0f} s")
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    m = x.max(axis=-1, keepdims=True)
-    y = x - m
-    return y - np.log(np.exp(y).sum(axis=-1, keepdims=True))
 
 
 class SplitGraphGenerator:
@@ -127,22 +122,16 @@ class SplitGraphGenerator:
                          "position_ids": np.full((R, 1), L + step, np.int64), **dict(zip(self.past, past))}
                 out = self.decoder.run(None, feeds)
                 logits, past = out[0], out[1:]
-            logp = _log_softmax(logits.astype(np.float32))
+            logp = log_softmax(logits.astype(np.float32))
             logp[:, eos] = -np.inf  # the length is forced
             if K == 1:
                 chosen = logp.argmax(-1)
                 scores += logp[np.arange(R), chosen]
                 seqs = np.concatenate([seqs, chosen[:, None]], 1)
             else:
-                V = logp.shape[-1]
-                candidates = (scores[:, None] + logp).reshape(B, K * V)
-                top = np.argpartition(-candidates, K, axis=1)[:, :K]
-                order = np.argsort(-np.take_along_axis(candidates, top, 1), axis=1, kind="stable")
-                top = np.take_along_axis(top, order, 1)
-                source = (np.arange(B)[:, None] * K + top // V).reshape(-1)
-                scores = np.take_along_axis(candidates, top, 1).reshape(-1)
+                source, tokens, scores = beam_step(scores, logp, B, K)
                 past = [p[source] for p in past]
-                seqs = np.concatenate([seqs[source], (top % V).reshape(-1, 1)], 1)
+                seqs = np.concatenate([seqs[source], tokens[:, None]], 1)
             if first is None:
                 first = time.perf_counter()
         t2 = time.perf_counter()

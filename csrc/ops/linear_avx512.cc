@@ -23,6 +23,7 @@
 
 #include "core/aligned_buffer.h"
 #include "core/parallel.h"
+#include "ops/amx_tiles.h"
 
 // GCC 12 reports its own AVX-512 intrinsics' _mm512_undefined_ps() idiom, and
 // step arrays that every load fills, as maybe uninitialized.
@@ -491,30 +492,17 @@ PALI_AVX512_BF16 void gemm_block_bf16(const uint32_t* pairs, int64_t r0, int64_t
 // there (0 x NaN is NaN).
 
 constexpr int64_t kAmxPairs = 16;  // pairs per tile row of x: 32 k, 64 bytes
-constexpr int64_t kAmxRows = 32;   // rows of x per block of tiles
+constexpr int64_t kAmxRows = amx::kBlockRows;
 constexpr int64_t kAmxBlockTiles = 80;  // at most this many tiles (2560 k) of K per block
 constexpr int64_t kAmxRowBlock = 256;   // rows per pass of the panels: x's block (<= 1.3 MB) stays in L2
 
 #define PALI_AMX \
   __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
 
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
 template <WeightFormat F>
 PALI_AMX void gemm_block_amx(const uint32_t* pairs, int64_t ld, int64_t r0, int64_t r1, const LinearWeight& w,
                              int64_t p0, int64_t p1, float* y, int64_t ldy, bool accumulate) {
-  TileConfig config;
-  for (int t = 0; t < 8; ++t) {
-    config.rows[t] = 16;
-    config.colsb[t] = 64;
-  }
-  _tile_loadconfig(&config);
+  amx::configure_tiles();
   const int64_t k2 = (w.k + 1) / 2;
   const int64_t tiles = ld / kAmxPairs;
   // K in blocks of whole i4 groups (4 tiles = 128 k) short enough that the
@@ -556,10 +544,7 @@ PALI_AMX void gemm_block_amx(const uint32_t* pairs, int64_t ld, int64_t r0, int6
           out[q] = PanelOut{nullptr, bias && t0 == 0 ? bias + (p + q) * P : nullptr,
                             static_cast<int>(std::min<int64_t>(P, w.n - (p + q) * P)), accumulate || t0 > 0};
         for (int64_t m0 = mb; m0 < me; m0 += kAmxRows) {
-          _tile_zero(0);
-          _tile_zero(1);
-          _tile_zero(2);
-          _tile_zero(3);
+          amx::zero_sums();
           const uint32_t* a = pairs + m0 * ld;
           for (int64_t t = t0; t < t1; ++t) {
             _tile_loadd(4, a + t * kAmxPairs, ld * 4);
@@ -571,10 +556,7 @@ PALI_AMX void gemm_block_amx(const uint32_t* pairs, int64_t ld, int64_t r0, int6
             _tile_dpbf16ps(2, 5, 6);
             _tile_dpbf16ps(3, 5, 7);
           }
-          _tile_stored(0, &c[0][0], sizeof(c[0]));
-          _tile_stored(1, &c[0][P], sizeof(c[0]));
-          _tile_stored(2, &c[16][0], sizeof(c[0]));
-          _tile_stored(3, &c[16][P], sizeof(c[0]));
+          amx::store_sums(c);
           const int64_t rows = std::min(kAmxRows, me - m0);
           for (int64_t r = 0; r < rows; ++r)
             for (int q = 0; q < np; ++q)

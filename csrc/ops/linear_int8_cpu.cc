@@ -37,6 +37,7 @@
 #include "core/aligned_buffer.h"
 #include "core/error.h"
 #include "core/parallel.h"
+#include "ops/amx_tiles.h"
 #include "ops/linear_int8.h"
 #include "ops/linear_kernels.h"
 #include "ops/row_dispatch.h"
@@ -339,26 +340,13 @@ PALI_TARGET_VNNI void quads_block(const uint8_t* xq, int64_t ldq, const float* x
 #define PALI_TARGET_AMX_INT8 __attribute__((target("amx-tile,amx-int8")))
 
 constexpr int64_t kAmxK = 64;           // k per tile row
-constexpr int64_t kAmxRows = 32;        // rows of x per block of tiles
+constexpr int64_t kAmxRows = amx::kBlockRows;
 constexpr int64_t kAmxRowBlock = 128;   // rows per pass over the panels
-
-struct alignas(64) AmxTileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
 
 PALI_TARGET_AMX_INT8 void amx_block(const int8_t* xq, int64_t ld, const float* x_scales, int64_t r0, int64_t r1,
                                     const LinearWeight& w, int64_t p0, int64_t p1, float* y, int64_t ldy,
                                     bool accumulate) {
-  AmxTileConfig config;
-  for (int t = 0; t < 8; ++t) {
-    config.rows[t] = 16;
-    config.colsb[t] = 64;
-  }
-  _tile_loadconfig(&config);
+  amx::configure_tiles();
   const int64_t k_pad = w.packed_k(), tiles = ld / kAmxK, full = k_pad / kAmxK;
   const int8_t* packed = w.packed.data<int8_t>();
   const float* bias = w.has_bias ? w.bias.data<float>() : nullptr;
@@ -383,10 +371,7 @@ PALI_TARGET_AMX_INT8 void amx_block(const int8_t* xq, int64_t ld, const float* x
       }
       const int second = np == 2 ? 1 : 0;
       for (int64_t m0 = mb; m0 < me; m0 += kAmxRows) {
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
+        amx::zero_sums();
         const int8_t* a = xq + m0 * ld;
         for (int64_t t = 0; t < tiles; ++t) {
           _tile_loadd(4, a + t * kAmxK, ld);
@@ -398,10 +383,7 @@ PALI_TARGET_AMX_INT8 void amx_block(const int8_t* xq, int64_t ld, const float* x
           _tile_dpbssd(2, 5, 6);
           _tile_dpbssd(3, 5, 7);
         }
-        _tile_stored(0, &c[0][0], sizeof(c[0]));
-        _tile_stored(1, &c[0][P], sizeof(c[0]));
-        _tile_stored(2, &c[16][0], sizeof(c[0]));
-        _tile_stored(3, &c[16][P], sizeof(c[0]));
+        amx::store_sums(c);
         const int64_t rows = std::min(kAmxRows, me - m0);
         for (int64_t r = 0; r < rows; ++r)
           for (int q = 0; q < np; ++q)

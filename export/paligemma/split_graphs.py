@@ -260,13 +260,17 @@ def _int8_tensors(name: str, entry: ckpt.WeightEntry) -> List[StreamedTensor]:
             scalar(np.asarray(zero_point, np.int8), TensorProto.INT8)]
 
 
-def write_int8_decoder(hf_dir: str | os.PathLike, path: str | os.PathLike) -> int:
-    """Writes ``decoder.onnx`` as quantize_dynamic makes it of the float32 one, weights streamed; its bytes."""
+def _located_weights(hf_dir: str | os.PathLike) -> Tuple[Dict[str, Any], Dict[str, ckpt.WeightEntry]]:
+    """The checkpoint's config and its weights, located (not read), by the graphs' names."""
     from pali_engine.paligemma_spec import expected_parameter_shapes
 
     checkpoint = ckpt.read_checkpoint(hf_dir)
-    config = checkpoint.config
-    entries = ckpt.select_weights(checkpoint, expected_parameter_shapes(config))
+    return checkpoint.config, ckpt.select_weights(checkpoint, expected_parameter_shapes(checkpoint.config))
+
+
+def write_int8_decoder(hf_dir: str | os.PathLike, path: str | os.PathLike) -> int:
+    """Writes ``decoder.onnx`` as quantize_dynamic makes it of the float32 one, weights streamed; its bytes."""
+    config, entries = _located_weights(hf_dir)
     model, names = decoder_graph(config, int8=True)
     tensors = []
     for name in names:
@@ -282,11 +286,7 @@ def write_int8_decoder(hf_dir: str | os.PathLike, path: str | os.PathLike) -> in
 def write_split_graphs(hf_dir: str | os.PathLike, folder: str | os.PathLike,
                        log: Callable[[str], None] = lambda s: None) -> Dict[str, int]:
     """Writes FILES (each with its ``.data``) and CONFIG_FILE into ``folder``; {file: bytes of weights}."""
-    from pali_engine.paligemma_spec import expected_parameter_shapes
-
-    checkpoint = ckpt.read_checkpoint(hf_dir)
-    config = checkpoint.config
-    entries = ckpt.select_weights(checkpoint, expected_parameter_shapes(config))
+    config, entries = _located_weights(hf_dir)
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
     sizes = {}
