@@ -23,7 +23,10 @@ and, with ``--compile``, transformers with its forward compiled by
 ``torch.compile`` (dynamic shapes).  Each subprocess reports its load time,
 peak RSS (the kernel's high-water mark VmHWM, imports included; ru_maxrss
 beside it), RSS after load and, per case,
-every timed run, as JSON on stdout.
+every timed run, as JSON on stdout.  With ``--rounds N`` the list of peers runs N
+times, forward then backward, each peer in a fresh process every round, and
+each peer's figures summarize the runs of all its rounds: on a shared machine
+whose speed drifts, no peer then has all its runs in a slow or a fast spell.
 
 Inputs: one random 224x224 image per prompt, the prompt "caption en"; cases
 batch 1 and 4 x greedy and beam 4; ``--new-tokens`` (32) forced in every peer
@@ -763,6 +766,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cases", default=DEFAULT_CASES, help=f"bB-greedy / bB-beamK (default {DEFAULT_CASES})")
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated, forced (default 32)")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per peer and case (default 2)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="times the list of peers runs, in alternating order, each peer in a fresh process "
+                             "every round; the runs of all rounds are summarized together (default 1)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per peer and case (default 1)")
     parser.add_argument("--warmup-once", action="store_true",
                         help="the untimed runs of each peer on its first case only: what they remove (weights "
@@ -806,6 +812,29 @@ def peer_specs(args, onnx_path: str, inputs_path: str, threads: int,
         specs.append(dict(common, peer="torch.compile", dtype=args.compile_dtype,
                           label=f"torch.compile {args.compile_dtype}"))
     return specs
+
+
+def merge_peer_reports(spec: Dict, reports: List[Dict], sizes: Dict, torch_weight_bytes: Callable,
+                       new_tokens: int) -> Dict:
+    """One peer's entry of the results from its reports, one per round: the timed runs of every round
+    together; load time and RSS from the round that loaded fastest and the highest peak."""
+    precision = spec["dtype"]
+    first = min(reports, key=lambda r: r["load_s"])
+    peer = {"peer": spec["peer"], "precision": precision, "load_s": first["load_s"],
+            "load_s_rounds": [r["load_s"] for r in reports],
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in reports), "rss_after_load_mb": first["rss_after_load_mb"],
+            "rss_before_load_mb": first["rss_before_load_mb"], "wall_s": round(sum(r["wall_s"] for r in reports), 1),
+            "rounds": len(reports),
+            "weights_mb": WEIGHT_BYTES.get(spec["peer"], torch_weight_bytes)(sizes, precision) / 2 ** 20,
+            "failed": {case: why for r in reports for case, why in r["failed"].items()}, "not_run": reports[-1]["not_run"],
+            "warmup_ms": reports[-1].get("warmup_ms", {}), "cases": {}, "runs": {}, "tokens": {}}
+    for cname in reports[-1]["cases"]:
+        runs = [dict(run, round=i + 1) for i, r in enumerate(reports) for run in r["cases"].get(cname, [])]
+        batch, _ = parse_case(cname)
+        peer["cases"][cname] = summarize_case(runs, batch, new_tokens)
+        peer["runs"][cname] = [{k: v for k, v in r.items() if k != "tokens"} for r in runs]
+        peer["tokens"][cname] = runs[-1]["tokens"]
+    return peer
 
 
 WEIGHT_BYTES = {"engine": engine_weight_bytes, "onnxruntime": ort_weight_bytes}
@@ -866,7 +895,7 @@ def run(args: argparse.Namespace, argv: List[str]) -> int:
     result: Dict = {
         "format": "pali-engine-paligemma-full-size-1", "date": now.strftime("%Y-%m-%d %H:%M UTC"),
         "command": _recorded_command(argv), "machine": machine, "versions": package_versions(),
-        "threads": threads, "repeats": args.repeats, "warmup": args.warmup,
+        "threads": threads, "repeats": args.repeats, "rounds": args.rounds, "warmup": args.warmup,
         "warmup_once": args.warmup_once, "new_tokens": args.new_tokens,
         "model": {"name": name, "parameters": sizes["parameters"], "weights": "random (seeded)",
                   "converted_file_dtype": "bfloat16", "conversion_s": convert_s,
@@ -886,36 +915,35 @@ def run(args: argparse.Namespace, argv: List[str]) -> int:
         if "failed" in written:
             result["not_run"].update({f"onnxruntime {d}": written["failed"] for d in ort_dtypes})
             args.ort_dtypes = ""
-    for spec in peer_specs(args, onnx_path, inputs_path, threads, cases):
-        label = spec["label"]
-        why = missing_package(spec["peer"])
-        if why:
-            result["not_run"][label] = why
-            continue
-        _log(f"[{label}] loading and running {len(cases)} cases in a fresh process ...")
-        t0 = time.time()
-        timeout = args.compile_timeout_s if spec["peer"] == "torch.compile" else args.peer_timeout_s
-        report = run_peer(spec, timeout)
-        if "skipped" in report:
-            result["not_run"][label] = report["skipped"]
-            _log(f"[{label}] {report['skipped']}")
-            continue
-        precision = spec["dtype"]
-        peer = {"peer": spec["peer"], "precision": precision, "load_s": report["load_s"],
-                "peak_rss_mb": report["peak_rss_mb"], "rss_after_load_mb": report["rss_after_load_mb"],
-                "rss_before_load_mb": report["rss_before_load_mb"], "wall_s": round(time.time() - t0, 1),
-                "weights_mb": WEIGHT_BYTES.get(spec["peer"], torch_weight_bytes)(sizes, precision) / 2 ** 20,
-                "failed": report["failed"], "not_run": report["not_run"],
-                "warmup_ms": report.get("warmup_ms", {}), "cases": {}, "runs": {}, "tokens": {}}
-        for cname, runs in report["cases"].items():
-            batch, _ = parse_case(cname)
-            peer["cases"][cname] = summarize_case(runs, batch, args.new_tokens)
-            peer["runs"][cname] = [{k: v for k, v in r.items() if k != "tokens"} for r in runs]
-            peer["tokens"][cname] = runs[-1]["tokens"]
-        result["peers"][label] = peer
-        _write_json(result, json_path)  # what is done so far, in case the run is cut short
-        _log(f"[{label}] done in {peer['wall_s']:.0f} s (load {peer['load_s']:.1f} s, "
-             f"peak RSS {peer['peak_rss_mb']:.0f} MB)")
+    specs = peer_specs(args, onnx_path, inputs_path, threads, cases)
+    reports: Dict[str, List[Dict]] = {}
+    for round_index in range(args.rounds):
+        # Alternate the order, so that no peer always runs in the same spell of a shared machine.
+        for spec in specs if round_index % 2 == 0 else specs[::-1]:
+            label = spec["label"]
+            if label in result["not_run"]:
+                continue
+            why = missing_package(spec["peer"])
+            if why:
+                result["not_run"][label] = why
+                continue
+            _log(f"[{label}] round {round_index + 1}/{args.rounds}: loading and running {len(cases)} cases "
+                 "in a fresh process ...")
+            t0 = time.time()
+            timeout = args.compile_timeout_s if spec["peer"] == "torch.compile" else args.peer_timeout_s
+            report = run_peer(spec, timeout)
+            if "skipped" in report:
+                result["not_run"][label] = report["skipped"]
+                result["peers"].pop(label, None)
+                _log(f"[{label}] {report['skipped']}")
+                continue
+            report["wall_s"] = round(time.time() - t0, 1)
+            reports.setdefault(label, []).append(report)
+            result["peers"][label] = merge_peer_reports(spec, reports[label], sizes, torch_weight_bytes,
+                                                        args.new_tokens)
+            _write_json(result, json_path)  # what is done so far, in case the run is cut short
+            _log(f"[{label}] done in {report['wall_s']:.0f} s (load {report['load_s']:.1f} s, "
+                 f"peak RSS {report['peak_rss_mb']:.0f} MB)")
 
     _log("measuring the machine's floors again ...")
     result["floors"]["end"] = measure_floors(threads, args.quick_floors)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import threading
 
 import numpy as np
@@ -679,6 +680,32 @@ def test_full_size_parameter_counts_and_weight_bytes(full_size_run):
                                         ("int4", "i4", 2 * n * k // 32), ("int4_g128", "i4_g128", 2 * n * k // 128)):
         packed = ops.prepare_linear(weight, None, fmt).weight_bytes
         assert full_size.bytes_per_parameter(precision, k) * n * k == packed + scale_bytes, precision
+
+
+def test_full_size_rounds_alternate_and_merge(full_size_run, tmp_path):
+    """--rounds 2: every peer runs twice, the second round in reverse order, and its figures cover both."""
+    import contextlib
+    import io
+
+    from pali_engine.benchmarks import paligemma_full_size
+
+    _, _, _, root, _ = full_size_run
+    buf, log = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(log):
+        rc = paligemma_full_size.main([str(root / "hf"), "--onnx", str(root / "hf.onnx"), "--threads", "1",
+                                       "--cases", "b1-greedy", "--new-tokens", "2", "--repeats", "1",
+                                       "--warmup", "0", "--rounds", "2", "--engine-dtypes", "float32,int8",
+                                       "--transformers-dtypes", "", "--ort-dtypes", "", "--quick-floors",
+                                       "--no-plot", "--out-dir", str(tmp_path)])
+    assert rc == 0
+    result = json.load(open(glob.glob(str(tmp_path / "paligemma-full-size-*.json"))[0]))
+    assert result["rounds"] == 2 and set(result["peers"]) == {"engine float32", "engine int8"}
+    for name, peer in result["peers"].items():
+        assert peer["rounds"] == 2 and len(peer["load_s_rounds"]) == 2, name
+        assert [r["round"] for r in peer["runs"]["b1-greedy"]] == [1, 2], name
+        assert peer["cases"]["b1-greedy"]["ttft_ms"]["n"] == 2, name
+    order = re.findall(r"\[(engine \w+)\] round (\d)/2", log.getvalue())
+    assert order == [("engine float32", "1"), ("engine int8", "1"), ("engine int8", "2"), ("engine float32", "2")]
 
 
 def test_full_size_bad_arguments_fail_cleanly(tmp_path, capsys):

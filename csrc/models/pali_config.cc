@@ -5,52 +5,12 @@
 #include <limits>
 
 #include "core/error.h"
+#include "models/config_rules.h"
 
 namespace pali {
 namespace {
 
-// Bounds that keep every shape the config implies far inside 64-bit arithmetic
-// (a product of any three sizes, or of two sequence lengths and a width, fits),
-// and far beyond any real model.
-constexpr int64_t kMaxWidth = int64_t{1} << 20;
-constexpr int64_t kMaxHeads = int64_t{1} << 12;
-constexpr int64_t kMaxHeadDim = int64_t{1} << 16;
-constexpr int64_t kMaxImageSize = int64_t{1} << 16;
-constexpr int64_t kMaxPatches = int64_t{1} << 20;
-constexpr int64_t kMaxLayers = int64_t{1} << 10;
-constexpr int64_t kMaxBuckets = int64_t{1} << 16;
-constexpr int64_t kMaxTokens = int64_t{1} << 20;
-constexpr int64_t kMaxInt32 = std::numeric_limits<int32_t>::max();
-
-FieldRule size(int64_t high, int64_t low = 1) {
-  FieldRule r = required();
-  r.low = low;
-  r.high = high;
-  return r;
-}
-
-// The upper bound is vocab_size (a relation, checked in validate()).
-FieldRule token_id(bool is_required) {
-  FieldRule r;
-  r.required = is_required;
-  r.low = 0;
-  r.high = kMaxWidth - 1;
-  return r;
-}
-
-FieldRule positive(bool is_required) {
-  FieldRule r;
-  r.required = is_required;
-  r.positive = true;
-  return r;
-}
-
-FieldRule one_of(std::vector<std::string> choices, bool is_required = true) {
-  FieldRule r;
-  r.required = is_required;
-  r.choices = std::move(choices);
-  return r;
-}
+using namespace config_rules;
 
 [[noreturn]] void relation(const std::string& message) { throw ConfigError(message); }
 
@@ -60,10 +20,10 @@ const ConfigTable<PaliConfig>& pali_config_table() {
   using C = PaliConfig;
   static const ConfigTable<C> table = [] {
     ConfigTable<C> t;
-    t.field("architecture", &C::architecture, one_of({"pali"}))
+    t.field("architecture", &C::architecture, one_of({"pali"}, true))
         .field("image_size", &C::image_size, size(kMaxImageSize))
         .field("patch_size", &C::patch_size, size(kMaxImageSize))
-        .field("num_channels", &C::num_channels, size(3, 3))  // images are preprocessed to RGB
+        .field("num_channels", &C::num_channels, size(3, true, 3))  // images are preprocessed to RGB
         .field("image_mean", &C::image_mean, required())
         .field("image_std", &C::image_std, positive(true))
         .field("resample", &C::resample, one_of({"bilinear", "bicubic", "nearest", "lanczos"}, false))
@@ -78,17 +38,17 @@ const ConfigTable<PaliConfig>& pali_config_table() {
         .field("d_ff", &C::d_ff, size(kMaxWidth))
         .field("encoder_layers", &C::encoder_layers, size(kMaxLayers))
         .field("decoder_layers", &C::decoder_layers, size(kMaxLayers))
-        .field("feed_forward_proj", &C::feed_forward_proj, one_of({"gated-gelu", "gated-silu"}))
+        .field("feed_forward_proj", &C::feed_forward_proj, one_of({"gated-gelu", "gated-silu"}, true))
         .field("layer_norm_epsilon", &C::layer_norm_epsilon, positive(false))
         // T5's bucketing needs max_exact = num_buckets // 4 >= 1 in the bidirectional encoder.
-        .field("relative_attention_num_buckets", &C::relative_attention_num_buckets, size(kMaxBuckets, 4))
+        .field("relative_attention_num_buckets", &C::relative_attention_num_buckets, size(kMaxBuckets, true, 4))
         .field("relative_attention_max_distance", &C::relative_attention_max_distance, size(kMaxInt32))
         .field("vocab_size", &C::vocab_size, size(kMaxWidth))
         .field("tie_word_embeddings", &C::tie_word_embeddings, required())
-        .field("pad_token_id", &C::pad_token_id, token_id(true))
-        .field("eos_token_id", &C::eos_token_id, token_id(true))
-        .field("unk_token_id", &C::unk_token_id, token_id(false))
-        .field("decoder_start_token_id", &C::decoder_start_token_id, token_id(true))
+        .field("pad_token_id", &C::pad_token_id, token_id(kMaxWidth, true))
+        .field("eos_token_id", &C::eos_token_id, token_id(kMaxWidth, true))
+        .field("unk_token_id", &C::unk_token_id, token_id(kMaxWidth, false))
+        .field("decoder_start_token_id", &C::decoder_start_token_id, token_id(kMaxWidth, true))
         .field("max_prompt_tokens", &C::max_prompt_tokens, size(kMaxTokens))
         .field("max_new_tokens", &C::max_new_tokens, size(kMaxTokens));
     return t;

@@ -3,42 +3,12 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "models/config_rules.h"
 
 namespace pali {
 namespace {
 
-constexpr int64_t kMaxWidth = int64_t{1} << 20;
-constexpr int64_t kMaxHeads = int64_t{1} << 12;
-constexpr int64_t kMaxHeadDim = int64_t{1} << 16;
-constexpr int64_t kMaxImageSize = int64_t{1} << 16;
-constexpr int64_t kMaxLayers = int64_t{1} << 10;
-constexpr int64_t kMaxTokens = int64_t{1} << 20;
-constexpr int64_t kMaxVocab = int64_t{1} << 24;
-
-FieldRule size(int64_t high, bool is_required = true, int64_t low = 1) {
-  FieldRule r;
-  r.required = is_required;
-  r.low = low;
-  r.high = high;
-  return r;
-}
-
-FieldRule token_id() { return size(kMaxVocab - 1, false, 0); }
-
-FieldRule positive(bool is_required = false, bool nullable = false) {
-  FieldRule r;
-  r.required = is_required;
-  r.positive = true;
-  r.nullable = nullable;
-  return r;
-}
-
-FieldRule one_of(std::vector<std::string> choices, bool is_required = false) {
-  FieldRule r;
-  r.required = is_required;
-  r.choices = std::move(choices);
-  return r;
-}
+using namespace config_rules;
 
 const std::vector<std::string> kTanhGelu = {"gelu_pytorch_tanh", "gelu_new"};
 
@@ -55,7 +25,7 @@ const ConfigTable<SiglipConfig>& siglip_table() {
         .field("image_size", &C::image_size, size(kMaxImageSize))
         .field("patch_size", &C::patch_size, size(kMaxImageSize))
         .field("layer_norm_eps", &C::layer_norm_eps, positive())
-        .field("hidden_act", &C::hidden_act, one_of(kTanhGelu));
+        .field("hidden_act", &C::hidden_act, one_of(kTanhGelu, false));
     return t;
   }();
   return table;
@@ -74,13 +44,13 @@ const ConfigTable<GemmaConfig>& gemma_table() {
         .field("num_key_value_heads", &C::num_key_value_heads, size(kMaxHeads))
         .field("head_dim", &C::head_dim, size(kMaxHeadDim))
         .field("max_position_embeddings", &C::max_position_embeddings, size(kMaxTokens * 64, false))
-        .field("pad_token_id", &C::pad_token_id, token_id())
-        .field("eos_token_id", &C::eos_token_id, token_id())
-        .field("bos_token_id", &C::bos_token_id, token_id())
+        .field("pad_token_id", &C::pad_token_id, token_id(kMaxVocab, false))
+        .field("eos_token_id", &C::eos_token_id, token_id(kMaxVocab, false))
+        .field("bos_token_id", &C::bos_token_id, token_id(kMaxVocab, false))
         .field("rms_norm_eps", &C::rms_norm_eps, positive())
         .field("rope_theta", &C::rope_theta, positive())
-        .field("hidden_act", &C::hidden_act, one_of(kTanhGelu))
-        .field("hidden_activation", &C::hidden_activation, one_of(kTanhGelu))
+        .field("hidden_act", &C::hidden_act, one_of(kTanhGelu, false))
+        .field("hidden_activation", &C::hidden_activation, one_of(kTanhGelu, false))
         .field("query_pre_attn_scalar", &C::query_pre_attn_scalar, positive(false, true))
         .field("attn_logit_softcapping", &C::attn_logit_softcapping, positive(false, true))
         .field("final_logit_softcapping", &C::final_logit_softcapping, positive(false, true))
@@ -89,7 +59,7 @@ const ConfigTable<GemmaConfig>& gemma_table() {
           r.nullable = true;
           return r;
         }())
-        .field("layer_types", &C::layer_types, one_of({"sliding_attention", "full_attention"}));
+        .field("layer_types", &C::layer_types, one_of({"sliding_attention", "full_attention"}, false));
     return t;
   }();
   return table;
@@ -104,16 +74,16 @@ const ConfigTable<PaliGemmaConfig>& paligemma_config_table() {
   static const ConfigTable<C> table = [] {
     ConfigTable<C> t;
     t.field("architecture", &C::architecture, one_of({"paligemma"}, true))
-        .field("model_type", &C::model_type, one_of({"paligemma"}))
+        .field("model_type", &C::model_type, one_of({"paligemma"}, false))
         .field("paligemma_version", &C::paligemma_version, size(2, false))
         .field("image_token_index", &C::image_token_index, size(kMaxVocab - 1, true, 0))
         .field("projection_dim", &C::projection_dim, size(kMaxWidth))
         .field("tie_word_embeddings", &C::tie_word_embeddings)
         .field("num_image_tokens", &C::num_image_tokens, size(kMaxTokens))
         .field("vocab_size", &C::vocab_size, size(kMaxVocab, false))
-        .field("pad_token_id", &C::pad_token_id, token_id())
-        .field("bos_token_id", &C::bos_token_id, token_id())
-        .field("eos_token_id", &C::eos_token_id, token_id())
+        .field("pad_token_id", &C::pad_token_id, token_id(kMaxVocab, false))
+        .field("bos_token_id", &C::bos_token_id, token_id(kMaxVocab, false))
+        .field("eos_token_id", &C::eos_token_id, token_id(kMaxVocab, false))
         .field("image_size", &C::image_size, size(kMaxImageSize))
         .field("resample", &C::resample, one_of({"bilinear", "bicubic", "nearest", "lanczos"}, true))
         .field("rescale_factor", &C::rescale_factor, positive(true))
