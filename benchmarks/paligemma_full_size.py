@@ -249,6 +249,17 @@ def read_bandwidth(threads: int, mib: int) -> Dict[str, float]:
     return {k: round(v, 2) for k, v in rates.items()}
 
 
+def _matmul_size(torch, dtype, largest: int, seconds: float = 0.5) -> int:
+    """The side of a square matmul in ``dtype`` that takes about ``seconds`` at most, up to ``largest``:
+    where a precision has no fast path (bfloat16 without AVX-512 BF16 runs at a few GFLOP/s or less),
+    the full size would take minutes per product and tell no more."""
+    probe = 256
+    a = torch.randn(probe, probe, dtype=dtype)
+    rate = 2.0 * probe ** 3 / _best_of(lambda: torch.mm(a, a), 2)
+    side = int((seconds * rate / 2.0) ** (1.0 / 3.0)) // 128 * 128
+    return max(probe, min(largest, side))
+
+
 def matrix_rates(threads: int, quick: bool) -> Dict[str, Dict[str, float]]:
     """GFLOP/s of the matrix products a precision can use: {precision: {how: rate}}."""
     import torch
@@ -263,9 +274,10 @@ def matrix_rates(threads: int, quick: bool) -> Dict[str, Dict[str, float]]:
     repeats = 2 if quick else 4
     rates: Dict[str, Dict[str, float]] = {"float32": {}, "bfloat16": {}, "int8": {}, "int4": {}}
     for dtype, key in ((torch.float32, "float32"), (torch.bfloat16, "bfloat16")):
-        a = torch.randn(n, n, dtype=dtype)
-        b = torch.randn(n, n, dtype=dtype)
-        rates[key][f"torch matmul {n}^3"] = 2.0 * n ** 3 / _best_of(lambda: torch.mm(a, b), repeats) / 1e9
+        size = _matmul_size(torch, dtype, n)
+        a = torch.randn(size, size, dtype=dtype)
+        b = torch.randn(size, size, dtype=dtype)
+        rates[key][f"torch matmul {size}^3"] = 2.0 * size ** 3 / _best_of(lambda: torch.mm(a, b), repeats) / 1e9
     rates["float32"][f"numpy sgemm {n}^3"] = floors.sgemm_gflops(n, repeats)
     # The engine's own linear at a prefill's row count, on Gemma 2 2B's feed-forward shape.
     m, out_features, in_features = (64, 1024, 512) if quick else (256, 9216, 2304)
