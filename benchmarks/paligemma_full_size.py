@@ -249,10 +249,12 @@ def read_bandwidth(threads: int, mib: int) -> Dict[str, float]:
     return {k: round(v, 2) for k, v in rates.items()}
 
 
-def _matmul_size(torch, dtype, largest: int, seconds: float = 0.5) -> int:
+def _matmul_size(dtype, largest: int, seconds: float = 0.5) -> int:
     """The side of a square matmul in ``dtype`` that takes about ``seconds`` at most, up to ``largest``:
     where a precision has no fast path (bfloat16 without AVX-512 BF16 runs at a few GFLOP/s or less),
     the full size would take minutes per product and tell no more."""
+    import torch
+
     probe = 256
     a = torch.randn(probe, probe, dtype=dtype)
     rate = 2.0 * probe ** 3 / _best_of(lambda: torch.mm(a, a), 2)
@@ -274,7 +276,7 @@ def matrix_rates(threads: int, quick: bool) -> Dict[str, Dict[str, float]]:
     repeats = 2 if quick else 4
     rates: Dict[str, Dict[str, float]] = {"float32": {}, "bfloat16": {}, "int8": {}, "int4": {}}
     for dtype, key in ((torch.float32, "float32"), (torch.bfloat16, "bfloat16")):
-        size = _matmul_size(torch, dtype, n)
+        size = _matmul_size(dtype, n)
         a = torch.randn(size, size, dtype=dtype)
         b = torch.randn(size, size, dtype=dtype)
         rates[key][f"torch matmul {size}^3"] = 2.0 * size ** 3 / _best_of(lambda: torch.mm(a, b), repeats) / 1e9
@@ -826,19 +828,19 @@ def peer_specs(args, onnx_path: str, inputs_path: str, threads: int,
     return specs
 
 
-def merge_peer_reports(spec: Dict, reports: List[Dict], sizes: Dict, torch_weight_bytes: Callable,
-                       new_tokens: int) -> Dict:
+def merge_peer_reports(spec: Dict, reports: List[Dict], sizes: Dict, new_tokens: int) -> Dict:
     """One peer's entry of the results from its reports, one per round: the timed runs of every round
     together; load time and RSS from the round that loaded fastest and the highest peak."""
     precision = spec["dtype"]
-    first = min(reports, key=lambda r: r["load_s"])
-    peer = {"peer": spec["peer"], "precision": precision, "load_s": first["load_s"],
+    fastest = min(reports, key=lambda r: r["load_s"])
+    peer = {"peer": spec["peer"], "precision": precision, "load_s": fastest["load_s"],
             "load_s_rounds": [r["load_s"] for r in reports],
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in reports), "rss_after_load_mb": first["rss_after_load_mb"],
-            "rss_before_load_mb": first["rss_before_load_mb"], "wall_s": round(sum(r["wall_s"] for r in reports), 1),
-            "rounds": len(reports),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in reports),
+            "rss_after_load_mb": fastest["rss_after_load_mb"], "rss_before_load_mb": fastest["rss_before_load_mb"],
+            "wall_s": round(sum(r["wall_s"] for r in reports), 1), "rounds": len(reports),
             "weights_mb": WEIGHT_BYTES.get(spec["peer"], torch_weight_bytes)(sizes, precision) / 2 ** 20,
-            "failed": {case: why for r in reports for case, why in r["failed"].items()}, "not_run": reports[-1]["not_run"],
+            "failed": {case: why for r in reports for case, why in r["failed"].items()},
+            "not_run": reports[-1]["not_run"],
             "warmup_ms": reports[-1].get("warmup_ms", {}), "cases": {}, "runs": {}, "tokens": {}}
     for cname in reports[-1]["cases"]:
         runs = [dict(run, round=i + 1) for i, r in enumerate(reports) for run in r["cases"].get(cname, [])]
@@ -951,8 +953,7 @@ def run(args: argparse.Namespace, argv: List[str]) -> int:
                 continue
             report["wall_s"] = round(time.time() - t0, 1)
             reports.setdefault(label, []).append(report)
-            result["peers"][label] = merge_peer_reports(spec, reports[label], sizes, torch_weight_bytes,
-                                                        args.new_tokens)
+            result["peers"][label] = merge_peer_reports(spec, reports[label], sizes, args.new_tokens)
             _write_json(result, json_path)  # what is done so far, in case the run is cut short
             _log(f"[{label}] done in {report['wall_s']:.0f} s (load {report['load_s']:.1f} s, "
                  f"peak RSS {report['peak_rss_mb']:.0f} MB)")
