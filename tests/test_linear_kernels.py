@@ -1,6 +1,9 @@
 """The float linear kernels (avx2, avx512, avx512_bf16, amx, neon, portable) in every
 weight format (f32, f16, bf16, i8, i4 in groups of 32, 64 and 128) against
 float64 references, and the bf16 and i4 formats' rounding against NumPy.
+The decode of i4 weights (m <= 8) quantizes x to int8 in blocks of 32 (W4A8,
+ops/linear_int4_decode.h); its reference takes x so quantized, and its kernels
+(avx2, avx512 with and without VNNI, portable) agree bit for bit.
 
 Each kernel this CPU runs is chosen in turn (ops.set_linear_kernel); sizes
 cover decode (m <= 8) and prefill, K odd and not a multiple of any block or
@@ -66,6 +69,32 @@ def rounds_x_to_bf16(kernel: str, fmt: str, m: int) -> bool:
     return kernel in BF16_PREFILL_KERNELS and (fmt == "bf16" or fmt.startswith("i4")) and m > 8
 
 
+def quantizes_x_to_int8(fmt: str, m: int) -> bool:
+    """The decode of i4 weights takes x in int8 blocks of 32, on every kernel."""
+    return fmt.startswith("i4") and m <= 8
+
+
+def int8_blocks(x: np.ndarray) -> np.ndarray:
+    """x as the int4 decode takes it: per row and block of 32 inputs, scale = max|x| / 127
+    (1 for an all-zero block), q = round_half_even(x / scale) in [-127, 127], dequantized."""
+    m, k = x.shape
+    k_pad = -(-k // 32) * 32
+    xp = np.zeros((m, k_pad), np.float32)
+    xp[:, :k] = x
+    blocks = xp.reshape(m, k_pad // 32, 32)
+    amax = np.abs(blocks).max(axis=2)
+    scale = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+    q = np.clip(np.rint(blocks / scale[..., None]), -127, 127)
+    return (q * scale[..., None]).reshape(m, k_pad)[:, :k]
+
+
+def x_as_taken(kernel: str, fmt: str, x: np.ndarray) -> np.ndarray:
+    m = x.shape[0]
+    if quantizes_x_to_int8(fmt, m):
+        return int8_blocks(x)
+    return bf16_round(x) if rounds_x_to_bf16(kernel, fmt, m) else x
+
+
 @pytest.mark.parametrize("m,n,k", SIZES)
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_every_kernel_against_the_effective_weight(m, n, k, fmt, linear_kernel):
@@ -79,7 +108,7 @@ def test_every_kernel_against_the_effective_weight(m, n, k, fmt, linear_kernel):
         # avx512_bf16's and amx's prefill of bf16 and i4 weights multiplies x
         # (and i4's weights) rounded to bfloat16.
         rounded = rounds_x_to_bf16(kernel, fmt, m)
-        xr = bf16_round(x) if rounded else x
+        xr = x_as_taken(kernel, fmt, x)
         wr = bf16_round(we.astype(np.float32)).astype(np.float64) if rounded else we
         ref = xr.astype(np.float64) @ wr.T + b
         bound = np.abs(xr).astype(np.float64) @ np.abs(wr).T + np.abs(b)
@@ -106,7 +135,7 @@ def test_every_kernel_on_strided_column_slices(m, fmt, linear_kernel):
         ops.linear_strided(xbuf, 4, lw, out, 3, False)
         x = xbuf[:, 4:4 + k]
         rounded = rounds_x_to_bf16(kernel, fmt, m)
-        xr = bf16_round(x) if rounded else x
+        xr = x_as_taken(kernel, fmt, x)
         we = bf16_round(lw.effective_weight()) if rounded else lw.effective_weight()
         ref = xr.astype(np.float64) @ we.astype(np.float64).T + b
         np.testing.assert_allclose(out[:, 3:3 + n], ref, rtol=1e-5, atol=1e-4, err_msg=kernel)
@@ -180,6 +209,56 @@ def test_kernels_agree_with_each_other(linear_kernel):
         first = next(iter(outs.values()))
         for kernel, y in outs.items():
             np.testing.assert_allclose(y, first, rtol=2e-5, atol=2e-5, err_msg=f"{fmt} {kernel}")
+
+
+@pytest.fixture
+def int8_kernel():
+    """Chooses an int8 kernel for a test body; restores the automatic choice after."""
+    yield ops.set_int8_kernel
+    ops.set_int8_kernel("auto")
+
+
+@pytest.mark.parametrize("fmt", ["i4", "i4_g64", "i4_g128"])
+def test_int4_decode_kernels_agree_bit_for_bit(fmt, linear_kernel, int8_kernel):
+    """Every float kernel, and under the AVX-512 ones every integer kernel (VNNI or
+    not), gives the same decode of i4 weights to the last bit, edge cases included:
+    an all-zero row (scale 1), a huge value beside tiny ones, K not a multiple of 32."""
+    rng = rng_for("int4 decode agree", fmt)
+    n, k = 45, 301
+    w, b = randn(rng, n, k), randn(rng, n)
+    lw = ops.prepare_linear(w, b, fmt)
+    x = randn(rng, 8, k)
+    x[2] = 0
+    x[5, 7] = 1e6
+    x[6] *= 1e-30
+    for m in range(1, 9):
+        outs = {}
+        for kernel in KERNELS:
+            linear_kernel(kernel)
+            for integer in ops.int8_kernels_available():
+                int8_kernel(integer)
+                outs[kernel, integer] = ops.linear(x[:m], lw)
+        first = next(iter(outs.values()))
+        assert np.all(np.isfinite(first))
+        for key, y in outs.items():
+            np.testing.assert_array_equal(y, first, err_msg=f"{fmt} m={m} {key}")
+        ref = int8_blocks(x[:m]).astype(np.float64) @ lw.effective_weight().astype(np.float64).T + b
+        bound = np.abs(int8_blocks(x[:m])).astype(np.float64) @ np.abs(lw.effective_weight()).T + np.abs(b)
+        assert np.max(np.abs(first - ref) / bound) < 1e-5
+
+
+def test_int4_decode_error_of_int8_activations():
+    """What quantizing x costs beside the int4 weights' own error (docs/ops.md): on
+    Gaussian x and weights, a small fraction of the weights' error."""
+    rng = rng_for("int4 activation error")
+    w, x = randn(rng, 512, 2304), randn(rng, 4, 2304)
+    lw = ops.prepare_linear(w, None, "i4")
+    exact = x.astype(np.float64) @ w.T.astype(np.float64)
+    float_x = x.astype(np.float64) @ lw.effective_weight().T.astype(np.float64)
+    got = ops.linear(x, lw)
+    weight_error = np.linalg.norm(float_x - exact) / np.linalg.norm(exact)
+    activation_error = np.linalg.norm(got - float_x) / np.linalg.norm(exact)
+    assert activation_error < 0.1 * weight_error, (activation_error, weight_error)
 
 
 def test_kernel_choice_errors(linear_kernel):

@@ -31,7 +31,9 @@
 //         to whole groups; y = sum over groups of scale[g, n] * (x_g · q_g[n]) + b.
 // Activations (x, y, bias) are float32, except with int8_activations (i8
 // only, chosen at prepare time): then x is quantized too, per row, and the
-// product is taken in integers (W8A8, ops/linear_int8.h), for every m. Such a
+// product is taken in integers (W8A8, ops/linear_int8.h), for every m; and in
+// the decode of i4 weights (m <= kLinearDecodeMaxRows), which quantizes x to
+// int8 in blocks of 32 (W4A8, ops/linear_int4_decode.h). Such a
 // weight is packed for the integer kernels instead: [ceil(n/16)][k4][16][4],
 // four consecutive k of one output in 4 bytes (k zero-padded to k4 * 4).
 #pragma once

@@ -19,6 +19,7 @@
 #include "core/error.h"
 #include "core/parallel.h"
 #include "ops/linear.h"
+#include "ops/linear_int4_decode.h"
 #include "ops/linear_int8.h"
 #include "ops/linear_kernels.h"
 #include "ops/row_dispatch.h"
@@ -1402,6 +1403,20 @@ template <WeightFormat F>
 void linear_chosen(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y, int64_t ldy,
                    bool accumulate) {
   const FloatKernel kernel = active_float_kernel();
+  if constexpr (F == WeightFormat::i4_g32 || F == WeightFormat::i4_g64 || F == WeightFormat::i4_g128) {
+    if (m <= kLinearDecodeMaxRows) {
+      // The AVX-512 kernels' integer instructions follow the int8 kernel choice (VNNI or not).
+      Int4DecodeKernel decode = Int4DecodeKernel::portable;
+      if (kernel == FloatKernel::avx2) {
+        decode = Int4DecodeKernel::avx2;
+      } else if (kernel == FloatKernel::avx512 || kernel == FloatKernel::avx512_bf16 || kernel == FloatKernel::amx) {
+        const std::string integer = int8_kernel();
+        decode = integer == "avx512_vnni" || integer == "amx" ? Int4DecodeKernel::avx512_vnni : Int4DecodeKernel::avx512;
+      }
+      linear_int4_decode(x, ldx, m, w, y, ldy, accumulate, decode);
+      return;
+    }
+  }
 #if defined(PALI_CPU_AVX2)
   if (kernel == FloatKernel::avx512 || kernel == FloatKernel::avx512_bf16 || kernel == FloatKernel::amx) {
     using linear_avx512::Bf16Prefill;

@@ -121,6 +121,23 @@ void for_each_path(F&& body) {
 
 // ------------------------------------------------------------------ kernels
 
+// x as the decode of i4 weights (m <= 8) takes it (ops/linear_int4_decode.h):
+// per row and block of 32 inputs, scale = max|x| / 127 (1 for zeros), q =
+// round_half_even(x / scale) in [-127, 127], dequantized.
+std::vector<float> int8_blocks(const std::vector<float>& x, int64_t m, int64_t k) {
+  std::vector<float> out(x.size());
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t k0 = 0; k0 < k; k0 += 32) {
+      const int64_t k1 = std::min(k, k0 + 32);
+      float amax = 0.0f;
+      for (int64_t i = k0; i < k1; ++i) amax = std::max(amax, std::fabs(x[r * k + i]));
+      const float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
+      for (int64_t i = k0; i < k1; ++i)
+        out[r * k + i] = std::min(127.0f, std::max(-127.0f, std::nearbyint(x[r * k + i] / scale))) * scale;
+    }
+  return out;
+}
+
 void check_linear() {
   struct Size { int64_t m, n, k; };
   const Size sizes[] = {{1, 1, 1}, {3, 17, 5}, {4, 33, 37}, {7, 20, 70}, {9, 31, 19}, {13, 48, 64}, {2, 16, 300},
@@ -136,6 +153,8 @@ void check_linear() {
       const pali::LinearWeight lw = pali::prepare_linear(w, &bias, format);
       const pali::Tensor eff = pali::linear_effective_weight(lw);
       const float* we = eff.data<float>();
+      const bool int8_x = pali::is_int4(format) && s.m <= pali::kLinearDecodeMaxRows;
+      const std::vector<float> xr = int8_x ? int8_blocks(x, s.m, s.k) : x;
       for (bool accumulate : {false, true}) {
         for_each_path([&](const std::string& path) {
           std::vector<float> y = y0;
@@ -145,8 +164,8 @@ void check_linear() {
             for (int64_t n = 0; n < s.n; ++n) {
               double want = b[n], scale = std::fabs(b[n]);
               for (int64_t k = 0; k < s.k; ++k) {
-                want += double{x[r * s.k + k]} * we[n * s.k + k];
-                scale += std::fabs(double{x[r * s.k + k]} * we[n * s.k + k]);
+                want += double{xr[r * s.k + k]} * we[n * s.k + k];
+                scale += std::fabs(double{xr[r * s.k + k]} * we[n * s.k + k]);
               }
               if (accumulate) {
                 want += y0[r * s.n + n];
