@@ -37,6 +37,12 @@ constexpr int64_t B = kInt4ActivationBlock;
 // Rows one pass over a panel serves at most (AVX2 has registers for 4).
 constexpr int kRows = 8;
 constexpr int kRowsAvx2 = 4;
+// How far ahead of its loads a kernel asks for the weights' cache lines: with
+// two threads each streaming one panel at a time, the hardware prefetchers
+// alone left the int4 decode at about half the read bandwidth once the
+// weights came from memory rather than cache (1 KB ahead ran 1.3-2.3x faster
+// on 6 copies of each of Gemma 2 2B's layer shapes; 2 KB less so).
+constexpr int64_t kPrefetchAhead = 1024;
 
 // x as int8 blocks: q [m][blocks * 32], and per block its scale and 8 * sum(q),
 // which the stored nibbles' offset of 8 adds to each output. The SIMD kernels
@@ -196,6 +202,7 @@ PALI_INLINE_AVX2 void panel_avx2(const Int8Blocks& xq, int64_t r0, const unsigne
     __m256i lo[MR], hi[MR];
     for (int r = 0; r < MR; ++r) lo[r] = hi[r] = _mm256_setzero_si256();
     for (int s = 0; s < 8; ++s) {
+      if (s % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(wb + s * 32 + kPrefetchAhead), _MM_HINT_T0);
       const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + s * 32));
       const __m256i even = _mm256_and_si256(v, nibble);
       const __m256i odd = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
@@ -254,6 +261,7 @@ PALI_INLINE_AVX512BW void panel_avx512(const Int8Blocks& xq, int64_t r0, const u
     __m512i lo[MR], hi[MR];
     for (int r = 0; r < MR; ++r) lo[r] = hi[r] = _mm512_setzero_si512();
     for (int s = 0; s < 4; ++s) {
+      _mm_prefetch(reinterpret_cast<const char*>(wb + s * 64 + kPrefetchAhead), _MM_HINT_T0);
       const __m512i v = _mm512_loadu_si512(wb + s * 64);
       const __m512i even = _mm512_and_si512(v, nibble);
       const __m512i odd = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
@@ -304,6 +312,7 @@ PALI_INLINE_AVX512VNNI void panel_avx512_vnni(const Int8Blocks& xq, int64_t r0, 
     __m512i c_sum[MR], d_sum[MR];
     for (int r = 0; r < MR; ++r) c_sum[r] = d_sum[r] = _mm512_setzero_si512();
     for (int s = 0; s < 4; ++s) {
+      _mm_prefetch(reinterpret_cast<const char*>(wb + s * 64 + kPrefetchAhead), _MM_HINT_T0);
       const __m512i v = _mm512_permutex_epi64(_mm512_loadu_si512(wb + s * 64), _MM_SHUFFLE(3, 1, 2, 0));
       const __m512i even = _mm512_and_si512(v, nibble);
       const __m512i odd = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
