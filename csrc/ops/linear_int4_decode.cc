@@ -23,6 +23,8 @@
 #include "core/parallel.h"
 #include "ops/cpu_kernels.h"
 #include "ops/linear_int4_decode.h"
+#include "ops/linear_int8.h"
+#include "ops/row_dispatch.h"
 
 // GCC 12 reports its own AVX-512 intrinsics' _mm512_undefined_ps() idiom as maybe uninitialized.
 #if defined(__GNUC__) && !defined(__clang__)
@@ -59,15 +61,10 @@ struct Int8Blocks {
   const int8_t* spread_row(int64_t r) const { return spread.data() + r * blocks * B * 8; }
 };
 
-int8_t quantize_one(float v) {
-  if (std::isnan(v)) return -127;
-  return static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, std::nearbyint(v))));
-}
-
 // k inputs of each row, zero-padded to k_pad (whole blocks).
 void quantize_rows(const float* x, int64_t ldx, int64_t m, int64_t k, int64_t k_pad, Int8Blocks& out) {
   out.blocks = k_pad / B;
-  out.q.assign(static_cast<size_t>(m * out.blocks * B), 0);
+  out.q.resize(static_cast<size_t>(m * out.blocks * B));
   out.scale.resize(static_cast<size_t>(m * out.blocks));
   out.offset.resize(static_cast<size_t>(m * out.blocks));
   for (int64_t r = 0; r < m; ++r) {
@@ -75,15 +72,9 @@ void quantize_rows(const float* x, int64_t ldx, int64_t m, int64_t k, int64_t k_
     int8_t* qr = out.q.data() + r * out.blocks * B;
     for (int64_t b = 0; b < out.blocks; ++b) {
       const int64_t k0 = b * B, k1 = std::max(k0, std::min(k, k0 + B));
-      float amax = 0.0f;
-      for (int64_t i = k0; i < k1; ++i) amax = std::max(amax, std::fabs(xr[i]));
-      const float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
+      out.scale[r * out.blocks + b] = quantize_int8_symmetric(xr + k0, k1 - k0, qr + k0, B);
       int32_t sum = 0;
-      for (int64_t i = k0; i < k1; ++i) {
-        qr[i] = quantize_one(xr[i] / scale);
-        sum += qr[i];
-      }
-      out.scale[r * out.blocks + b] = scale;
+      for (int64_t i = k0; i < k0 + B; ++i) sum += qr[i];
       out.offset[r * out.blocks + b] = 8 * sum;
     }
   }
@@ -338,6 +329,7 @@ PALI_INLINE_AVX512VNNI void panel_avx512_vnni(const Int8Blocks& xq, int64_t r0, 
   for (int r = 0; r < MR; ++r) _mm512_storeu_ps(totals + r * P, _mm512_shuffle_f32x4(total[r], total[r], _MM_SHUFFLE(3, 1, 2, 0)));
 }
 
+// panel_*<min(rows, MR)>: dispatch_rows' lambdas would not inherit the AVX-512 target attributes.
 template <int MR>
 PALI_AVX512VNNI void rows_avx512_vnni(int rows, const Int8Blocks& xq, int64_t r0, const unsigned char* w,
                                       int64_t group, const uint16_t* gscale, float* totals) {
@@ -356,14 +348,6 @@ PALI_AVX512BW void rows_avx512(int rows, const Int8Blocks& xq, int64_t r0, const
   panel_avx512<MR>(xq, r0, w, group, gscale, totals);
 }
 
-template <int MR>
-void rows_avx2(int rows, const Int8Blocks& xq, int64_t r0, const unsigned char* w, int64_t group,
-               const uint16_t* gscale, float* totals) {
-  if constexpr (MR > 1) {
-    if (rows < MR) return rows_avx2<MR - 1>(rows, xq, r0, w, group, gscale, totals);
-  }
-  panel_avx2<MR>(xq, r0, w, group, gscale, totals);
-}
 #endif
 
 }  // namespace
@@ -401,7 +385,11 @@ void linear_int4_decode(const float* x, int64_t ldx, int64_t m, const LinearWeig
             rows_avx512_vnni<kRows>(rows, rows_q, r0, panel, group, gscale, totals);
             break;
           case Int4DecodeKernel::avx512: rows_avx512<kRows>(rows, rows_q, r0, panel, group, gscale, totals); break;
-          case Int4DecodeKernel::avx2: rows_avx2<kRowsAvx2>(rows, rows_q, r0, panel, group, gscale, totals); break;
+          case Int4DecodeKernel::avx2:
+            dispatch_rows<kRowsAvx2>(rows, [&](auto mr) {
+              panel_avx2<decltype(mr)::value>(rows_q, r0, panel, group, gscale, totals);
+            });
+            break;
 #endif
           default:
             std::fill(totals, totals + kRows * P, 0.0f);

@@ -15,6 +15,12 @@ namespace pali {
 void linear_int8_activations(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y,
                              int64_t ldy, bool accumulate);
 
+// x[0, k) as W8A8 quantizes a row: scale = max|x| / 127 (1 for all zeros), q =
+// round_half_even(x / scale) in [-127, 127] (NaN -> -127), q[k, k_pad) = 0.
+// Returns the scale. The same bits on every kernel; the int4 decode
+// (ops/linear_int4_decode.h) quantizes its blocks of x with it.
+float quantize_int8_symmetric(const float* x, int64_t k, int8_t* q, int64_t k_pad);
+
 // The integer kernels this CPU runs: on x86-64 "avx2" always, "avx512_vnni"
 // where present; on aarch64 "neon" always, "neon_dotprod" where the CPU has the
 // Armv8.2 dot product; "portable" everywhere (last in the list).

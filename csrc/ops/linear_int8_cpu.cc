@@ -723,4 +723,12 @@ void linear_int8_activations(const float* x, int64_t ldx, int64_t m, const Linea
   }
 }
 
+float quantize_int8_symmetric(const float* x, int64_t k, int8_t* q, int64_t k_pad) {
+#if defined(PALI_CPU_AVX2)
+  return quantize_row(x, k, q, k_pad);
+#else
+  return quantize_row_portable(x, k, q, k_pad);
+#endif
+}
+
 }  // namespace pali
