@@ -192,36 +192,42 @@ def test_limits_are_the_native_backends():
 
 def test_calls_that_arrive_while_others_decode_prefill_together(case):
     engine, prompts, max_new_tokens = case
-    backend = engine._backend
     pictures = images(4)
     jobs = [(pictures[i % 4], prompts[i % len(prompts)]) for i in range(12)]
     want = [engine.generate(p, q, max_new_tokens=max_new_tokens).tokens for p, q in jobs]
-    # A long call keeps the decode thread stepping, so the others go to the prefill thread.
-    running = engine.stream(pictures[0], prompts[0], max_new_tokens=4000, min_new_tokens=4000)
-    next(running)
-    first = engine.scheduler_stats()
-    batched = []
-    # Submitted at once while the prefill thread is busy with the first, the calls are prefilled in fewer
-    # batches than calls. On a loaded machine this thread may be descheduled between two submissions for
-    # longer than a prefill takes, so a round may see none joined: up to three rounds.
+    # Room for a long call and the jobs. While a gate call holds the jobs' rows, the jobs queue; when the gate is
+    # cancelled its rows free at once, and the prefill thread takes every queued job into one prefill while the
+    # long call goes on decoding. Only the long call's end is a race (a slow machine may reach its 4000 tokens
+    # before the jobs join): then the round is run again.
+    gated = Engine.load(engine.path, threads=2, max_batch=1 + len(jobs))
+    backend = gated._backend
+    long = {"max_new_tokens": 4000, "min_new_tokens": 4000}
+    gate_request = backend.prepare([pictures[0]] * len(jobs), [prompts[0]] * len(jobs), long)
     for _ in range(3):
-        before = engine.scheduler_stats()
         prepared = [backend.prepare(p, q, {"max_new_tokens": max_new_tokens}) for p, q in jobs]
+        running = gated.stream(pictures[0], prompts[0], **long)
+        next(running)
+        gate = backend.submit(gate_request)
+        gate.start()
+        assert wait_until(lambda: gated.scheduler_stats()["active_rows"] == 1 + len(jobs))
+        before = gated.scheduler_stats()
         pending = [backend.submit(request) for request in prepared]
         for request in pending:
             request.start()
+        assert wait_until(lambda: gated.scheduler_stats()["queued_requests"] == len(jobs))
+        gate.cancel()
         for request in pending:
             while not request.poll()[1]:
                 select.select([request.fileno()], [], [], 20)
+        after = gated.scheduler_stats()
+        running.close()
         got = [backend.results(r, *backend.hypotheses(p)).tokens for r, p in zip(prepared, pending)]
-        after = engine.scheduler_stats()
         assert got == want
-        batched.append(after["prefills"] - before["prefills"] < len(jobs))
-        if batched[-1]:
+        assert after["prefills"] - before["prefills"] == 1
+        if after["active_requests"] == 1:  # the long call still decoding, so they joined it
             break
-    running.close()
-    assert any(batched), "every round prefilled each call on its own"
-    assert after["joined_requests"] > first["joined_requests"]
+    assert after["active_requests"] == 1, "the long call ended before the jobs joined it, three times"
+    assert after["joined_requests"] > before["joined_requests"]
 
 
 def test_calls_from_asyncio_get_what_generate_gets(case):
