@@ -1,9 +1,10 @@
 """The float linear kernels (avx2, avx512, avx512_bf16, amx, neon, portable) in every
 weight format (f32, f16, bf16, i8, i4 in groups of 32, 64 and 128) against
 float64 references, and the bf16 and i4 formats' rounding against NumPy.
-The decode of i4 weights (m <= 8) quantizes x to int8 in blocks of 32 (W4A8,
-ops/linear_int4_decode.h); its reference takes x so quantized, and its kernels
-(avx2, avx512 with and without VNNI, portable) agree bit for bit.
+i4 weights take x quantized to int8 in blocks of 32 (W4A8, ops/linear_int4_decode.h)
+in decode (m <= 8) on every kernel and in prefill on avx512 and avx512_bf16;
+the reference takes x so quantized, and those kernels (with and without VNNI)
+agree bit for bit.
 
 Each kernel this CPU runs is chosen in turn (ops.set_linear_kernel); sizes
 cover decode (m <= 8) and prefill, K odd and not a multiple of any block or
@@ -23,6 +24,8 @@ from pali_engine._core import ops
 KERNELS = ops.linear_kernels_available()
 #: The kernels whose prefill of bf16 and i4 weights multiplies bfloat16 pairs (vdpbf16ps, AMX tiles).
 BF16_PREFILL_KERNELS = ("avx512_bf16", "amx")
+#: The kernels whose prefill of i4 weights is W4A8 too (x quantized to int8 blocks, integer products).
+W4A8_PREFILL_KERNELS = ("avx512", "avx512_bf16")
 FORMATS = ["f32", "f16", "bf16", "i8", "i4", "i4_g64", "i4_g128"]
 SIZES = [  # (m, n, k)
     (1, 1, 1),
@@ -65,13 +68,13 @@ def linear_kernel():
 
 
 def rounds_x_to_bf16(kernel: str, fmt: str, m: int) -> bool:
-    """avx512_bf16's and amx's prefill of bf16 and i4 weights multiplies bfloat16 pairs."""
-    return kernel in BF16_PREFILL_KERNELS and (fmt == "bf16" or fmt.startswith("i4")) and m > 8
+    """avx512_bf16's and amx's prefill of bf16 weights, and amx's of i4 weights, multiplies bfloat16 pairs."""
+    return m > 8 and ((kernel in BF16_PREFILL_KERNELS and fmt == "bf16") or (kernel == "amx" and fmt.startswith("i4")))
 
 
-def quantizes_x_to_int8(fmt: str, m: int) -> bool:
-    """The decode of i4 weights takes x in int8 blocks of 32, on every kernel."""
-    return fmt.startswith("i4") and m <= 8
+def quantizes_x_to_int8(kernel: str, fmt: str, m: int) -> bool:
+    """i4 weights take x in int8 blocks of 32 (W4A8): in decode on every kernel, in prefill on AVX-512 without AMX."""
+    return fmt.startswith("i4") and (m <= 8 or kernel in W4A8_PREFILL_KERNELS)
 
 
 def int8_blocks(x: np.ndarray) -> np.ndarray:
@@ -90,7 +93,7 @@ def int8_blocks(x: np.ndarray) -> np.ndarray:
 
 def x_as_taken(kernel: str, fmt: str, x: np.ndarray) -> np.ndarray:
     m = x.shape[0]
-    if quantizes_x_to_int8(fmt, m):
+    if quantizes_x_to_int8(kernel, fmt, m):
         return int8_blocks(x)
     return bf16_round(x) if rounds_x_to_bf16(kernel, fmt, m) else x
 
@@ -204,7 +207,7 @@ def test_kernels_agree_with_each_other(linear_kernel):
         outs = {}
         for kernel in KERNELS:
             linear_kernel(kernel)
-            if not rounds_x_to_bf16(kernel, fmt, 21):
+            if not rounds_x_to_bf16(kernel, fmt, 21) and not quantizes_x_to_int8(kernel, fmt, 21):
                 outs[kernel] = ops.linear(x, lw)
         first = next(iter(outs.values()))
         for kernel, y in outs.items():
@@ -219,21 +222,25 @@ def int8_kernel():
 
 
 @pytest.mark.parametrize("fmt", ["i4", "i4_g64", "i4_g128"])
-def test_int4_decode_kernels_agree_bit_for_bit(fmt, linear_kernel, int8_kernel):
-    """Every float kernel, and under the AVX-512 ones every integer kernel (VNNI or
-    not), gives the same decode of i4 weights to the last bit, edge cases included:
-    an all-zero row (scale 1), a huge value beside tiny ones, K not a multiple of 32."""
+def test_int4_w4a8_kernels_agree_bit_for_bit(fmt, linear_kernel, int8_kernel):
+    """Every kernel that takes i4 weights in W4A8 (all in decode; avx512 and avx512_bf16 in
+    prefill), and under the AVX-512 ones every integer kernel (VNNI or not), gives the same y to
+    the last bit, edge cases included: an all-zero row (scale 1), a huge value beside tiny ones,
+    K not a multiple of 32, prefill row counts that leave a partial pass of rows."""
     rng = rng_for("int4 decode agree", fmt)
     n, k = 45, 301
     w, b = randn(rng, n, k), randn(rng, n)
     lw = ops.prepare_linear(w, b, fmt)
-    x = randn(rng, 8, k)
+    x = randn(rng, 21, k)
     x[2] = 0
     x[5, 7] = 1e6
     x[6] *= 1e-30
-    for m in range(1, 9):
+    x[17] = 0
+    for m in list(range(1, 10)) + [13, 21]:
         outs = {}
         for kernel in KERNELS:
+            if not quantizes_x_to_int8(kernel, fmt, m):
+                continue
             linear_kernel(kernel)
             for integer in ops.int8_kernels_available():
                 int8_kernel(integer)

@@ -369,10 +369,12 @@ def _int4_like_the_engine(model, weight_format):
 
 @pytest.fixture
 def exact_float_kernel():
-    """The best float kernel whose products are exact float32 ones (not avx512_bf16's or amx's bfloat16 pairs)."""
+    """The best float kernel whose products are exact float32 ones throughout the prefill: not
+    avx512_bf16's or amx's bfloat16 pairs, nor the int8 activations of AVX-512's W4A8 prefill of int4."""
     from pali_engine._core import ops
 
-    ops.set_linear_kernel([k for k in ops.linear_kernels_available() if k not in ("avx512_bf16", "amx")][-2])
+    ops.set_linear_kernel([k for k in ops.linear_kernels_available()
+                           if k not in ("avx512_bf16", "amx", "avx512")][0])
     yield
     ops.set_linear_kernel("auto")
 
@@ -389,9 +391,11 @@ def test_int4_logits_equal_transformers_on_the_same_quantized_weights(converted,
     assert np.abs(ours - theirs)[real].max() < TOLERANCE * max(1.0, np.abs(theirs).max())
 
 
-@pytest.mark.parametrize("kernel", ["avx512_bf16", "amx"])
-def test_int4_prefill_in_bfloat16_is_as_close_as_transformers_in_bfloat16(converted, converted_bf16, kernel):
-    # Where the CPU has AVX-512 BF16 (or AMX) the int4 prefill multiplies bfloat16 pairs.
+@pytest.mark.parametrize("kernel, bound", [("amx", 1.0), ("avx512_bf16", 2.0), ("avx512", 2.0)])
+def test_int4_prefill_is_about_as_close_as_transformers_in_bfloat16(converted, converted_bf16, kernel, bound):
+    # With AMX the int4 prefill multiplies bfloat16 pairs: no further from the exact logits than
+    # transformers in bfloat16. On AVX-512 without AMX it takes x in int8 blocks of 32 (W4A8), whose
+    # steps of 1/254 of a block's largest |x| are about twice bfloat16's relative 1/512.
     from pali_engine._core import ops
 
     if kernel not in ops.linear_kernels_available():
@@ -408,4 +412,4 @@ def test_int4_prefill_in_bfloat16_is_as_close_as_transformers_in_bfloat16(conver
         ours, _ = _forward(path, "i4", processor)
     finally:
         ops.set_linear_kernel("auto")
-    assert _rms(ours - exact, real) <= _rms(theirs - exact, real)
+    assert _rms(ours - exact, real) <= bound * _rms(theirs - exact, real)

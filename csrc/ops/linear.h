@@ -32,8 +32,9 @@
 // Activations (x, y, bias) are float32, except with int8_activations (i8
 // only, chosen at prepare time): then x is quantized too, per row, and the
 // product is taken in integers (W8A8, ops/linear_int8.h), for every m; and in
-// the decode of i4 weights (m <= kLinearDecodeMaxRows), which quantizes x to
-// int8 in blocks of 32 (W4A8, ops/linear_int4_decode.h). Such a
+// the decode of i4 weights (m <= kLinearDecodeMaxRows; their prefill too on
+// the AVX-512 kernels without AMX), which quantizes x to int8 in blocks of 32
+// (W4A8, ops/linear_int4_decode.h). Such a
 // weight is packed for the integer kernels instead: [ceil(n/16)][k4][16][4],
 // four consecutive k of one output in 4 bytes (k zero-padded to k4 * 4).
 #pragma once

@@ -4,7 +4,8 @@
 // at a time, on float32 slices (f32 weights as packed; the other formats
 // widened one K block at a time) or, for bf16 and i4 weights where the CPU has
 // AVX-512 BF16, on bfloat16 pairs (vdpbf16ps; x rounded to bfloat16, sums in
-// float32): bf16 weights as packed, i4 ones as q * scale rounded to bfloat16.
+// float32): bf16 weights as packed (i4 weights take the W4A8 product instead,
+// ops/linear_int4_decode.h, except on AMX).
 // Where the CPU has AMX, that bfloat16 prefill can run on its tiles instead
 // (TDPBF16PS on 32 x 32 blocks of the output: the packed [k2][16][2] panels
 // are the tiles' VNNI layout as they are). The x86-64-v3 build compiles them with target attributes

@@ -1404,7 +1404,12 @@ void linear_chosen(const float* x, int64_t ldx, int64_t m, const LinearWeight& w
                    bool accumulate) {
   const FloatKernel kernel = active_float_kernel();
   if constexpr (F == WeightFormat::i4_g32 || F == WeightFormat::i4_g64 || F == WeightFormat::i4_g128) {
-    if (m <= kLinearDecodeMaxRows) {
+    // W4A8 for decode everywhere, and for prefill on AVX-512 without AMX,
+    // where it multiplies 2-2.6x faster than the codes widened to bfloat16
+    // (docs/ops.md). AVX2's vpmaddubsw prefill measured no faster than its
+    // float one; AMX's bfloat16 tiles and the NEON and portable float kernels keep theirs.
+    const bool integer_prefill = kernel == FloatKernel::avx512 || kernel == FloatKernel::avx512_bf16;
+    if (m <= kLinearDecodeMaxRows || integer_prefill) {
       // The AVX-512 kernels' integer instructions follow the int8 kernel choice (VNNI or not).
       Int4DecodeKernel decode = Int4DecodeKernel::portable;
       if (kernel == FloatKernel::avx2) {

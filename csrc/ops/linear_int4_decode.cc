@@ -1,6 +1,7 @@
-// The W4A8 decode of int4 weights (ops/linear_int4_decode.h has the arithmetic):
-// x quantized once per call, then every panel of 16 outputs streamed once for
-// all rows, threads over panels.
+// The W4A8 product of int4 weights (ops/linear_int4_decode.h has the arithmetic):
+// x quantized once per call, threads over panels of 16 outputs. Decode streams
+// every panel once for all rows; prefill takes the rows in passes of 8 over
+// blocks of panels held in L2.
 //
 // A panel stores [K/2][16] bytes: byte j of pair row t holds output j's codes
 // for k = 2t (low nibble) and 2t + 1 (high nibble). The SIMD kernels split a
@@ -45,6 +46,11 @@ constexpr int kRowsAvx2 = 4;
 // weights came from memory rather than cache (1 KB ahead ran 1.3-2.3x faster
 // on 6 copies of each of Gemma 2 2B's layer shapes; 2 KB less so).
 constexpr int64_t kPrefetchAhead = 1024;
+// Prefill (more rows than one pass serves): at most this many panels in a
+// block that the passes of rows share from L2, and about this many bytes of a
+// pass's x (spread out: 8 a value) in a chunk of K that the block's panels share from L1.
+constexpr int64_t kMaxBlockPanels = 32;
+constexpr int64_t kChunkBytes = 16 << 10;
 
 // x as int8 blocks: q [m][blocks * 32], and per block its scale and 8 * sum(q),
 // which the stored nibbles' offset of 8 adds to each output. The SIMD kernels
@@ -145,8 +151,8 @@ void group_scales(const uint16_t* gscale, int64_t b, int64_t group, float* out) 
 // ------------------------------------------------------------------ portable
 
 void panel_portable(const Int8Blocks& xq, int64_t r0, int rows, const unsigned char* w, int64_t group,
-                    const uint16_t* gscale, float* totals) {
-  for (int64_t b = 0; b < xq.blocks; ++b) {
+                    const uint16_t* gscale, int64_t b0, int64_t b1, float* totals) {
+  for (int64_t b = b0; b < b1; ++b) {
     float gs[P];
     group_scales(gscale, b, group, gs);
     const unsigned char* wb = w + b * (B / 2) * P;
@@ -178,13 +184,16 @@ void panel_portable(const Int8Blocks& xq, int64_t r0, int rows, const unsigned c
 // lane 1 k = 4s+2, 4s+3, so x's 4 bytes are spread the same way.
 template <int MR>
 PALI_INLINE_AVX2 void panel_avx2(const Int8Blocks& xq, int64_t r0, const unsigned char* w, int64_t group,
-                                 const uint16_t* gscale, float* totals) {
+                                 const uint16_t* gscale, int64_t b0, int64_t b1, float* totals) {
   const __m256i nibble = _mm256_set1_epi8(0x0F);
   __m256 total[MR][2];
-  for (int r = 0; r < MR; ++r) total[r][0] = total[r][1] = _mm256_setzero_ps();
+  for (int r = 0; r < MR; ++r) {
+    total[r][0] = _mm256_loadu_ps(totals + r * P);
+    total[r][1] = _mm256_loadu_ps(totals + r * P + 8);
+  }
   __m256 gs0 = _mm256_setzero_ps(), gs1 = gs0;
-  for (int64_t b = 0; b < xq.blocks; ++b) {
-    if ((b * B) % group == 0) {
+  for (int64_t b = b0; b < b1; ++b) {
+    if (b == b0 || (b * B) % group == 0) {
       const uint16_t* s = gscale + (b * B / group) * P;
       gs0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
       gs1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 8)));
@@ -240,13 +249,13 @@ PALI_INLINE_AVX512BW __m256i add_lanes(__m512i v) {
 // As panel_avx2 with 64-byte steps: four pair rows (8 k), one per 128-bit lane.
 template <int MR>
 PALI_INLINE_AVX512BW void panel_avx512(const Int8Blocks& xq, int64_t r0, const unsigned char* w, int64_t group,
-                                       const uint16_t* gscale, float* totals) {
+                                       const uint16_t* gscale, int64_t b0, int64_t b1, float* totals) {
   const __m512i nibble = _mm512_set1_epi8(0x0F);
   __m512 total[MR];
-  for (int r = 0; r < MR; ++r) total[r] = _mm512_setzero_ps();
+  for (int r = 0; r < MR; ++r) total[r] = _mm512_loadu_ps(totals + r * P);
   __m512 gs = _mm512_setzero_ps();
-  for (int64_t b = 0; b < xq.blocks; ++b) {
-    if ((b * B) % group == 0)
+  for (int64_t b = b0; b < b1; ++b) {
+    if (b == b0 || (b * B) % group == 0)
       gs = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(gscale + (b * B / group) * P)));
     const unsigned char* wb = w + b * (B / 2) * P;
     __m512i lo[MR], hi[MR];
@@ -289,13 +298,16 @@ PALI_INLINE_AVX512BW void panel_avx512(const Int8Blocks& xq, int64_t r0, const u
 // (lanes 2, 3); sums are kept in the order 0-3, 8-11, 4-7, 12-15 and put back at the end.
 template <int MR>
 PALI_INLINE_AVX512VNNI void panel_avx512_vnni(const Int8Blocks& xq, int64_t r0, const unsigned char* w, int64_t group,
-                                              const uint16_t* gscale, float* totals) {
+                                              const uint16_t* gscale, int64_t b0, int64_t b1, float* totals) {
   const __m512i nibble = _mm512_set1_epi8(0x0F);
   __m512 total[MR];
-  for (int r = 0; r < MR; ++r) total[r] = _mm512_setzero_ps();
+  for (int r = 0; r < MR; ++r) {
+    const __m512 t = _mm512_loadu_ps(totals + r * P);
+    total[r] = _mm512_shuffle_f32x4(t, t, _MM_SHUFFLE(3, 1, 2, 0));
+  }
   __m512 gs = _mm512_setzero_ps();
-  for (int64_t b = 0; b < xq.blocks; ++b) {
-    if ((b * B) % group == 0) {
+  for (int64_t b = b0; b < b1; ++b) {
+    if (b == b0 || (b * B) % group == 0) {
       gs = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(gscale + (b * B / group) * P)));
       gs = _mm512_shuffle_f32x4(gs, gs, _MM_SHUFFLE(3, 1, 2, 0));
     }
@@ -332,20 +344,20 @@ PALI_INLINE_AVX512VNNI void panel_avx512_vnni(const Int8Blocks& xq, int64_t r0, 
 // panel_*<min(rows, MR)>: dispatch_rows' lambdas would not inherit the AVX-512 target attributes.
 template <int MR>
 PALI_AVX512VNNI void rows_avx512_vnni(int rows, const Int8Blocks& xq, int64_t r0, const unsigned char* w,
-                                      int64_t group, const uint16_t* gscale, float* totals) {
+                                      int64_t group, const uint16_t* gscale, int64_t b0, int64_t b1, float* totals) {
   if constexpr (MR > 1) {
-    if (rows < MR) return rows_avx512_vnni<MR - 1>(rows, xq, r0, w, group, gscale, totals);
+    if (rows < MR) return rows_avx512_vnni<MR - 1>(rows, xq, r0, w, group, gscale, b0, b1, totals);
   }
-  panel_avx512_vnni<MR>(xq, r0, w, group, gscale, totals);
+  panel_avx512_vnni<MR>(xq, r0, w, group, gscale, b0, b1, totals);
 }
 
 template <int MR>
 PALI_AVX512BW void rows_avx512(int rows, const Int8Blocks& xq, int64_t r0, const unsigned char* w, int64_t group,
-                               const uint16_t* gscale, float* totals) {
+                               const uint16_t* gscale, int64_t b0, int64_t b1, float* totals) {
   if constexpr (MR > 1) {
-    if (rows < MR) return rows_avx512<MR - 1>(rows, xq, r0, w, group, gscale, totals);
+    if (rows < MR) return rows_avx512<MR - 1>(rows, xq, r0, w, group, gscale, b0, b1, totals);
   }
-  panel_avx512<MR>(xq, r0, w, group, gscale, totals);
+  panel_avx512<MR>(xq, r0, w, group, gscale, b0, b1, totals);
 }
 
 #endif
@@ -354,8 +366,7 @@ PALI_AVX512BW void rows_avx512(int rows, const Int8Blocks& xq, int64_t r0, const
 
 void linear_int4_decode(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y, int64_t ldy,
                         bool accumulate, Int4DecodeKernel kernel) {
-  PALI_CHECK_ARG(is_int4(w.format) && m >= 0 && m <= kLinearDecodeMaxRows,
-                 "linear_int4_decode: needs an i4 weight and m <= ", kLinearDecodeMaxRows);
+  PALI_CHECK_ARG(is_int4(w.format) && m >= 0, "linear_int4_decode: needs an i4 weight");
 #if !defined(PALI_CPU_AVX2)
   kernel = Int4DecodeKernel::portable;
 #endif
@@ -369,35 +380,53 @@ void linear_int4_decode(const float* x, int64_t ldx, int64_t m, const LinearWeig
 #endif
   const float* bias = w.has_bias ? w.bias.data<float>() : nullptr;
   const int64_t group = w.sum_group();
-  const int64_t grain = std::max<int64_t>(1, (64 << 10) / std::max<int64_t>(w.panel_bytes(), 1));
   const int pass_rows = kernel == Int4DecodeKernel::avx2 ? kRowsAvx2 : kRows;
+  // Panels go in blocks that stay in L2 while every pass of rows goes over
+  // them, and a pass takes K in chunks whose bytes of x stay in L1 while the
+  // block's panels go over them (the totals of the block's panels wait in
+  // `totals`). With one pass (decode) a block is one panel and a chunk all of K.
+  const int64_t passes = (m + pass_rows - 1) / pass_rows;
+  const int64_t panel_bytes = std::max<int64_t>(w.panel_bytes(), 1);
+  const int64_t block = passes <= 1 ? 1 : std::clamp<int64_t>((256 << 10) / panel_bytes, 1, kMaxBlockPanels);
+  const int64_t chunk = passes <= 1 ? xq.blocks : std::max<int64_t>(1, kChunkBytes / (pass_rows * B * 8));
+  const int64_t grain = std::max<int64_t>(block, (64 << 10) / panel_bytes);
   const Int8Blocks& rows_q = xq;
   parallel_for(0, w.num_panels(), grain, [&](int64_t pb, int64_t pe) {
-    alignas(64) float totals[kRows * P];
-    for (int64_t p = pb; p < pe; ++p) {
+    alignas(64) float totals[kMaxBlockPanels * kRows * P];
+    for (int64_t first = pb; first < pe; first += block) {
+      const int64_t last = std::min(pe, first + block);
       for (int64_t r0 = 0; r0 < m; r0 += pass_rows) {
         const int rows = static_cast<int>(std::min<int64_t>(pass_rows, m - r0));
-        const unsigned char* panel = w.panel(p);
-        const uint16_t* gscale = w.group_scales(p);
-        switch (kernel) {
+        std::fill(totals, totals + (last - first) * kRows * P, 0.0f);
+        for (int64_t b0 = 0; b0 < rows_q.blocks; b0 += chunk) {
+          const int64_t b1 = std::min(rows_q.blocks, b0 + chunk);
+          for (int64_t p = first; p < last; ++p) {
+            const unsigned char* panel = w.panel(p);
+            const uint16_t* gscale = w.group_scales(p);
+            float* t = totals + (p - first) * kRows * P;
+            switch (kernel) {
 #if defined(PALI_CPU_AVX2)
-          case Int4DecodeKernel::avx512_vnni:
-            rows_avx512_vnni<kRows>(rows, rows_q, r0, panel, group, gscale, totals);
-            break;
-          case Int4DecodeKernel::avx512: rows_avx512<kRows>(rows, rows_q, r0, panel, group, gscale, totals); break;
-          case Int4DecodeKernel::avx2:
-            dispatch_rows<kRowsAvx2>(rows, [&](auto mr) {
-              panel_avx2<decltype(mr)::value>(rows_q, r0, panel, group, gscale, totals);
-            });
-            break;
+              case Int4DecodeKernel::avx512_vnni:
+                rows_avx512_vnni<kRows>(rows, rows_q, r0, panel, group, gscale, b0, b1, t);
+                break;
+              case Int4DecodeKernel::avx512:
+                rows_avx512<kRows>(rows, rows_q, r0, panel, group, gscale, b0, b1, t);
+                break;
+              case Int4DecodeKernel::avx2:
+                dispatch_rows<kRowsAvx2>(rows, [&](auto mr) {
+                  panel_avx2<decltype(mr)::value>(rows_q, r0, panel, group, gscale, b0, b1, t);
+                });
+                break;
 #endif
-          default:
-            std::fill(totals, totals + kRows * P, 0.0f);
-            panel_portable(rows_q, r0, rows, panel, group, gscale, totals);
+              default: panel_portable(rows_q, r0, rows, panel, group, gscale, b0, b1, t);
+            }
+          }
         }
-        const PanelOut o{y + r0 * ldy + p * P, ldy, bias ? bias + p * P : nullptr,
-                         static_cast<int>(std::min<int64_t>(P, w.n - p * P)), accumulate};
-        store_rows(totals, rows, o);
+        for (int64_t p = first; p < last; ++p) {
+          const PanelOut o{y + r0 * ldy + p * P, ldy, bias ? bias + p * P : nullptr,
+                           static_cast<int>(std::min<int64_t>(P, w.n - p * P)), accumulate};
+          store_rows(totals + (p - first) * kRows * P, rows, o);
+        }
       }
     }
   });

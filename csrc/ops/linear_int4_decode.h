@@ -1,6 +1,7 @@
-// The decode path (m <= kLinearDecodeMaxRows) of int4 weights: x quantized to
-// int8 per row in blocks of 32 inputs, products summed in integers (W4A8, the
-// scheme of llama.cpp's Q4_0 x Q8_0 dot product).
+// int4 weights times x quantized to int8 per row in blocks of 32 inputs,
+// products summed in integers (W4A8, the scheme of llama.cpp's Q4_0 x Q8_0 dot
+// product): the decode (m <= kLinearDecodeMaxRows) on every kernel, and the
+// prefill on the AVX-512 kernels without AMX (2-2.6x the bfloat16 widening there).
 //
 // Why: widening each 4-bit code to float32 takes more instructions than the
 // weight bytes take to stream, so the float decode of int4 ran at 3.3x its
@@ -29,8 +30,7 @@ constexpr int64_t kInt4ActivationBlock = 32;
 
 enum class Int4DecodeKernel { avx512_vnni, avx512, avx2, portable };
 
-// y[m, N] (+)= x[m, K] . Wᵀ + b for an i4 weight and m <= kLinearDecodeMaxRows,
-// row strides ldx and ldy, on `kernel` (avx512 needs AVX-512 F/BW, avx512_vnni VNNI too, avx2
+// y[m, N] (+)= x[m, K] . Wᵀ + b for an i4 weight, any m, row strides ldx and ldy, on `kernel` (avx512 needs AVX-512 F/BW, avx512_vnni VNNI too, avx2
 // an x86-64-v3 CPU; on other CPUs every kernel is the portable one).
 void linear_int4_decode(const float* x, int64_t ldx, int64_t m, const LinearWeight& w, float* y, int64_t ldy,
                         bool accumulate, Int4DecodeKernel kernel);
