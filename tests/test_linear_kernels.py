@@ -222,13 +222,14 @@ def int8_kernel():
 
 
 @pytest.mark.parametrize("fmt", ["i4", "i4_g64", "i4_g128"])
-def test_int4_w4a8_kernels_agree_bit_for_bit(fmt, linear_kernel, int8_kernel):
+@pytest.mark.parametrize("n,k", [(45, 301), (19, 4141)])
+def test_int4_w4a8_kernels_agree_bit_for_bit(fmt, n, k, linear_kernel, int8_kernel):
     """Every kernel that takes i4 weights in W4A8 (all in decode; avx512 and avx512_bf16 in
     prefill), and under the AVX-512 ones every integer kernel (VNNI or not), gives the same y to
     the last bit, edge cases included: an all-zero row (scale 1), a huge value beside tiny ones,
-    K not a multiple of 32, prefill row counts that leave a partial pass of rows."""
-    rng = rng_for("int4 decode agree", fmt)
-    n, k = 45, 301
+    K not a multiple of 32, prefill row counts that leave a partial pass of rows, a K that the
+    prefill takes in several chunks."""
+    rng = rng_for("int4 decode agree", fmt, n, k)
     w, b = randn(rng, n, k), randn(rng, n)
     lw = ops.prepare_linear(w, b, fmt)
     x = randn(rng, 21, k)
@@ -236,7 +237,7 @@ def test_int4_w4a8_kernels_agree_bit_for_bit(fmt, linear_kernel, int8_kernel):
     x[5, 7] = 1e6
     x[6] *= 1e-30
     x[17] = 0
-    for m in list(range(1, 10)) + [13, 21]:
+    for m in list(range(1, 10)) + [12, 13, 21, 25]:
         outs = {}
         for kernel in KERNELS:
             if not quantizes_x_to_int8(kernel, fmt, m):

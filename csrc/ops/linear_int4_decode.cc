@@ -1,7 +1,7 @@
 // The W4A8 product of int4 weights (ops/linear_int4_decode.h has the arithmetic):
 // x quantized once per call, threads over panels of 16 outputs. Decode streams
-// every panel once for all rows; prefill takes the rows in passes of 8 over
-// blocks of panels held in L2.
+// every panel once for all rows; prefill takes the rows in passes (8, 12 with
+// vpdpbusd) over blocks of panels held in L2.
 //
 // A panel stores [K/2][16] bytes: byte j of pair row t holds output j's codes
 // for k = 2t (low nibble) and 2t + 1 (high nibble). The SIMD kernels split a
@@ -40,6 +40,8 @@ constexpr int64_t B = kInt4ActivationBlock;
 // Rows one pass over a panel serves at most (AVX2 has registers for 4).
 constexpr int kRows = 8;
 constexpr int kRowsAvx2 = 4;
+constexpr int kRowsVnni = 12;  // one accumulator a row leaves registers for more
+constexpr int kMaxRows = kRowsVnni;
 // How far ahead of its loads a kernel asks for the weights' cache lines: with
 // two threads each streaming one panel at a time, the hardware prefetchers
 // alone left the int4 decode at about half the read bandwidth once the
@@ -48,14 +50,15 @@ constexpr int kRowsAvx2 = 4;
 constexpr int64_t kPrefetchAhead = 1024;
 // Prefill (more rows than one pass serves): at most this many panels in a
 // block that the passes of rows share from L2, and about this many bytes of a
-// pass's x (spread out: 8 a value) in a chunk of K that the block's panels share from L1.
+// pass's x (spread out for vpmaddubsw: 8 a value) in a chunk of K that the block's panels share from L1.
 constexpr int64_t kMaxBlockPanels = 32;
 constexpr int64_t kChunkBytes = 16 << 10;
 
 // x as int8 blocks: q [m][blocks * 32], and per block its scale and 8 * sum(q),
-// which the stored nibbles' offset of 8 adds to each output. The SIMD kernels
-// read q spread out as their multiplications take it (spread_pairs,
-// spread_quads): 8 bytes per input, made once per call instead of once per panel.
+// which the stored nibbles' offset of 8 adds to each output. The vpmaddubsw
+// kernels read q spread out as their multiplications take it (spread_pairs):
+// 8 bytes per input, made once per call instead of once per panel; vpdpbusd
+// broadcasts q's 4 bytes as it goes.
 struct Int8Blocks {
   int64_t blocks = 0;
   std::vector<int8_t> q;
@@ -105,22 +108,6 @@ void spread_pairs(int64_t m, Int8Blocks& xq) {
   }
 }
 
-// For vpdpbusd: per 8 inputs of a row, x's bytes k..k+3 8 times, then k+4..k+7 8 times.
-void spread_quads(int64_t m, Int8Blocks& xq) {
-  const int64_t steps = xq.blocks * B / 8;
-  xq.spread.resize(static_cast<size_t>(m * steps * 64));
-  for (int64_t r = 0; r < m; ++r) {
-    const int8_t* q = xq.row(r);
-    int8_t* out = xq.spread.data() + r * steps * 64;
-    for (int64_t u = 0; u < steps; ++u) {
-      int32_t first, second;
-      std::memcpy(&first, q + 8 * u, 4);
-      std::memcpy(&second, q + 8 * u + 4, 4);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 64 * u), _mm256_set1_epi32(first));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 64 * u + 32), _mm256_set1_epi32(second));
-    }
-  }
-}
 #endif
 
 // Where a panel's 16 outputs of row r go: y = t + bias (+ y), the first nvalid.
@@ -289,13 +276,16 @@ PALI_INLINE_AVX512BW void panel_avx512(const Int8Blocks& xq, int64_t r0, const u
 #define PALI_AVX512VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 
 // With vpdpbusd, which adds 4 products of adjacent bytes into 32 bits: each
-// 64-byte step (pair rows 4s..4s+3, k = 8s..8s+7) is regrouped so that 4
-// consecutive bytes hold one output's codes for 4 consecutive k. Qwords are
-// reordered within each 256-bit half so that a lane holds two pair rows' codes
-// of 8 outputs, then bytes are interleaved (low and high nibble: (k, k+1)) and
-// 16-bit pairs (k, k+1 | k+2, k+3). The lanes then hold outputs 0-3, 8-11
-// (from c) and 4-7, 12-15 (from d) for k 8s..8s+3 (lanes 0, 1) and 8s+4..8s+7
-// (lanes 2, 3); sums are kept in the order 0-3, 8-11, 4-7, 12-15 and put back at the end.
+// 64-byte step (pair rows 4s..4s+3, k = 8s..8s+7) is regrouped into two
+// registers whose 32-bit lanes hold one output's codes for 4 consecutive k:
+// `low` for k 8s..8s+3, `high` for 8s+4..8s+7, so each row's one accumulator
+// takes both, with x's 4 bytes broadcast from its int8 row. Qwords are
+// reordered within each 256-bit half so that a 128-bit lane holds two pair
+// rows' codes of 8 outputs, then bytes are interleaved (low and high nibble:
+// (k, k+1)), 16-bit pairs (k, k+1 | k+2, k+3), and 128-bit lanes regrouped.
+// The lanes hold outputs 0-3, 8-11, 4-7, 12-15, the order the totals are kept
+// in (and put back at the end). A block's exact sum then takes 3 instructions
+// to its float total.
 template <int MR>
 PALI_INLINE_AVX512VNNI void panel_avx512_vnni(const Int8Blocks& xq, int64_t r0, const unsigned char* w, int64_t group,
                                               const uint16_t* gscale, int64_t b0, int64_t b1, float* totals) {
@@ -305,6 +295,8 @@ PALI_INLINE_AVX512VNNI void panel_avx512_vnni(const Int8Blocks& xq, int64_t r0, 
     const __m512 t = _mm512_loadu_ps(totals + r * P);
     total[r] = _mm512_shuffle_f32x4(t, t, _MM_SHUFFLE(3, 1, 2, 0));
   }
+  const int8_t* xrow[MR];
+  for (int r = 0; r < MR; ++r) xrow[r] = xq.row(r0 + r);
   __m512 gs = _mm512_setzero_ps();
   for (int64_t b = b0; b < b1; ++b) {
     if (b == b0 || (b * B) % group == 0) {
@@ -312,8 +304,9 @@ PALI_INLINE_AVX512VNNI void panel_avx512_vnni(const Int8Blocks& xq, int64_t r0, 
       gs = _mm512_shuffle_f32x4(gs, gs, _MM_SHUFFLE(3, 1, 2, 0));
     }
     const unsigned char* wb = w + b * (B / 2) * P;
-    __m512i c_sum[MR], d_sum[MR];
-    for (int r = 0; r < MR; ++r) c_sum[r] = d_sum[r] = _mm512_setzero_si512();
+    __m512i sum[MR];
+    // Starting from -8 * sum(qx) takes the nibbles' offset out of the exact sum.
+    for (int r = 0; r < MR; ++r) sum[r] = _mm512_set1_epi32(-xq.offset[(r0 + r) * xq.blocks + b]);
     for (int s = 0; s < 4; ++s) {
       _mm_prefetch(reinterpret_cast<const char*>(wb + s * 64 + kPrefetchAhead), _MM_HINT_T0);
       const __m512i v = _mm512_permutex_epi64(_mm512_loadu_si512(wb + s * 64), _MM_SHUFFLE(3, 1, 2, 0));
@@ -323,19 +316,20 @@ PALI_INLINE_AVX512VNNI void panel_avx512_vnni(const Int8Blocks& xq, int64_t r0, 
       const __m512i second = _mm512_unpackhi_epi8(even, odd);
       const __m512i c = _mm512_unpacklo_epi16(first, second);
       const __m512i d = _mm512_unpackhi_epi16(first, second);
+      const __m512i low = _mm512_shuffle_i64x2(c, d, _MM_SHUFFLE(1, 0, 1, 0));
+      const __m512i high = _mm512_shuffle_i64x2(c, d, _MM_SHUFFLE(3, 2, 3, 2));
+      const int64_t at = b * B + s * 8;
       for (int r = 0; r < MR; ++r) {
-        const __m512i xv = _mm512_loadu_si512(xq.spread_row(r0 + r) + (b * 4 + s) * 64);
-        c_sum[r] = _mm512_dpbusd_epi32(c_sum[r], c, xv);
-        d_sum[r] = _mm512_dpbusd_epi32(d_sum[r], d, xv);
+        int32_t x_low, x_high;
+        std::memcpy(&x_low, xrow[r] + at, 4);
+        std::memcpy(&x_high, xrow[r] + at + 4, 4);
+        sum[r] = _mm512_dpbusd_epi32(sum[r], low, _mm512_set1_epi32(x_low));
+        sum[r] = _mm512_dpbusd_epi32(sum[r], high, _mm512_set1_epi32(x_high));
       }
     }
     for (int r = 0; r < MR; ++r) {
-      const __m256i c8 = _mm256_add_epi32(_mm512_castsi512_si256(c_sum[r]), _mm512_extracti64x4_epi64(c_sum[r], 1));
-      const __m256i d8 = _mm256_add_epi32(_mm512_castsi512_si256(d_sum[r]), _mm512_extracti64x4_epi64(d_sum[r], 1));
-      const __m512i sums = _mm512_inserti64x4(_mm512_castsi256_si512(c8), d8, 1);
-      const __m512i exact = _mm512_sub_epi32(sums, _mm512_set1_epi32(xq.offset[(r0 + r) * xq.blocks + b]));
       const __m512 scale = _mm512_mul_ps(_mm512_set1_ps(xq.scale[(r0 + r) * xq.blocks + b]), gs);
-      total[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), scale, total[r]);
+      total[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[r]), scale, total[r]);
     }
   }
   for (int r = 0; r < MR; ++r) _mm512_storeu_ps(totals + r * P, _mm512_shuffle_f32x4(total[r], total[r], _MM_SHUFFLE(3, 1, 2, 0)));
@@ -373,14 +367,13 @@ void linear_int4_decode(const float* x, int64_t ldx, int64_t m, const LinearWeig
   thread_local Int8Blocks xq;
   quantize_rows(x, ldx, m, w.k, w.packed_k(), xq);
 #if defined(PALI_CPU_AVX2)
-  if (kernel == Int4DecodeKernel::avx512_vnni)
-    spread_quads(m, xq);
-  else if (kernel != Int4DecodeKernel::portable)
-    spread_pairs(m, xq);
+  if (kernel == Int4DecodeKernel::avx512 || kernel == Int4DecodeKernel::avx2) spread_pairs(m, xq);
 #endif
   const float* bias = w.has_bias ? w.bias.data<float>() : nullptr;
   const int64_t group = w.sum_group();
-  const int pass_rows = kernel == Int4DecodeKernel::avx2 ? kRowsAvx2 : kRows;
+  const int pass_rows = kernel == Int4DecodeKernel::avx2 ? kRowsAvx2
+                        : kernel == Int4DecodeKernel::avx512_vnni ? kRowsVnni
+                                                                  : kRows;
   // Panels go in blocks that stay in L2 while every pass of rows goes over
   // them, and a pass takes K in chunks whose bytes of x stay in L1 while the
   // block's panels go over them (the totals of the block's panels wait in
@@ -388,26 +381,27 @@ void linear_int4_decode(const float* x, int64_t ldx, int64_t m, const LinearWeig
   const int64_t passes = (m + pass_rows - 1) / pass_rows;
   const int64_t panel_bytes = std::max<int64_t>(w.panel_bytes(), 1);
   const int64_t block = passes <= 1 ? 1 : std::clamp<int64_t>((256 << 10) / panel_bytes, 1, kMaxBlockPanels);
-  const int64_t chunk = passes <= 1 ? xq.blocks : std::max<int64_t>(1, kChunkBytes / (pass_rows * B * 8));
+  const int64_t x_bytes = kernel == Int4DecodeKernel::avx512 || kernel == Int4DecodeKernel::avx2 ? 8 : 1;
+  const int64_t chunk = passes <= 1 ? xq.blocks : std::max<int64_t>(1, kChunkBytes / (pass_rows * B * x_bytes));
   const int64_t grain = std::max<int64_t>(block, (64 << 10) / panel_bytes);
   const Int8Blocks& rows_q = xq;
   parallel_for(0, w.num_panels(), grain, [&](int64_t pb, int64_t pe) {
-    alignas(64) float totals[kMaxBlockPanels * kRows * P];
+    alignas(64) float totals[kMaxBlockPanels * kMaxRows * P];
     for (int64_t first = pb; first < pe; first += block) {
       const int64_t last = std::min(pe, first + block);
       for (int64_t r0 = 0; r0 < m; r0 += pass_rows) {
         const int rows = static_cast<int>(std::min<int64_t>(pass_rows, m - r0));
-        std::fill(totals, totals + (last - first) * kRows * P, 0.0f);
+        std::fill(totals, totals + (last - first) * pass_rows * P, 0.0f);
         for (int64_t b0 = 0; b0 < rows_q.blocks; b0 += chunk) {
           const int64_t b1 = std::min(rows_q.blocks, b0 + chunk);
           for (int64_t p = first; p < last; ++p) {
             const unsigned char* panel = w.panel(p);
             const uint16_t* gscale = w.group_scales(p);
-            float* t = totals + (p - first) * kRows * P;
+            float* t = totals + (p - first) * pass_rows * P;
             switch (kernel) {
 #if defined(PALI_CPU_AVX2)
               case Int4DecodeKernel::avx512_vnni:
-                rows_avx512_vnni<kRows>(rows, rows_q, r0, panel, group, gscale, b0, b1, t);
+                rows_avx512_vnni<kRowsVnni>(rows, rows_q, r0, panel, group, gscale, b0, b1, t);
                 break;
               case Int4DecodeKernel::avx512:
                 rows_avx512<kRows>(rows, rows_q, r0, panel, group, gscale, b0, b1, t);
@@ -425,7 +419,7 @@ void linear_int4_decode(const float* x, int64_t ldx, int64_t m, const LinearWeig
         for (int64_t p = first; p < last; ++p) {
           const PanelOut o{y + r0 * ldy + p * P, ldy, bias ? bias + p * P : nullptr,
                            static_cast<int>(std::min<int64_t>(P, w.n - p * P)), accumulate};
-          store_rows(totals + (p - first) * kRows * P, rows, o);
+          store_rows(totals + (p - first) * pass_rows * P, rows, o);
         }
       }
     }
