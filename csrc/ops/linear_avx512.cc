@@ -45,6 +45,11 @@ bool cpu_has_avx512_bf16() {
   return has;
 }
 
+bool bf16_dot_outruns_fma() {
+  static const bool outruns = cpu_has_avx512_bf16() && __builtin_cpu_is("amd");
+  return outruns;
+}
+
 namespace {
 
 // CPUID leaf 7's EDX bits of the AMX features.

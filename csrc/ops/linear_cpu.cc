@@ -1385,8 +1385,13 @@ std::atomic<int> forced_float_kernel{-1};
 
 FloatKernel best_float_kernel() {
   for (FloatKernel k : {FloatKernel::amx, FloatKernel::avx512_bf16, FloatKernel::avx512, FloatKernel::avx2,
-                        FloatKernel::neon})
+                        FloatKernel::neon}) {
+#if defined(PALI_CPU_AVX2)
+    // avx512_bf16 differs from avx512 only in the prefill of bf16 weights.
+    if (k == FloatKernel::avx512_bf16 && !linear_avx512::bf16_dot_outruns_fma()) continue;
+#endif
     if (kernel_available(k)) return k;
+  }
   return FloatKernel::portable;
 }
 

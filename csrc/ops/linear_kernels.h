@@ -14,6 +14,10 @@ namespace pali::linear_avx512 {
 bool cpu_has_avx512();
 // And AVX-512 BF16 (vdpbf16ps), for the prefill of bf16 weights.
 bool cpu_has_avx512_bf16();
+// Whether vdpbf16ps multiplies faster than FMAs on bfloat16 widened to
+// float32: on AMD's Zen 4 it runs at twice the FMA rate; on an Intel Xeon with
+// AVX-512 BF16 and no AMX the widening ran 1.3-1.6x faster (docs/ops.md).
+bool bf16_dot_outruns_fma();
 // And AMX tiles with bfloat16 products (TDPBF16PS), the operating system
 // letting this process use them (asked once, arch_prctl ARCH_REQ_XCOMP_PERM).
 bool cpu_has_amx_bf16();
