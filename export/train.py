@@ -165,6 +165,12 @@ class Batcher:
     def next(self):
         return self.q.get()
 
+    def close(self):
+        """Stops and joins the thread: a daemon thread still inside a tokenizer or image call while
+        the interpreter finalizes is unwound there and aborts the process."""
+        self.stop = True
+        self.thread.join()
+
 
 def lr_at(progress: float, step: int, args) -> float:
     warm = min(1.0, (step + 1) / max(1, args.warmup))
@@ -183,6 +189,9 @@ def _worker(rank: int, args, port: int) -> None:
                             world_size=args.workers, timeout=datetime.timedelta(hours=3))
     try:
         code = run(args, rank=rank)
+        # every worker leaves together, after worker 0 has saved and evaluated: one that tears its
+        # connections down while the others still use theirs is a crash on either side
+        dist.barrier()
     finally:
         dist.destroy_process_group()
     if code:
@@ -420,7 +429,7 @@ def run(args, rank: int = -1) -> int:
         if lead and args.eval_every and step % args.eval_every == 0:
             eval_time += run_eval()
             t_log, seen_log = time.time(), seen
-    batcher.stop = True
+    batcher.close()
     if not lead:
         return 0
     save(final=True)
