@@ -29,4 +29,8 @@ void gated_activation(const float* in, int64_t m, int64_t f, float* out, Activat
 // a few float32 ulps of cap, not of the result, near 0.
 void softcap_inplace(float* x, int64_t n, float cap);
 
+// softcap_inplace on one thread, for callers already inside a parallel region
+// (attention's scores, Gemma 2's attn_logit_softcapping): no arguments checked.
+void softcap_row(float* x, int64_t n, float cap);
+
 }  // namespace pali

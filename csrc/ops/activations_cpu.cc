@@ -178,6 +178,22 @@ void softcap_inplace(float* x, int64_t n, float cap) {
   });
 }
 
+void softcap_row(float* x, int64_t n, float cap) {
+#if defined(PALI_CPU_AVX2)
+  if (simd::avx2_chosen()) {
+    const __m256 c = _mm256_set1_ps(cap), inverse = _mm256_set1_ps(1.0f / cap);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, softcap_vec(_mm256_loadu_ps(x + i), c, inverse));
+    if (i < n) {
+      const __m256i mk = simd::tail_mask(n - i);
+      _mm256_maskstore_ps(x + i, mk, softcap_vec(_mm256_maskload_ps(x + i, mk), c, inverse));
+    }
+    return;
+  }
+#endif
+  simd::with_lanes([&](auto lanes) { softcap_span<decltype(lanes)>(x, n, cap); });
+}
+
 void gated_activation(const float* in, int64_t m, int64_t f, float* out, Activation act) {
   PALI_CHECK_ARG(m >= 0 && f >= 0, "gated_activation: bad sizes");
   if (m == 0 || f == 0) return;

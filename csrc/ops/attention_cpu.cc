@@ -14,6 +14,7 @@
 
 #include "core/error.h"
 #include "core/parallel.h"
+#include "ops/activations.h"
 #include "ops/attention.h"
 #include "ops/simd_lanes.h"
 #if defined(PALI_CPU_AVX2)
@@ -329,10 +330,7 @@ inline bool softmax_block(const AttentionParams& p, float* s, int64_t nj, int64_
     _mm256_storeu_ps(s + j, v);
   }
   for (; j < nj; ++j) s[j] = bias_row ? s[j] * p.scale + bias_row[kb + j] : s[j] * p.scale;
-  if (p.softcap > 0.0f) {
-    const float cap = p.softcap, inv = 1.0f / p.softcap;
-    for (j = 0; j < nj; ++j) s[j] = cap * std::tanh(s[j] * inv);
-  }
+  if (p.softcap > 0.0f) softcap_row(s, nj, p.softcap);
   for (j = 0; j < std::min(nj, kv_begin - kb); ++j) s[j] = kNegInf;
   if (mask_row) {
     for (j = 0; j < nj; ++j)
@@ -513,10 +511,7 @@ struct LaneAttention {
                             int64_t kv_end, const float* bias_row, const void* mask_row, RowState& st, float* acc,
                             int64_t dpad) {
     for (int64_t j = 0; j < nj; ++j) s[j] = bias_row ? s[j] * p.scale + bias_row[kb + j] : s[j] * p.scale;
-    if (p.softcap > 0.0f) {
-      const float cap = p.softcap, inv = 1.0f / p.softcap;
-      for (int64_t j = 0; j < nj; ++j) s[j] = cap * std::tanh(s[j] * inv);
-    }
+    if (p.softcap > 0.0f) softcap_row(s, nj, p.softcap);
     for (int64_t j = 0; j < std::min(nj, kv_begin - kb); ++j) s[j] = kNegInf;
     if (mask_row) {
       for (int64_t j = 0; j < nj; ++j)
