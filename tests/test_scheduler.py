@@ -50,6 +50,11 @@ def alone(engine, picture, prompt, options):
     return hypotheses[0]
 
 
+#: Tokens of a call that holds its rows while a test queues others behind it, then cancels it: far more
+#: than any machine decodes in the test's waits (the tiny model ran 4000 in 0.6 s on a fast one).
+LONG_CALL = 200_000
+
+
 def wait_until(condition, timeout=20.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -156,7 +161,7 @@ def test_a_full_queue_refuses_at_once_with_engine_busy(case):
     engine, prompts, _ = case
     engine = Engine.load(engine.path, threads=1, max_batch=1, max_queue=1)
     picture = images(1)[0]
-    running = engine.stream(picture, prompts[0], max_new_tokens=4000, min_new_tokens=4000)
+    running = engine.stream(picture, prompts[0], max_new_tokens=LONG_CALL, min_new_tokens=LONG_CALL)
     next(running)  # the first call holds the only row
     queued = {}
     waiter = threading.Thread(target=lambda: queued.setdefault("result", engine.generate(picture, prompts[1],
@@ -197,8 +202,9 @@ def test_calls_that_arrive_while_others_decode_prefill_together(case):
     want = [engine.generate(p, q, max_new_tokens=max_new_tokens).tokens for p, q in jobs]
     # Room for a long call and the jobs. While a gate call holds the jobs' rows, the jobs queue; when the gate is
     # cancelled its rows free at once, and the prefill thread takes every queued job into one prefill while the
-    # long call goes on decoding. Only the long call's end is a race (a slow machine may reach its 4000 tokens
-    # before the jobs join): then the round is run again.
+    # long call goes on decoding. Only the long call's end is a race (a fast machine may reach its 4000 tokens
+    # before the jobs join): then the round is run again. (LONG_CALL tokens on 12 rows ask the memory check
+    # for more than a PaliGemma cache may take.)
     gated = Engine.load(engine.path, threads=2, max_batch=1 + len(jobs))
     backend = gated._backend
     long = {"max_new_tokens": 4000, "min_new_tokens": 4000}
@@ -259,7 +265,8 @@ def test_a_cancelled_agenerate_frees_its_rows(case):
     picture = images(1)[0]
 
     async def run():
-        task = asyncio.ensure_future(engine.agenerate(picture, prompts[0], max_new_tokens=4000, min_new_tokens=4000))
+        task = asyncio.ensure_future(engine.agenerate(picture, prompts[0], max_new_tokens=LONG_CALL,
+                                                    min_new_tokens=LONG_CALL))
         assert await asyncio.to_thread(wait_until, lambda: engine.scheduler_stats()["active_requests"] == 1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -267,7 +274,7 @@ def test_a_cancelled_agenerate_frees_its_rows(case):
 
     start = time.monotonic()
     asyncio.run(run())
-    # The call stops at its next step, far before its 4000 tokens.
+    # The call stops at its next step, far before its LONG_CALL tokens.
     assert wait_until(lambda: engine.scheduler_stats()["active_requests"] == 0, timeout=5)
     assert time.monotonic() - start < 10
 
