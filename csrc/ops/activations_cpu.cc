@@ -74,16 +74,15 @@ inline __m256 softcap_vec(__m256 x, __m256 cap, __m256 inverse_cap) {
   return _mm256_mul_ps(cap, _mm256_or_ps(t, _mm256_and_ps(sign, u)));
 }
 
-void softcap_avx2(float* x, int64_t n, float cap) {
+// One thread over n floats: softcap_inplace's chunks and softcap_row.
+void softcap_span_avx2(float* x, int64_t n, float cap) {
   const __m256 c = _mm256_set1_ps(cap), inverse = _mm256_set1_ps(1.0f / cap);
-  for_vectors(n, [&](int64_t i, int64_t count) {
-    if (count == 8) {
-      _mm256_storeu_ps(x + i, softcap_vec(_mm256_loadu_ps(x + i), c, inverse));
-    } else {
-      const __m256i mk = simd::tail_mask(count);
-      _mm256_maskstore_ps(x + i, mk, softcap_vec(_mm256_maskload_ps(x + i, mk), c, inverse));
-    }
-  });
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, softcap_vec(_mm256_loadu_ps(x + i), c, inverse));
+  if (i < n) {
+    const __m256i mk = simd::tail_mask(n - i);
+    _mm256_maskstore_ps(x + i, mk, softcap_vec(_mm256_maskload_ps(x + i, mk), c, inverse));
+  }
 }
 
 void gated_row_avx2(const float* g, const float* u, float* o, int64_t f, Activation act) {
@@ -168,7 +167,7 @@ void softcap_inplace(float* x, int64_t n, float cap) {
   PALI_CHECK_ARG(n >= 0 && (n == 0 || x) && cap > 0 && std::isfinite(cap), "softcap: bad arguments");
 #if defined(PALI_CPU_AVX2)
   if (simd::avx2_chosen()) {
-    softcap_avx2(x, n, cap);
+    parallel_for_aligned(0, n, 8, 1 << 14, [&](int64_t b, int64_t e) { softcap_span_avx2(x + b, e - b, cap); });
     return;
   }
 #endif
@@ -181,13 +180,7 @@ void softcap_inplace(float* x, int64_t n, float cap) {
 void softcap_row(float* x, int64_t n, float cap) {
 #if defined(PALI_CPU_AVX2)
   if (simd::avx2_chosen()) {
-    const __m256 c = _mm256_set1_ps(cap), inverse = _mm256_set1_ps(1.0f / cap);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, softcap_vec(_mm256_loadu_ps(x + i), c, inverse));
-    if (i < n) {
-      const __m256i mk = simd::tail_mask(n - i);
-      _mm256_maskstore_ps(x + i, mk, softcap_vec(_mm256_maskload_ps(x + i, mk), c, inverse));
-    }
+    softcap_span_avx2(x, n, cap);
     return;
   }
 #endif
